@@ -1,0 +1,325 @@
+/*
+** la.h -- the lualign engine core: tensors, kernels and reverse-mode autograd.
+**
+** This header and the la_*.c files are plain C99 with no Lua dependency; the
+** Lua binding lives in lua_*.c.  Conventions used throughout:
+**
+**  - Every function that can fail returns NULL (or -1) and leaves a message in
+**    la_error(); the message names the op and the shapes or values involved.
+**    Nothing here aborts, exits or prints.
+**  - Dimensions are 0-based inside the engine.  The binding converts Lua's
+**    1-based positions (and negative "from the end" positions) at the border.
+**  - Tensors are reference counted.  A function returning a la_tensor* hands
+**    the caller one reference; arguments are borrowed.
+*/
+#ifndef LA_H
+#define LA_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+#define LA_MAX_DIM 8
+
+/* ---------------------------------------------------------------- dtypes */
+
+typedef enum la_dtype {
+  LA_FLOAT32 = 0,
+  LA_INT32,
+  LA_INT64,
+  LA_BOOL,      /* one byte per element, 0 or 1 */
+  LA_NDTYPE
+} la_dtype;
+
+size_t la_dtype_size(la_dtype dt);
+const char *la_dtype_name(la_dtype dt);
+int la_dtype_from_name(const char *name, la_dtype *out);   /* 0 ok, -1 unknown */
+bool la_dtype_is_float(la_dtype dt);
+
+/* Float to integer conversion: truncation toward zero as in C and PyTorch,
+** but saturating out-of-range values and mapping NaN to 0, where a bare C
+** cast would be undefined behaviour. */
+static inline int32_t la_to_i32(double v) {
+  if (!(v == v)) return 0;
+  if (v >= 2147483647.0) return INT32_MAX;
+  if (v <= -2147483648.0) return INT32_MIN;
+  return (int32_t)v;
+}
+static inline int64_t la_to_i64(double v) {
+  if (!(v == v)) return 0;
+  if (v >= 9223372036854775807.0) return INT64_MAX;
+  if (v <= -9223372036854775808.0) return INT64_MIN;
+  return (int64_t)v;
+}
+
+/* ---------------------------------------------------------------- errors */
+
+/* The last error message of this thread (empty when none). */
+const char *la_error(void);
+/* Record an error; always returns NULL so callers can 'return la_fail(...)'. */
+void *la_fail(const char *fmt, ...);
+/* Same, returning -1. */
+int la_failn(const char *fmt, ...);
+/* Prefix the current error with "op: " context (used by backward passes). */
+void la_error_prefix(const char *fmt, ...);
+
+/* Formats a shape as "(2, 3)" into buf; returns buf. */
+char *la_shape_str(char *buf, size_t n, int ndim, const int64_t *shape);
+#define LA_SHAPE_BUF 128
+
+/* ---------------------------------------------------------------- memory */
+
+typedef struct la_storage {
+  int refcount;
+  unsigned version;       /* bumped by every in-place write */
+  size_t nbytes;
+  void *data;
+  /* Non-NULL for storages whose bytes belong to someone else (an mmap'd
+  ** file, say): called instead of free() when the last reference goes. */
+  void (*release)(void *ctx, void *data, size_t nbytes);
+  void *release_ctx;
+} la_storage;
+
+typedef struct la_memstats {
+  size_t live_bytes;      /* bytes of tensor storage alive now */
+  size_t peak_bytes;      /* highest live_bytes seen since the last reset */
+  size_t limit_bytes;     /* 0: no limit */
+  uint64_t allocations;   /* storages allocated so far */
+  uint64_t oom_retries;   /* allocations that needed the out-of-memory handler */
+} la_memstats;
+
+/* Called when an allocation fails (or would pass the limit), before one
+** retry.  The Lua binding runs a full garbage collection here. */
+typedef void (*la_oom_handler)(void *ctx);
+void la_set_oom_handler(la_oom_handler fn, void *ctx);
+void la_set_memory_limit(size_t bytes);
+la_memstats la_memory_stats(void);
+void la_reset_peak(void);
+
+la_storage *la_storage_new(size_t nbytes);          /* contents undefined */
+la_storage *la_storage_wrap(void *data, size_t nbytes,
+                            void (*release)(void *, void *, size_t), void *ctx);
+void la_storage_retain(la_storage *s);
+void la_storage_release(la_storage *s);
+
+/* ---------------------------------------------------------------- tensors */
+
+typedef struct la_node la_node;
+
+typedef struct la_tensor {
+  int refcount;
+  la_dtype dtype;
+  int ndim;
+  int64_t shape[LA_MAX_DIM];
+  int64_t stride[LA_MAX_DIM];   /* in elements; 0 for expanded dims */
+  int64_t offset;               /* in elements, into storage */
+  la_storage *storage;
+  /* autograd */
+  bool requires_grad;           /* leaves only: accumulate into grad */
+  struct la_tensor *grad;       /* accumulated gradient of a leaf */
+  la_node *grad_fn;             /* the op that produced it (NULL for leaves) */
+} la_tensor;
+
+la_tensor *la_retain(la_tensor *t);
+void la_release(la_tensor *t);
+static inline void la_release_p(la_tensor **t) { if (*t) { la_release(*t); *t = NULL; } }
+
+int64_t la_numel(const la_tensor *t);
+bool la_is_contiguous(const la_tensor *t);
+static inline void *la_data(const la_tensor *t) {
+  return (char *)t->storage->data + (size_t)t->offset * la_dtype_size(t->dtype);
+}
+static inline float *la_fdata(const la_tensor *t) { return (float *)la_data(t); }
+bool la_same_shape(const la_tensor *a, const la_tensor *b);
+bool la_tracks_grad(const la_tensor *t);   /* requires_grad leaf or has grad_fn */
+
+/* Shape checks shared by the binding and the ops. */
+int la_check_shape(const char *op, int ndim, const int64_t *shape);
+int la_norm_dim(const char *op, int dim, int ndim);   /* -1 on error */
+
+/* Creation.  Contents of la_empty are undefined. */
+la_tensor *la_empty(la_dtype dt, int ndim, const int64_t *shape);
+la_tensor *la_full(la_dtype dt, int ndim, const int64_t *shape, double value);
+la_tensor *la_arange(la_dtype dt, double start, double stop, double step);
+la_tensor *la_rand(int ndim, const int64_t *shape);             /* U[0, 1) */
+la_tensor *la_randn(int ndim, const int64_t *shape);            /* N(0, 1) */
+la_tensor *la_randint(la_dtype dt, int64_t low, int64_t high, int ndim, const int64_t *shape);
+la_tensor *la_scalar(la_dtype dt, double v);                     /* 0-d tensor */
+/* A new header over the same storage, with no autograd history. */
+la_tensor *la_alias(const la_tensor *t);
+
+/* Element access (any dtype, converted through double). */
+double la_get(const la_tensor *t, const int64_t *index);
+void la_set(la_tensor *t, const int64_t *index, double v);
+double la_item(const la_tensor *t);   /* requires numel == 1; check first */
+
+/* ---------------------------------------------------------------- RNG */
+
+void la_manual_seed(uint64_t seed);
+uint64_t la_rng_next(void);          /* 64 random bits */
+double la_rng_uniform(void);         /* [0, 1) with 53 bits */
+double la_rng_normal(void);
+
+/* ---------------------------------------------------------------- threads */
+
+void la_set_num_threads(int n);
+int la_get_num_threads(void);
+/* Below this many elements a kernel runs on one thread. */
+#define LA_PARALLEL_GRAIN 32768
+
+/* ---------------------------------------------------------------- views */
+/* All views share storage with their input and are differentiable. */
+
+la_tensor *la_view(la_tensor *t, int ndim, const int64_t *shape);    /* one -1 allowed */
+la_tensor *la_reshape(la_tensor *t, int ndim, const int64_t *shape); /* copies if needed */
+la_tensor *la_transpose(la_tensor *t, int d0, int d1);
+la_tensor *la_permute(la_tensor *t, const int *perm);
+la_tensor *la_narrow(la_tensor *t, int dim, int64_t start, int64_t length);
+la_tensor *la_select(la_tensor *t, int dim, int64_t index);
+la_tensor *la_expand(la_tensor *t, int ndim, const int64_t *shape);  /* -1 keeps */
+la_tensor *la_squeeze(la_tensor *t, int dim);    /* dim < 0: all size-1 dims */
+la_tensor *la_unsqueeze(la_tensor *t, int dim);
+la_tensor *la_flatten(la_tensor *t, int start, int end);
+
+/* ---------------------------------------------------------------- copies */
+
+la_tensor *la_contiguous(la_tensor *t);          /* t itself (retained) if already */
+la_tensor *la_clone(la_tensor *t);
+la_tensor *la_to_dtype(la_tensor *t, la_dtype dt);   /* t itself if same dtype */
+la_tensor *la_detach(la_tensor *t);
+int la_copy_(la_tensor *dst, la_tensor *src);    /* broadcasts src, converts dtype */
+int la_fill_(la_tensor *t, double v);
+la_tensor *la_cat(la_tensor **ts, int n, int dim);
+la_tensor *la_stack(la_tensor **ts, int n, int dim);
+la_tensor *la_index_select(la_tensor *t, int dim, la_tensor *index);
+la_tensor *la_gather(la_tensor *t, int dim, la_tensor *index);
+/* Adds src into dst along dim at index (used by backward passes). */
+int la_index_add_(la_tensor *dst, int dim, la_tensor *index, la_tensor *src);
+int la_scatter_add_(la_tensor *dst, int dim, la_tensor *index, la_tensor *src);
+/* Checks that a tensor may be written in place (autograd rules). */
+int la_check_inplace(const char *op, la_tensor *t);
+
+/* ---------------------------------------------------------------- pointwise */
+
+typedef enum la_unary_op {
+  LA_NEG, LA_EXP, LA_LOG, LA_SQRT, LA_TANH, LA_SIGMOID, LA_RELU,
+  LA_GELU, LA_GELU_EXACT, LA_SILU, LA_ABS, LA_SIN, LA_COS, LA_RSQRT,
+  LA_SQUARE, LA_LOG1P, LA_EXPM1, LA_SOFTPLUS, LA_LOGSIGMOID,
+  LA_NUNARY
+} la_unary_op;
+
+typedef enum la_binary_op {
+  LA_ADD, LA_SUB, LA_MUL, LA_DIV, LA_POW, LA_MAXIMUM, LA_MINIMUM,
+  LA_FLOORDIV, LA_MOD,                                 /* no gradient */
+  LA_EQ, LA_NE, LA_LT, LA_LE, LA_GT, LA_GE,            /* bool result, no gradient */
+  LA_NBINARY
+} la_binary_op;
+
+const char *la_unary_name(la_unary_op op);
+const char *la_binary_name(la_binary_op op);
+
+la_tensor *la_unary(la_unary_op op, la_tensor *a);
+la_tensor *la_binary(la_binary_op op, la_tensor *a, la_tensor *b);
+/* b is a number: the result dtype follows a (ints stay ints for integral b). */
+la_tensor *la_binary_scalar(la_binary_op op, la_tensor *a, double b, bool scalar_first);
+la_tensor *la_clamp(la_tensor *a, double lo, double hi);        /* use +-INFINITY */
+la_tensor *la_where(la_tensor *cond, la_tensor *a, la_tensor *b);
+/* In place: dst = dst op src (broadcast src).  No autograd; see la_check_inplace. */
+int la_binary_(la_binary_op op, la_tensor *dst, la_tensor *src);
+int la_binary_scalar_(la_binary_op op, la_tensor *dst, double s);
+/* dst += alpha * src, in place, same shapes after broadcasting src. */
+int la_axpy_(la_tensor *dst, double alpha, la_tensor *src);
+/* Output shape of NumPy broadcasting; -1 with an error naming op on mismatch. */
+int la_broadcast_shape(const char *op, const la_tensor *a, const la_tensor *b,
+                       int *ndim, int64_t *shape);
+
+/* ---------------------------------------------------------------- reductions */
+
+la_tensor *la_sum(la_tensor *t, int dim, bool keepdim);        /* dim < 0: all */
+la_tensor *la_mean(la_tensor *t, int dim, bool keepdim);
+la_tensor *la_max(la_tensor *t, int dim, bool keepdim, la_tensor **indices);
+la_tensor *la_min(la_tensor *t, int dim, bool keepdim, la_tensor **indices);
+la_tensor *la_logsumexp(la_tensor *t, int dim, bool keepdim);
+la_tensor *la_softmax(la_tensor *t, int dim);
+la_tensor *la_log_softmax(la_tensor *t, int dim);
+/* Sums t down to a shape it was broadcast from. */
+la_tensor *la_sum_to(la_tensor *t, int ndim, const int64_t *shape);
+
+/* ---------------------------------------------------------------- matmul */
+
+la_tensor *la_matmul(la_tensor *a, la_tensor *b);
+/* C = alpha * op(A) op(B) + beta * C for 2-D float32 views (strides allowed
+** where BLAS can express them; others are copied).  Threads split rows or
+** columns; BLAS itself always runs on the calling thread. */
+int la_gemm(bool ta, bool tb, float alpha, la_tensor *a, la_tensor *b, float beta, la_tensor *c);
+
+/* ---------------------------------------------------------------- autograd */
+
+/* A backward function receives the gradient of the node's output and fills
+** gin[i] (new references, or NULL for "no gradient") for each input i where
+** LA_NEEDS_GRAD(n, i).  Returns 0, or -1 with an error. */
+typedef int (*la_backward_fn)(la_node *n, la_tensor *gout, la_tensor **gin);
+
+/* Where the gradient of one input goes: into the node that produced it, or
+** into the .grad of a leaf.  Edges hold nodes rather than input tensors so an
+** input's storage can be freed as soon as nothing but the graph refers to it;
+** its shape is kept to check and reduce gradients. */
+typedef struct la_edge {
+  la_node *fn;               /* producer of a non-leaf input */
+  la_tensor *leaf;           /* a leaf input with requires_grad */
+  la_dtype dtype;
+  int ndim;
+  int64_t shape[LA_MAX_DIM];
+} la_edge;
+
+#define LA_NEEDS_GRAD(n, i) ((n)->in[i].fn != NULL || (n)->in[i].leaf != NULL)
+
+struct la_node {
+  int refcount;
+  const char *op;            /* "mul", "matmul", ... for messages and printing */
+  la_backward_fn backward;
+  int n_in;
+  la_edge *in;
+  int n_saved;
+  la_tensor **saved;         /* values the backward pass needs (detached aliases) */
+  unsigned *saved_version;   /* their storage versions when saved */
+  int64_t iarg[2 * LA_MAX_DIM + 4];   /* op parameters: dims, shapes, flags */
+  double farg[4];
+  int64_t *xarg;             /* extra integer parameters (cat sizes), owned */
+  int out_ndim;              /* shape of the output, to check incoming gradients */
+  int64_t out_shape[LA_MAX_DIM];
+  bool released;             /* saved values already freed by a backward() */
+  /* scratch state of the backward engine */
+  la_tensor *grad_acc;
+  int pending;
+  unsigned visit;
+  la_node *link;             /* worklist link while freeing */
+};
+
+bool la_is_grad_enabled(void);
+bool la_set_grad_enabled(bool on);    /* returns the previous setting */
+
+/* Whether an op on these inputs must record a node. */
+bool la_needs_record(int n, la_tensor *const *inputs);
+/* Makes a node for an op with n_in inputs and room for n_saved tensors.
+** Returns NULL on no memory. */
+la_node *la_node_new(const char *op, la_backward_fn fn, int n_in, la_tensor *const *in,
+                     int n_saved);
+/* Saves t for the backward pass as a detached alias (so a node never keeps
+** its own output's history alive), remembering its storage version. */
+int la_node_save(la_node *n, int slot, la_tensor *t);
+/* out->grad_fn = n, taking over the caller's reference to n. */
+void la_node_attach(la_node *n, la_tensor *out);
+void la_node_release(la_node *n);
+/* Records node(op) over inputs for out when autograd needs it; on failure
+** releases out and returns NULL.  Saves are made by the caller afterwards
+** through *node (NULL when nothing was recorded). */
+la_tensor *la_record(la_tensor *out, const char *op, la_backward_fn fn, int n_in,
+                     la_tensor *const *in, int n_saved, la_node **node);
+
+/* Runs the backward pass from root.  grad may be NULL for a one-element root. */
+int la_backward(la_tensor *root, la_tensor *grad, bool retain_graph);
+/* Adds g into t->grad (t a leaf); takes no reference from g. */
+int la_accumulate_grad(la_tensor *t, la_tensor *g);
+
+#endif

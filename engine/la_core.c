@@ -1,0 +1,417 @@
+/*
+** la_core.c -- dtypes, error reporting, storage accounting, tensor headers,
+** element access and the random generator.
+*/
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "la.h"
+
+/* ---------------------------------------------------------------- dtypes */
+
+static const struct { const char *name; size_t size; } la_dtypes[LA_NDTYPE] = {
+  [LA_FLOAT32] = {"float32", 4},
+  [LA_INT32] = {"int32", 4},
+  [LA_INT64] = {"int64", 8},
+  [LA_BOOL] = {"bool", 1},
+};
+
+size_t la_dtype_size(la_dtype dt) { return la_dtypes[dt].size; }
+const char *la_dtype_name(la_dtype dt) { return la_dtypes[dt].name; }
+bool la_dtype_is_float(la_dtype dt) { return dt == LA_FLOAT32; }
+
+int la_dtype_from_name(const char *name, la_dtype *out) {
+  static const struct { const char *alias; la_dtype dt; } aliases[] = {
+    {"float32", LA_FLOAT32}, {"float", LA_FLOAT32},
+    {"int32", LA_INT32}, {"int", LA_INT32},
+    {"int64", LA_INT64}, {"long", LA_INT64},
+    {"bool", LA_BOOL},
+  };
+  for (size_t i = 0; i < sizeof aliases / sizeof aliases[0]; i++)
+    if (strcmp(name, aliases[i].alias) == 0) { *out = aliases[i].dt; return 0; }
+  return -1;
+}
+
+/* ---------------------------------------------------------------- errors */
+
+static _Thread_local char la_errbuf[1024];
+
+const char *la_error(void) { return la_errbuf; }
+
+static void la_verror(const char *fmt, va_list ap) {
+  vsnprintf(la_errbuf, sizeof la_errbuf, fmt, ap);
+}
+
+void *la_fail(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  la_verror(fmt, ap);
+  va_end(ap);
+  return NULL;
+}
+
+int la_failn(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  la_verror(fmt, ap);
+  va_end(ap);
+  return -1;
+}
+
+void la_error_prefix(const char *fmt, ...) {
+  char prefix[256], old[sizeof la_errbuf];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(prefix, sizeof prefix, fmt, ap);
+  va_end(ap);
+  memcpy(old, la_errbuf, sizeof old);
+  snprintf(la_errbuf, sizeof la_errbuf, "%s%s", prefix, old);
+}
+
+char *la_shape_str(char *buf, size_t n, int ndim, const int64_t *shape) {
+  size_t used = (size_t)snprintf(buf, n, "(");
+  for (int i = 0; i < ndim && used < n; i++)
+    used += (size_t)snprintf(buf + used, n - used, "%s%lld", i ? ", " : "", (long long)shape[i]);
+  if (used < n) snprintf(buf + used, n - used, ndim == 1 ? ",)" : ")");
+  return buf;
+}
+
+/* ---------------------------------------------------------------- memory */
+
+static la_memstats la_mem;
+static la_oom_handler la_oom_fn;
+static void *la_oom_ctx;
+
+void la_set_oom_handler(la_oom_handler fn, void *ctx) { la_oom_fn = fn; la_oom_ctx = ctx; }
+void la_set_memory_limit(size_t bytes) { la_mem.limit_bytes = bytes; }
+la_memstats la_memory_stats(void) { return la_mem; }
+void la_reset_peak(void) { la_mem.peak_bytes = la_mem.live_bytes; }
+
+static void *la_try_alloc(size_t nbytes) {
+  void *p = NULL;
+  if (la_mem.limit_bytes && la_mem.live_bytes + nbytes > la_mem.limit_bytes) return NULL;
+  /* 64-byte alignment suits AVX-512 loads and keeps rows on cache lines. */
+  if (posix_memalign(&p, 64, nbytes ? nbytes : 64) != 0) return NULL;
+  return p;
+}
+
+static void la_account(size_t nbytes) {
+  la_mem.live_bytes += nbytes;
+  la_mem.allocations++;
+  if (la_mem.live_bytes > la_mem.peak_bytes) la_mem.peak_bytes = la_mem.live_bytes;
+}
+
+static char *la_bytes_str(char *buf, size_t n, size_t bytes) {
+  if (bytes >= ((size_t)1 << 30)) snprintf(buf, n, "%.2f GiB", bytes / 1073741824.0);
+  else if (bytes >= ((size_t)1 << 20)) snprintf(buf, n, "%.2f MiB", bytes / 1048576.0);
+  else snprintf(buf, n, "%zu bytes", bytes);
+  return buf;
+}
+
+la_storage *la_storage_new(size_t nbytes) {
+  la_storage *s = malloc(sizeof *s);
+  if (!s) return la_fail("out of memory allocating a storage header");
+  void *data = la_try_alloc(nbytes);
+  if (!data && la_oom_fn) {
+    /* Unreachable tensors may still hold memory the collector has not yet
+    ** freed: let the handler collect, then try once more. */
+    la_mem.oom_retries++;
+    la_oom_fn(la_oom_ctx);
+    data = la_try_alloc(nbytes);
+  }
+  if (!data) {
+    char want[32], live[32], limit[32];
+    la_bytes_str(want, sizeof want, nbytes);
+    la_bytes_str(live, sizeof live, la_mem.live_bytes);
+    if (la_mem.limit_bytes)
+      la_fail("out of memory: cannot allocate %s for a tensor (live tensors hold %s, limit %s)",
+              want, live, la_bytes_str(limit, sizeof limit, la_mem.limit_bytes));
+    else
+      la_fail("out of memory: cannot allocate %s for a tensor (live tensors hold %s)", want, live);
+    free(s);
+    return NULL;
+  }
+  la_account(nbytes);
+  s->refcount = 1;
+  s->version = 0;
+  s->nbytes = nbytes;
+  s->data = data;
+  s->release = NULL;
+  s->release_ctx = NULL;
+  return s;
+}
+
+la_storage *la_storage_wrap(void *data, size_t nbytes,
+                            void (*release)(void *, void *, size_t), void *ctx) {
+  la_storage *s = malloc(sizeof *s);
+  if (!s) return la_fail("out of memory allocating a storage header");
+  la_account(nbytes);
+  s->refcount = 1;
+  s->version = 0;
+  s->nbytes = nbytes;
+  s->data = data;
+  s->release = release;
+  s->release_ctx = ctx;
+  return s;
+}
+
+void la_storage_retain(la_storage *s) { s->refcount++; }
+
+void la_storage_release(la_storage *s) {
+  if (!s || --s->refcount > 0) return;
+  la_mem.live_bytes -= s->nbytes;
+  if (s->release) s->release(s->release_ctx, s->data, s->nbytes);
+  else free(s->data);
+  free(s);
+}
+
+/* ---------------------------------------------------------------- tensors */
+
+la_tensor *la_retain(la_tensor *t) { if (t) t->refcount++; return t; }
+
+void la_release(la_tensor *t) {
+  if (!t || --t->refcount > 0) return;
+  la_storage_release(t->storage);
+  la_release(t->grad);
+  if (t->grad_fn) la_node_release(t->grad_fn);
+  free(t);
+}
+
+int64_t la_numel(const la_tensor *t) {
+  int64_t n = 1;
+  for (int i = 0; i < t->ndim; i++) n *= t->shape[i];
+  return n;
+}
+
+bool la_is_contiguous(const la_tensor *t) {
+  int64_t expect = 1;
+  for (int i = t->ndim - 1; i >= 0; i--) {
+    if (t->shape[i] != 1 && t->stride[i] != expect) return false;
+    expect *= t->shape[i];
+  }
+  return true;
+}
+
+bool la_same_shape(const la_tensor *a, const la_tensor *b) {
+  if (a->ndim != b->ndim) return false;
+  for (int i = 0; i < a->ndim; i++)
+    if (a->shape[i] != b->shape[i]) return false;
+  return true;
+}
+
+bool la_tracks_grad(const la_tensor *t) { return t->requires_grad || t->grad_fn != NULL; }
+
+int la_check_shape(const char *op, int ndim, const int64_t *shape) {
+  if (ndim < 0 || ndim > LA_MAX_DIM)
+    return la_failn("%s: a tensor may have at most %d dimensions (got %d)", op, LA_MAX_DIM, ndim);
+  int64_t n = 1;
+  for (int i = 0; i < ndim; i++) {
+    if (shape[i] < 0)
+      return la_failn("%s: size %lld of dimension %d is negative", op, (long long)shape[i], i + 1);
+    if (shape[i] && n > INT64_MAX / 8 / shape[i])
+      return la_failn("%s: shape is too large", op);
+    n *= shape[i];
+  }
+  return 0;
+}
+
+int la_norm_dim(const char *op, int dim, int ndim) {
+  if (dim < 0 || dim >= ndim) {
+    if (ndim == 0) return la_failn("%s: a 0-d tensor has no dimension %d", op, dim + 1);
+    return la_failn("%s: dimension %d out of range for a %d-d tensor (use 1..%d or -%d..-1)",
+                    op, dim + 1, ndim, ndim, ndim);
+  }
+  return dim;
+}
+
+/* A header with contiguous strides over a fresh storage. */
+la_tensor *la_empty(la_dtype dt, int ndim, const int64_t *shape) {
+  if (la_check_shape("empty", ndim, shape) < 0) return NULL;
+  la_tensor *t = calloc(1, sizeof *t);
+  if (!t) return la_fail("out of memory allocating a tensor header");
+  t->refcount = 1;
+  t->dtype = dt;
+  t->ndim = ndim;
+  int64_t n = 1;
+  for (int i = ndim - 1; i >= 0; i--) {
+    t->shape[i] = shape[i];
+    t->stride[i] = n;
+    n *= shape[i];
+  }
+  t->storage = la_storage_new((size_t)n * la_dtype_size(dt));
+  if (!t->storage) { free(t); return NULL; }
+  return t;
+}
+
+la_tensor *la_alias(const la_tensor *t) {
+  la_tensor *a = malloc(sizeof *a);
+  if (!a) return la_fail("out of memory allocating a tensor header");
+  *a = *t;
+  a->refcount = 1;
+  a->requires_grad = false;
+  a->grad = NULL;
+  a->grad_fn = NULL;
+  la_storage_retain(a->storage);
+  return a;
+}
+
+static void la_fill_contiguous(void *p, la_dtype dt, int64_t n, double v) {
+  switch (dt) {
+    case LA_FLOAT32: { float *q = p, f = (float)v; for (int64_t i = 0; i < n; i++) q[i] = f; break; }
+    case LA_INT32: { int32_t *q = p, x = la_to_i32(v); for (int64_t i = 0; i < n; i++) q[i] = x; break; }
+    case LA_INT64: { int64_t *q = p, x = la_to_i64(v); for (int64_t i = 0; i < n; i++) q[i] = x; break; }
+    case LA_BOOL: memset(p, v != 0, (size_t)n); break;
+    default: break;
+  }
+}
+
+la_tensor *la_full(la_dtype dt, int ndim, const int64_t *shape, double value) {
+  la_tensor *t = la_empty(dt, ndim, shape);
+  if (t) la_fill_contiguous(la_data(t), dt, la_numel(t), value);
+  return t;
+}
+
+la_tensor *la_scalar(la_dtype dt, double v) { return la_full(dt, 0, NULL, v); }
+
+la_tensor *la_arange(la_dtype dt, double start, double stop, double step) {
+  if (step == 0 || !isfinite(start) || !isfinite(stop) || !isfinite(step))
+    return la_fail("arange: start %g, stop %g and step %g must be finite, step non-zero",
+                   start, stop, step);
+  double count = ceil((stop - start) / step);
+  if (count < 0) count = 0;
+  if (count > 1e12) return la_fail("arange: %g elements is too many", count);
+  int64_t n = (int64_t)count;
+  la_tensor *t = la_empty(dt, 1, &n);
+  if (!t) return NULL;
+  for (int64_t i = 0; i < n; i++) la_set(t, &i, start + (double)i * step);
+  return t;
+}
+
+/* ---------------------------------------------------------------- elements */
+
+static size_t la_offset_of(const la_tensor *t, const int64_t *index) {
+  int64_t off = t->offset;
+  for (int i = 0; i < t->ndim; i++) off += index[i] * t->stride[i];
+  return (size_t)off;
+}
+
+double la_get(const la_tensor *t, const int64_t *index) {
+  size_t off = la_offset_of(t, index);
+  const void *base = t->storage->data;
+  switch (t->dtype) {
+    case LA_FLOAT32: return ((const float *)base)[off];
+    case LA_INT32: return ((const int32_t *)base)[off];
+    case LA_INT64: return (double)((const int64_t *)base)[off];
+    case LA_BOOL: return ((const uint8_t *)base)[off];
+    default: return 0;
+  }
+}
+
+void la_set(la_tensor *t, const int64_t *index, double v) {
+  size_t off = la_offset_of(t, index);
+  void *base = t->storage->data;
+  switch (t->dtype) {
+    case LA_FLOAT32: ((float *)base)[off] = (float)v; break;
+    case LA_INT32: ((int32_t *)base)[off] = la_to_i32(v); break;
+    case LA_INT64: ((int64_t *)base)[off] = la_to_i64(v); break;
+    case LA_BOOL: ((uint8_t *)base)[off] = v != 0; break;
+    default: break;
+  }
+}
+
+double la_item(const la_tensor *t) {
+  int64_t zero[LA_MAX_DIM] = {0};
+  return la_get(t, zero);
+}
+
+/* ---------------------------------------------------------------- RNG */
+/* xoshiro256** (Blackman and Vigna), seeded through splitmix64: fast, with a
+** 2^256 period, and the same stream on every platform for a given seed. */
+
+static uint64_t la_rng_s[4];
+static bool la_rng_have_spare;
+static double la_rng_spare;
+
+static uint64_t la_splitmix64(uint64_t *x) {
+  uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+void la_manual_seed(uint64_t seed) {
+  uint64_t x = seed;
+  for (int i = 0; i < 4; i++) la_rng_s[i] = la_splitmix64(&x);
+  la_rng_have_spare = false;
+}
+
+static inline uint64_t la_rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+uint64_t la_rng_next(void) {
+  if (!(la_rng_s[0] | la_rng_s[1] | la_rng_s[2] | la_rng_s[3])) la_manual_seed(0);
+  uint64_t *s = la_rng_s;
+  uint64_t result = la_rotl(s[1] * 5, 7) * 9;
+  uint64_t t = s[1] << 17;
+  s[2] ^= s[0];
+  s[3] ^= s[1];
+  s[1] ^= s[2];
+  s[0] ^= s[3];
+  s[2] ^= t;
+  s[3] = la_rotl(s[3], 45);
+  return result;
+}
+
+double la_rng_uniform(void) { return (double)(la_rng_next() >> 11) * 0x1.0p-53; }
+
+/* Box-Muller, keeping the second value of each pair. */
+double la_rng_normal(void) {
+  if (la_rng_have_spare) { la_rng_have_spare = false; return la_rng_spare; }
+  double u1, u2;
+  do u1 = la_rng_uniform(); while (u1 <= 0);
+  u2 = la_rng_uniform();
+  double r = sqrt(-2.0 * log(u1)), th = 6.283185307179586 * u2;
+  la_rng_spare = r * sin(th);
+  la_rng_have_spare = true;
+  return r * cos(th);
+}
+
+la_tensor *la_rand(int ndim, const int64_t *shape) {
+  la_tensor *t = la_empty(LA_FLOAT32, ndim, shape);
+  if (!t) return NULL;
+  float *p = la_fdata(t);
+  /* 24 random bits give every float in [0, 1) on the 2^-24 grid, never 1. */
+  for (int64_t i = 0, n = la_numel(t); i < n; i++) p[i] = (float)(la_rng_next() >> 40) * 0x1.0p-24f;
+  return t;
+}
+
+la_tensor *la_randn(int ndim, const int64_t *shape) {
+  la_tensor *t = la_empty(LA_FLOAT32, ndim, shape);
+  if (!t) return NULL;
+  float *p = la_fdata(t);
+  for (int64_t i = 0, n = la_numel(t); i < n; i++) p[i] = (float)la_rng_normal();
+  return t;
+}
+
+la_tensor *la_randint(la_dtype dt, int64_t low, int64_t high, int ndim, const int64_t *shape) {
+  if (high <= low)
+    return la_fail("randint: high (%lld) must be greater than low (%lld)", (long long)high,
+                   (long long)low);
+  if (dt == LA_FLOAT32 || dt == LA_BOOL)
+    return la_fail("randint: dtype must be int32 or int64 (got %s)", la_dtype_name(dt));
+  la_tensor *t = la_empty(dt, ndim, shape);
+  if (!t) return NULL;
+  uint64_t range = (uint64_t)(high - low);
+  /* Rejection sampling keeps every value equally likely. */
+  uint64_t limit = UINT64_MAX - UINT64_MAX % range;
+  for (int64_t i = 0, n = la_numel(t); i < n; i++) {
+    uint64_t r;
+    do r = la_rng_next(); while (r >= limit);
+    int64_t v = low + (int64_t)(r % range);
+    if (dt == LA_INT32) ((int32_t *)la_data(t))[i] = (int32_t)v;
+    else ((int64_t *)la_data(t))[i] = v;
+  }
+  return t;
+}

@@ -1,0 +1,311 @@
+/*
+** la_matmul.c -- matrix products through OpenBLAS's cblas_sgemm.
+**
+** Transposed views go to BLAS as transposed operands, never copied.  A batch
+** of matrices multiplied by one matrix (a Linear layer on (B, T, C)) is one
+** tall GEMM.  Threads: one large GEMM is split into row (or column) blocks,
+** one per thread, each an ordinary single-threaded sgemm; a batch of small
+** GEMMs (attention heads) runs one GEMM per thread.  See la_threads.c.
+*/
+#include <cblas.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "la.h"
+
+/* Below this many multiply-adds a GEMM runs on one thread. */
+#define LA_GEMM_PARALLEL_MACS (64 * 64 * 64)
+
+/* A 2-D operand as BLAS sees it. */
+typedef struct {
+  const float *p;
+  int rows, cols;   /* logical shape */
+  bool trans;       /* stored column-major: pass as transposed */
+  int ld;
+} la_mat;
+
+/* Whether a (rows, cols) matrix with these strides can go to BLAS as is. */
+static bool la_mat_of(const float *p, int64_t rows, int64_t cols, int64_t s0, int64_t s1,
+                      la_mat *m) {
+  m->p = p;
+  m->rows = (int)rows;
+  m->cols = (int)cols;
+  if ((s1 == 1 || cols == 1) && s0 >= (cols > 1 ? cols : 1)) {
+    m->trans = false;
+    m->ld = (int)(s0 > 0 ? s0 : 1);
+    if (rows == 1) m->ld = (int)(cols > 1 ? cols : 1);
+    return true;
+  }
+  if ((s0 == 1 || rows == 1) && s1 >= (rows > 1 ? rows : 1)) {
+    m->trans = true;
+    m->ld = (int)(s1 > 0 ? s1 : 1);
+    if (cols == 1) m->ld = (int)(rows > 1 ? rows : 1);
+    return true;
+  }
+  return false;
+}
+
+/* Rows r0.. of a logical matrix. */
+static const float *la_mat_rows(const la_mat *m, int r0) {
+  return m->trans ? m->p + r0 : m->p + (size_t)r0 * m->ld;
+}
+
+static const float *la_mat_cols(const la_mat *m, int c0) {
+  return m->trans ? m->p + (size_t)c0 * m->ld : m->p + c0;
+}
+
+/* C[M, N] (row-major, ldc) = alpha * A[M, K] B[K, N] + beta * C, on this thread. */
+static void la_sgemm1(const la_mat *a, const la_mat *b, float alpha, float beta, float *c,
+                      int ldc, int r0, int r1, int c0, int c1) {
+  int M = r1 - r0, N = c1 - c0, K = a->cols;
+  if (M <= 0 || N <= 0) return;
+  if (K == 0) {
+    for (int i = 0; i < M; i++)
+      for (int j = 0; j < N; j++) {
+        float *q = c + (size_t)(r0 + i) * ldc + c0 + j;
+        *q = beta == 0 ? 0.0f : beta * *q;
+      }
+    return;
+  }
+  cblas_sgemm(CblasRowMajor, a->trans ? CblasTrans : CblasNoTrans,
+              b->trans ? CblasTrans : CblasNoTrans, M, N, K, alpha, la_mat_rows(a, r0), a->ld,
+              la_mat_cols(b, c0), b->ld, beta, c + (size_t)r0 * ldc + c0, ldc);
+}
+
+/* One GEMM, split across the threads when it is large enough. */
+static void la_sgemm(const la_mat *a, const la_mat *b, float alpha, float beta, float *c, int ldc) {
+  int M = a->rows, N = b->cols;
+  int nt = la_get_num_threads();
+  double macs = (double)M * N * a->cols;
+  if (nt <= 1 || macs < LA_GEMM_PARALLEL_MACS) {
+    la_sgemm1(a, b, alpha, beta, c, ldc, 0, M, 0, N);
+    return;
+  }
+  bool by_rows = M >= N;
+  #pragma omp parallel num_threads(nt)
+  {
+    int t = omp_get_thread_num(), m = omp_get_num_threads();
+    if (by_rows) {
+      /* Block edges on multiples of 8 rows keep the BLAS kernel's tiles whole. */
+      int lo = (int)((int64_t)M * t / m) & ~7, hi = t == m - 1 ? M : (int)((int64_t)M * (t + 1) / m) & ~7;
+      la_sgemm1(a, b, alpha, beta, c, ldc, lo, hi, 0, N);
+    } else {
+      int lo = (int)((int64_t)N * t / m) & ~15, hi = t == m - 1 ? N : (int)((int64_t)N * (t + 1) / m) & ~15;
+      la_sgemm1(a, b, alpha, beta, c, ldc, 0, M, lo, hi);
+    }
+  }
+}
+
+static bool la_fits_int(int64_t v) { return v >= 0 && v <= 0x7fffffff; }
+
+int la_gemm(bool ta, bool tb, float alpha, la_tensor *a, la_tensor *b, float beta, la_tensor *c) {
+  char b1[LA_SHAPE_BUF], b2[LA_SHAPE_BUF], b3[LA_SHAPE_BUF];
+  if (a->ndim != 2 || b->ndim != 2 || c->ndim != 2 || a->dtype != LA_FLOAT32 ||
+      b->dtype != LA_FLOAT32 || c->dtype != LA_FLOAT32)
+    return la_failn("gemm: needs 2-d float32 tensors");
+  int64_t M = ta ? a->shape[1] : a->shape[0], K = ta ? a->shape[0] : a->shape[1];
+  int64_t K2 = tb ? b->shape[1] : b->shape[0], N = tb ? b->shape[0] : b->shape[1];
+  if (K != K2 || c->shape[0] != M || c->shape[1] != N)
+    return la_failn("gemm: shapes %s, %s and %s do not fit", la_shape_str(b1, sizeof b1, 2, a->shape),
+                    la_shape_str(b2, sizeof b2, 2, b->shape), la_shape_str(b3, sizeof b3, 2, c->shape));
+  if (!la_fits_int(M) || !la_fits_int(N) || !la_fits_int(K))
+    return la_failn("gemm: dimensions above 2^31 are not supported");
+  la_tensor *ac = NULL, *bc = NULL;
+  la_mat am, bm;
+  int64_t as0 = ta ? a->stride[1] : a->stride[0], as1 = ta ? a->stride[0] : a->stride[1];
+  int64_t bs0 = tb ? b->stride[1] : b->stride[0], bs1 = tb ? b->stride[0] : b->stride[1];
+  if (!la_mat_of(la_fdata(a), M, K, as0, as1, &am)) {
+    if (!(ac = la_contiguous(a))) return -1;
+    la_mat_of(la_fdata(ac), M, K, ta ? 1 : K, ta ? M : 1, &am);
+  }
+  if (!la_mat_of(la_fdata(b), K, N, bs0, bs1, &bm)) {
+    if (!(bc = la_contiguous(b))) { la_release(ac); return -1; }
+    la_mat_of(la_fdata(bc), K, N, tb ? 1 : N, tb ? K : 1, &bm);
+  }
+  int rc = 0;
+  if (c->stride[1] == 1 && c->stride[0] >= N) {
+    la_sgemm(&am, &bm, alpha, beta, la_fdata(c), (int)(c->stride[0] > 0 ? c->stride[0] : 1));
+  } else {
+    la_tensor *tmp = la_contiguous(c);
+    rc = tmp ? 0 : -1;
+    if (tmp) {
+      la_sgemm(&am, &bm, alpha, beta, la_fdata(tmp), (int)(N > 0 ? N : 1));
+      if (tmp != c) rc = la_copy_(c, tmp);
+      la_release(tmp);
+    }
+  }
+  if (rc == 0) c->storage->version++;
+  la_release(ac);
+  la_release(bc);
+  return rc;
+}
+
+/* ---------------------------------------------------------------- matmul */
+
+/* Makes a float32 operand BLAS-friendly in its last two dims. */
+static la_tensor *la_blas_ready(la_tensor *t) {
+  int nd = t->ndim;
+  la_mat m;
+  bool ok = la_mat_of(la_fdata(t), t->shape[nd - 2], t->shape[nd - 1], t->stride[nd - 2],
+                      t->stride[nd - 1], &m);
+  return ok ? la_retain(t) : la_clone(t);
+}
+
+/* Batch offsets (in elements) of every matrix of t seen in batch shape bs. */
+static int64_t la_batch_offset(const la_tensor *t, int nb, const int64_t *bs, int64_t flat) {
+  int64_t off = t->offset;
+  int shift = nb - (t->ndim - 2);
+  for (int d = nb - 1; d >= 0; d--) {
+    int64_t i = flat % bs[d];
+    flat /= bs[d];
+    int td = d - shift;
+    if (td >= 0 && t->shape[td] != 1) off += i * t->stride[td];
+  }
+  return off;
+}
+
+static la_tensor *la_matmul_nd(la_tensor *a, la_tensor *b);
+
+static int la_matmul_backward(la_node *n, la_tensor *gout, la_tensor **gin) {
+  la_tensor *a = n->saved[0], *b = n->saved[1];
+  if (LA_NEEDS_GRAD(n, 0)) {
+    la_tensor *bt = la_transpose(b, b->ndim - 2, b->ndim - 1);
+    la_tensor *g = bt ? la_matmul_nd(gout, bt) : NULL;
+    la_release(bt);
+    gin[0] = g ? la_sum_to(g, a->ndim, a->shape) : NULL;
+    la_release(g);
+    if (!gin[0]) return -1;
+  }
+  if (LA_NEEDS_GRAD(n, 1)) {
+    la_tensor *g;
+    if (b->ndim == 2 && a->ndim > 2) {
+      /* One GEMM over the folded batch: A^T (K, B*M) x G (B*M, N). */
+      int64_t K = a->shape[a->ndim - 1], N = b->shape[1];
+      la_tensor *af = la_reshape(a, 2, (int64_t[]){-1, K});
+      la_tensor *gf = af ? la_reshape(gout, 2, (int64_t[]){-1, N}) : NULL;
+      la_tensor *at = gf ? la_transpose(af, 0, 1) : NULL;
+      g = at ? la_matmul_nd(at, gf) : NULL;
+      la_release(af); la_release(gf); la_release(at);
+    } else {
+      la_tensor *at = la_transpose(a, a->ndim - 2, a->ndim - 1);
+      la_tensor *full = at ? la_matmul_nd(at, gout) : NULL;
+      la_release(at);
+      g = full ? la_sum_to(full, b->ndim, b->shape) : NULL;
+      la_release(full);
+    }
+    if (!(gin[1] = g)) return -1;
+  }
+  return 0;
+}
+
+/* Both operands at least 2-d. */
+static la_tensor *la_matmul_nd(la_tensor *a, la_tensor *b) {
+  char b1[LA_SHAPE_BUF], b2[LA_SHAPE_BUF];
+  int na = a->ndim, nb = b->ndim;
+  int64_t M = a->shape[na - 2], K = a->shape[na - 1], N = b->shape[nb - 1];
+  if (b->shape[nb - 2] != K)
+    return la_fail("matmul: shapes %s and %s do not match (inner sizes %lld and %lld)",
+                   la_shape_str(b1, sizeof b1, na, a->shape), la_shape_str(b2, sizeof b2, nb, b->shape),
+                   (long long)K, (long long)b->shape[nb - 2]);
+  /* Broadcast the batch dims. */
+  la_tensor ba = {.ndim = na - 2}, bb = {.ndim = nb - 2};
+  memcpy(ba.shape, a->shape, sizeof(int64_t) * (size_t)(na - 2));
+  memcpy(bb.shape, b->shape, sizeof(int64_t) * (size_t)(nb - 2));
+  int nbatch;
+  int64_t bs[LA_MAX_DIM], shape[LA_MAX_DIM];
+  if (la_broadcast_shape("matmul", &ba, &bb, &nbatch, bs) < 0) {
+    la_error_prefix("");
+    return la_fail("matmul: batch dims of %s and %s cannot be broadcast together",
+                   la_shape_str(b1, sizeof b1, na, a->shape), la_shape_str(b2, sizeof b2, nb, b->shape));
+  }
+  if (nbatch + 2 > LA_MAX_DIM) return la_fail("matmul: too many dimensions");
+  int64_t batch = 1;
+  for (int d = 0; d < nbatch; d++) { shape[d] = bs[d]; batch *= bs[d]; }
+  shape[nbatch] = M;
+  shape[nbatch + 1] = N;
+  if (!la_fits_int(M) || !la_fits_int(N) || !la_fits_int(K))
+    return la_fail("matmul: dimensions above 2^31 are not supported");
+  la_tensor *out = la_empty(LA_FLOAT32, nbatch + 2, shape);
+  if (!out) return NULL;
+  /* The reshapes and copies below are plumbing, not part of the graph. */
+  bool grad_mode = la_set_grad_enabled(false);
+  la_tensor *ac = NULL, *bc = la_blas_ready(b);
+  if (!bc) { la_set_grad_enabled(grad_mode); la_release(out); return NULL; }
+  la_mat bm0;
+  if (nb == 2 && na > 2) {
+    /* (..., M, K) x (K, N): one tall GEMM when a's batch folds into rows. */
+    ac = la_reshape(a, 2, (int64_t[]){-1, K});
+    la_tensor *af = ac ? la_blas_ready(ac) : NULL;
+    la_release(ac);
+    ac = af;
+    if (!ac) { la_set_grad_enabled(grad_mode); la_release(bc); la_release(out); return NULL; }
+    la_mat am;
+    la_mat_of(la_fdata(ac), ac->shape[0], K, ac->stride[0], ac->stride[1], &am);
+    la_mat_of(la_fdata(bc), K, N, bc->stride[0], bc->stride[1], &bm0);
+    la_sgemm(&am, &bm0, 1.0f, 0.0f, la_fdata(out), (int)(N > 0 ? N : 1));
+  } else {
+    ac = la_blas_ready(a);
+    if (!ac) { la_set_grad_enabled(grad_mode); la_release(bc); la_release(out); return NULL; }
+    float *o = la_fdata(out);
+    const float *ap = ac->storage->data, *bp = bc->storage->data;
+    int nt = la_get_num_threads();
+    double macs = (double)M * N * K;
+    /* Many small products: one per thread.  Few large ones: split each. */
+    bool per_thread = nt > 1 && batch >= nt && macs < 8.0 * LA_GEMM_PARALLEL_MACS * 64;
+    #pragma omp parallel for if (per_thread) schedule(static)
+    for (int64_t i = 0; i < batch; i++) {
+      la_mat am, bm;
+      la_mat_of(ap + la_batch_offset(ac, nbatch, bs, i), M, K, ac->stride[na - 2], ac->stride[na - 1], &am);
+      la_mat_of(bp + la_batch_offset(bc, nbatch, bs, i), K, N, bc->stride[nb - 2], bc->stride[nb - 1], &bm);
+      float *c = o + i * M * N;
+      if (per_thread) la_sgemm1(&am, &bm, 1.0f, 0.0f, c, (int)(N > 0 ? N : 1), 0, (int)M, 0, (int)N);
+      else la_sgemm(&am, &bm, 1.0f, 0.0f, c, (int)(N > 0 ? N : 1));
+    }
+  }
+  la_release(ac);
+  la_release(bc);
+  la_set_grad_enabled(grad_mode);
+  la_tensor *in[2] = {a, b};
+  la_node *n;
+  out = la_record(out, "matmul", la_matmul_backward, 2, in, 2, &n);
+  if (n && (la_node_save(n, 0, a) < 0 || la_node_save(n, 1, b) < 0)) {
+    la_release(out);
+    return NULL;
+  }
+  return out;
+}
+
+la_tensor *la_matmul(la_tensor *a, la_tensor *b) {
+  char b1[LA_SHAPE_BUF], b2[LA_SHAPE_BUF];
+  if (a->dtype != LA_FLOAT32 || b->dtype != LA_FLOAT32)
+    return la_fail("matmul: needs float32 tensors (got %s and %s)", la_dtype_name(a->dtype),
+                   la_dtype_name(b->dtype));
+  if (a->ndim == 0 || b->ndim == 0)
+    return la_fail("matmul: both arguments need at least one dimension (got shapes %s and %s)",
+                   la_shape_str(b1, sizeof b1, a->ndim, a->shape),
+                   la_shape_str(b2, sizeof b2, b->ndim, b->shape));
+  int64_t ka = a->shape[a->ndim - 1], kb = b->shape[b->ndim == 1 ? 0 : b->ndim - 2];
+  if (ka != kb)
+    return la_fail("matmul: shapes %s and %s do not match (inner sizes %lld and %lld)",
+                   la_shape_str(b1, sizeof b1, a->ndim, a->shape),
+                   la_shape_str(b2, sizeof b2, b->ndim, b->shape), (long long)ka, (long long)kb);
+  /* Vectors become 1-row / 1-column matrices, as in NumPy, through views
+  ** (so their gradients come back through the view's backward). */
+  la_tensor *a2 = a->ndim == 1 ? la_unsqueeze(a, 0) : la_retain(a);
+  la_tensor *b2_ = a2 ? (b->ndim == 1 ? la_unsqueeze(b, 1) : la_retain(b)) : NULL;
+  la_tensor *r = b2_ ? la_matmul_nd(a2, b2_) : NULL;
+  if (r && b->ndim == 1) {
+    la_tensor *s = la_squeeze(r, r->ndim - 1);
+    la_release(r);
+    r = s;
+  }
+  if (r && a->ndim == 1) {
+    la_tensor *s = la_squeeze(r, r->ndim - (b->ndim == 1 ? 1 : 2));
+    la_release(r);
+    r = s;
+  }
+  la_release(a2);
+  la_release(b2_);
+  return r;
+}

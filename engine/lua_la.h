@@ -1,0 +1,44 @@
+/*
+** lua_la.h -- what the binding files share: the tensor userdata, argument
+** checking, and turning engine results into Lua values or Lua errors.
+*/
+#ifndef LUA_LA_H
+#define LUA_LA_H
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "la.h"
+
+#define LT_NAME "lualign.Tensor"
+
+/* The userdata is the tensor handle: one per engine tensor, so == on two
+** handles is identity.  t is NULL once the handle has been closed. */
+typedef struct lt_box {
+  la_tensor *t;
+} lt_box;
+
+la_tensor *lt_check(lua_State *L, int i);
+la_tensor *lt_test(lua_State *L, int i);          /* NULL if not a live tensor */
+/* Pushes a tensor fresh from the engine, taking over its reference; raises
+** the engine's error when t is NULL.  Returns 1 (values pushed). */
+int lt_result(lua_State *L, la_tensor *t);
+/* Pushes the handle of a tensor the engine already holds (a .grad), making
+** one only if none is alive.  Pushes nil for NULL. */
+void lt_push(lua_State *L, la_tensor *t);
+int lt_error(lua_State *L);                        /* raises la_error() */
+int lt_check_rc(lua_State *L, int rc);             /* raises when rc < 0 */
+
+/* A dimension argument: 1-based, or negative from the end; 0-based result.
+** 'extra' widens the range by one for ops that insert a dim (unsqueeze). */
+int lt_checkdim(lua_State *L, int arg, int ndim, const char *op, int extra);
+int lt_optdim(lua_State *L, int arg, int ndim, const char *op, int def);
+la_dtype lt_optdtype(lua_State *L, int arg, la_dtype def);
+/* A shape given as numbers from 'arg' on, or as one list; returns the index
+** of the first argument after it. */
+int lt_checkshape(lua_State *L, int arg, const char *op, int *ndim, int64_t *shape);
+
+void lt_open_tensor(lua_State *L);    /* builds the metatable and methods */
+void lt_pace_gc(lua_State *L);        /* GC pacing after allocations */
+
+#endif

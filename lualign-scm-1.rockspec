@@ -1,0 +1,40 @@
+rockspec_format = "3.0"
+package = "lualign"
+version = "scm-1"
+
+source = {
+  url = "git+file:///dev/null",   -- built from a checkout: luarocks --lua-version 5.4 make
+}
+
+description = {
+  summary = "Tensors, autograd and alignment recipes (SFT, reward models, PPO, GDPO) for small language models",
+  detailed = [[
+lualign is a training framework for aligning small language models: a C engine
+(tensors, reverse-mode autograd, fused loss kernels, OpenBLAS matrix products)
+driven from Lua 5.4, with training recipes as editable Lua scripts.
+]],
+  license = "MIT",
+  homepage = "https://lualign.invalid",
+}
+
+dependencies = {
+  "lua >= 5.4, < 5.5",
+}
+
+-- OpenBLAS and the Lua headers come from the system (Debian: libopenblas-dev,
+-- liblua5.4-dev); LuaRocks reports them clearly when they are missing.
+external_dependencies = {
+  OPENBLAS = { library = "openblas" },
+}
+
+build = {
+  type = "make",
+  build_variables = {
+    LUA_INCDIR = "$(LUA_INCDIR)",
+  },
+  install_variables = {
+    INST_LIBDIR = "$(LIBDIR)",
+    INST_LUADIR = "$(LUADIR)",
+    INST_BINDIR = "$(BINDIR)",
+  },
+}

@@ -1,0 +1,207 @@
+/*
+** engine_test.c -- tests of the C engine core alone, with no Lua: this proves
+** the core builds and works without Lua headers, and lets memory checkers
+** (valgrind, sanitizers) run on the engine directly.
+**
+** Prints one line per test, "ok NAME" or "FAIL NAME: why", and a final
+** "N passed, N failed".  tests/engine_c_spec.lua runs it inside `make test`.
+*/
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "../engine/la.h"
+
+static int passed, failed;
+static const char *current;
+static char why[512];
+
+#define CHECK(cond, ...)                                     \
+  do {                                                       \
+    if (!(cond)) {                                           \
+      snprintf(why, sizeof why, __VA_ARGS__);                \
+      return 0;                                              \
+    }                                                        \
+  } while (0)
+
+static void run(const char *name, int (*fn)(void)) {
+  current = name;
+  why[0] = 0;
+  size_t before = la_memory_stats().live_bytes;
+  int ok = fn();
+  size_t after = la_memory_stats().live_bytes;
+  if (ok && after != before) {
+    snprintf(why, sizeof why, "leaked %zu bytes of tensor storage", after - before);
+    ok = 0;
+  }
+  if (ok) { passed++; printf("ok %s\n", name); }
+  else { failed++; printf("FAIL %s: %s\n", name, why); }
+}
+
+static la_tensor *from(const float *v, int ndim, const int64_t *shape) {
+  la_tensor *t = la_empty(LA_FLOAT32, ndim, shape);
+  memcpy(la_fdata(t), v, (size_t)la_numel(t) * sizeof(float));
+  return t;
+}
+
+static int near(float a, float b) { return fabsf(a - b) <= 1e-5f * (1 + fabsf(b)); }
+
+/* ---------------------------------------------------------------- tests */
+
+static int test_broadcast_add(void) {
+  float a[] = {1, 2, 3, 4, 5, 6}, b[] = {10, 20, 30};
+  la_tensor *ta = from(a, 2, (int64_t[]){2, 3}), *tb = from(b, 1, (int64_t[]){3});
+  la_tensor *c = la_binary(LA_ADD, ta, tb);
+  int ok = c && c->shape[0] == 2 && c->shape[1] == 3 && near(la_fdata(c)[4], 25);
+  la_release(ta); la_release(tb); la_release(c);
+  CHECK(ok, "(2,3) + (3,) gave the wrong result");
+  return 1;
+}
+
+static int test_broadcast_error(void) {
+  la_tensor *a = la_full(LA_FLOAT32, 2, (int64_t[]){2, 3}, 1), *b = la_full(LA_FLOAT32, 1, (int64_t[]){4}, 1);
+  la_tensor *c = la_binary(LA_MUL, a, b);
+  la_release(a); la_release(b);
+  CHECK(c == NULL, "mismatched shapes were accepted");
+  CHECK(strstr(la_error(), "mul: shapes (2, 3) and (4,) cannot be broadcast") != NULL,
+        "message was: %s", la_error());
+  return 1;
+}
+
+static int test_matmul_values(void) {
+  float a[] = {1, 2, 3, 4, 5, 6}, b[] = {1, 0, 0, 1, 1, 1};
+  la_tensor *ta = from(a, 2, (int64_t[]){2, 3}), *tb = from(b, 2, (int64_t[]){3, 2});
+  la_tensor *c = la_matmul(ta, tb);
+  /* [[1,2,3],[4,5,6]] x [[1,0],[0,1],[1,1]] = [[4,5],[10,11]] */
+  float *p = la_fdata(c);
+  int ok = near(p[0], 4) && near(p[1], 5) && near(p[2], 10) && near(p[3], 11);
+  la_release(ta); la_release(tb); la_release(c);
+  CHECK(ok, "2x3 by 3x2 product is wrong");
+  return 1;
+}
+
+static int test_backward_mul_sum(void) {
+  float a[] = {1, 2, 3}, b[] = {4, 5, 6};
+  la_tensor *ta = from(a, 1, (int64_t[]){3}), *tb = from(b, 1, (int64_t[]){3});
+  ta->requires_grad = true;
+  la_tensor *p = la_binary(LA_MUL, ta, tb), *s = la_sum(p, -1, false);
+  int rc = la_backward(s, NULL, false);
+  int ok = rc == 0 && ta->grad && near(la_fdata(ta->grad)[2], 6) && tb->grad == NULL;
+  la_release(s); la_release(p); la_release(ta); la_release(tb);
+  CHECK(ok, "d sum(a*b)/da should be b (rc %d: %s)", rc, la_error());
+  return 1;
+}
+
+static int test_second_backward_fails(void) {
+  la_tensor *x = la_full(LA_FLOAT32, 1, (int64_t[]){4}, 2);
+  x->requires_grad = true;
+  la_tensor *y = la_unary(LA_EXP, x), *s = la_sum(y, -1, false);
+  int first = la_backward(s, NULL, false), second = la_backward(s, NULL, false);
+  la_release(s); la_release(y); la_release(x);
+  CHECK(first == 0 && second < 0, "a second backward through a freed graph succeeded");
+  CHECK(strstr(la_error(), "already freed") != NULL, "message was: %s", la_error());
+  return 1;
+}
+
+static int test_saved_tensor_freed_by_backward(void) {
+  la_tensor *x = la_full(LA_FLOAT32, 1, (int64_t[]){1 << 16}, 1);
+  x->requires_grad = true;
+  la_tensor *y = la_unary(LA_EXP, x);   /* saves its 256 KiB output */
+  la_tensor *s = la_sum(y, -1, false);
+  la_release(y);                        /* only the graph holds y's storage now */
+  size_t before = la_memory_stats().live_bytes;
+  la_backward(s, NULL, false);
+  size_t after = la_memory_stats().live_bytes;
+  la_release(s); la_release(x);
+  /* y's storage (256 KiB) went, x.grad (256 KiB) came. */
+  CHECK(after <= before, "backward kept the saved tensors (%zu -> %zu bytes)", before, after);
+  return 1;
+}
+
+static int test_long_chain_release(void) {
+  /* Freeing a 100000-op graph must not recurse once per node. */
+  la_tensor *x = la_full(LA_FLOAT32, 1, (int64_t[]){1}, 0.5);
+  x->requires_grad = true;
+  la_tensor *y = la_retain(x);
+  for (int i = 0; i < 100000; i++) {
+    la_tensor *z = la_binary_scalar(LA_MUL, y, 1.0, false);
+    la_release(y);
+    y = z;
+  }
+  la_release(y);
+  la_release(x);
+  return 1;
+}
+
+static int test_inplace_on_saved_detected(void) {
+  la_tensor *x = la_full(LA_FLOAT32, 1, (int64_t[]){3}, 2);
+  x->requires_grad = true;
+  la_tensor *y = la_unary(LA_EXP, x), *s = la_sum(y, -1, false);
+  bool prev = la_set_grad_enabled(false);
+  la_fill_(y, 0);                       /* modifies exp's saved output */
+  la_set_grad_enabled(prev);
+  int rc = la_backward(s, NULL, false);
+  la_release(s); la_release(y); la_release(x);
+  CHECK(rc < 0 && strstr(la_error(), "modified in place") != NULL,
+        "in-place change of a saved tensor went unnoticed (%s)", la_error());
+  return 1;
+}
+
+static int test_view_shares_storage(void) {
+  la_tensor *x = la_arange(LA_FLOAT32, 0, 12, 1);
+  la_tensor *v = la_view(x, 2, (int64_t[]){3, 4}), *t = la_transpose(v, 0, 1);
+  int ok = v->storage == x->storage && t->storage == x->storage && !la_is_contiguous(t) &&
+           la_get(t, (int64_t[]){3, 1}) == 7;
+  la_tensor *bad = la_view(t, 1, (int64_t[]){12});
+  la_release(x); la_release(v); la_release(t);
+  CHECK(ok, "views must share storage, and t[4][2] of arange(12):view(3,4):t() is 7");
+  CHECK(bad == NULL && strstr(la_error(), "use reshape") != NULL, "viewing a transpose flat must fail");
+  return 1;
+}
+
+static int test_memory_limit(void) {
+  la_set_memory_limit(la_memory_stats().live_bytes + (1 << 20));
+  la_tensor *t = la_empty(LA_FLOAT32, 1, (int64_t[]){1 << 20});   /* 4 MiB */
+  la_set_memory_limit(0);
+  CHECK(t == NULL, "allocation past the limit succeeded");
+  CHECK(strstr(la_error(), "out of memory") != NULL, "message was: %s", la_error());
+  return 1;
+}
+
+static int test_index_range_error(void) {
+  la_tensor *w = la_full(LA_FLOAT32, 2, (int64_t[]){4, 2}, 1);
+  la_tensor *idx = la_full(LA_INT64, 1, (int64_t[]){2}, 4);
+  la_tensor *r = la_index_select(w, 0, idx);
+  la_release(w); la_release(idx);
+  CHECK(r == NULL && strstr(la_error(), "index 4") && strstr(la_error(), "0-based"),
+        "out-of-range index not reported: %s", la_error());
+  return 1;
+}
+
+static int test_seed_reproducible(void) {
+  la_manual_seed(42);
+  la_tensor *a = la_randn(1, (int64_t[]){5});
+  la_manual_seed(42);
+  la_tensor *b = la_randn(1, (int64_t[]){5});
+  int same = memcmp(la_fdata(a), la_fdata(b), 5 * sizeof(float)) == 0;
+  la_release(a); la_release(b);
+  CHECK(same, "the same seed gave different numbers");
+  return 1;
+}
+
+int main(void) {
+  run("broadcast_add", test_broadcast_add);
+  run("broadcast_error", test_broadcast_error);
+  run("matmul_values", test_matmul_values);
+  run("backward_mul_sum", test_backward_mul_sum);
+  run("second_backward_fails", test_second_backward_fails);
+  run("saved_tensor_freed_by_backward", test_saved_tensor_freed_by_backward);
+  run("long_chain_release", test_long_chain_release);
+  run("inplace_on_saved_detected", test_inplace_on_saved_detected);
+  run("view_shares_storage", test_view_shares_storage);
+  run("memory_limit", test_memory_limit);
+  run("index_range_error", test_index_range_error);
+  run("seed_reproducible", test_seed_reproducible);
+  printf("%d passed, %d failed\n", passed, failed);
+  return failed ? 1 : 0;
+}
