@@ -40,17 +40,21 @@ CTEST = $(BUILD)/engine_test
 all: $(MODULE)
 
 # The core compiles without Lua headers: only lua_*.c see them.
-$(BUILD)/obj/la_%.o: engine/la_%.c engine/la.h engine/la_iter.h
+ENGINE_HEADERS = $(wildcard engine/la*.h)
+
+$(BUILD)/obj/la_%.o: engine/la_%.c $(ENGINE_HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
 
-$(BUILD)/obj/lua_%.o: engine/lua_%.c engine/la.h engine/lua_la.h
+$(BUILD)/obj/lua_%.o: engine/lua_%.c $(ENGINE_HEADERS) engine/lua_la.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(LUA_CFLAGS) -c $< -o $@
 
+# -z nodelete: Lua unloads C modules when the state closes, but OpenMP's
+# worker threads may still be parked in code of ours at that point.
 $(MODULE): $(CORE_OBJ) $(BIND_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) -shared -fopenmp -o $@ $^ $(LIBS)
+	$(CC) -shared -fopenmp -Wl,-z,nodelete -o $@ $^ $(LIBS)
 
 $(CTEST): tests/engine_test.c $(CORE_OBJ)
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LIBS)

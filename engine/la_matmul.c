@@ -14,8 +14,10 @@
 
 #include "la.h"
 
-/* Below this many multiply-adds a GEMM runs on one thread. */
-#define LA_GEMM_PARALLEL_MACS (64 * 64 * 64)
+/* Below this many multiply-adds (about 40 us of one core's work) a GEMM runs
+** on one thread: waking and joining a team costs more than it saves, and much
+** more on a loaded machine, where one descheduled thread stalls the join. */
+#define LA_GEMM_PARALLEL_MACS (4 * 1024 * 1024)
 
 /* A 2-D operand as BLAS sees it. */
 typedef struct {
@@ -252,7 +254,8 @@ static la_tensor *la_matmul_nd(la_tensor *a, la_tensor *b) {
     int nt = la_get_num_threads();
     double macs = (double)M * N * K;
     /* Many small products: one per thread.  Few large ones: split each. */
-    bool per_thread = nt > 1 && batch >= nt && macs < 8.0 * LA_GEMM_PARALLEL_MACS * 64;
+    bool per_thread = nt > 1 && batch >= nt && macs < 64.0 * LA_GEMM_PARALLEL_MACS &&
+                      macs * (double)batch >= LA_GEMM_PARALLEL_MACS;
     #pragma omp parallel for if (per_thread) schedule(static)
     for (int64_t i = 0; i < batch; i++) {
       la_mat am, bm;

@@ -39,6 +39,7 @@ la_dtype lt_optdtype(lua_State *L, int arg, la_dtype def);
 int lt_checkshape(lua_State *L, int arg, const char *op, int *ndim, int64_t *shape);
 
 void lt_open_tensor(lua_State *L);    /* builds the metatable and methods */
+void lt_open_nn(lua_State *L);        /* core.nn: fused network kernels */
 void lt_pace_gc(lua_State *L);        /* GC pacing after allocations */
 
 #endif

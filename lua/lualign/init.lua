@@ -14,9 +14,10 @@
 local core = require "lualign.core"
 
 local la = {}
-for name, fn in pairs(core) do la[name] = fn end
+for name, fn in pairs(core) do
+  if type(fn) == "function" then la[name] = fn end
+end
 la.Tensor = core.Tensor
-la.metatable = nil
 
 la.float32, la.int32, la.int64, la.bool = "float32", "int32", "int64", "bool"
 la.float, la.int, la.long = "float32", "int32", "int64"

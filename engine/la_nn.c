@@ -1,0 +1,353 @@
+/*
+** la_nn.c -- linear layers, layer and RMS normalisation, dropout: forward and
+** backward side by side, each over rows of the last dim.
+*/
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "la_nn.h"
+
+/* Rows of a tensor: (M, C) with C the last dim. */
+static int64_t la_rows(const la_tensor *t) {
+  int64_t m = 1;
+  for (int i = 0; i < t->ndim - 1; i++) m *= t->shape[i];
+  return m;
+}
+
+static int la_check_f32(const char *op, const la_tensor *t, const char *what) {
+  if (t->dtype != LA_FLOAT32)
+    return la_failn("%s: %s must be float32 (got %s)", op, what, la_dtype_name(t->dtype));
+  return 0;
+}
+
+/* A (M, C) contiguous view of t's rows. */
+static la_tensor *la_as_rows(la_tensor *t) {
+  la_tensor *c = la_contiguous(t);
+  if (!c) return NULL;
+  int64_t shape[2] = {la_rows(t), t->ndim ? t->shape[t->ndim - 1] : 1};
+  la_tensor *v = la_alias(c);
+  la_release(c);
+  if (!v) return NULL;
+  v->ndim = 2;
+  v->shape[0] = shape[0];
+  v->shape[1] = shape[1];
+  v->stride[0] = shape[1];
+  v->stride[1] = 1;
+  return v;
+}
+
+/* Column sums of a contiguous (M, C) matrix into out (C), accumulated in
+** double, columns split across threads. */
+static void la_colsum(const float *x, int64_t M, int64_t C, float *out) {
+  #pragma omp parallel if (M * C >= LA_PARALLEL_GRAIN)
+  {
+    int t = omp_get_thread_num(), n = omp_get_num_threads();
+    int64_t c0 = C * t / n, c1 = C * (t + 1) / n;
+    double *acc = calloc((size_t)(c1 - c0 + 1), sizeof(double));
+    if (acc) {
+      for (int64_t i = 0; i < M; i++) {
+        const float *row = x + i * C;
+        for (int64_t j = c0; j < c1; j++) acc[j - c0] += row[j];
+      }
+      for (int64_t j = c0; j < c1; j++) out[j] = (float)acc[j - c0];
+      free(acc);
+    }
+  }
+}
+
+/* ---------------------------------------------------------------- linear */
+
+static int la_linear_backward(la_node *n, la_tensor *gout, la_tensor **gin) {
+  la_tensor *x = n->saved[0], *w = n->saved[1];
+  la_tensor *g = la_as_rows(gout);
+  if (!g) return -1;
+  int rc = 0;
+  int64_t M = g->shape[0], O = w->shape[0], I = w->shape[1];
+  if (rc == 0 && LA_NEEDS_GRAD(n, 0)) {            /* dx = g W */
+    la_tensor *dx = la_empty(LA_FLOAT32, n->in[0].ndim, n->in[0].shape);
+    la_tensor *dx2 = dx ? la_as_rows(dx) : NULL;
+    rc = dx2 ? la_gemm(false, false, 1.0f, g, w, 0.0f, dx2) : -1;
+    la_release(dx2);
+    if (rc == 0) gin[0] = dx; else la_release(dx);
+  }
+  if (rc == 0 && LA_NEEDS_GRAD(n, 1)) {            /* dW = g^T x */
+    la_tensor *x2 = la_as_rows(x);
+    la_tensor *dw = x2 ? la_empty(LA_FLOAT32, 2, (int64_t[]){O, I}) : NULL;
+    rc = dw ? la_gemm(true, false, 1.0f, g, x2, 0.0f, dw) : -1;
+    la_release(x2);
+    if (rc == 0) gin[1] = dw; else la_release(dw);
+  }
+  if (rc == 0 && n->n_in > 2 && LA_NEEDS_GRAD(n, 2)) {   /* db = column sums of g */
+    la_tensor *db = la_empty(LA_FLOAT32, 1, &O);
+    if (db) { la_colsum(la_fdata(g), M, O, la_fdata(db)); gin[2] = db; }
+    else rc = -1;
+  }
+  la_release(g);
+  return rc;
+}
+
+la_tensor *la_linear(la_tensor *x, la_tensor *w, la_tensor *b) {
+  char b1[LA_SHAPE_BUF], b2[LA_SHAPE_BUF];
+  if (la_check_f32("linear", x, "input") < 0 || la_check_f32("linear", w, "weight") < 0) return NULL;
+  if (b && la_check_f32("linear", b, "bias") < 0) return NULL;
+  if (x->ndim < 1 || w->ndim != 2 || x->shape[x->ndim - 1] != w->shape[1])
+    return la_fail("linear: input of shape %s does not fit weight of shape %s (out, in)",
+                   la_shape_str(b1, sizeof b1, x->ndim, x->shape),
+                   la_shape_str(b2, sizeof b2, w->ndim, w->shape));
+  if (b && (b->ndim != 1 || b->shape[0] != w->shape[0]))
+    return la_fail("linear: bias of shape %s does not fit weight of shape %s",
+                   la_shape_str(b1, sizeof b1, b->ndim, b->shape),
+                   la_shape_str(b2, sizeof b2, w->ndim, w->shape));
+  int64_t O = w->shape[0], shape[LA_MAX_DIM];
+  memcpy(shape, x->shape, sizeof shape);
+  shape[x->ndim - 1] = O;
+  la_tensor *out = la_empty(LA_FLOAT32, x->ndim, shape);
+  la_tensor *x2 = out ? la_as_rows(x) : NULL;
+  la_tensor *o2 = x2 ? la_as_rows(out) : NULL;
+  int rc = o2 ? 0 : -1;
+  if (rc == 0) {
+    float beta = 0.0f;
+    if (b) {   /* the bias goes in first and the product is added onto it */
+      la_tensor *bc = la_contiguous(b);
+      if (bc) {
+        const float *bp = la_fdata(bc);
+        float *op = la_fdata(o2);
+        int64_t M = o2->shape[0];
+        #pragma omp parallel for if (M * O >= LA_PARALLEL_GRAIN)
+        for (int64_t i = 0; i < M; i++) memcpy(op + i * O, bp, (size_t)O * sizeof(float));
+        la_release(bc);
+        beta = 1.0f;
+      } else {
+        rc = -1;
+      }
+    }
+    if (rc == 0) rc = la_gemm(false, true, 1.0f, x2, w, beta, o2);
+  }
+  la_release(x2);
+  la_release(o2);
+  if (rc < 0) { la_release(out); return NULL; }
+  la_tensor *in[3] = {x, w, b};
+  la_node *n;
+  out = la_record(out, "linear", la_linear_backward, b ? 3 : 2, in, 2, &n);
+  if (n && (la_node_save(n, 0, x) < 0 || la_node_save(n, 1, w) < 0)) {
+    la_release(out);
+    return NULL;
+  }
+  return out;
+}
+
+/* ---------------------------------------------------------------- layer norm */
+
+/* Per-thread partial sums for the weight and bias gradients, added in thread
+** order so results do not depend on scheduling. */
+static int la_norm_param_grads(const float *g, const float *xhat_src, const float *mean,
+                               const float *rstd, int64_t M, int64_t C, float *dw, float *db,
+                               bool rms) {
+  int nt = la_get_num_threads();
+  if (M * C < LA_PARALLEL_GRAIN) nt = 1;
+  double *part = calloc((size_t)nt * 2 * (size_t)C, sizeof(double));
+  if (!part) return la_failn("layer_norm: out of memory");
+  #pragma omp parallel num_threads(nt)
+  {
+    int t = omp_get_thread_num(), m = omp_get_num_threads();
+    double *pw = part + (size_t)t * 2 * C, *pb = pw + C;
+    for (int64_t i = M * t / m; i < M * (t + 1) / m; i++) {
+      const float *gr = g + i * C, *xr = xhat_src + i * C;
+      float mu = rms ? 0.0f : mean[i], rs = rstd[i];
+      for (int64_t j = 0; j < C; j++) {
+        float xh = (xr[j] - mu) * rs;
+        pw[j] += gr[j] * xh;
+        pb[j] += gr[j];
+      }
+    }
+  }
+  for (int64_t j = 0; j < C; j++) {
+    double sw = 0, sb = 0;
+    for (int t = 0; t < nt; t++) {
+      sw += part[(size_t)t * 2 * C + j];
+      sb += part[(size_t)t * 2 * C + C + j];
+    }
+    if (dw) dw[j] = (float)sw;
+    if (db) db[j] = (float)sb;
+  }
+  free(part);
+  return 0;
+}
+
+static int la_norm_backward(la_node *n, la_tensor *gout, la_tensor **gin) {
+  bool rms = n->iarg[0] != 0;
+  la_tensor *x = n->saved[0], *w = n->saved[1], *stats = n->saved[2];
+  la_tensor *g = la_as_rows(gout);
+  if (!g) return -1;
+  int64_t M = g->shape[0], C = g->shape[1];
+  const float *gp = la_fdata(g), *xp = la_fdata(x), *wp = w ? la_fdata(w) : NULL;
+  const float *mean = la_fdata(stats), *rstd = mean + M;
+  int rc = 0;
+  if (LA_NEEDS_GRAD(n, 0)) {
+    la_tensor *dx = la_empty(LA_FLOAT32, n->in[0].ndim, n->in[0].shape);
+    if (!dx) rc = -1;
+    else {
+      float *dp = la_fdata(dx);
+      #pragma omp parallel for if (M * C >= LA_PARALLEL_GRAIN) schedule(static)
+      for (int64_t i = 0; i < M; i++) {
+        const float *gr = gp + i * C, *xr = xp + i * C;
+        float *dr = dp + i * C;
+        float mu = rms ? 0.0f : mean[i], rs = rstd[i];
+        double s1 = 0, s2 = 0;   /* mean of dxhat and of dxhat * xhat */
+        for (int64_t j = 0; j < C; j++) {
+          float dxh = gr[j] * (wp ? wp[j] : 1.0f), xh = (xr[j] - mu) * rs;
+          s1 += dxh;
+          s2 += dxh * xh;
+        }
+        float m1 = rms ? 0.0f : (float)(s1 / C), m2 = (float)(s2 / C);
+        for (int64_t j = 0; j < C; j++) {
+          float dxh = gr[j] * (wp ? wp[j] : 1.0f), xh = (xr[j] - mu) * rs;
+          dr[j] = rs * (dxh - m1 - xh * m2);
+        }
+      }
+      gin[0] = dx;
+    }
+  }
+  bool need_w = n->n_in > 1 && LA_NEEDS_GRAD(n, 1), need_b = n->n_in > 2 && LA_NEEDS_GRAD(n, 2);
+  if (rc == 0 && (need_w || need_b)) {
+    la_tensor *dw = need_w ? la_empty(LA_FLOAT32, 1, &C) : NULL;
+    la_tensor *db = need_b ? la_empty(LA_FLOAT32, 1, &C) : NULL;
+    if ((need_w && !dw) || (need_b && !db)) rc = -1;
+    else rc = la_norm_param_grads(gp, xp, mean, rstd, M, C, dw ? la_fdata(dw) : NULL,
+                                  db ? la_fdata(db) : NULL, rms);
+    if (rc == 0) { if (need_w) gin[1] = dw; if (need_b) gin[2] = db; }
+    else { la_release(dw); la_release(db); }
+  }
+  la_release(g);
+  return rc;
+}
+
+static la_tensor *la_norm(const char *op, la_tensor *x, la_tensor *w, la_tensor *b, double eps,
+                          bool rms) {
+  char b1[LA_SHAPE_BUF], b2[LA_SHAPE_BUF];
+  if (la_check_f32(op, x, "input") < 0) return NULL;
+  if (x->ndim < 1) return la_fail("%s: needs at least one dimension", op);
+  int64_t C = x->shape[x->ndim - 1];
+  la_tensor *params[2] = {w, b};
+  for (int i = 0; i < 2; i++) {
+    la_tensor *p = params[i];
+    if (!p) continue;
+    if (la_check_f32(op, p, i ? "bias" : "weight") < 0) return NULL;
+    if (p->ndim != 1 || p->shape[0] != C)
+      return la_fail("%s: %s of shape %s does not fit input of shape %s (last dim %lld)", op,
+                     i ? "bias" : "weight", la_shape_str(b1, sizeof b1, p->ndim, p->shape),
+                     la_shape_str(b2, sizeof b2, x->ndim, x->shape), (long long)C);
+  }
+  if (!(eps > 0)) return la_fail("%s: eps must be positive (got %g)", op, eps);
+  la_tensor *x2 = la_as_rows(x);
+  if (!x2) return NULL;
+  int64_t M = x2->shape[0];
+  la_tensor *out = la_empty(LA_FLOAT32, x->ndim, x->shape);
+  la_tensor *stats = out ? la_empty(LA_FLOAT32, 1, (int64_t[]){2 * M}) : NULL;
+  la_tensor *wc = w ? la_contiguous(w) : NULL, *bc = b ? la_contiguous(b) : NULL;
+  if (!stats || (w && !wc) || (b && !bc)) {
+    la_release(x2); la_release(out); la_release(stats); la_release(wc); la_release(bc);
+    return NULL;
+  }
+  const float *xp = la_fdata(x2), *wp = wc ? la_fdata(wc) : NULL, *bp = bc ? la_fdata(bc) : NULL;
+  float *yp = la_fdata(out), *mean = la_fdata(stats), *rstd = mean + M;
+  #pragma omp parallel for if (M * C >= LA_PARALLEL_GRAIN) schedule(static)
+  for (int64_t i = 0; i < M; i++) {
+    const float *xr = xp + i * C;
+    float *yr = yp + i * C;
+    double s = 0, ss = 0;
+    if (!rms) {
+      for (int64_t j = 0; j < C; j++) s += xr[j];
+      s /= (double)C;
+    }
+    for (int64_t j = 0; j < C; j++) { double d = xr[j] - s; ss += d * d; }
+    float mu = (float)s, rs = (float)(1.0 / sqrt(ss / (double)C + eps));
+    mean[i] = mu;
+    rstd[i] = rs;
+    for (int64_t j = 0; j < C; j++) {
+      float v = (xr[j] - mu) * rs;
+      if (wp) v *= wp[j];
+      if (bp) v += bp[j];
+      yr[j] = v;
+    }
+  }
+  la_release(wc);
+  la_release(bc);
+  la_tensor *in[3] = {x, w, b};
+  la_node *n;
+  out = la_record(out, op, la_norm_backward, rms ? 2 : 3, in, 3, &n);
+  if (n) {
+    n->iarg[0] = rms;
+    if (la_node_save(n, 0, x2) < 0 || (w && la_node_save(n, 1, w) < 0) ||
+        la_node_save(n, 2, stats) < 0) {
+      la_release(out);
+      out = NULL;
+    }
+  }
+  la_release(x2);
+  la_release(stats);
+  return out;
+}
+
+la_tensor *la_layer_norm(la_tensor *x, la_tensor *w, la_tensor *b, double eps) {
+  return la_norm("layer_norm", x, w, b, eps, false);
+}
+
+la_tensor *la_rms_norm(la_tensor *x, la_tensor *w, double eps) {
+  return la_norm("rms_norm", x, w, NULL, eps, true);
+}
+
+/* ---------------------------------------------------------------- dropout */
+
+static int la_dropout_backward(la_node *n, la_tensor *gout, la_tensor **gin) {
+  la_tensor *mask = n->saved[0];
+  la_tensor *g = la_contiguous(gout);
+  if (!g) return -1;
+  la_tensor *dx = la_empty(LA_FLOAT32, g->ndim, g->shape);
+  if (!dx) { la_release(g); return -1; }
+  const uint8_t *mp = la_data(mask);
+  const float *gp = la_fdata(g);
+  float *dp = la_fdata(dx), scale = (float)n->farg[0];
+  int64_t total = la_numel(g);
+  for (int64_t i = 0; i < total; i++) dp[i] = mp[i] ? gp[i] * scale : 0.0f;
+  la_release(g);
+  gin[0] = dx;
+  return 0;
+}
+
+la_tensor *la_dropout(la_tensor *x, double p) {
+  if (la_check_f32("dropout", x, "input") < 0) return NULL;
+  if (!(p >= 0 && p < 1)) return la_fail("dropout: p must be in [0, 1) (got %g)", p);
+  if (p == 0) return la_retain(x);
+  la_tensor *xc = la_contiguous(x);
+  if (!xc) return NULL;
+  la_tensor *out = la_empty(LA_FLOAT32, x->ndim, x->shape);
+  la_tensor *mask = out ? la_empty(LA_BOOL, x->ndim, x->shape) : NULL;
+  if (!mask) { la_release(xc); la_release(out); return NULL; }
+  const float *xp = la_fdata(xc);
+  float *yp = la_fdata(out), scale = (float)(1.0 / (1.0 - p));
+  uint8_t *mp = la_data(mask);
+  /* One draw of 64 bits gives four 16-bit uniforms; serial, so the same
+  ** seed gives the same mask on any number of threads. */
+  uint32_t keep_below = (uint32_t)((1.0 - p) * 65536.0);
+  int64_t total = la_numel(xc);
+  for (int64_t i = 0; i < total; i += 4) {
+    uint64_t r = la_rng_next();
+    for (int k = 0; k < 4 && i + k < total; k++, r >>= 16) {
+      uint8_t keep = (uint32_t)(r & 0xffff) < keep_below;
+      mp[i + k] = keep;
+      yp[i + k] = keep ? xp[i + k] * scale : 0.0f;
+    }
+  }
+  la_release(xc);
+  la_node *n;
+  out = la_record(out, "dropout", la_dropout_backward, 1, &x, 1, &n);
+  if (n) {
+    n->farg[0] = scale;
+    if (la_node_save(n, 0, mask) < 0) { la_release(out); out = NULL; }
+  }
+  la_release(mask);
+  return out;
+}

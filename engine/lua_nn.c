@@ -1,0 +1,190 @@
+/*
+** lua_nn.c -- binding of the fused network kernels (la_nn.h) as the table
+** lualign.core.nn; lualign.nn.functional and lualign.optim wrap them.
+*/
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "la_nn.h"
+#include "lua_la.h"
+
+static la_tensor *lt_opttensor(lua_State *L, int i) {
+  return lua_isnoneornil(L, i) ? NULL : lt_check(L, i);
+}
+
+static double lt_field_number(lua_State *L, int t, const char *k, double def) {
+  if (lua_isnoneornil(L, t)) return def;
+  lua_getfield(L, t, k);
+  double v = lua_isnil(L, -1) ? def : luaL_checknumber(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+static bool lt_field_bool(lua_State *L, int t, const char *k, bool def) {
+  if (lua_isnoneornil(L, t)) return def;
+  lua_getfield(L, t, k);
+  bool v = lua_isnil(L, -1) ? def : lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+static la_tensor *lt_field_tensor(lua_State *L, int t, const char *k) {
+  if (lua_isnoneornil(L, t)) return NULL;
+  lua_getfield(L, t, k);
+  la_tensor *v = lua_isnil(L, -1) ? NULL : lt_check(L, -1);
+  lua_pop(L, 1);   /* the options table keeps the tensor alive */
+  return v;
+}
+
+/* linear(x, weight [, bias]) */
+static int ln_linear(lua_State *L) {
+  return lt_result(L, la_linear(lt_check(L, 1), lt_check(L, 2), lt_opttensor(L, 3)));
+}
+
+/* layer_norm(x, weight, bias [, eps = 1e-5]) */
+static int ln_layer_norm(lua_State *L) {
+  return lt_result(L, la_layer_norm(lt_check(L, 1), lt_opttensor(L, 2), lt_opttensor(L, 3),
+                                    luaL_optnumber(L, 4, 1e-5)));
+}
+
+/* rms_norm(x, weight [, eps = 1e-6]) */
+static int ln_rms_norm(lua_State *L) {
+  return lt_result(L, la_rms_norm(lt_check(L, 1), lt_opttensor(L, 2), luaL_optnumber(L, 3, 1e-6)));
+}
+
+/* dropout(x, p) */
+static int ln_dropout(lua_State *L) {
+  return lt_result(L, la_dropout(lt_check(L, 1), luaL_checknumber(L, 2)));
+}
+
+static la_attn_opts lt_attn_opts(lua_State *L, int t) {
+  la_attn_opts o;
+  o.causal = lt_field_bool(L, t, "causal", false);
+  o.causal_offset = (int64_t)lt_field_number(L, t, "offset", 0);
+  o.scale = lt_field_number(L, t, "scale", 0);
+  o.key_mask = lt_field_tensor(L, t, "key_mask");
+  o.segments = lt_field_tensor(L, t, "segments");
+  return o;
+}
+
+/* attention(q, k, v [, {causal, offset, scale, key_mask, segments}]) */
+static int ln_attention(lua_State *L) {
+  la_attn_opts o = lt_attn_opts(L, 4);
+  return lt_result(L, la_attention(lt_check(L, 1), lt_check(L, 2), lt_check(L, 3), &o));
+}
+
+/* attention_qkv(qkv, n_head [, opts]) */
+static int ln_attention_qkv(lua_State *L) {
+  la_attn_opts o = lt_attn_opts(L, 3);
+  lua_Integer h = luaL_checkinteger(L, 2);
+  if (h < 1 || h > 1 << 20) return luaL_argerror(L, 2, "the number of heads must be positive");
+  return lt_result(L, la_attention_qkv(lt_check(L, 1), (int)h, &o));
+}
+
+/* cross_entropy(logits, targets [, {ignore_index = -100, label_smoothing = 0}]) -> loss, count */
+static int ln_cross_entropy(lua_State *L) {
+  int64_t count = 0;
+  int64_t ignore = (int64_t)lt_field_number(L, 3, "ignore_index", -100);
+  double smooth = lt_field_number(L, 3, "label_smoothing", 0);
+  lt_result(L, la_cross_entropy(lt_check(L, 1), lt_check(L, 2), ignore, smooth, &count));
+  lua_pushinteger(L, count);
+  return 2;
+}
+
+/* A Lua list of tensors (or nils, when nil_ok) as a C array owned by a
+** userdata left on the stack. */
+static la_tensor **lt_tensor_list(lua_State *L, int arg, int n, bool nil_ok, const char *what) {
+  luaL_checktype(L, arg, LUA_TTABLE);
+  la_tensor **v = lua_newuserdatauv(L, (size_t)(n ? n : 1) * sizeof *v, 0);
+  for (int i = 0; i < n; i++) {
+    lua_geti(L, arg, i + 1);
+    v[i] = lt_test(L, -1);
+    if (!v[i] && !(nil_ok && lua_isnil(L, -1)))
+      luaL_error(L, "%s: entry %d is a %s, not a tensor", what, i + 1, luaL_typename(L, -1));
+    lua_pop(L, 1);
+  }
+  return v;
+}
+
+static double *lt_number_list(lua_State *L, int arg, int n, const char *what) {
+  luaL_checktype(L, arg, LUA_TTABLE);
+  double *v = lua_newuserdatauv(L, (size_t)(n ? n : 1) * sizeof *v, 0);
+  for (int i = 0; i < n; i++) {
+    lua_geti(L, arg, i + 1);
+    if (!lua_isnumber(L, -1)) luaL_error(L, "%s: entry %d is not a number", what, i + 1);
+    v[i] = lua_tonumber(L, -1);
+    lua_pop(L, 1);
+  }
+  return v;
+}
+
+/* adamw_step(params, m, v, weight_decays, {lr, beta1, beta2, eps, step}) */
+static int ln_adamw_step(lua_State *L) {
+  int n = (int)luaL_len(L, 1);
+  lua_settop(L, 5);
+  la_tensor **p = lt_tensor_list(L, 1, n, false, "adamw params");
+  la_tensor **m = lt_tensor_list(L, 2, n, true, "adamw state");
+  la_tensor **v = lt_tensor_list(L, 3, n, true, "adamw state");
+  double *wd = lt_number_list(L, 4, n, "adamw weight decay");
+  la_adamw_opts o = {lt_field_number(L, 5, "lr", 1e-3), lt_field_number(L, 5, "beta1", 0.9),
+                     lt_field_number(L, 5, "beta2", 0.999), lt_field_number(L, 5, "eps", 1e-8),
+                     (int64_t)lt_field_number(L, 5, "step", 1)};
+  lt_check_rc(L, la_adamw_step(p, m, v, wd, n, &o));
+  return 0;
+}
+
+/* sgd_step(params, buffers, weight_decays, {lr, momentum, dampening, nesterov}) */
+static int ln_sgd_step(lua_State *L) {
+  int n = (int)luaL_len(L, 1);
+  lua_settop(L, 4);
+  la_tensor **p = lt_tensor_list(L, 1, n, false, "sgd params");
+  la_tensor **b = lt_tensor_list(L, 2, n, true, "sgd buffers");
+  double *wd = lt_number_list(L, 3, n, "sgd weight decay");
+  lt_check_rc(L, la_sgd_step(p, b, wd, n, lt_field_number(L, 4, "lr", 1e-2),
+                             lt_field_number(L, 4, "momentum", 0), lt_field_number(L, 4, "dampening", 0),
+                             lt_field_bool(L, 4, "nesterov", false)));
+  return 0;
+}
+
+/* clip_grad_norm(params, max_norm) -> norm before clipping */
+static int ln_clip_grad_norm(lua_State *L) {
+  int n = (int)luaL_len(L, 1);
+  double max_norm = luaL_optnumber(L, 2, 0);
+  lua_settop(L, 2);
+  la_tensor **p = lt_tensor_list(L, 1, n, false, "clip_grad_norm params");
+  double norm;
+  lt_check_rc(L, la_clip_grad_norm(p, n, max_norm, &norm));
+  lua_pushnumber(L, norm);
+  return 1;
+}
+
+/* sample(logits (B, V) [, {temperature, top_k, top_p}]) -> ids (B,) int64, logprobs (B,) */
+static int ln_sample(lua_State *L) {
+  la_tensor *logits = lt_check(L, 1);
+  la_sample_opts o = {lt_field_number(L, 2, "temperature", 1.0),
+                      (int64_t)lt_field_number(L, 2, "top_k", 0), lt_field_number(L, 2, "top_p", 1.0)};
+  int64_t B = logits->ndim == 2 ? logits->shape[0] : 0;
+  la_tensor *ids = la_empty(LA_INT64, 1, &B);
+  if (!ids) return lt_error(L);
+  lt_result(L, ids);
+  la_tensor *lp = la_empty(LA_FLOAT32, 1, &B);
+  if (!lp) return lt_error(L);
+  lt_result(L, lp);
+  lt_check_rc(L, la_sample(logits, &o, ids, lp));
+  return 2;
+}
+
+static const luaL_Reg ln_funcs[] = {
+  {"linear", ln_linear}, {"layer_norm", ln_layer_norm}, {"rms_norm", ln_rms_norm},
+  {"dropout", ln_dropout}, {"attention", ln_attention}, {"attention_qkv", ln_attention_qkv},
+  {"cross_entropy", ln_cross_entropy}, {"adamw_step", ln_adamw_step}, {"sgd_step", ln_sgd_step},
+  {"clip_grad_norm", ln_clip_grad_norm}, {"sample", ln_sample},
+  {NULL, NULL}
+};
+
+void lt_open_nn(lua_State *L) {
+  lua_newtable(L);
+  luaL_setfuncs(L, ln_funcs, 0);
+  lua_setfield(L, -2, "nn");
+}

@@ -1,0 +1,282 @@
+--- lualign.models.gpt: a GPT-2-style decoder.
+--
+--     local model = la.models.gpt{vocab_size = 256, n_positions = 128, n_embd = 128,
+--                                 n_layer = 4, n_head = 4}
+--     local logits = model(ids)            -- ids (B, T) int64 -> logits (B, T, V)
+--     local out = model:generate({{1, 2, 3}}, {max_new_tokens = 20, temperature = 0})
+--
+-- Config keys follow Hugging Face's GPT-2 names (vocab_size, n_positions,
+-- n_embd, n_layer, n_head, layer_norm_epsilon); lualign adds mlp_ratio (4),
+-- norm ("layernorm" | "rmsnorm"), tie_word_embeddings (true), dropout (0),
+-- bias (true), value_head and reward_head (false).  Parameter names match
+-- Hugging Face's GPT2Model (wte, wpe, h.0.attn.c_attn, ...), so checkpoints
+-- map across; block i of model.h is model.h[i + 1] in Lua.
+
+local core = require "lualign.core"
+local nn = require "lualign.nn"
+local util = require "lualign.util"
+local F = nn.functional
+
+local gpt = {}
+
+local REQUIRED = {}
+local defaults = {
+  vocab_size = REQUIRED, n_positions = REQUIRED, n_embd = REQUIRED, n_layer = REQUIRED, n_head = REQUIRED,
+  mlp_ratio = 4, norm = "layernorm", layer_norm_epsilon = 1e-5, tie_word_embeddings = true,
+  dropout = 0, bias = true, value_head = false, reward_head = false,
+}
+
+local descriptions = {
+  vocab_size = "number of token ids", n_positions = "longest sequence (context)",
+  n_embd = "width", n_layer = "number of blocks", n_head = "attention heads per block",
+  mlp_ratio = "MLP hidden width / n_embd", norm = "'layernorm' or 'rmsnorm'",
+  layer_norm_epsilon = "epsilon of the norms", tie_word_embeddings = "LM head shares wte's weight",
+  dropout = "dropout probability (training only)", bias = "biases in linear layers and norms",
+  value_head = "add a per-token scalar head (PPO value)", reward_head = "add a per-sequence scalar head",
+}
+gpt.config_keys = descriptions
+
+--- Checks a config and fills in defaults; errors name the key.
+function gpt.config(cfg)
+  if type(cfg) ~= "table" then util.error("gpt: config must be a table") end
+  local out = {}
+  for k, v in pairs(cfg) do
+    if defaults[k] == nil then
+      util.error(string.format("gpt: unknown config key '%s' (known: %s)", tostring(k),
+        table.concat(util.sorted_keys(defaults), ", ")))
+    end
+    out[k] = v
+  end
+  for k, v in pairs(defaults) do
+    if out[k] == nil then
+      if v == REQUIRED then
+        util.error(string.format("gpt: config key '%s' (%s) is required", k, descriptions[k]))
+      end
+      out[k] = v
+    end
+  end
+  for _, k in ipairs({"vocab_size", "n_positions", "n_embd", "n_layer", "n_head"}) do
+    local v = math.tointeger(out[k])
+    if not v or v < 1 then
+      util.error(string.format("gpt: %s must be a positive integer (got %s)", k, tostring(out[k])))
+    end
+    out[k] = v
+  end
+  if out.n_embd % out.n_head ~= 0 then
+    util.error(string.format("gpt: n_embd (%d) must be a multiple of n_head (%d)", out.n_embd, out.n_head))
+  end
+  if out.norm ~= "layernorm" and out.norm ~= "rmsnorm" then
+    util.error("gpt: norm must be 'layernorm' or 'rmsnorm' (got " .. tostring(out.norm) .. ")")
+  end
+  return out
+end
+
+local function make_norm(cfg)
+  if cfg.norm == "rmsnorm" then return nn.RMSNorm(cfg.n_embd, {eps = cfg.layer_norm_epsilon}) end
+  return nn.LayerNorm(cfg.n_embd, {eps = cfg.layer_norm_epsilon, bias = cfg.bias})
+end
+
+----------------------------------------------------------------------------
+-- Block: x + attn(ln_1(x)), then x + mlp(ln_2(x))
+
+local Block = nn.Module:extend("Block")
+gpt.Block = Block
+
+function Block:init(cfg)
+  self.ln_1 = make_norm(cfg)
+  self.attn = nn.CausalSelfAttention(cfg.n_embd, cfg.n_head, {bias = cfg.bias, dropout = cfg.dropout})
+  self.ln_2 = make_norm(cfg)
+  self.mlp = nn.MLP(cfg.n_embd, cfg.mlp_ratio * cfg.n_embd, {bias = cfg.bias, dropout = cfg.dropout})
+end
+
+function Block:forward(x, opts)
+  x = x + self.attn(self.ln_1(x), opts)
+  return x + self.mlp(self.ln_2(x))
+end
+
+----------------------------------------------------------------------------
+-- GPT
+
+local GPT = nn.Module:extend("GPT")
+gpt.GPT = GPT
+
+function GPT:init(cfg)
+  cfg = gpt.config(cfg)
+  rawset(self, "config", cfg)
+  self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+  self.wpe = nn.Embedding(cfg.n_positions, cfg.n_embd)
+  local blocks = {}
+  for i = 1, cfg.n_layer do blocks[i] = Block(cfg) end
+  self.h = nn.ModuleList(blocks)
+  self.ln_f = make_norm(cfg)
+  if not cfg.tie_word_embeddings then self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, {bias = false}) end
+  if cfg.value_head then self.value_head = nn.Linear(cfg.n_embd, 1) end
+  if cfg.reward_head then self.reward_head = nn.Linear(cfg.n_embd, 1) end
+  self:reset_parameters()
+end
+
+--- GPT-2's initialisation: weights N(0, 0.02), the residual projections
+-- (attn.c_proj, mlp.c_proj) N(0, 0.02 / sqrt(2 n_layer)), biases 0, norms 1.
+function GPT:reset_parameters()
+  local std, residual_std = 0.02, 0.02 / math.sqrt(2 * self.config.n_layer)
+  local previous = core.set_grad_enabled(false)
+  for _, p in ipairs(self:named_parameters()) do
+    local name, t = p[1], p[2]
+    if name:match("norm") or name:match("ln_") then
+      t:fill(name:match("bias$") and 0 or 1)
+    elseif name:match("bias$") then
+      t:fill(0)
+    elseif name:match("c_proj%.weight$") then
+      t:copy(core.randn(t:shape()) * residual_std)
+    else
+      t:copy(core.randn(t:shape()) * std)
+    end
+  end
+  core.set_grad_enabled(previous)
+end
+
+--- Final hidden states (B, T, C) after ln_f.
+-- opts: attention_mask (B, S) of 1/0 over all key positions (padding is 0),
+-- segments (B, T) for packed rows, position_ids (B, T), cache (see new_cache).
+function GPT:hidden(ids, opts)
+  opts = opts or {}
+  local cfg = self.config
+  if ids:dim() ~= 2 then util.error("gpt: ids must be (batch, time), got shape " .. ids:shape_str()) end
+  local T = ids:size(2)
+  local cache = opts.cache
+  local pos0 = cache and cache.len or 0
+  if pos0 + T > cfg.n_positions then
+    util.error(string.format("gpt: %d positions exceed n_positions = %d", pos0 + T, cfg.n_positions))
+  end
+  local x = F.embedding(ids, self.wte.weight)
+  if opts.position_ids then
+    x = x + F.embedding(opts.position_ids, self.wpe.weight)
+  else
+    x = x + self.wpe.weight:narrow(1, pos0 + 1, T)
+  end
+  x = F.dropout(x, cfg.dropout, self.training)
+  local block_opts = {key_mask = opts.attention_mask, segments = opts.segments}
+  for i, block in ipairs(self.h._list) do
+    if cache then
+      block_opts.cache = cache.layers[i]
+      cache.layers[i].len = pos0
+    end
+    x = block(x, block_opts)
+  end
+  if cache then cache.len = pos0 + T end
+  return self.ln_f(x)
+end
+
+--- Logits (..., V) from hidden states (..., C).
+function GPT:logits(hidden)
+  if self.lm_head then return self.lm_head(hidden) end
+  return F.linear(hidden, self.wte.weight)
+end
+
+--- ids (B, T) -> logits (B, T, V).  opts as for hidden().
+function GPT:forward(ids, opts) return self:logits(self:hidden(ids, opts)) end
+
+--- Mean cross-entropy of the logits for ids against targets (B, T), the
+-- next tokens (-100 = ignore).  opts: as for hidden(), plus ignore_index and
+-- label_smoothing.  Returns the loss and the number of counted tokens.
+function GPT:loss(ids, targets, opts)
+  local logits = self:forward(ids, opts)
+  return F.cross_entropy(logits:reshape(-1, logits:size(-1)), targets:reshape(-1), opts)
+end
+
+--- Per-token values (B, T) from the value head.
+function GPT:values(hidden)
+  if not self.value_head then util.error("gpt: this model has no value head (config value_head = true)") end
+  return self.value_head(hidden):squeeze(-1)
+end
+
+-- Index (B,) of each row's last position whose mask is non-zero.
+local function last_positions(mask)
+  local B, T = mask:size(1), mask:size(2)
+  local pos = core.arange(T):float():unsqueeze(1):expand(B, T)
+  return (pos * mask:float()):argmax(2)
+end
+
+--- One reward per sequence (B,), read at the last non-padding token of
+-- attention_mask (B, T) (every position when nil).
+function GPT:rewards(hidden, attention_mask)
+  if not self.reward_head then util.error("gpt: this model has no reward head (config reward_head = true)") end
+  local r = self.reward_head(hidden):squeeze(-1)
+  if not attention_mask then return r:select(2, -1) end
+  return r:gather(2, last_positions(attention_mask):unsqueeze(2)):squeeze(2)
+end
+gpt.last_positions = last_positions
+
+--- A key/value cache for incremental decoding of B rows up to `length` positions.
+function GPT:new_cache(B, length)
+  local cfg = self.config
+  local H = cfg.n_head
+  local D = cfg.n_embd // H
+  local layers = {}
+  for i = 1, cfg.n_layer do
+    layers[i] = {k = core.zeros(B, H, length, D), v = core.zeros(B, H, length, D), len = 0}
+  end
+  return {len = 0, layers = layers}
+end
+
+--- Generation; see lualign.models.generate.
+function GPT:generate(prompts, opts)
+  return require("lualign.models.generate")(self, prompts, opts)
+end
+
+--- Human-readable size: parameters counted once (tied weights once).
+function GPT:extra_repr()
+  local c = self.config
+  return string.format("layers=%d, width=%d, heads=%d, vocab=%d, context=%d, params=%.2fM",
+    c.n_layer, c.n_embd, c.n_head, c.vocab_size, c.n_positions, self:num_parameters() / 1e6)
+end
+
+----------------------------------------------------------------------------
+-- Hugging Face GPT-2 checkpoints
+
+-- Conv1D layers store (in, out); lualign's Linear stores (out, in).
+local conv1d = {["attn.c_attn.weight"] = true, ["attn.c_proj.weight"] = true,
+                ["mlp.c_fc.weight"] = true, ["mlp.c_proj.weight"] = true}
+
+--- Maps a Hugging Face GPT-2 state dict (GPT2Model or GPT2LMHeadModel names)
+-- to this model's names, transposing the Conv1D weights.  Returns the mapped
+-- dict and the list of names it dropped (attention mask buffers, a tied head).
+function gpt.from_hf_state_dict(sd, cfg)
+  local out, dropped = {}, {}
+  for name, t in pairs(sd) do
+    local n = name:gsub("^transformer%.", "")
+    local suffix = n:match("^h%.%d+%.(.*)$")
+    if suffix == "attn.bias" or suffix == "attn.masked_bias" then
+      dropped[#dropped + 1] = name
+    elseif n == "lm_head.weight" and (cfg.tie_word_embeddings ~= false) then
+      dropped[#dropped + 1] = name
+    elseif suffix and conv1d[suffix] then
+      out[n] = t:t():contiguous()
+    else
+      out[n] = t
+    end
+  end
+  table.sort(dropped)
+  return out, dropped
+end
+
+--- Loads a Hugging Face GPT-2 directory (config.json + model.safetensors).
+function gpt.from_pretrained(dir, overrides)
+  local cjson = require "cjson"
+  local f, err = io.open(dir .. "/config.json")
+  if not f then error("gpt.from_pretrained: " .. tostring(err), 2) end
+  local ok, hf = pcall(cjson.decode, f:read("a"))
+  f:close()
+  if not ok then error("gpt.from_pretrained: " .. dir .. "/config.json: " .. tostring(hf), 2) end
+  local cfg = {}
+  for k in pairs(defaults) do
+    if hf[k] ~= nil and hf[k] ~= cjson.null then cfg[k] = hf[k] end
+  end
+  for k, v in pairs(overrides or {}) do cfg[k] = v end
+  local model = GPT(cfg)
+  local sd = require("lualign.checkpoint").load(dir .. "/model.safetensors")
+  model:load_state_dict((gpt.from_hf_state_dict(sd, model.config)))
+  return model
+end
+
+return setmetatable(gpt, {__call = function(_, cfg) return GPT(cfg) end})

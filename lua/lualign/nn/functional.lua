@@ -1,0 +1,53 @@
+--- lualign.nn.functional: the network ops as plain functions (PyTorch's F).
+-- The heavy ones are fused C kernels with their own backward passes.
+
+local core = require "lualign.core"
+local K = core.nn
+
+local F = {}
+
+--- y = x W^T + b, for x (..., in), weight (out, in), bias (out) or nil.
+F.linear = K.linear
+
+--- Normalises over the last dim: (x - mean) / sqrt(var + eps) * weight + bias.
+function F.layer_norm(x, weight, bias, eps) return K.layer_norm(x, weight, bias, eps or 1e-5) end
+
+--- x / sqrt(mean(x^2) + eps) * weight.
+function F.rms_norm(x, weight, eps) return K.rms_norm(x, weight, eps or 1e-6) end
+
+--- Zeroes elements with probability p and scales the rest by 1/(1-p); the
+-- identity when not training or p == 0.
+function F.dropout(x, p, training)
+  if training == false or not p or p == 0 then return x end
+  return K.dropout(x, p)
+end
+
+--- Rows of weight picked by 0-based ids of any shape: (..., dim).
+function F.embedding(ids, weight)
+  local shape = ids:shape()
+  shape[#shape + 1] = weight:size(2)
+  return weight:index_select(1, ids:reshape(-1)):view(shape)
+end
+
+--- softmax(q k^T * scale + masks) v for q (B, H, T, D), k and v (B, H, S, D).
+-- opts: causal, offset (query i sits at key position i + offset), scale
+-- (default 1/sqrt(D)), key_mask (B, S) (0 = never attend), segments (B, S)
+-- integer ids (attend only within a segment: packed sequences).
+function F.attention(q, k, v, opts) return K.attention(q, k, v, opts) end
+
+--- Attention from a fused projection qkv (B, T, 3 * C) with n_head heads; returns (B, T, C).
+function F.attention_qkv(qkv, n_head, opts) return K.attention_qkv(qkv, n_head, opts) end
+
+--- Mean cross-entropy of logits (N, V) against 0-based targets (N,).
+-- opts: ignore_index (default -100), label_smoothing.  Returns loss, counted rows.
+function F.cross_entropy(logits, targets, opts) return K.cross_entropy(logits, targets, opts) end
+
+F.gelu = function(x, approximate) return x:gelu(approximate) end
+F.relu = function(x) return x:relu() end
+F.silu = function(x) return x:silu() end
+F.tanh = function(x) return x:tanh() end
+F.sigmoid = function(x) return x:sigmoid() end
+F.softmax = function(x, dim) return x:softmax(dim) end
+F.log_softmax = function(x, dim) return x:log_softmax(dim) end
+
+return F
