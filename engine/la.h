@@ -86,6 +86,7 @@ typedef struct la_memstats {
   size_t limit_bytes;     /* 0: no limit */
   uint64_t allocations;   /* storages allocated so far */
   uint64_t oom_retries;   /* allocations that needed the out-of-memory handler */
+  size_t cached_bytes;    /* freed blocks kept for reuse (not live) */
 } la_memstats;
 
 /* Called when an allocation fails (or would pass the limit), before one
@@ -95,6 +96,7 @@ void la_set_oom_handler(la_oom_handler fn, void *ctx);
 void la_set_memory_limit(size_t bytes);
 la_memstats la_memory_stats(void);
 void la_reset_peak(void);
+void la_empty_cache(void);   /* returns cached free blocks to the system */
 
 la_storage *la_storage_new(size_t nbytes);          /* contents undefined */
 la_storage *la_storage_wrap(void *data, size_t nbytes,

@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "la_math.h"
 #include "la_nn.h"
 
 /* One operand seen as (B, H, rows, D): element strides for b, h and rows;
@@ -51,24 +52,16 @@ static void la_attn_softmax_row(float *row, const la_attn_shape *a, int64_t b, i
   const float *km = a->key_mask ? a->key_mask + b * S : NULL;
   const int64_t *seg = a->segments ? a->segments + b * S : NULL;
   int64_t qseg = seg ? seg[i + a->offset < S ? i + a->offset : S - 1] : 0;
-  float m = -INFINITY;
-  for (int64_t j = 0; j < limit; j++) {
-    bool ok = (!km || km[j] != 0) && (!seg || seg[j] == qseg);
-    if (!ok) row[j] = -INFINITY;
-    else if (row[j] > m) m = row[j];
-  }
+  if (km || seg)
+    for (int64_t j = 0; j < limit; j++)
+      if ((km && km[j] == 0) || (seg && seg[j] != qseg)) row[j] = -INFINITY;
+  float m = la_max_of(row, limit);
   if (m == -INFINITY) {   /* nothing to attend (a padding query): output zeros */
     memset(row, 0, (size_t)S * sizeof(float));
     return;
   }
-  double sum = 0;
-  for (int64_t j = 0; j < limit; j++) {
-    float e = row[j] == -INFINITY ? 0.0f : expf(row[j] - m);
-    row[j] = e;
-    sum += e;
-  }
-  float inv = (float)(1.0 / sum);
-  for (int64_t j = 0; j < limit; j++) row[j] *= inv;
+  float inv = (float)(1.0 / la_sum_exp(row, limit, m));
+  for (int64_t j = 0; j < limit; j++) row[j] = la_expf(row[j] - m) * inv;   /* exp(-inf) = 0 */
   for (int64_t j = limit; j < S; j++) row[j] = 0.0f;
 }
 

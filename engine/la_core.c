@@ -1,6 +1,6 @@
 /*
-** la_core.c -- dtypes, error reporting, storage accounting, tensor headers,
-** element access and the random generator.
+** la_core.c -- dtypes, error reporting, tensor headers, element access and
+** the random generator.  Tensor memory itself is la_alloc.c's.
 */
 #include <math.h>
 #include <stdarg.h>
@@ -77,95 +77,6 @@ char *la_shape_str(char *buf, size_t n, int ndim, const int64_t *shape) {
     used += (size_t)snprintf(buf + used, n - used, "%s%lld", i ? ", " : "", (long long)shape[i]);
   if (used < n) snprintf(buf + used, n - used, ndim == 1 ? ",)" : ")");
   return buf;
-}
-
-/* ---------------------------------------------------------------- memory */
-
-static la_memstats la_mem;
-static la_oom_handler la_oom_fn;
-static void *la_oom_ctx;
-
-void la_set_oom_handler(la_oom_handler fn, void *ctx) { la_oom_fn = fn; la_oom_ctx = ctx; }
-void la_set_memory_limit(size_t bytes) { la_mem.limit_bytes = bytes; }
-la_memstats la_memory_stats(void) { return la_mem; }
-void la_reset_peak(void) { la_mem.peak_bytes = la_mem.live_bytes; }
-
-static void *la_try_alloc(size_t nbytes) {
-  void *p = NULL;
-  if (la_mem.limit_bytes && la_mem.live_bytes + nbytes > la_mem.limit_bytes) return NULL;
-  /* 64-byte alignment suits AVX-512 loads and keeps rows on cache lines. */
-  if (posix_memalign(&p, 64, nbytes ? nbytes : 64) != 0) return NULL;
-  return p;
-}
-
-static void la_account(size_t nbytes) {
-  la_mem.live_bytes += nbytes;
-  la_mem.allocations++;
-  if (la_mem.live_bytes > la_mem.peak_bytes) la_mem.peak_bytes = la_mem.live_bytes;
-}
-
-static char *la_bytes_str(char *buf, size_t n, size_t bytes) {
-  if (bytes >= ((size_t)1 << 30)) snprintf(buf, n, "%.2f GiB", bytes / 1073741824.0);
-  else if (bytes >= ((size_t)1 << 20)) snprintf(buf, n, "%.2f MiB", bytes / 1048576.0);
-  else snprintf(buf, n, "%zu bytes", bytes);
-  return buf;
-}
-
-la_storage *la_storage_new(size_t nbytes) {
-  la_storage *s = malloc(sizeof *s);
-  if (!s) return la_fail("out of memory allocating a storage header");
-  void *data = la_try_alloc(nbytes);
-  if (!data && la_oom_fn) {
-    /* Unreachable tensors may still hold memory the collector has not yet
-    ** freed: let the handler collect, then try once more. */
-    la_mem.oom_retries++;
-    la_oom_fn(la_oom_ctx);
-    data = la_try_alloc(nbytes);
-  }
-  if (!data) {
-    char want[32], live[32], limit[32];
-    la_bytes_str(want, sizeof want, nbytes);
-    la_bytes_str(live, sizeof live, la_mem.live_bytes);
-    if (la_mem.limit_bytes)
-      la_fail("out of memory: cannot allocate %s for a tensor (live tensors hold %s, limit %s)",
-              want, live, la_bytes_str(limit, sizeof limit, la_mem.limit_bytes));
-    else
-      la_fail("out of memory: cannot allocate %s for a tensor (live tensors hold %s)", want, live);
-    free(s);
-    return NULL;
-  }
-  la_account(nbytes);
-  s->refcount = 1;
-  s->version = 0;
-  s->nbytes = nbytes;
-  s->data = data;
-  s->release = NULL;
-  s->release_ctx = NULL;
-  return s;
-}
-
-la_storage *la_storage_wrap(void *data, size_t nbytes,
-                            void (*release)(void *, void *, size_t), void *ctx) {
-  la_storage *s = malloc(sizeof *s);
-  if (!s) return la_fail("out of memory allocating a storage header");
-  la_account(nbytes);
-  s->refcount = 1;
-  s->version = 0;
-  s->nbytes = nbytes;
-  s->data = data;
-  s->release = release;
-  s->release_ctx = ctx;
-  return s;
-}
-
-void la_storage_retain(la_storage *s) { s->refcount++; }
-
-void la_storage_release(la_storage *s) {
-  if (!s || --s->refcount > 0) return;
-  la_mem.live_bytes -= s->nbytes;
-  if (s->release) s->release(s->release_ctx, s->data, s->nbytes);
-  else free(s->data);
-  free(s);
 }
 
 /* ---------------------------------------------------------------- tensors */

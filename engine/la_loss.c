@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "la_math.h"
 #include "la_nn.h"
 
 static inline int64_t la_target_at(const la_tensor *t, int64_t i) {
@@ -15,12 +16,9 @@ static inline int64_t la_target_at(const la_tensor *t, int64_t i) {
 }
 
 static double la_row_lse(const float *x, int64_t V) {
-  float m = -INFINITY;
-  for (int64_t j = 0; j < V; j++) m = fmaxf(m, x[j]);
-  if (m == -INFINITY) return -INFINITY;
-  double s = 0;
-  for (int64_t j = 0; j < V; j++) s += expf(x[j] - m);
-  return m + log(s);
+  float m = la_max_of(x, V);
+  if (m == -INFINITY || m != m) return m;
+  return m + log(la_sum_exp(x, V, m));
 }
 
 static int la_cross_entropy_backward(la_node *n, la_tensor *gout, la_tensor **gin) {
@@ -40,7 +38,7 @@ static int la_cross_entropy_backward(la_node *n, la_tensor *gout, la_tensor **gi
     int64_t tg = la_target_at(t, i);
     if (tg == ignore) { memset(dr, 0, (size_t)V * sizeof(float)); continue; }
     float l = lp[i];
-    for (int64_t j = 0; j < V; j++) dr[j] = g * (expf(xr[j] - l) - smooth);
+    for (int64_t j = 0; j < V; j++) dr[j] = g * (la_expf(xr[j] - l) - smooth);
     dr[tg] -= g * (float)(1.0 - eps);
   }
   gin[0] = dx;

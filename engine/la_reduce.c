@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "la_iter.h"
+#include "la_math.h"
 
 typedef struct { int64_t outer, n, inner; } la_lanes;
 
@@ -267,10 +268,12 @@ typedef enum { LA_SOFTMAX, LA_LOG_SOFTMAX, LA_LOGSUMEXP } la_smx_kind;
 /* One lane: x[k * st] for k < n. */
 static void la_smx_lane(la_smx_kind kind, const float *x, float *y, int64_t n, int64_t st) {
   float m = -INFINITY;
-  for (int64_t k = 0; k < n; k++) m = fmaxf(m, x[k * st]);
+  if (st == 1) m = la_max_of(x, n);
+  else for (int64_t k = 0; k < n; k++) m = fmaxf(m, x[k * st]);
   if (m == -INFINITY) m = 0;   /* all -inf: keep exp() finite; the sum is 0 */
   double s = 0;
-  for (int64_t k = 0; k < n; k++) s += expf(x[k * st] - m);
+  if (st == 1) s = la_sum_exp(x, n, m);
+  else for (int64_t k = 0; k < n; k++) s += la_expf(x[k * st] - m);
   float logs = (float)log(s);
   if (kind == LA_LOGSUMEXP) { y[0] = m + logs; return; }
   if (kind == LA_LOG_SOFTMAX) {
@@ -278,7 +281,7 @@ static void la_smx_lane(la_smx_kind kind, const float *x, float *y, int64_t n, i
     for (int64_t k = 0; k < n; k++) y[k * st] = (x[k * st] - m) - logs;
   } else {
     float inv = (float)(1.0 / s);
-    for (int64_t k = 0; k < n; k++) y[k * st] = expf(x[k * st] - m) * inv;
+    for (int64_t k = 0; k < n; k++) y[k * st] = la_expf(x[k * st] - m) * inv;
   }
 }
 
@@ -370,7 +373,7 @@ static int la_softmax_backward(la_node *n, la_tensor *gout, la_tensor **gin) {
     } else {
       /* dx = g - exp(y) * sum(g) */
       for (int64_t k = 0; k < l.n; k++) s += gl[k * st];
-      for (int64_t k = 0; k < l.n; k++) ol[k * st] = gl[k * st] - expf(yl[k * st]) * (float)s;
+      for (int64_t k = 0; k < l.n; k++) ol[k * st] = gl[k * st] - la_expf(yl[k * st]) * (float)s;
     }
   }
   la_release(g);

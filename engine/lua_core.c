@@ -283,6 +283,8 @@ static int l_memory(lua_State *L) {
   lua_setfield(L, -2, "allocations");
   lua_pushinteger(L, (lua_Integer)m.oom_retries);
   lua_setfield(L, -2, "oom_retries");
+  lua_pushinteger(L, (lua_Integer)m.cached_bytes);
+  lua_setfield(L, -2, "cached_bytes");
   lua_pushinteger(L, (lua_Integer)lt_gc_limit());
   lua_setfield(L, -2, "gc_threshold");
   lua_pushinteger(L, (lua_Integer)lt_gc_count());
@@ -294,6 +296,12 @@ static int l_set_memory_limit(lua_State *L) {
   lua_Integer n = luaL_optinteger(L, 1, 0);
   if (n < 0) return luaL_argerror(L, 1, "limit must be >= 0 bytes (0 or nil: none)");
   la_set_memory_limit((size_t)n);
+  return 0;
+}
+
+static int l_empty_cache(lua_State *L) {
+  (void)L;
+  la_empty_cache();
   return 0;
 }
 
@@ -326,7 +334,7 @@ static const luaL_Reg l_funcs[] = {
   {"get_num_threads", l_get_num_threads}, {"set_grad_enabled", l_set_grad_enabled},
   {"is_grad_enabled", l_is_grad_enabled}, {"memory", l_memory},
   {"set_memory_limit", l_set_memory_limit}, {"reset_peak_memory", l_reset_peak_memory},
-  {"clock", l_clock},
+  {"clock", l_clock}, {"empty_cache", l_empty_cache},
   {NULL, NULL}
 };
 
