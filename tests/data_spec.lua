@@ -613,6 +613,23 @@ describe("bundled data", function()
     fails_with("data.path: nope.jsonl not found in", function() data.path("nope.jsonl") end)
   end)
 
+  it("is installed next to the modules by `make install` and found there", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    local q = "'" .. dir .. "'"
+    assert.is_true(os.execute("make -s install INST_LIBDIR=" .. q .. "/lib INST_LUADIR=" .. q .. "/lua"
+      .. " INST_BINDIR=" .. q .. "/bin >/dev/null 2>&1"))
+    local cmd = "cd / && LUA_PATH=" .. q .. "'/lua/?.lua;" .. "'" .. q .. "'/lua/?/init.lua;;' LUA_CPATH=" .. q
+      .. "'/lib/?.so;;' LUALIGN_DATA= lua5.4 -e 'io.write(require(\"lualign\").data.path(\"vader/judge.tsv\"))'"
+    local p = io.popen(cmd)
+    local out = p:read("a")
+    p:close()
+    assert.are.equal(dir .. "/lua/lualign/datasets/vader/judge.tsv", out)
+    local f = io.open(dir .. "/lua/lualign/datasets/build.lua")
+    assert.is_nil(f)                                   -- the build script stays in the checkout
+    os.execute("rm -rf " .. q)
+  end)
+
   local function count(iter)
     local n = 0
     for _ in iter do n = n + 1 end
