@@ -81,12 +81,6 @@ end
 ----------------------------------------------------------------------------
 -- Tokenising
 
-local function check_tok(tok, what)
-  if type(tok) ~= "table" and type(tok) ~= "userdata" then
-    error(what .. ": expected a tokenizer, got " .. type(tok), 3)
-  end
-end
-
 local function encode(tok, text)
   local ids = tok:encode(text)
   if type(ids) ~= "table" then error("tokenizer: encode must return a list of ids", 3) end
