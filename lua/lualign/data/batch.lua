@@ -83,7 +83,7 @@ end
 
 local function encode(tok, text)
   local ids = tok:encode(text)
-  if type(ids) ~= "table" then error("tokenizer: encode must return a list of ids", 3) end
+  if type(ids) ~= "table" then error("tokenizer: encode must return a list of ids", 0) end
   return ids
 end
 
@@ -107,17 +107,17 @@ local function add_eos(tok, opts) return opts.add_eos ~= false and tok.eos_id ~=
 -- (the "prompt") and the rest (the "completion", with its mask).
 local function split_template(tok, messages)
   if type(tok.apply_chat_template) ~= "function" then
-    error("messages examples need a tokenizer with apply_chat_template", 4)
+    error("encode_sft: messages examples need a tokenizer with apply_chat_template", 0)
   end
   local ids, mask = tok:apply_chat_template(messages, {add_generation_prompt = false})
   if type(ids) ~= "table" or type(mask) ~= "table" or #ids ~= #mask then
-    error("tokenizer: apply_chat_template must return ids and a mask of the same length", 4)
+    error("tokenizer: apply_chat_template must return ids and a mask of the same length", 0)
   end
   local first
   for i = 1, #mask do
     if mask[i] ~= 0 then first = i; break end
   end
-  if not first then error("tokenizer: apply_chat_template marked no assistant token", 4) end
+  if not first then error("tokenizer: apply_chat_template marked no assistant token", 0) end
   local prompt = table.move(ids, 1, first - 1, 1, {})
   local comp = table.move(ids, first, #ids, 1, {})
   local cmask = {}
@@ -305,7 +305,7 @@ end
 -- of rows, each a list of {ids, lmask} sequences.
 function M.pack(tok, encoded, opts)
   local max_len = opts.max_len
-  if not max_len then error("packing needs max_len", 3) end
+  if not max_len then error("pack: packing needs max_len", 0) end
   local rows, row, used, truncated = {}, nil, 0, 0
   for _, enc in ipairs(encoded) do
     local ids, lmask, cut = sft_sequence(tok, enc, opts)
@@ -395,7 +395,7 @@ function M.encode_preference(tok, ex, opts)
   local prompt
   if opts.chat then
     if type(tok.apply_chat_template) ~= "function" then
-      error("chat = true needs a tokenizer with apply_chat_template", 3)
+      error("chat = true needs a tokenizer with apply_chat_template", 0)
     end
     prompt = tok:apply_chat_template({{role = "user", content = ex.prompt}}, {add_generation_prompt = true})
   else
@@ -483,7 +483,7 @@ function M.encode_prompt(tok, ex, opts)
   local ids
   if opts.chat then
     if type(tok.apply_chat_template) ~= "function" then
-      error("chat = true needs a tokenizer with apply_chat_template", 3)
+      error("chat = true needs a tokenizer with apply_chat_template", 0)
     end
     ids = tok:apply_chat_template({{role = "user", content = ex.prompt}}, {add_generation_prompt = true})
   else
@@ -509,7 +509,7 @@ function M.collate_prompts(tok, encoded, opts)
     end
     local ids = {}
     append(ids, bos); append(ids, p)
-    if #ids == 0 then error("prompt " .. i .. " encodes to no tokens", 3) end
+    if #ids == 0 then error("collate_prompts: prompt " .. i .. " encodes to no tokens", 0) end
     seqs[i], lengths[i] = ids, #ids
     prompts[i] = enc.example and enc.example.prompt
   end

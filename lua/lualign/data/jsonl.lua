@@ -248,7 +248,7 @@ function M.reader(kind, path)
   end
   if type(path) ~= "string" then error(kind .. ": expected a file path, got " .. type(path), 2) end
   local f, err = io.open(path, "rb")
-  if not f then error(kind .. ": cannot open " .. tostring(err), 2) end
+  if not f then error(kind .. ": cannot open " .. tostring(err), 0) end
   local lineno, closed = 0, false
   local function close()
     if not closed then closed = true; f:close() end
