@@ -3,7 +3,9 @@
 #   make            build the engine module build/lualign/core.so
 #   make test       check prerequisites, build, run every test; ends "N passed, N failed"
 #   make bench      run the benchmarks in bench/ (not part of the tests)
-#   make install    used by LuaRocks (INST_LIBDIR, INST_LUADIR, INST_BINDIR)
+#   make install    used by LuaRocks (INST_LIBDIR, INST_LUADIR, INST_BINDIR); the
+#                   bundled data/ goes to $(INST_LUADIR)/lualign/datasets/
+#   make data       rebuild data/ from Debian and npm packages (data/build.lua)
 #
 # Prerequisites (Debian/Ubuntu): lua5.4 liblua5.4-dev libopenblas-dev lua-cjson
 # lua-busted pkg-config gcc make.  `make deps` installs them when run as root.
@@ -35,7 +37,7 @@ BIND_OBJ = $(BIND_SRC:engine/%.c=$(BUILD)/obj/%.o)
 MODULE = $(BUILD)/lualign/core.so
 CTEST = $(BUILD)/engine_test
 
-.PHONY: all test ctest deps bench install clean
+.PHONY: all test ctest deps bench install clean data
 
 all: $(MODULE)
 
@@ -90,6 +92,15 @@ install: $(MODULE)
 	install -m 0755 $(MODULE) $(INST_LIBDIR)/lualign/core.so
 	cp -R lua/lualign/. $(INST_LUADIR)/lualign/
 	install -m 0755 bin/lualign $(INST_BINDIR)/lualign
+	# the bundled datasets, found by la.data.path() next to the Lua modules
+	rm -rf $(INST_LUADIR)/lualign/datasets
+	install -d $(INST_LUADIR)/lualign/datasets
+	cp -R data/. $(INST_LUADIR)/lualign/datasets/
+	rm -f $(INST_LUADIR)/lualign/datasets/build.lua
+
+# Rebuilds the bundled datasets (needs R, bsdgames, wordnet-base and npm; see data/README.md).
+data:
+	$(LUA) data/build.lua
 
 clean:
 	rm -rf $(BUILD)

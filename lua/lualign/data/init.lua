@@ -1,0 +1,237 @@
+--- lualign.data: JSONL readers, batching and the bundled datasets.
+--
+--     local la = require "lualign"
+--     for ex in la.data.preference(la.data.path("vader/modest/train.jsonl")) do ... end
+--     local loader = la.data.sft_loader(la.data.path("qa/train.jsonl"), tok,
+--                                       {batch_size = 16, max_len = 64, seed = 1})
+--     for batch in loader:epoch(1) do ... batch.ids, batch.targets, batch.loss_mask ... end
+--
+-- Formats, normalisation, batch layouts and truncation rules: docs/data.md.
+
+local jsonl = require "lualign.data.jsonl"
+local batch = require "lualign.data.batch"
+
+local M = {}
+
+M.IGNORE_INDEX = batch.IGNORE_INDEX
+M.ROLES = jsonl.ROLES
+
+----------------------------------------------------------------------------
+-- Readers
+
+--- Iterator over the validated SFT examples of a JSONL file.  Each example has
+-- `messages` (prompt/completion lines become a user and an assistant turn), plus
+-- `prompt` and `completion` when the line gave them, `line`, and `meta` (other keys).
+function M.sft(path) return jsonl.reader("sft", path) end
+
+--- Iterator over the validated preference examples of a JSONL file, oriented so
+-- that `chosen` is the majority side: `p` in [0.5, 1] (1 for hard labels),
+-- `flipped` (true when chosen and rejected were swapped from the file), `p_raw`
+-- (the file's share preferring its own "chosen"), `soft`, `votes` (oriented),
+-- `votes_raw`, `margin` (oriented: negated when flipped), `line`, `meta`.
+function M.preference(path) return jsonl.reader("preference", path) end
+
+--- Iterator over the validated prompts of a JSONL file: {prompt, line, meta}.
+function M.prompts(path) return jsonl.reader("prompts", path) end
+
+--- All examples of a file as a list; kind is "sft", "preference" or "prompts".
+function M.load(path, kind) return jsonl.load(kind, path) end
+
+--- Decodes and validates one line: returns the example, or nil and a message.
+M.parse_line = function(kind, text) return jsonl.parse_line(kind, text) end
+
+M.normalize_number = jsonl.normalize_number
+
+--- The whole text of a file, with a UTF-8 BOM removed and CRLF turned into LF.
+function M.read_text(path)
+  local f, err = io.open(path, "rb")
+  if not f then error("read_text: cannot open " .. tostring(err), 2) end
+  local s = f:read("a")
+  f:close()
+  if s:sub(1, 3) == "\239\187\191" then s = s:sub(4) end
+  return (s:gsub("\r\n", "\n"))
+end
+
+----------------------------------------------------------------------------
+-- The bundled datasets
+
+local function this_dir()
+  local src = debug.getinfo(1, "S").source
+  if src:sub(1, 1) ~= "@" then return nil end
+  return src:sub(2):match("^(.*)/[^/]*$") or "."
+end
+
+local function exists(p)
+  local f = io.open(p, "rb")
+  if f then f:close(); return true end
+  return false
+end
+
+--- The directories searched for bundled data, in order: $LUALIGN_DATA, the
+-- installed copy (<luadir>/lualign/datasets, put there by `make install`), and
+-- the checkout's data/ (next to lua/).
+function M.search_dirs()
+  local dirs = {}
+  local env = os.getenv("LUALIGN_DATA")
+  if env and env ~= "" then dirs[#dirs + 1] = env end
+  local here = this_dir()                          -- .../lualign/data
+  if here then
+    local pkg = here:match("^(.*)/data$") or (here .. "/..")
+    dirs[#dirs + 1] = pkg .. "/datasets"
+    local root = pkg:match("^(.*)/lua/lualign$")
+    if root then dirs[#dirs + 1] = (root == "" and "." or root) .. "/data"
+    elseif pkg == "lua/lualign" then dirs[#dirs + 1] = "data" end
+  end
+  return dirs
+end
+
+--- The directory holding the bundled datasets (the first search dir that has
+-- data/README.md), or nil and the list of places tried.
+function M.root()
+  local dirs = M.search_dirs()
+  for _, d in ipairs(dirs) do
+    if exists(d .. "/README.md") then return d end
+  end
+  return nil, dirs
+end
+
+--- Path of a bundled file, e.g. la.data.path("sentiment/train.jsonl"); raises an
+-- error listing the places searched when it is not found.
+function M.path(rel)
+  if type(rel) ~= "string" or rel == "" then error("data.path: expected a relative path", 2) end
+  local dirs = M.search_dirs()
+  for _, d in ipairs(dirs) do
+    local p = d .. "/" .. rel
+    if exists(p) then return p end
+  end
+  error("data.path: " .. rel .. " not found in " .. table.concat(dirs, ", ")
+    .. " (set LUALIGN_DATA to the data directory)", 2)
+end
+
+----------------------------------------------------------------------------
+-- Batching
+
+M.rng = batch.rng
+M.permutation = batch.permutation
+M.truncate = batch.truncate
+M.encode_sft = batch.encode_sft
+M.encode_preference = batch.encode_preference
+M.encode_prompt = batch.encode_prompt
+M.collate_sft = batch.collate_sft
+M.collate_packed = batch.collate_packed
+M.collate_preference = batch.collate_preference
+M.collate_prompts = batch.collate_prompts
+M.packed_attention_mask = batch.packed_attention_mask
+M.pad_value = batch.pad_value
+M.loader = batch.loader
+
+local function examples_of(source, kind, what)
+  if type(source) == "string" then return jsonl.load(kind, source) end
+  if type(source) == "function" then
+    local list = {}
+    for ex in source do list[#list + 1] = ex end
+    return list
+  end
+  if type(source) == "table" then return source end
+  error(what .. ": expected a path, a list of examples or an iterator, got " .. type(source), 3)
+end
+
+local function check_tok(tok, what)
+  if (type(tok) ~= "table" and type(tok) ~= "userdata") or tok.encode == nil then
+    error(what .. ": expected a tokenizer with :encode(text), got " .. type(tok), 3)
+  end
+end
+
+--- SFT batches.  source: a JSONL path, a list of examples or an iterator.
+-- opts: batch_size (8), max_len, max_prompt_len, max_completion_len,
+-- min_prompt_len, pack (false), shuffle (true), seed (0), drop_last, chat,
+-- add_bos (false), add_eos (true), pad_to_multiple_of, pad_to_max_len.
+-- Every example is tokenised once, here.
+function M.sft_loader(source, tok, opts)
+  opts = opts or {}
+  check_tok(tok, "sft_loader")
+  local examples = examples_of(source, "sft", "sft_loader")
+  local encoded = {}
+  for i, ex in ipairs(examples) do
+    encoded[i] = batch.encode_sft(tok, ex, opts)
+    encoded[i].example = ex
+  end
+  local lopts = {batch_size = opts.batch_size, shuffle = opts.shuffle, seed = opts.seed,
+                 drop_last = opts.drop_last}
+  if opts.pack then
+    if not opts.max_len then error("sft_loader: pack = true needs max_len", 2) end
+    lopts.group = function(list) return (batch.pack(tok, list, opts)) end
+    return batch.loader(encoded, function(rows) return batch.collate_packed(tok, rows, opts) end, lopts)
+  end
+  return batch.loader(encoded, function(list)
+    local b = batch.collate_sft(tok, list, opts)
+    b.examples = {}
+    for i, e in ipairs(list) do b.examples[i] = e.example end
+    return b
+  end, lopts)
+end
+
+--- Preference batches (see collate_preference).  opts as sft_loader's (no packing).
+function M.preference_loader(source, tok, opts)
+  opts = opts or {}
+  check_tok(tok, "preference_loader")
+  local examples = examples_of(source, "preference", "preference_loader")
+  local encoded = {}
+  for i, ex in ipairs(examples) do encoded[i] = batch.encode_preference(tok, ex, opts) end
+  return batch.loader(encoded, function(list)
+    local b = batch.collate_preference(tok, list, opts)
+    b.examples = {}
+    for i, e in ipairs(list) do b.examples[i] = e.example end
+    return b
+  end, {batch_size = opts.batch_size, shuffle = opts.shuffle, seed = opts.seed, drop_last = opts.drop_last})
+end
+
+--- Left-padded prompt batches for generation.  opts: batch_size, max_prompt_len
+-- (or max_len), shuffle (true), seed, drop_last, chat, add_bos.
+function M.prompt_loader(source, tok, opts)
+  opts = opts or {}
+  check_tok(tok, "prompt_loader")
+  local examples = examples_of(source, "prompts", "prompt_loader")
+  local encoded = {}
+  for i, ex in ipairs(examples) do encoded[i] = batch.encode_prompt(tok, ex, opts) end
+  return batch.loader(encoded, function(list)
+    local b = batch.collate_prompts(tok, list, opts)
+    b.examples = {}
+    for i, e in ipairs(list) do b.examples[i] = e.example end
+    return b
+  end, {batch_size = opts.batch_size, shuffle = opts.shuffle, seed = opts.seed, drop_last = opts.drop_last})
+end
+
+--- Language-model batches from a text (string) or a list of token ids: the stream
+-- is cut into non-overlapping blocks of block_size inputs (+1 target), shuffled
+-- per epoch.  Batches have ids and targets (B, block_size) int64.
+-- opts: block_size (required), batch_size, shuffle, seed, drop_last, add_eos_between
+-- (nothing is added by default).
+function M.lm_loader(source, tok, opts)
+  opts = opts or {}
+  local bsz = opts.block_size
+  if not bsz or bsz < 1 then error("lm_loader: block_size is required", 2) end
+  local stream = source
+  if type(source) == "string" then
+    check_tok(tok, "lm_loader")
+    stream = tok:encode(source)
+  end
+  if type(stream) ~= "table" then error("lm_loader: expected a text or a list of ids", 2) end
+  local starts = batch.lm_blocks(stream, bsz)
+  if #starts == 0 then
+    error(string.format("lm_loader: %d tokens are too few for one block of %d", #stream, bsz), 2)
+  end
+  local loader = batch.loader(starts, function(list) return batch.collate_lm(stream, list, bsz) end,
+    {batch_size = opts.batch_size, shuffle = opts.shuffle, seed = opts.seed, drop_last = opts.drop_last})
+  loader.stream = stream
+  return loader
+end
+
+----------------------------------------------------------------------------
+-- The held-out sentiment judge built on the bundled VADER ratings
+
+function M.judge(path)
+  return require("lualign.data.judge").load(path or M.path("vader/judge.tsv"))
+end
+
+return M
