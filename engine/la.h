@@ -158,6 +158,14 @@ double la_item(const la_tensor *t);   /* requires numel == 1; check first */
 /* ---------------------------------------------------------------- RNG */
 
 void la_manual_seed(uint64_t seed);
+/* The generator's whole state, for checkpoints that resume bit for bit. */
+typedef struct la_rng_state {
+  uint64_t s[4];
+  bool have_spare;
+  double spare;
+} la_rng_state;
+la_rng_state la_get_rng_state(void);
+void la_set_rng_state(const la_rng_state *st);
 uint64_t la_rng_next(void);          /* 64 random bits */
 double la_rng_uniform(void);         /* [0, 1) with 53 bits */
 double la_rng_normal(void);

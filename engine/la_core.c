@@ -259,6 +259,20 @@ void la_manual_seed(uint64_t seed) {
   la_rng_have_spare = false;
 }
 
+la_rng_state la_get_rng_state(void) {
+  la_rng_state st;
+  memcpy(st.s, la_rng_s, sizeof st.s);
+  st.have_spare = la_rng_have_spare;
+  st.spare = la_rng_spare;
+  return st;
+}
+
+void la_set_rng_state(const la_rng_state *st) {
+  memcpy(la_rng_s, st->s, sizeof la_rng_s);
+  la_rng_have_spare = st->have_spare;
+  la_rng_spare = st->spare;
+}
+
 static inline uint64_t la_rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
 uint64_t la_rng_next(void) {

@@ -4,6 +4,7 @@
 ** threads, grad mode, memory).
 */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -247,6 +248,48 @@ static int l_manual_seed(lua_State *L) {
   return 0;
 }
 
+/* get_rng_state() -> a list of strings (hex words) and the spare normal,
+** safe to store as text in checkpoint metadata. */
+static int l_get_rng_state(lua_State *L) {
+  la_rng_state st = la_get_rng_state();
+  lua_createtable(L, 0, 2);
+  lua_createtable(L, 4, 0);
+  for (int i = 0; i < 4; i++) {
+    char buf[20];
+    snprintf(buf, sizeof buf, "%016llx", (unsigned long long)st.s[i]);
+    lua_pushstring(L, buf);
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_setfield(L, -2, "state");
+  if (st.have_spare) {
+    lua_pushnumber(L, st.spare);
+    lua_setfield(L, -2, "spare");
+  }
+  return 1;
+}
+
+static int l_set_rng_state(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  la_rng_state st = {{0}, false, 0};
+  lua_getfield(L, 1, "state");
+  if (!lua_istable(L, -1)) return luaL_argerror(L, 1, "expected {state = {4 hex strings}, spare = number?}");
+  for (int i = 0; i < 4; i++) {
+    lua_geti(L, -1, i + 1);
+    const char *h = lua_tostring(L, -1);
+    char *end = NULL;
+    unsigned long long v = h ? strtoull(h, &end, 16) : 0;
+    if (!h || *end || end == h) return luaL_argerror(L, 1, "rng state words must be hex strings");
+    st.s[i] = v;
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  lua_getfield(L, 1, "spare");
+  if (!lua_isnil(L, -1)) { st.have_spare = true; st.spare = luaL_checknumber(L, -1); }
+  lua_pop(L, 1);
+  la_set_rng_state(&st);
+  return 0;
+}
+
 static int l_set_num_threads(lua_State *L) {
   lua_Integer n = luaL_checkinteger(L, 1);
   if (n < 1 || n > 1024) return luaL_argerror(L, 1, "thread count must be in 1..1024");
@@ -330,7 +373,8 @@ static const luaL_Reg l_funcs[] = {
   {"tensor", l_tensor}, {"zeros", l_zeros}, {"ones", l_ones}, {"empty", l_empty},
   {"full", l_full}, {"arange", l_arange}, {"randint", l_randint},
   {"cat", l_cat}, {"stack", l_stack}, {"where", l_where}, {"is_tensor", l_is_tensor},
-  {"manual_seed", l_manual_seed}, {"set_num_threads", l_set_num_threads},
+  {"manual_seed", l_manual_seed}, {"get_rng_state", l_get_rng_state},
+  {"set_rng_state", l_set_rng_state}, {"set_num_threads", l_set_num_threads},
   {"get_num_threads", l_get_num_threads}, {"set_grad_enabled", l_set_grad_enabled},
   {"is_grad_enabled", l_is_grad_enabled}, {"memory", l_memory},
   {"set_memory_limit", l_set_memory_limit}, {"reset_peak_memory", l_reset_peak_memory},

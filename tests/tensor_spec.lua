@@ -58,6 +58,18 @@ describe("constructors", function()
     assert.are.equal(6, r:max():item())
   end)
 
+  it("saves and restores the generator's state, spare normal included", function()
+    la.manual_seed(3)
+    la.randn(3)                     -- an odd count leaves a spare normal behind
+    local st = la.get_rng_state()
+    assert.is_number(st.spare)
+    local a = la.randn(5):totable()
+    la.rand(11)
+    la.set_rng_state(st)
+    assert.are.same(a, la.randn(5):totable())
+    assert.has_error(function() la.set_rng_state({state = {"x", "1", "2", "3"}}) end)
+  end)
+
   it("the _like constructors and eye", function()
     local x = la.ones(2, 3, "int32")
     assert.are.same({2, 3}, la.zeros_like(x):shape())
