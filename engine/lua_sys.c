@@ -1,0 +1,88 @@
+/*
+** lua_sys.c -- the few operating-system calls the Lua library needs and Lua
+** lacks: whether an output is a terminal (progress bars), creating
+** directories (run folders), and renaming with fsync (atomic files).
+** Registered as lualign.core.sys.
+*/
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "lua_la.h"
+
+/* isatty([fd = 1]) -> boolean */
+static int ls_isatty(lua_State *L) {
+  lua_pushboolean(L, isatty((int)luaL_optinteger(L, 1, 1)) == 1);
+  return 1;
+}
+
+/* mkdir(path): creates path and its missing parents; true, or nil and a message. */
+static int ls_mkdir(lua_State *L) {
+  size_t n;
+  const char *path = luaL_checklstring(L, 1, &n);
+  luaL_Buffer b;
+  char *buf = luaL_buffinitsize(L, &b, n + 1);
+  memcpy(buf, path, n + 1);
+  for (size_t i = 1; i <= n; i++) {
+    if (buf[i] != '/' && buf[i] != '\0') continue;
+    char saved = buf[i];
+    buf[i] = '\0';
+    if (mkdir(buf, 0777) != 0 && errno != EEXIST) {
+      lua_pushnil(L);
+      lua_pushfstring(L, "cannot create directory %s: %s", buf, strerror(errno));
+      return 2;
+    }
+    buf[i] = saved;
+  }
+  struct stat st;
+  if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s exists and is not a directory", path);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* Flushes a file's data to disk by path. */
+static int ls_fsync_path(const char *path, int flags) {
+  int fd = open(path, flags);
+  if (fd < 0) return -1;
+  int rc = fsync(fd);
+  close(fd);
+  return rc;
+}
+
+/* commit(tmp, path): fsyncs tmp, renames it over path and fsyncs the
+** directory, so path holds either its old or its new contents after a
+** crash.  true, or nil and a message (tmp is removed on failure). */
+static int ls_commit(lua_State *L) {
+  const char *tmp = luaL_checkstring(L, 1), *path = luaL_checkstring(L, 2);
+  if (ls_fsync_path(tmp, O_RDONLY) != 0 || rename(tmp, path) != 0) {
+    int e = errno;
+    remove(tmp);
+    lua_pushnil(L);
+    lua_pushfstring(L, "cannot write %s: %s", path, strerror(e));
+    return 2;
+  }
+  const char *slash = strrchr(path, '/');
+  lua_pushlstring(L, path, slash ? (size_t)(slash - path) : 0);
+  const char *dir = lua_tostring(L, -1);
+  ls_fsync_path(dir[0] ? dir : ".", O_RDONLY | O_DIRECTORY);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static const luaL_Reg ls_funcs[] = {
+  {"isatty", ls_isatty}, {"mkdir", ls_mkdir}, {"commit", ls_commit},
+  {NULL, NULL}
+};
+
+void lt_open_sys(lua_State *L) {
+  lua_newtable(L);
+  luaL_setfuncs(L, ls_funcs, 0);
+  lua_setfield(L, -2, "sys");
+}

@@ -1,0 +1,203 @@
+--- lualign.recipe: what every recipe script shares -- its config (defaults
+-- at the top of the script, overridden from the command line or a config
+-- file), its run folder, and writing files there safely.
+--
+--     local config = recipe.config(arg, "sft", {
+--       {"lr",    3e-4, "peak learning rate"},
+--       {"steps", 500,  "optimizer steps"},
+--     })
+--     -- lualign recipes/sft.lua lr=1e-3 steps=200     or    ... my_config.lua
+--     -- lualign recipes/sft.lua --help                lists every key
+--
+-- Every config also has `name` (the run folder runs/<name>/), `out_dir`
+-- ("runs"), `seed`, `threads` and `resume`.  Unknown keys and values of the
+-- wrong type are errors that name the key.
+
+local core = require "lualign.core"
+local cjson = require "cjson"
+
+local recipe = {}
+
+local common = {
+  {"out_dir", "runs", "folder that holds run folders"},
+  {"seed", 1, "random seed (model init, sampling, data order)"},
+  {"threads", 0, "threads for kernels (0: OpenMP's default)"},
+  {"resume", false, "continue from the run folder's last checkpoint"},
+}
+
+local function kind_of(default, declared)
+  if declared then return declared end
+  if math.type(default) == "integer" then return "integer" end
+  return type(default)
+end
+
+-- Converts a command-line string to the key's kind, or returns nil and why.
+local function convert(key, value, kind)
+  if type(value) ~= "string" then
+    local ok = (kind == "integer" and math.type(value) == "integer") or
+               (kind == "number" and type(value) == "number") or type(value) == kind
+    if ok then return value end
+    if kind == "integer" and math.tointeger(value) then return math.tointeger(value) end
+    return nil, string.format("%s must be %s %s (got %s)", key, kind == "integer" and "an" or "a", kind, type(value))
+  end
+  if kind == "integer" then
+    local v = math.tointeger(tonumber(value))
+    if v then return v end
+  elseif kind == "number" then
+    local v = tonumber(value)
+    if v then return v end
+  elseif kind == "boolean" then
+    local b = ({["true"] = true, ["1"] = true, yes = true, ["false"] = false, ["0"] = false, no = false})[value]
+    if b ~= nil then return b end
+  else
+    return value
+  end
+  return nil, string.format("%s must be %s %s (got '%s')", key, kind == "integer" and "an" or "a", kind, value)
+end
+
+local function usage(script, specs)
+  local lines = {string.format("usage: lualign %s [config.lua] [key=value ...]\n", script), "keys:"}
+  local width = 0
+  for _, s in ipairs(specs) do width = math.max(width, #s[1]) end
+  for _, s in ipairs(specs) do
+    lines[#lines + 1] = string.format("  %-" .. width .. "s  %-22s %s", s[1], tostring(s[2]), s[3] or "")
+  end
+  return table.concat(lines, "\n") .. "\n"
+end
+
+local function closest(key, specs)
+  local best, score = nil, math.huge
+  for _, s in ipairs(specs) do
+    local a, b = key, s[1]
+    -- a rough distance: length difference plus mismatched characters
+    local d = math.abs(#a - #b)
+    for i = 1, math.min(#a, #b) do if a:sub(i, i) ~= b:sub(i, i) then d = d + 1 end end
+    if d < score then best, score = b, d end
+  end
+  return score <= math.max(2, #key // 3) and best or nil
+end
+
+--- Parses argv (the script's `arg`) against specs, a list of {key, default,
+-- description [, kind]}; `name` defaults to default_name.  Returns the
+-- config table.  --help prints every key and exits; a bad argument raises an
+-- error naming it.
+function recipe.config(argv, default_name, specs)
+  local all = {{"name", default_name, "run name: results go to <out_dir>/<name>/"}}
+  for _, s in ipairs(specs) do all[#all + 1] = s end
+  for _, s in ipairs(common) do all[#all + 1] = s end
+  local kinds, config = {}, {}
+  for _, s in ipairs(all) do
+    kinds[s[1]] = kind_of(s[2], s[4])
+    config[s[1]] = s[2]
+  end
+  local script = argv and argv[0] or "recipe.lua"
+  local function set(key, value, origin)
+    if not kinds[key] then
+      local hint = closest(key, all)
+      error(string.format("%s: unknown config key '%s'%s (see --help)", origin, key,
+        hint and (" -- did you mean '" .. hint .. "'?") or ""), 0)
+    end
+    local v, why = convert(key, value, kinds[key])
+    if v == nil then error(origin .. ": " .. why, 0) end
+    config[key] = v
+  end
+  for i = 1, #(argv or {}) do
+    local a = argv[i]
+    if a == "--help" or a == "-h" then
+      io.write(usage(script, all))
+      os.exit(0)
+    end
+    local key, value = a:match("^([%w_]+)=(.*)$")
+    if key then
+      set(key, value, "argument '" .. a .. "'")
+    elseif a:match("%.lua$") then
+      local chunk, err = loadfile(a, "t", {})
+      if not chunk then error("config file: " .. err, 0) end
+      local ok, t = pcall(chunk)
+      if not ok or type(t) ~= "table" then
+        error(string.format("config file %s must return a table of keys (%s)", a, ok and type(t) or t), 0)
+      end
+      for k, v in pairs(t) do set(k, v, a) end
+    else
+      error(string.format("argument '%s': expected key=value or a config .lua file (see --help)", a), 0)
+    end
+  end
+  if config.threads > 0 then core.set_num_threads(config.threads) end
+  core.manual_seed(config.seed)
+  return config
+end
+
+----------------------------------------------------------------------------
+-- Run folders
+
+local Run = {}
+Run.__index = Run
+
+--- The run folder <out_dir>/<name>/ (created), with config.json written.
+function recipe.run(config)
+  local dir = config.out_dir .. "/" .. config.name
+  local ok, err = core.sys.mkdir(dir)
+  if not ok then error(err, 2) end
+  local self = setmetatable({dir = dir, config = config}, Run)
+  self:write_json("config.json", config)
+  return self
+end
+
+--- Path of a file in the run folder.
+function Run:path(file) return self.dir .. "/" .. file end
+
+--- Writes text to a file of the run folder atomically (temp file, fsync, rename).
+function Run:write(file, text)
+  recipe.write_atomic(self:path(file), text)
+end
+
+function Run:write_json(file, value)
+  self:write(file, recipe.json(value) .. "\n")
+end
+
+--- Whether a file exists in the run folder.
+function Run:exists(file)
+  local f = io.open(self:path(file), "rb")
+  if f then f:close() end
+  return f ~= nil
+end
+
+--- Writes text to path so that a crash leaves either the old or the new file.
+function recipe.write_atomic(path, text)
+  local tmp = path .. ".tmp"
+  local f, err = io.open(tmp, "wb")
+  if not f then error("cannot write " .. path .. ": " .. err, 2) end
+  local ok, werr = f:write(text)
+  f:close()
+  if not ok then os.remove(tmp); error("cannot write " .. path .. ": " .. tostring(werr), 2) end
+  local done, cerr = core.sys.commit(tmp, path)
+  if not done then error(cerr, 2) end
+end
+
+-- JSON with sorted keys and integers kept as integers (Debian's cjson 2.1.0
+-- writes 3 as 3 but cannot be told to sort).
+function recipe.json(v)
+  local t = type(v)
+  if t == "table" then
+    if #v > 0 or next(v) == nil then
+      local parts = {}
+      for i, x in ipairs(v) do parts[i] = recipe.json(x) end
+      return "[" .. table.concat(parts, ", ") .. "]"
+    end
+    local keys = {}
+    for k in pairs(v) do keys[#keys + 1] = tostring(k) end
+    table.sort(keys)
+    local parts = {}
+    for i, k in ipairs(keys) do parts[i] = cjson.encode(k) .. ": " .. recipe.json(v[k]) end
+    return "{" .. table.concat(parts, ", ") .. "}"
+  elseif t == "number" then
+    if math.type(v) == "integer" then return tostring(v) end
+    if v ~= v or v == math.huge or v == -math.huge then return "null" end
+    return string.format("%.9g", v)
+  elseif t == "string" or t == "boolean" then
+    return cjson.encode(v)
+  end
+  return "null"
+end
+
+return recipe

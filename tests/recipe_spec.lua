@@ -1,0 +1,83 @@
+local la = require "lualign"
+local recipe = require "lualign.recipe"
+local log = require "lualign.log"
+
+local specs = {
+  {"lr", 3e-4, "learning rate"},
+  {"steps", 100, "optimizer steps"},
+  {"loss", "gdpo", "loss name"},
+  {"pack", false, "pack examples"},
+}
+
+local function tmpdir()
+  local d = os.tmpname()
+  os.remove(d)
+  assert(require("lualign.core").sys.mkdir(d))
+  return d
+end
+
+describe("recipe config", function()
+  it("takes defaults, key=value overrides with the defaults' types, and config files", function()
+    local c = recipe.config({[0] = "x.lua", "lr=1e-3", "steps=20", "pack=true", "name=t"}, "demo", specs)
+    assert.are.equal(1e-3, c.lr)
+    assert.are.equal(20, c.steps)
+    assert.are.equal("integer", math.type(c.steps))
+    assert.is_true(c.pack)
+    assert.are.equal("gdpo", c.loss)
+    assert.are.equal("t", c.name)
+    assert.are.equal("runs", c.out_dir)
+    local file = os.tmpname() .. ".lua"
+    local f = assert(io.open(file, "w"))
+    f:write("return {steps = 7, loss = 'dpo'}")
+    f:close()
+    local c2 = recipe.config({[0] = "x.lua", file, "loss=ipo"}, "demo", specs)
+    os.remove(file)
+    assert.are.equal(7, c2.steps)
+    assert.are.equal("ipo", c2.loss)   -- later arguments win
+  end)
+
+  it("rejects unknown keys and values of the wrong type, naming them", function()
+    assert.has_error(function() recipe.config({"stpes=3"}, "demo", specs) end,
+      "argument 'stpes=3': unknown config key 'stpes' -- did you mean 'steps'? (see --help)")
+    assert.has_error(function() recipe.config({"steps=2.5"}, "demo", specs) end,
+      "argument 'steps=2.5': steps must be an integer (got '2.5')")
+    assert.has_error(function() recipe.config({"pack=maybe"}, "demo", specs) end,
+      "argument 'pack=maybe': pack must be a boolean (got 'maybe')")
+    assert.has_error(function() recipe.config({"oops"}, "demo", specs) end)
+  end)
+
+  it("lists every key with its default and description under --help", function()
+    local out = io.popen("cd " .. os.getenv("PWD") .. " && lua5.4 -e 'package.path=\"./lua/?.lua;./lua/?/init.lua;\"..package.path; package.cpath=\"./build/?.so;\"..package.cpath' -e 'require(\"lualign.recipe\").config({[0]=\"r.lua\", \"--help\"}, \"demo\", {{\"lr\", 0.1, \"learning rate\"}})'")
+    local text = out:read("a")
+    out:close()
+    assert.is_truthy(text:find("usage: lualign r.lua", 1, true))
+    assert.is_truthy(text:find("lr%s+0.1%s+learning rate"))
+    assert.is_truthy(text:find("resume%s+false"))
+  end)
+end)
+
+describe("run folders and metrics", function()
+  it("writes config.json and appends metrics, dropping lines after a resume point", function()
+    local dir = tmpdir()
+    local c = recipe.config({"out_dir=" .. dir, "name=r1"}, "demo", specs)
+    local run = recipe.run(c)
+    assert.is_true(run:exists("config.json"))
+    local cfg = require("cjson").decode(io.open(run:path("config.json")):read("a"))
+    assert.are.equal(100, cfg.steps)
+    local logger = log.open(run, {total = 5, every = 100, quiet = true})
+    for s = 1, 5 do logger:log(s, {loss = 1 / s}) end
+    logger:close()
+    assert.are.equal(5, #log.read(run:path("metrics.jsonl")))
+    local resumed = log.open(run, {total = 5, start_step = 3, quiet = true})
+    resumed:log(4, {loss = 0.2})
+    resumed:close()
+    local rows = log.read(run:path("metrics.jsonl"))
+    assert.are.same({1, 2, 3, 4}, {rows[1].step, rows[2].step, rows[3].step, rows[4].step})
+    assert.are.equal(0.2, rows[4].loss)
+    os.execute("rm -rf " .. dir)
+  end)
+
+  it("writes JSON with sorted keys and integers kept", function()
+    assert.are.equal('{"a": 1, "b": [0.5, "x"], "c": true}', recipe.json({c = true, a = 1, b = {0.5, "x"}}))
+  end)
+end)
