@@ -5,8 +5,8 @@
 #   make bench      run the benchmarks in bench/ (not part of the tests)
 #   make install    used by LuaRocks (INST_LIBDIR, INST_LUADIR, INST_BINDIR)
 #
-# Prerequisites (Debian/Ubuntu): lua5.4 liblua5.4-dev libopenblas-dev lua-cjson
-# lua-busted pkg-config gcc make.  `make deps` installs them when run as root.
+# Prerequisites (Debian/Ubuntu): lua5.4 liblua5.4-dev libopenblas-dev libpcre2-dev
+# lua-cjson lua-busted pkg-config gcc make.  `make deps` installs them when run as root.
 
 LUA ?= lua5.4
 PKG_CONFIG ?= pkg-config
@@ -20,12 +20,15 @@ LUA_CFLAGS := $(shell $(PKG_CONFIG) --cflags lua5.4 2>/dev/null || echo -I/usr/i
 endif
 BLAS_CFLAGS := $(shell $(PKG_CONFIG) --cflags openblas 2>/dev/null)
 BLAS_LIBS := $(shell $(PKG_CONFIG) --libs openblas 2>/dev/null || echo -lopenblas)
+# PCRE2 (8-bit, UTF + Unicode properties) for the tokenizer's pre-tokenisation.
+PCRE2_CFLAGS := $(shell $(PKG_CONFIG) --cflags libpcre2-8 2>/dev/null)
+PCRE2_LIBS := $(shell $(PKG_CONFIG) --libs libpcre2-8 2>/dev/null || echo -lpcre2-8)
 
 OPTFLAGS ?= -O3 -march=native
 WARNFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-format-truncation
 BASEFLAGS = -std=c11 -D_POSIX_C_SOURCE=200809L -fPIC -fopenmp -fno-math-errno $(WARNFLAGS)
-ALL_CFLAGS = $(BASEFLAGS) $(OPTFLAGS) $(BLAS_CFLAGS) $(EXTRA_CFLAGS)
-LIBS = $(BLAS_LIBS) -lm
+ALL_CFLAGS = $(BASEFLAGS) $(OPTFLAGS) $(BLAS_CFLAGS) $(PCRE2_CFLAGS) $(EXTRA_CFLAGS)
+LIBS = $(BLAS_LIBS) $(PCRE2_LIBS) -lm
 
 BUILD = build
 CORE_SRC = $(wildcard engine/la_*.c)
@@ -40,11 +43,11 @@ CTEST = $(BUILD)/engine_test
 all: $(MODULE)
 
 # The core compiles without Lua headers: only lua_*.c see them.
-$(BUILD)/obj/la_%.o: engine/la_%.c engine/la.h engine/la_iter.h
+$(BUILD)/obj/la_%.o: engine/la_%.c engine/la.h engine/la_iter.h engine/la_tokenizer.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
 
-$(BUILD)/obj/lua_%.o: engine/lua_%.c engine/la.h engine/lua_la.h
+$(BUILD)/obj/lua_%.o: engine/lua_%.c engine/la.h engine/lua_la.h engine/la_tokenizer.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(LUA_CFLAGS) -c $< -o $@
 
@@ -63,7 +66,7 @@ test: deps $(MODULE) $(CTEST)
 	@$(LUA_ENV) LUALIGN_ENGINE_TEST=./$(CTEST) $(LUA) $(BUSTED) -o tests/summary_output.lua tests
 
 # Checks the prerequisites; installs the missing ones when run as root.
-DEB_PKGS = lua5.4 liblua5.4-dev libopenblas-dev lua-cjson lua-busted pkg-config gcc make
+DEB_PKGS = lua5.4 liblua5.4-dev libopenblas-dev libpcre2-dev lua-cjson lua-busted pkg-config gcc make
 deps:
 	@missing=""; for p in $(DEB_PKGS); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
