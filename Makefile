@@ -88,6 +88,8 @@ install: $(MODULE)
 	install -d $(INST_LIBDIR)/lualign $(INST_LUADIR)/lualign $(INST_BINDIR)
 	install -m 0755 $(MODULE) $(INST_LIBDIR)/lualign/core.so
 	cp -R lua/lualign/. $(INST_LUADIR)/lualign/
+	install -d $(INST_LUADIR)/lualign/assets/gpt2
+	install -m 0644 data/gpt2/encoder.json data/gpt2/vocab.bpe data/gpt2/README.md $(INST_LUADIR)/lualign/assets/gpt2/
 	install -m 0755 bin/lualign $(INST_BINDIR)/lualign
 
 clean:
