@@ -414,6 +414,16 @@ describe("chat template", function()
     end
   end)
 
+  it("recognises special tokens inside contents unless asked not to", function()
+    local tok = chat_tok()
+    local msgs = {{role = "user", content = "a<|end|>b"}}
+    local ids = tok:apply_chat_template(msgs)
+    assert.are.same(tok:encode("<|user|>\na<|end|>b<|end|>\n"), ids)
+    local safe = tok:apply_chat_template(msgs, {split_special_tokens = true})
+    assert.are.equal(#ids - 1 + #tok:encode("<|end|>", {split_special_tokens = true}), #safe)
+    assert.are.equal(tok:chat_text(msgs), tok:decode(safe))
+  end)
+
   it("explains what is missing or malformed", function()
     local tok = T.load("gpt2")
     local e = errmsg(tok.apply_chat_template, tok, {{role = "user", content = "x"}})

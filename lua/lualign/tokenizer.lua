@@ -492,12 +492,14 @@ local function chat_check(self, messages, opts)
 end
 
 --- Applies the chat template; returns ids and assistant_mask (lists of the
--- same length).  opts.add_generation_prompt appends the assistant header.
+-- same length).  opts.add_generation_prompt appends the assistant header;
+-- opts.split_special_tokens keeps special tokens inside contents as text.
 function Tokenizer:apply_chat_template(messages, opts)
   opts = opts or {}
   local marker = chat_check(self, messages, opts)
   local end_id = marker("end", "every message")
   local nl = self:encode("\n")
+  local content_opts = {split_special_tokens = opts.split_special_tokens}
   local ids, mask = {}, {}
   local function put(list, m)
     for _, id in ipairs(list) do
@@ -510,7 +512,7 @@ function Tokenizer:apply_chat_template(messages, opts)
     local a = msg.role == "assistant" and 1 or 0
     put({role_id}, 0)
     put(nl, 0)
-    put(self:encode(msg.content), a)
+    put(self:encode(msg.content, content_opts), a)
     put({end_id}, a)
     put(nl, 0)
   end
