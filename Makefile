@@ -37,6 +37,7 @@ CORE_OBJ = $(CORE_SRC:engine/%.c=$(BUILD)/obj/%.o)
 BIND_OBJ = $(BIND_SRC:engine/%.c=$(BUILD)/obj/%.o)
 MODULE = $(BUILD)/lualign/core.so
 CTEST = $(BUILD)/engine_test
+TOKTEST = $(BUILD)/tokenizer_test
 
 .PHONY: all test ctest deps bench install clean
 
@@ -58,12 +59,15 @@ $(MODULE): $(CORE_OBJ) $(BIND_OBJ)
 $(CTEST): tests/engine_test.c $(CORE_OBJ)
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LIBS)
 
-ctest: $(CTEST)
+$(TOKTEST): tests/tokenizer_test.c $(CORE_OBJ)
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LIBS)
+
+ctest: $(CTEST) $(TOKTEST)
 
 LUA_ENV = LUA_PATH="./lua/?.lua;./lua/?/init.lua;./tests/?.lua;;" LUA_CPATH="./$(BUILD)/?.so;;"
 
-test: deps $(MODULE) $(CTEST)
-	@$(LUA_ENV) LUALIGN_ENGINE_TEST=./$(CTEST) $(LUA) $(BUSTED) -o tests/summary_output.lua tests
+test: deps $(MODULE) $(CTEST) $(TOKTEST)
+	@$(LUA_ENV) LUALIGN_ENGINE_TEST=./$(CTEST) LUALIGN_TOKENIZER_TEST=./$(TOKTEST) $(LUA) $(BUSTED) -o tests/summary_output.lua tests
 
 # Checks the prerequisites; installs the missing ones when run as root.
 DEB_PKGS = lua5.4 liblua5.4-dev libopenblas-dev libpcre2-dev lua-cjson lua-busted pkg-config gcc make

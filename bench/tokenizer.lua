@@ -95,9 +95,9 @@ do
     -- valid UTF-8 only, so that Node reads the same bytes; no U+FEFF or U+0085,
     -- which JavaScript's \s classifies unlike GPT-2's reference
     if s and #s > 0 and utf8.len(s) and not s:find("\u{FEFF}", 1, true) and not s:find("\u{85}", 1, true) then
+      if total + #s > limit and #docs > 0 then break end
       docs[#docs + 1] = s
       total = total + #s
-      if total >= limit then break end
     end
   end
   local f = assert(io.open(corpus, "wb"))

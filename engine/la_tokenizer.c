@@ -758,6 +758,8 @@ static int tk_word(la_bpe *t, const char *w, size_t n, la_ids *out) {
       return 0;
     }
   }
+  if (n > (size_t)INT32_MAX / 4)
+    return la_failn("tokenizer: a pre-token of %zu bytes is too long (the limit is %d)", n, INT32_MAX / 4);
   if (tk_scratch(t, n) < 0) return -1;
   for (size_t i = 0; i < n; i++) {
     int32_t id = t->byte_id[(unsigned char)w[i]];
