@@ -1,12 +1,12 @@
 --- Encode throughput of lualign's GPT-2 tokenizer against npm GPT-2
 -- tokenizers run on this machine's Node.js, in the same command.
 --
---   lua5.4 bench/tokenizer.lua [--mb 4] [--runs 5] [--peers js-tiktoken,gpt-tokenizer,tiktoken]
--- (gpt-3-encoder is a fourth possible peer, left out by default: it is
--- quadratic in the length of a document, about 0.02 MB/s here)
+--   bin/lualign bench/tokenizer.lua [--mb 4] [--runs 5] [--peers js-tiktoken,gpt-tokenizer,tiktoken]
 --
--- (from the repository root, after `make`; LUA_PATH/LUA_CPATH as `make test`
--- sets them, or run through `lualign bench/tokenizer.lua`).
+-- from the repository root after `make`.  Needs Node.js and npm (the npm
+-- registry, once, to install the peers).  gpt-3-encoder is a fourth possible
+-- peer, left out by default: it is quadratic in the length of a document
+-- (about 0.02 MB/s on this corpus).
 --
 -- Corpus: the Debian copyright files under /usr/share/doc (English prose,
 -- names, licences, some non-ASCII), sorted by path, valid UTF-8 only,
@@ -123,7 +123,9 @@ for _, p in ipairs(peers) do
 end
 
 local node_version = (sh("node --version")):gsub("%s+$", "")
-local lua_cmd = string.format("%s bench/tokenizer.lua --run lualign %s", arg[-1] or "lua5.4", corpus)
+-- the child sees the same module paths as this process
+local lua_cmd = string.format("LUA_PATH='%s' LUA_CPATH='%s' lua5.4 bench/tokenizer.lua --run lualign %s",
+  package.path, package.cpath, corpus)
 
 local function run_one(cmd)
   local out, ok = sh(cmd)
