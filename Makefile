@@ -7,8 +7,8 @@
 #                   bundled data/ goes to $(INST_LUADIR)/lualign/datasets/
 #   make data       rebuild data/ from Debian and npm packages (data/build.lua)
 #
-# Prerequisites (Debian/Ubuntu): lua5.4 liblua5.4-dev libopenblas-dev lua-cjson
-# lua-busted pkg-config gcc make.  `make deps` installs them when run as root.
+# Prerequisites (Debian/Ubuntu): lua5.4 liblua5.4-dev libopenblas-dev libpcre2-dev
+# lua-cjson lua-busted pkg-config gcc make.  `make deps` installs them when run as root.
 
 LUA ?= lua5.4
 PKG_CONFIG ?= pkg-config
@@ -22,12 +22,15 @@ LUA_CFLAGS := $(shell $(PKG_CONFIG) --cflags lua5.4 2>/dev/null || echo -I/usr/i
 endif
 BLAS_CFLAGS := $(shell $(PKG_CONFIG) --cflags openblas 2>/dev/null)
 BLAS_LIBS := $(shell $(PKG_CONFIG) --libs openblas 2>/dev/null || echo -lopenblas)
+# PCRE2 (8-bit, UTF + Unicode properties) for the tokenizer's pre-tokenisation.
+PCRE2_CFLAGS := $(shell $(PKG_CONFIG) --cflags libpcre2-8 2>/dev/null)
+PCRE2_LIBS := $(shell $(PKG_CONFIG) --libs libpcre2-8 2>/dev/null || echo -lpcre2-8)
 
 OPTFLAGS ?= -O3 -march=native
 WARNFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-format-truncation
 BASEFLAGS = -std=c11 -D_POSIX_C_SOURCE=200809L -fPIC -fopenmp -fno-math-errno $(WARNFLAGS)
-ALL_CFLAGS = $(BASEFLAGS) $(OPTFLAGS) $(BLAS_CFLAGS) $(EXTRA_CFLAGS)
-LIBS = $(BLAS_LIBS) -lm
+ALL_CFLAGS = $(BASEFLAGS) $(OPTFLAGS) $(BLAS_CFLAGS) $(PCRE2_CFLAGS) $(EXTRA_CFLAGS)
+LIBS = $(BLAS_LIBS) $(PCRE2_LIBS) -lm
 
 BUILD = build
 CORE_SRC = $(wildcard engine/la_*.c)
@@ -36,6 +39,7 @@ CORE_OBJ = $(CORE_SRC:engine/%.c=$(BUILD)/obj/%.o)
 BIND_OBJ = $(BIND_SRC:engine/%.c=$(BUILD)/obj/%.o)
 MODULE = $(BUILD)/lualign/core.so
 CTEST = $(BUILD)/engine_test
+TOKTEST = $(BUILD)/tokenizer_test
 
 .PHONY: all test ctest deps bench install clean data
 
@@ -61,15 +65,18 @@ $(MODULE): $(CORE_OBJ) $(BIND_OBJ)
 $(CTEST): tests/engine_test.c $(CORE_OBJ)
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LIBS)
 
-ctest: $(CTEST)
+$(TOKTEST): tests/tokenizer_test.c $(CORE_OBJ)
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LIBS)
+
+ctest: $(CTEST) $(TOKTEST)
 
 LUA_ENV = LUA_PATH="./lua/?.lua;./lua/?/init.lua;./tests/?.lua;;" LUA_CPATH="./$(BUILD)/?.so;;"
 
-test: deps $(MODULE) $(CTEST)
-	@$(LUA_ENV) LUALIGN_ENGINE_TEST=./$(CTEST) $(LUA) $(BUSTED) -o tests/summary_output.lua tests
+test: deps $(MODULE) $(CTEST) $(TOKTEST)
+	@$(LUA_ENV) LUALIGN_ENGINE_TEST=./$(CTEST) LUALIGN_TOKENIZER_TEST=./$(TOKTEST) $(LUA) $(BUSTED) -o tests/summary_output.lua tests
 
 # Checks the prerequisites; installs the missing ones when run as root.
-DEB_PKGS = lua5.4 liblua5.4-dev libopenblas-dev lua-cjson lua-busted pkg-config gcc make
+DEB_PKGS = lua5.4 liblua5.4-dev libopenblas-dev libpcre2-dev lua-cjson lua-busted pkg-config gcc make
 deps:
 	@missing=""; for p in $(DEB_PKGS); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \

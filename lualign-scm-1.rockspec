@@ -21,10 +21,12 @@ dependencies = {
   "lua >= 5.4, < 5.5",
 }
 
--- OpenBLAS and the Lua headers come from the system (Debian: libopenblas-dev,
--- liblua5.4-dev); LuaRocks reports them clearly when they are missing.
+-- OpenBLAS, PCRE2 and the Lua headers come from the system (Debian:
+-- libopenblas-dev, libpcre2-dev, liblua5.4-dev); LuaRocks reports them
+-- clearly when they are missing.
 external_dependencies = {
   OPENBLAS = { library = "openblas" },
+  PCRE2 = { header = "pcre2.h", library = "pcre2-8" },
 }
 
 build = {

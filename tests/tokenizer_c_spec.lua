@@ -1,0 +1,29 @@
+-- Runs the tokenizer core's C tests (tests/tokenizer_test.c, built by
+-- `make test`) and reports each of them as a test here.
+
+local binary = os.getenv("LUALIGN_TOKENIZER_TEST") or "./build/tokenizer_test"
+
+describe("C tokenizer core (no Lua)", function()
+  local f = io.open(binary, "rb")
+  if not f then
+    it("is built", function() error("tokenizer test binary not found at " .. binary .. "; run make test") end)
+    return
+  end
+  f:close()
+  local p = assert(io.popen(binary .. " 2>&1"))
+  local output = p:read("a")
+  p:close()
+  local seen = 0
+  for line in output:gmatch("[^\n]+") do
+    local ok_name = line:match("^ok ([%w_]+)$")
+    local fail_name, why = line:match("^FAIL ([%w_]+): (.*)$")
+    if ok_name or fail_name then
+      seen = seen + 1
+      it(ok_name or fail_name, function() assert(ok_name, why) end)
+    end
+  end
+  it("ran and reported a summary", function()
+    assert.is_true(seen > 0, "no test lines in:\n" .. output)
+    assert.is_truthy(output:match("%d+ passed, %d+ failed\n$"), output)
+  end)
+end)
