@@ -347,7 +347,7 @@ function Dropout:init(p) self.p = p or 0.5 end
 function Dropout:forward(x) return F.dropout(x, self.p, self.training) end
 function Dropout:extra_repr() return string.format("p=%g", self.p) end
 
--- Activations as modules, for Sequential.
+--- Activations as modules, for Sequential: GELU, ReLU, SiLU, Tanh, Sigmoid.
 for name, fn in pairs({GELU = "gelu", ReLU = "relu", SiLU = "silu", Tanh = "tanh", Sigmoid = "sigmoid"}) do
   local cls = Module:extend(name)
   cls.forward = function(_, x) return x[fn](x) end
