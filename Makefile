@@ -3,10 +3,13 @@
 #   make            build the engine module build/lualign/core.so
 #   make test       check prerequisites, build, run every test; ends "N passed, N failed"
 #   make bench      run the benchmarks in bench/ (not part of the tests)
-#   make install    used by LuaRocks (INST_LIBDIR, INST_LUADIR, INST_BINDIR)
+#   make install    used by LuaRocks (INST_LIBDIR, INST_LUADIR, INST_BINDIR):
+#                   the engine, the Lua library, docs/*.md (read by help()) and
+#                   recipes/*.lua under lualign/, and the `lualign` command
 #
 # Prerequisites (Debian/Ubuntu): lua5.4 liblua5.4-dev libopenblas-dev lua-cjson
-# lua-busted pkg-config gcc make.  `make deps` installs them when run as root.
+# lua-busted pkg-config gcc make, and for the tests luarocks and tmux.
+# `make deps` installs them when run as root.
 
 LUA ?= lua5.4
 PKG_CONFIG ?= pkg-config
@@ -20,6 +23,7 @@ LUA_CFLAGS := $(shell $(PKG_CONFIG) --cflags lua5.4 2>/dev/null || echo -I/usr/i
 endif
 BLAS_CFLAGS := $(shell $(PKG_CONFIG) --cflags openblas 2>/dev/null)
 BLAS_LIBS := $(shell $(PKG_CONFIG) --libs openblas 2>/dev/null || echo -lopenblas)
+BLAS_FOUND := $(shell $(PKG_CONFIG) --exists openblas 2>/dev/null && echo yes)
 
 OPTFLAGS ?= -O3 -march=native
 WARNFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-format-truncation
@@ -35,20 +39,28 @@ BIND_OBJ = $(BIND_SRC:engine/%.c=$(BUILD)/obj/%.o)
 MODULE = $(BUILD)/lualign/core.so
 CTEST = $(BUILD)/engine_test
 
-.PHONY: all test ctest deps bench install clean
+.PHONY: all test ctest deps bench install clean check-blas
 
 all: $(MODULE)
 
 # The core compiles without Lua headers: only lua_*.c see them.
 ENGINE_HEADERS = $(wildcard engine/la*.h)
 
-$(BUILD)/obj/la_%.o: engine/la_%.c $(ENGINE_HEADERS)
+$(BUILD)/obj/la_%.o: engine/la_%.c $(ENGINE_HEADERS) | check-blas
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
 
 $(BUILD)/obj/lua_%.o: engine/lua_%.c $(ENGINE_HEADERS) engine/lua_la.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(LUA_CFLAGS) -c $< -o $@
+
+# Without pkg-config's openblas.pc the compiler would fail on cblas.h with a
+# less helpful message.
+check-blas:
+	@if [ -z "$(BLAS_FOUND)" ] && [ -z "$(BLAS_CFLAGS)" ]; then \
+	  echo "lualign: OpenBLAS not found by pkg-config (Debian/Ubuntu: apt-get install libopenblas-dev pkg-config)" >&2; \
+	  exit 1; \
+	fi
 
 # -z nodelete: Lua unloads C modules when the state closes, but OpenMP's
 # worker threads may still be parked in code of ours at that point.
@@ -67,7 +79,7 @@ test: deps $(MODULE) $(CTEST)
 	@$(LUA_ENV) LUALIGN_ENGINE_TEST=./$(CTEST) $(LUA) $(BUSTED) -o tests/summary_output.lua tests
 
 # Checks the prerequisites; installs the missing ones when run as root.
-DEB_PKGS = lua5.4 liblua5.4-dev libopenblas-dev lua-cjson lua-busted pkg-config gcc make
+DEB_PKGS = lua5.4 liblua5.4-dev libopenblas-dev lua-cjson lua-busted pkg-config gcc make luarocks tmux
 deps:
 	@missing=""; for p in $(DEB_PKGS); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
@@ -84,11 +96,21 @@ deps:
 bench: $(MODULE)
 	@$(LUA_ENV) $(LUA) bench/ops.lua
 
-# LuaRocks' make backend calls this with its directories.
+# LuaRocks' make backend calls this with its directories.  Recipes go to
+# lualign/recipes/ in the Lua module folder, where `lualign NAME` finds them;
+# the docs/ pages to lualign/docs/, where help() reads them.
 install: $(MODULE)
-	install -d $(INST_LIBDIR)/lualign $(INST_LUADIR)/lualign $(INST_BINDIR)
+	@if [ -z "$(INST_LIBDIR)" ] || [ -z "$(INST_LUADIR)" ] || [ -z "$(INST_BINDIR)" ]; then \
+	  echo "make install needs INST_LIBDIR, INST_LUADIR and INST_BINDIR (use: luarocks --lua-version 5.4 make)" >&2; \
+	  exit 1; \
+	fi
+	install -d $(INST_LIBDIR)/lualign $(INST_LUADIR)/lualign/docs $(INST_LUADIR)/lualign/recipes $(INST_BINDIR)
 	install -m 0755 $(MODULE) $(INST_LIBDIR)/lualign/core.so
 	cp -R lua/lualign/. $(INST_LUADIR)/lualign/
+	install -m 0644 docs/*.md $(INST_LUADIR)/lualign/docs/
+	for f in recipes/*.lua; do \
+	  if [ -e "$$f" ]; then install -m 0644 "$$f" $(INST_LUADIR)/lualign/recipes/ || exit 1; fi; \
+	done
 	install -m 0755 bin/lualign $(INST_BINDIR)/lualign
 
 clean:

@@ -15,6 +15,8 @@
 **       (SIGINT) raises the error "interrupted!" in the running Lua code,
 **       as lua.c does: the handler sets a hook that fires at the next Lua
 **       instruction, so a C kernel in progress finishes its call first.
+**   catch_interrupts(on) -> keeps SIGINT caught between interruptible
+**       calls too (on = true) or gives it back (false).
 **
 ** Nothing here raises a Lua error while the terminal is in raw mode: the
 ** only Lua calls made then are protected, and the terminal is restored
@@ -550,6 +552,35 @@ static void le_on_sigint(int sig) {
   if (L != NULL) lua_sethook(L, le_stop, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
 }
 
+/* Whether catch_interrupts(true) holds the handler, and what it replaced. */
+static int le_caught = 0;
+static struct sigaction le_saved_action;
+
+static int le_set_handler(struct sigaction *previous) {
+  struct sigaction action;
+  memset(&action, 0, sizeof action);
+  action.sa_handler = le_on_sigint;
+  action.sa_flags = SA_RESTART;
+  sigemptyset(&action.sa_mask);
+  return sigaction(SIGINT, &action, previous) != -1;
+}
+
+/* catch_interrupts(on): with on, SIGINT no longer ends the process while no
+** interruptible call runs (the REPL sets it for its whole session, so a
+** Ctrl-C that comes between two evaluations is not fatal). */
+static int le_catch_interrupts(lua_State *L) {
+  int on = lua_toboolean(L, 1);
+  if (on && !le_caught) {
+    if (!le_set_handler(&le_saved_action))
+      return luaL_error(L, "catch_interrupts: cannot catch SIGINT (%s)", strerror(errno));
+    le_caught = 1;
+  } else if (!on && le_caught) {
+    sigaction(SIGINT, &le_saved_action, NULL);
+    le_caught = 0;
+  }
+  return 0;
+}
+
 /* interruptible(f, msgh, ...) */
 static int le_interruptible(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
@@ -559,18 +590,17 @@ static int le_interruptible(lua_State *L) {
   lua_pushvalue(L, 1);
   lua_rotate(L, 3, 2);              /* msgh, f, args... above the originals */
   int msgh = 3;
-  struct sigaction action, previous;
-  memset(&action, 0, sizeof action);
-  action.sa_handler = le_on_sigint;
-  sigemptyset(&action.sa_mask);
-  if (sigaction(SIGINT, &action, &previous) == -1)
+  int own_handler = !le_caught;
+  struct sigaction previous;
+  if (own_handler && !le_set_handler(&previous))
     return luaL_error(L, "interruptible: cannot catch SIGINT (%s)", strerror(errno));
   lua_State *outer = le_running;
   le_running = L;
   int status = lua_pcall(L, nargs, LUA_MULTRET, msgh);
   le_running = outer;
-  lua_sethook(L, NULL, 0, 0);       /* a Ctrl-C that came just too late */
-  sigaction(SIGINT, &previous, NULL);
+  if (outer == NULL && lua_gethook(L) == le_stop)
+    lua_sethook(L, NULL, 0, 0);     /* a Ctrl-C that came just too late */
+  if (own_handler) sigaction(SIGINT, &previous, NULL);
   lua_pushboolean(L, status == LUA_OK);
   lua_replace(L, msgh);             /* the flag where the handler was */
   return lua_gettop(L) - msgh + 1;
@@ -578,7 +608,7 @@ static int le_interruptible(lua_State *L) {
 
 static const luaL_Reg le_funcs[] = {
   {"readline", le_readline}, {"isatty", le_isatty}, {"columns", le_columns_l},
-  {"interruptible", le_interruptible},
+  {"interruptible", le_interruptible}, {"catch_interrupts", le_catch_interrupts},
   {NULL, NULL}
 };
 

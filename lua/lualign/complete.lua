@@ -106,9 +106,9 @@ end
 -- they replace starts.  env is the table globals are looked up in (_G).
 function M.candidates(text, env)
   env = env or _G
-  local word = text:match("[%a_][%w_%.:]*$") or ""
+  local word = text:match("[%w_%.:]*$")
   local start = #text - #word + 1
-  if word:match("^[%d]") or word:find("::", 1, true) or word:find("..", 1, true) then return {}, start end
+  if word:match("^[%d.:]") or word:find("::", 1, true) or word:find("..", 1, true) then return {}, start end
   local path, sep, prefix = word:match("^(.*)([.:])([%w_]*)$")
   if not path then
     local names = M.fields(env)

@@ -17,11 +17,11 @@ local M = {history_size = 1000}
 
 -- Compiles a line as an expression first (so `x + 1` prints its value), then
 -- as a statement.  Returns the chunk, or nil and whether more input may complete it.
-local function compile(source)
-  local chunk = load("return " .. source, "=stdin")
+local function compile(source, env)
+  local chunk = load("return " .. source, "=stdin", "t", env)
   if chunk then return chunk end
   local err
-  chunk, err = load(source, "=stdin")
+  chunk, err = load(source, "=stdin", "t", env)
   if chunk then return chunk end
   return nil, err:sub(-5) == "<eof>", err
 end
@@ -196,6 +196,7 @@ function M.run(opts)
     output:write(string.format("lualign %s on %s -- la, nn, optim, loss loaded; help() for help; Ctrl-D exits\n",
       env.la.version, _VERSION))
   end
+  if lineedit then lineedit.catch_interrupts(true) end
   local buffer = nil
   while true do
     output:flush()
@@ -203,11 +204,12 @@ function M.run(opts)
     if line == nil and why == "interrupt" then
       buffer = nil
     elseif line == nil then
+      if lineedit then lineedit.catch_interrupts(false) end
       return 0
     else
       history:add(line)
       buffer = buffer and (buffer .. "\n" .. line) or line
-      local chunk, incomplete, err = compile(buffer)
+      local chunk, incomplete, err = compile(buffer, env)
       if chunk then
         buffer = nil
         print_results(evaluate(chunk), output, terminal)

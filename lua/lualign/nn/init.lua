@@ -28,6 +28,8 @@ local nn = {functional = F, F = F}
 ----------------------------------------------------------------------------
 -- Module
 
+--- The base class of every layer: Module:extend(name) makes a subclass
+-- (see the module's documentation for the protocol).
 local Module = {__name = "Module"}
 Module.__index = Module
 nn.Module = Module
@@ -241,6 +243,7 @@ function ModuleList:init(modules)
   for _, m in ipairs(modules or {}) do self:append(m) end
 end
 
+--- Adds a module at the end; its name is its 0-based position.
 function ModuleList:append(m)
   local i = #self._list
   self._list[i + 1] = m
@@ -402,7 +405,7 @@ function CausalSelfAttention:forward(x, opts)
   return F.dropout(self.c_proj(y), self.dropout, self.training)
 end
 
--- Appends this step's keys and values to the cache and attends over all of them.
+--- Appends this step's keys and values to the cache and attends over all of them.
 function CausalSelfAttention:attend_cached(qkv, opts)
   local cache = opts.cache
   local B, T, C3 = table.unpack(qkv:shape())
