@@ -208,6 +208,16 @@ static void le_refresh(le_state *st) {
   if (ok) le_write(st->out.b, st->out.len);
 }
 
+/* Redraws the finished line in full, letting the terminal wrap it, so a
+** line scrolled while editing is all there in the scroll-back. */
+static void le_show_whole(le_state *st) {
+  st->out.len = 0;
+  int ok = le_append(&st->out, "\r") && le_append(&st->out, st->prompt) &&
+           le_insert(&st->out, st->out.len, st->line.b, st->line.len) &&
+           le_append(&st->out, "\x1b[0K");
+  if (ok) le_write(st->out.b, st->out.len);
+}
+
 /* Prints the candidates in columns under the line, then redraws it. */
 static void le_show_candidates(le_state *st, int list, lua_Integer n) {
   lua_State *L = st->L;
@@ -504,6 +514,7 @@ static int le_readline(lua_State *L) {
   if (!le_enable_raw(&saved))
     return luaL_error(L, "readline: cannot set the terminal to raw mode (%s)", strerror(errno));
   le_status status = le_edit(st);
+  if (status == LE_DONE) le_show_whole(st);
   le_write_str(status == LE_INTERRUPT ? "^C\r\n" : "\r\n");
   le_disable_raw(&saved);
 
