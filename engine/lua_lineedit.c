@@ -413,19 +413,10 @@ static void le_move(le_state *st, size_t to) {
   le_refresh(st);
 }
 
-/* After ESC: arrows, Home, End, Delete (CSI and SS3 forms). */
-static void le_escape(le_state *st) {
-  unsigned char a, b, c;
-  if (!le_read_byte(&a) || !le_read_byte(&b)) return;
-  if (a == '[' && b >= '0' && b <= '9') {
-    if (!le_read_byte(&c) || c != '~') return;
-    if (b == '1' || b == '7') le_move(st, 0);
-    else if (b == '4' || b == '8') le_move(st, st->line.len);
-    else if (b == '3') le_delete_range(st, st->pos, le_next_char(&st->line, st->pos));
-    return;
-  }
-  if (a != '[' && a != 'O') return;
-  switch (b) {
+/* The key a final byte names: arrows, Home, End (also with modifiers, as
+** Ctrl-Left sends ESC [ 1 ; 5 D, which moves like Left). */
+static void le_cursor_key(le_state *st, unsigned char final) {
+  switch (final) {
     case 'A': le_history_move(st, 1); break;
     case 'B': le_history_move(st, -1); break;
     case 'C': le_move(st, le_next_char(&st->line, st->pos)); break;
@@ -433,6 +424,36 @@ static void le_escape(le_state *st) {
     case 'H': le_move(st, 0); break;
     case 'F': le_move(st, st->line.len); break;
     default: break;
+  }
+}
+
+/* ESC [ n ~ : Home (1, 7), End (4, 8), Delete (3). */
+static void le_tilde_key(le_state *st, int n) {
+  if (n == 1 || n == 7) le_move(st, 0);
+  else if (n == 4 || n == 8) le_move(st, st->line.len);
+  else if (n == 3) le_delete_range(st, st->pos, le_next_char(&st->line, st->pos));
+}
+
+/* After ESC: a CSI sequence (ESC [ parameters final) or SS3 (ESC O final);
+** unknown sequences are read to their end and ignored. */
+static void le_escape(le_state *st) {
+  unsigned char kind, c;
+  if (!le_read_byte(&kind)) return;
+  if (kind == 'O') {
+    if (le_read_byte(&c)) le_cursor_key(st, c);
+    return;
+  }
+  if (kind != '[') return;           /* Alt+key: ignored */
+  int first = 0, digits = 1;
+  for (int n = 0; n < 16; n++) {     /* parameters, then one final byte */
+    if (!le_read_byte(&c)) return;
+    if (c >= 0x40 && c <= 0x7E) {
+      if (c == '~') le_tilde_key(st, first);
+      else le_cursor_key(st, c);
+      return;
+    }
+    if (c >= '0' && c <= '9' && digits) first = first * 10 + (c - '0');
+    else digits = 0;
   }
 }
 
