@@ -143,6 +143,61 @@ describe("help", function()
   end)
 end)
 
+describe("interrupting", function()
+  local lineedit = require("lualign.core").lineedit
+
+  local function own_pid()
+    local f = assert(io.open("/proc/self/stat"))
+    local pid = f:read("n")
+    f:close()
+    return pid
+  end
+
+  local function traceback(e) return tostring(e) end
+
+  -- SIGINT to this process, delivered by the time this returns (through
+  -- io.popen: os.execute ignores SIGINT while it waits, as system() does).
+  local function send_sigint()
+    local p = assert(io.popen("kill -INT " .. own_pid()))
+    p:read("a")
+    p:close()
+  end
+
+  local function spin(seconds)
+    local deadline, steps = la.clock() + seconds, 0
+    while la.clock() < deadline do steps = steps + 1 end
+    return steps
+  end
+
+  it("stops running Lua code on SIGINT and returns like xpcall", function()
+    local ok, err = lineedit.interruptible(function()
+      send_sigint()
+      spin(60)
+      return "not interrupted"
+    end, traceback)
+    assert.is_false(ok)
+    assert.matches("interrupted!$", err)
+  end)
+
+  it("passes arguments and results through", function()
+    assert.same({true, 3, "x"}, {lineedit.interruptible(function(a, b) return a + b, "x" end, traceback, 1, 2)})
+    local ok, err = lineedit.interruptible(function() error("plain", 0) end, traceback)
+    assert.is_false(ok)
+    assert.equal("plain", err)
+  end)
+
+  it("ignores SIGINT between evaluations while interrupts are caught", function()
+    lineedit.catch_interrupts(true)
+    send_sigint()                      -- comes while nothing is interruptible
+    spin(0.2)
+    local ok, v = lineedit.interruptible(function() return 1 end, traceback)
+    lineedit.catch_interrupts(false)
+    assert.is_true(ok)
+    assert.equal(1, v)
+    assert.is_nil(debug.gethook())
+  end)
+end)
+
 describe("the REPL without a terminal", function()
   local function session(input)
     local inf, outf = io.tmpfile(), io.tmpfile()

@@ -125,30 +125,39 @@ end
 ----------------------------------------------------------------------------
 -- Evaluating
 
--- The traceback of an error, cut where the REPL's own frames begin; just
--- the message when the error was raised by the typed code itself.
-local function error_message(err)
-  local msg = type(err) == "string" and err or pretty.format(err)
-  local trace = debug.traceback("", 2)
+-- The frames of a traceback taken in the message handler, up to where the
+-- REPL's own frames begin, without the call to error() itself.
+local function user_frames(trace)
   local kept = {}
   for line in trace:gmatch("[^\n]+") do
     if line:match("^%s+%[C%]: in function 'xpcall'") or line:match("interruptible") or
        line:find("lualign/repl.lua", 1, true) then
       break
     end
-    if not line:match("^stack traceback:") and not line:match("^%s*%[C%]: in function 'error'") and
-       line ~= "" then
+    if not line:match("^stack traceback:") and not line:match("^%s*%[C%]: in function 'error'") then
       kept[#kept + 1] = line
     end
   end
-  local only_stdin = true
-  for _, line in ipairs(kept) do
+  return kept
+end
+
+-- Whether the frames are all of the typed code (or C and tail calls).
+local function only_typed_code(frames)
+  for _, line in ipairs(frames) do
     if not (line:match("^%s*stdin:") or line:match("^%s*%[C%]") or line:match("tail calls")) then
-      only_stdin = false
+      return false
     end
   end
-  if only_stdin then return msg end
-  return msg .. "\nstack traceback:\n" .. table.concat(kept, "\n")
+  return true
+end
+
+-- The message of an error, with a traceback when it came from inside a
+-- function that was not typed at the prompt.
+local function error_message(err)
+  local msg = type(err) == "string" and err or pretty.format(err)
+  local frames = user_frames(debug.traceback("", 2))
+  if only_typed_code(frames) then return msg end
+  return msg .. "\nstack traceback:\n" .. table.concat(frames, "\n")
 end
 
 -- Runs a chunk; Ctrl-C interrupts it when lineedit can catch SIGINT.
