@@ -72,8 +72,9 @@ describe("the REPL on a terminal", function()
 
   it("interrupts a running loop with Ctrl-C and keeps the session's state", function()
     session:send("kept = 42", "Enter")
-    session:send("n = 0; while true do n = n + 1; la.zeros(4):add_(1) end", "Enter")
-    os.execute("sleep 1")
+    -- The output "looping" (not in the typed line) shows the loop has begun.
+    session:send("print('loop' .. 'ing'); n = 0; while true do n = n + 1; la.zeros(4):add_(1) end", "Enter")
+    session:wait_for("\nlooping\n")
     session:send("C-c")
     session:wait_for("interrupted!")
     session:send("kept + (n > 0 and 1000 or 0)", "Enter")
