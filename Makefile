@@ -3,12 +3,15 @@
 #   make            build the engine module build/lualign/core.so
 #   make test       check prerequisites, build, run every test; ends "N passed, N failed"
 #   make bench      run the benchmarks in bench/ (not part of the tests)
-#   make install    used by LuaRocks (INST_LIBDIR, INST_LUADIR, INST_BINDIR); the
-#                   bundled data/ goes to $(INST_LUADIR)/lualign/datasets/
+#   make install    used by LuaRocks (INST_LIBDIR, INST_LUADIR, INST_BINDIR):
+#                   the engine, the Lua library, docs/*.md (read by help()),
+#                   recipes/*.lua and the bundled data/ (as lualign/datasets/)
+#                   under lualign/, and the `lualign` command
 #   make data       rebuild data/ from Debian and npm packages (data/build.lua)
 #
 # Prerequisites (Debian/Ubuntu): lua5.4 liblua5.4-dev libopenblas-dev libpcre2-dev
-# lua-cjson lua-busted pkg-config gcc make.  `make deps` installs them when run as root.
+# lua-cjson lua-busted pkg-config gcc make, and for the tests luarocks and tmux.
+# `make deps` installs them when run as root.
 
 LUA ?= lua5.4
 PKG_CONFIG ?= pkg-config
@@ -25,6 +28,7 @@ BLAS_LIBS := $(shell $(PKG_CONFIG) --libs openblas 2>/dev/null || echo -lopenbla
 # PCRE2 (8-bit, UTF + Unicode properties) for the tokenizer's pre-tokenisation.
 PCRE2_CFLAGS := $(shell $(PKG_CONFIG) --cflags libpcre2-8 2>/dev/null)
 PCRE2_LIBS := $(shell $(PKG_CONFIG) --libs libpcre2-8 2>/dev/null || echo -lpcre2-8)
+BLAS_FOUND := $(shell $(PKG_CONFIG) --exists openblas 2>/dev/null && echo yes)
 
 OPTFLAGS ?= -O3 -march=native
 WARNFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-format-truncation
@@ -41,20 +45,28 @@ MODULE = $(BUILD)/lualign/core.so
 CTEST = $(BUILD)/engine_test
 TOKTEST = $(BUILD)/tokenizer_test
 
-.PHONY: all test ctest deps bench install clean data
+.PHONY: all test ctest deps bench install clean data check-blas
 
 all: $(MODULE)
 
 # The core compiles without Lua headers: only lua_*.c see them.
 ENGINE_HEADERS = $(wildcard engine/la*.h)
 
-$(BUILD)/obj/la_%.o: engine/la_%.c $(ENGINE_HEADERS)
+$(BUILD)/obj/la_%.o: engine/la_%.c $(ENGINE_HEADERS) | check-blas
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
 
 $(BUILD)/obj/lua_%.o: engine/lua_%.c $(ENGINE_HEADERS) engine/lua_la.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(LUA_CFLAGS) -c $< -o $@
+
+# Without pkg-config's openblas.pc the compiler would fail on cblas.h with a
+# less helpful message.
+check-blas:
+	@if [ -z "$(BLAS_FOUND)" ] && [ -z "$(BLAS_CFLAGS)" ]; then \
+	  echo "lualign: OpenBLAS not found by pkg-config (Debian/Ubuntu: apt-get install libopenblas-dev pkg-config)" >&2; \
+	  exit 1; \
+	fi
 
 # -z nodelete: Lua unloads C modules when the state closes, but OpenMP's
 # worker threads may still be parked in code of ours at that point.
@@ -76,7 +88,7 @@ test: deps $(MODULE) $(CTEST) $(TOKTEST)
 	@$(LUA_ENV) LUALIGN_ENGINE_TEST=./$(CTEST) LUALIGN_TOKENIZER_TEST=./$(TOKTEST) $(LUA) $(BUSTED) -o tests/summary_output.lua tests
 
 # Checks the prerequisites; installs the missing ones when run as root.
-DEB_PKGS = lua5.4 liblua5.4-dev libopenblas-dev libpcre2-dev lua-cjson lua-busted pkg-config gcc make
+DEB_PKGS = lua5.4 liblua5.4-dev libopenblas-dev libpcre2-dev lua-cjson lua-busted pkg-config gcc make luarocks tmux
 deps:
 	@missing=""; for p in $(DEB_PKGS); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
@@ -93,11 +105,21 @@ deps:
 bench: $(MODULE)
 	@$(LUA_ENV) $(LUA) bench/ops.lua
 
-# LuaRocks' make backend calls this with its directories.
+# LuaRocks' make backend calls this with its directories.  Recipes go to
+# lualign/recipes/ in the Lua module folder, where `lualign NAME` finds them;
+# the docs/ pages to lualign/docs/, where help() reads them.
 install: $(MODULE)
-	install -d $(INST_LIBDIR)/lualign $(INST_LUADIR)/lualign $(INST_BINDIR)
+	@if [ -z "$(INST_LIBDIR)" ] || [ -z "$(INST_LUADIR)" ] || [ -z "$(INST_BINDIR)" ]; then \
+	  echo "make install needs INST_LIBDIR, INST_LUADIR and INST_BINDIR (use: luarocks --lua-version 5.4 make)" >&2; \
+	  exit 1; \
+	fi
+	install -d $(INST_LIBDIR)/lualign $(INST_LUADIR)/lualign/docs $(INST_LUADIR)/lualign/recipes $(INST_BINDIR)
 	install -m 0755 $(MODULE) $(INST_LIBDIR)/lualign/core.so
 	cp -R lua/lualign/. $(INST_LUADIR)/lualign/
+	install -m 0644 docs/*.md $(INST_LUADIR)/lualign/docs/
+	for f in recipes/*.lua; do \
+	  if [ -e "$$f" ]; then install -m 0644 "$$f" $(INST_LUADIR)/lualign/recipes/ || exit 1; fi; \
+	done
 	install -m 0755 bin/lualign $(INST_BINDIR)/lualign
 	# the bundled datasets, found by la.data.path() next to the Lua modules
 	rm -rf $(INST_LUADIR)/lualign/datasets

@@ -11,7 +11,8 @@ description = {
   detailed = [[
 lualign is a training framework for aligning small language models: a C engine
 (tensors, reverse-mode autograd, fused loss kernels, OpenBLAS matrix products)
-driven from Lua 5.4, with training recipes as editable Lua scripts.
+driven from Lua 5.4, with training recipes as editable Lua scripts and an
+interactive prompt (the `lualign` command).
 ]],
   license = "MIT",
   homepage = "https://lualign.invalid",
@@ -21,14 +22,22 @@ dependencies = {
   "lua >= 5.4, < 5.5",
 }
 
--- OpenBLAS, PCRE2 and the Lua headers come from the system (Debian:
--- libopenblas-dev, libpcre2-dev, liblua5.4-dev); LuaRocks reports them
--- clearly when they are missing.
+-- OpenBLAS, PCRE2 and the Lua headers come from the system (Debian: libopenblas-dev,
+-- libpcre2-dev, liblua5.4-dev).  LuaRocks checks them before building and names
+-- what is missing ("You may have to install OPENBLAS ...", "Failed finding Lua
+-- header files ...").  OpenBLAS is declared by its library only: Debian keeps cblas.h in a
+-- multiarch folder (include/x86_64-linux-gnu/openblas-pthread) that LuaRocks'
+-- header check does not search; the Makefile finds it with pkg-config.
 external_dependencies = {
   OPENBLAS = { library = "openblas" },
   PCRE2 = { header = "pcre2.h", library = "pcre2-8" },
 }
 
+-- `make install` (below) puts the engine in LIBDIR/lualign/core.so, the Lua
+-- library in LUADIR/lualign/, docs/*.md in LUADIR/lualign/docs/ (help()
+-- reads them), recipes/*.lua in LUADIR/lualign/recipes/ (`lualign NAME` finds
+-- them) and bin/lualign in BINDIR, which LuaRocks wraps with the tree's paths.
+-- A binary rock: `luarocks pack lualign` after `luarocks make`.
 build = {
   type = "make",
   build_variables = {

@@ -122,13 +122,25 @@ local submodules = {
   checkpoint = "lualign.checkpoint", models = "lualign.models", log = "lualign.log",
 }
 
+local function submodule_present(modname)
+  return package.searchpath(modname, package.path) ~= nil
+end
+
 setmetatable(la, {
   __index = function(t, key)
     local modname = submodules[key]
-    if not modname or not package.searchpath(modname, package.path) then return nil end
+    if not modname or not submodule_present(modname) then return nil end
     local mod = require(modname)
     rawset(t, key, mod)
     return mod
+  end,
+  -- The names __index can load, for the REPL's tab completion.
+  __complete = function()
+    local names = {}
+    for key, modname in pairs(submodules) do
+      if submodule_present(modname) then names[#names + 1] = key end
+    end
+    return names
   end,
 })
 

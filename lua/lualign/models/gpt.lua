@@ -77,8 +77,7 @@ local function make_norm(cfg)
 end
 
 ----------------------------------------------------------------------------
--- Block: x + attn(ln_1(x)), then x + mlp(ln_2(x))
-
+--- A transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)).
 local Block = nn.Module:extend("Block")
 gpt.Block = Block
 
@@ -97,6 +96,7 @@ end
 ----------------------------------------------------------------------------
 -- GPT
 
+--- The GPT-2 style decoder; gpt(config) builds one (see the module's documentation).
 local GPT = nn.Module:extend("GPT")
 gpt.GPT = GPT
 
@@ -190,7 +190,7 @@ function GPT:values(hidden)
   return self.value_head(hidden):squeeze(-1)
 end
 
--- Index (B,) of each row's last position whose mask is non-zero.
+--- Index (B,) of each row's last position whose mask is non-zero.
 local function last_positions(mask)
   local B, T = mask:size(1), mask:size(2)
   local pos = core.arange(T):float():unsqueeze(1):expand(B, T)

@@ -42,6 +42,8 @@ function F.attention_qkv(qkv, n_head, opts) return K.attention_qkv(qkv, n_head, 
 -- opts: ignore_index (default -100), label_smoothing.  Returns loss, counted rows.
 function F.cross_entropy(logits, targets, opts) return K.cross_entropy(logits, targets, opts) end
 
+--- Activations and softmax as functions of a tensor: F.relu(x) is x:relu(),
+-- F.gelu(x [, approximate]), F.softmax(x [, dim]), ...
 F.gelu = function(x, approximate) return x:gelu(approximate) end
 F.relu = function(x) return x:relu() end
 F.silu = function(x) return x:silu() end

@@ -28,6 +28,8 @@ local nn = {functional = F, F = F}
 ----------------------------------------------------------------------------
 -- Module
 
+--- The base class of every layer: Module:extend(name) makes a subclass
+-- (see the module's documentation for the protocol).
 local Module = {__name = "Module"}
 Module.__index = Module
 nn.Module = Module
@@ -241,6 +243,7 @@ function ModuleList:init(modules)
   for _, m in ipairs(modules or {}) do self:append(m) end
 end
 
+--- Adds a module at the end; its name is its 0-based position.
 function ModuleList:append(m)
   local i = #self._list
   self._list[i + 1] = m
@@ -347,7 +350,7 @@ function Dropout:init(p) self.p = p or 0.5 end
 function Dropout:forward(x) return F.dropout(x, self.p, self.training) end
 function Dropout:extra_repr() return string.format("p=%g", self.p) end
 
--- Activations as modules, for Sequential.
+--- Activations as modules, for Sequential: GELU, ReLU, SiLU, Tanh, Sigmoid.
 for name, fn in pairs({GELU = "gelu", ReLU = "relu", SiLU = "silu", Tanh = "tanh", Sigmoid = "sigmoid"}) do
   local cls = Module:extend(name)
   cls.forward = function(_, x) return x[fn](x) end
@@ -402,7 +405,7 @@ function CausalSelfAttention:forward(x, opts)
   return F.dropout(self.c_proj(y), self.dropout, self.training)
 end
 
--- Appends this step's keys and values to the cache and attends over all of them.
+--- Appends this step's keys and values to the cache and attends over all of them.
 function CausalSelfAttention:attend_cached(qkv, opts)
   local cache = opts.cache
   local B, T, C3 = table.unpack(qkv:shape())
