@@ -18,6 +18,7 @@ local log = {}
 local Logger = {}
 Logger.__index = Logger
 
+--- Seconds as "42s", "3m05s" or "1h02m" ("?" when unknown).
 local function format_duration(s)
   if s ~= s or s == math.huge then return "?" end
   s = math.floor(s + 0.5)

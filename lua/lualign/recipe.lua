@@ -174,8 +174,8 @@ function recipe.write_atomic(path, text)
   if not done then error(cerr, 2) end
 end
 
--- JSON with sorted keys and integers kept as integers (Debian's cjson 2.1.0
--- writes 3 as 3 but cannot be told to sort).
+--- JSON text of a Lua value with sorted keys and integers kept as integers
+-- (Debian's lua-cjson 2.1.0 cannot be told to sort); NaN and inf become null.
 function recipe.json(v)
   local t = type(v)
   if t == "table" then

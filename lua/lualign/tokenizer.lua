@@ -30,6 +30,7 @@ local ROLE_NAMES = {
 M.CHAT_TEMPLATE = "<|{role}|>\\n{content}<|end|>\\n per message; "
   .. "add_generation_prompt appends <|assistant|>\\n"
 
+--- The tokenizer object returned by load, byte and train (methods below).
 local Tokenizer = {}
 Tokenizer.__index = Tokenizer
 M.Tokenizer = Tokenizer

@@ -91,6 +91,7 @@ local function append(dst, src, i, j)
   return table.move(src, i or 1, j or #src, #dst + 1, dst)
 end
 
+--- The id used to pad: the tokenizer's pad_id, else its eos_id, else 0.
 local function pad_value(tok)
   return tok.pad_id or tok.eos_id or 0
 end
@@ -137,6 +138,8 @@ local function format(fmt, text)
 end
 M.format = format
 
+--- Encodes one SFT example (prompt/completion or messages) for training:
+-- returns {prompt = ids, completion = ids, cmask = 0/1 list of trained tokens}.
 function M.encode_sft(tok, ex, opts)
   opts = opts or {}
   if ex.prompt and ex.completion and not opts.chat then
@@ -544,6 +547,8 @@ function M.lm_blocks(ids, block_size)
   return blocks
 end
 
+--- A language-model batch from a token stream: for each start s, ids are the
+-- block_size tokens from s, targets the same shifted by one (both int64).
 function M.collate_lm(stream, starts, block_size)
   local x, y = {}, {}
   for b, s in ipairs(starts) do
@@ -556,6 +561,7 @@ end
 ----------------------------------------------------------------------------
 -- Loaders: pre-encoded items, shuffled per epoch from (seed, epoch)
 
+--- A loader: encoded items, a collate function, and the per-epoch order.
 local Loader = {}
 Loader.__index = Loader
 

@@ -230,6 +230,9 @@ end
 ----------------------------------------------------------------------------
 -- The held-out sentiment judge built on the bundled VADER ratings
 
+--- The held-out judge (bundled vader/judge.tsv, or path): a lexicon of panel-B
+-- ratings never used for training labels, with :score(text), :prob(a, b) and
+-- :prefers(a, b).  See data/README.md.
 function M.judge(path)
   return require("lualign.data.judge").load(path or M.path("vader/judge.tsv"))
 end

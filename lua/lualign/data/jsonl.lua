@@ -102,6 +102,8 @@ end
 
 local SFT_KEYS = {prompt = true, completion = true, messages = true}
 
+--- Validates a decoded SFT object and returns the normalised example (raises a
+-- problem naming the field otherwise).
 function M.check_sft(obj)
   local ex
   if obj.messages ~= nil then
@@ -154,6 +156,8 @@ end
 
 local PREF_KEYS = {prompt = true, chosen = true, rejected = true, p = true, votes = true, margin = true}
 
+--- Validates a decoded preference object: the pair oriented so chosen is the
+-- majority side, p in [0.5, 1], votes and margin normalised.
 function M.check_preference(obj)
   local prompt = check_text(obj, "prompt")
   local chosen = check_text(obj, "chosen")
@@ -216,6 +220,7 @@ function M.check_prompt(obj)
   return ex
 end
 
+--- The validator of each format, by kind ("sft", "preference", "prompts").
 M.checkers = {sft = M.check_sft, preference = M.check_preference, prompts = M.check_prompt}
 
 ----------------------------------------------------------------------------
