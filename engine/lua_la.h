@@ -40,5 +40,6 @@ int lt_checkshape(lua_State *L, int arg, const char *op, int *ndim, int64_t *sha
 
 void lt_open_tensor(lua_State *L);    /* builds the metatable and methods */
 void lt_pace_gc(lua_State *L);        /* GC pacing after allocations */
+void lt_open_checkpoint(lua_State *L); /* sets _safetensors in the table on top */
 
 #endif
