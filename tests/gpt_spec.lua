@@ -99,6 +99,18 @@ describe("GPT model", function()
     dst:load_state_dict(mapped)
     local x = ids({{1, 2, 3, 4}})
     assert.is_true(dst(x):allclose(src(x), 1e-6, 1e-6))
+    -- the same through a Hugging Face directory: config.json + model.safetensors
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(require("lualign.core").sys.mkdir(dir))
+    local f = assert(io.open(dir .. "/config.json", "w"))
+    f:write('{"model_type": "gpt2", "vocab_size": 50, "n_positions": 32, "n_embd": 16, ' ..
+            '"n_layer": 2, "n_head": 2, "layer_norm_epsilon": 1e-05, "n_inner": null}')
+    f:close()
+    la.checkpoint.save(dir .. "/model.safetensors", hf)
+    local loaded = gpt.from_pretrained(dir)
+    os.execute("rm -rf " .. dir)
+    assert.is_true(loaded(x):allclose(src(x), 1e-6, 1e-6))
   end)
 end)
 

@@ -272,6 +272,7 @@ function gpt.from_pretrained(dir, overrides)
   for k in pairs(defaults) do
     if hf[k] ~= nil and hf[k] ~= cjson.null then cfg[k] = hf[k] end
   end
+  if type(hf.n_inner) == "number" and hf.n_embd then cfg.mlp_ratio = hf.n_inner / hf.n_embd end
   for k, v in pairs(overrides or {}) do cfg[k] = v end
   local model = GPT(cfg)
   local sd = require("lualign.checkpoint").load(dir .. "/model.safetensors")
