@@ -119,8 +119,10 @@ end
 local submodules = {
   gradcheck = "lualign.gradcheck", nn = "lualign.nn", optim = "lualign.optim",
   loss = "lualign.loss", data = "lualign.data", tokenizer = "lualign.tokenizer",
-  checkpoint = "lualign.checkpoint", models = "lualign.models", log = "lualign.log",
+  checkpoint = "lualign.checkpoint", models = "lualign.models", plot = "lualign.plot",
+  recipe = "lualign.recipe",
 }
+-- (lualign.log, the training log, is reached with require: la.log is the logarithm.)
 
 local function submodule_present(modname)
   return package.searchpath(modname, package.path) ~= nil

@@ -10,7 +10,7 @@
 --     -- lualign recipes/sft.lua --help                lists every key
 --
 -- Every config also has `name` (the run folder runs/<name>/), `out_dir`
--- ("runs"), `seed`, `threads` and `resume`.  Unknown keys and values of the
+-- ("runs"), `seed`, `threads`, `resume` and `stop_at`.  Unknown keys and values of the
 -- wrong type are errors that name the key.
 
 local core = require "lualign.core"
@@ -23,6 +23,7 @@ local common = {
   {"seed", 1, "random seed (model init, sampling, data order)"},
   {"threads", 0, "threads for kernels (0: OpenMP's default)"},
   {"resume", false, "continue from the run folder's last checkpoint"},
+  {"stop_at", 0, "stop after this step as if interrupted (0: never), to try resume"},
 }
 
 local function kind_of(default, declared)
@@ -160,6 +161,131 @@ function Run:exists(file)
   local f = io.open(self:path(file), "rb")
   if f then f:close() end
   return f ~= nil
+end
+
+----------------------------------------------------------------------------
+-- Checkpoints that resume
+
+--- Saves everything a run needs to continue, in one file written atomically
+-- (checkpoint.safetensors): the model's tensors ("model." names), the
+-- optimizer's ("optim." names), and in the metadata the step, the optimizer's
+-- scalars, the generator's state and `extra` (a JSON-able table: data
+-- position, schedules, anything else the loop needs).  Also writes the
+-- weights alone to model.safetensors, for the next stage to load.
+function Run:save_checkpoint(model, optimizer, step, extra)
+  local checkpoint = require "lualign.checkpoint"
+  local tensors = {}
+  for name, t in pairs(model:state_dict()) do tensors["model." .. name] = t end
+  local scalars = {}
+  if optimizer then
+    local opt_tensors
+    opt_tensors, scalars = optimizer:state_dict()
+    for name, t in pairs(opt_tensors) do tensors["optim." .. name] = t end
+  end
+  checkpoint.save(self:path("checkpoint.safetensors"), tensors, {
+    step = tostring(step), optimizer = recipe.json(scalars),
+    rng = recipe.json(core.get_rng_state()), extra = recipe.json(extra or {}),
+  })
+  self:save_model(model, {step = tostring(step)})
+end
+
+--- Writes the model's weights to <run>/<file> (default model.safetensors)
+-- with the run's config in the metadata.
+function Run:save_model(model, metadata, file)
+  local checkpoint = require "lualign.checkpoint"
+  local meta = {config = recipe.json(self.config)}
+  for k, v in pairs(metadata or {}) do meta[k] = tostring(v) end
+  checkpoint.save(self:path(file or "model.safetensors"), model:state_dict(), meta)
+end
+
+--- Restores a checkpoint written by save_checkpoint into model and
+-- optimizer (and the generator).  Returns the step and the extra table, or
+-- nil when the run folder has no checkpoint.
+function Run:restore_checkpoint(model, optimizer)
+  if not self:exists("checkpoint.safetensors") then return nil end
+  local checkpoint = require "lualign.checkpoint"
+  local tensors, meta = checkpoint.load(self:path("checkpoint.safetensors"))
+  local model_part, optim_part = {}, {}
+  for name, t in pairs(tensors) do
+    local m = name:match("^model%.(.*)$")
+    if m then model_part[m] = t else optim_part[name:match("^optim%.(.*)$") or name] = t end
+  end
+  model:load_state_dict(model_part)
+  if optimizer then optimizer:load_state_dict(optim_part, cjson.decode(meta.optimizer or "{}")) end
+  if meta.rng then core.set_rng_state(cjson.decode(meta.rng)) end
+  return math.tointeger(tonumber(meta.step)) or 0, cjson.decode(meta.extra or "{}")
+end
+
+--- Loads a model's weights from a safetensors file (model.safetensors of an
+-- earlier stage, or a checkpoint's "model." tensors).
+function recipe.load_weights(model, path)
+  local checkpoint = require "lualign.checkpoint"
+  local tensors = checkpoint.load(path)
+  local prefixed = {}
+  for name, t in pairs(tensors) do
+    local m = name:match("^model%.(.*)$")
+    if m then prefixed[m] = t end
+  end
+  model:load_state_dict(next(prefixed) and prefixed or tensors)
+  return model
+end
+
+--- Batches from a loader across epochs, skipping the first `done` batches (a
+-- resumed run): for step, batch, epoch in recipe.batches(loader, done) do ... end
+-- The order only depends on the loader's seed, so a resumed run sees the
+-- batches the uninterrupted one would have.
+function recipe.batches(loader, done)
+  done = done or 0
+  local epoch, skip = 1, done
+  while true do
+    local n = loader:num_batches(epoch)
+    if n == 0 then error("recipe.batches: the loader yields no batches", 2) end
+    if skip < n then break end
+    skip, epoch = skip - n, epoch + 1
+  end
+  local step, it = done, loader:epoch(epoch)
+  for _ = 1, skip do it() end
+  return function()
+    local b = it()
+    if not b then
+      epoch = epoch + 1
+      it = loader:epoch(epoch)
+      b = it()
+    end
+    step = step + 1
+    return step, b, epoch
+  end
+end
+
+--- Every string value of every JSON object in a JSONL file (prompts,
+-- completions, chosen and rejected texts), e.g. to train a tokenizer on.
+function recipe.jsonl_texts(path)
+  local texts = {}
+  local function collect(v)
+    if type(v) == "string" then texts[#texts + 1] = v
+    elseif type(v) == "table" then for _, x in pairs(v) do collect(x) end end
+  end
+  for line in io.lines(path) do
+    if line:match("%S") then collect(cjson.decode(line)) end
+  end
+  return texts
+end
+
+----------------------------------------------------------------------------
+-- Reports
+
+--- A Markdown table from a header list and rows (lists of cells).
+function recipe.md_table(header, rows)
+  local lines = {"| " .. table.concat(header, " | ") .. " |",
+                 "|" .. string.rep("---|", #header)}
+  for _, r in ipairs(rows) do
+    local cells = {}
+    for i, c in ipairs(r) do
+      cells[i] = type(c) == "number" and (math.type(c) == "integer" and tostring(c) or string.format("%.4g", c)) or tostring(c)
+    end
+    lines[#lines + 1] = "| " .. table.concat(cells, " | ") .. " |"
+  end
+  return table.concat(lines, "\n")
 end
 
 --- Writes text to path so that a crash leaves either the old or the new file.
