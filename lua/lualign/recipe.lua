@@ -194,6 +194,7 @@ end
 function Run:save_model(model, metadata, file)
   local checkpoint = require "lualign.checkpoint"
   local meta = {config = recipe.json(self.config)}
+  if model.config then meta.model_config = recipe.json(model.config) end
   for k, v in pairs(metadata or {}) do meta[k] = tostring(v) end
   checkpoint.save(self:path(file or "model.safetensors"), model:state_dict(), meta)
 end
@@ -228,6 +229,27 @@ function recipe.load_weights(model, path)
   end
   model:load_state_dict(next(prefixed) and prefixed or tensors)
   return model
+end
+
+--- A GPT rebuilt from a model.safetensors that lualign wrote (its config is
+-- in the metadata), or from a run folder holding one.  overrides change
+-- config keys (e.g. {value_head = true} adds a freshly initialised head).
+function recipe.load_gpt(path, overrides)
+  local checkpoint = require "lualign.checkpoint"
+  if not path:match("%.safetensors$") then path = path .. "/model.safetensors" end
+  local tensors, meta = checkpoint.load(path)
+  if not meta.model_config then
+    error(path .. ": no model_config in the metadata (was it written by a lualign recipe?)", 2)
+  end
+  local cfg = cjson.decode(meta.model_config)
+  for _, k in ipairs({"vocab_size", "n_positions", "n_embd", "n_layer", "n_head"}) do
+    cfg[k] = math.tointeger(cfg[k])
+  end
+  for k, v in pairs(overrides or {}) do cfg[k] = v end
+  local model = require("lualign.models.gpt")(cfg)
+  -- Heads added by overrides keep their fresh initialisation.
+  model:load_state_dict(tensors, {strict = not overrides})
+  return model, meta
 end
 
 --- Batches from a loader across epochs, skipping the first `done` batches (a

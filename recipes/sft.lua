@@ -1,0 +1,144 @@
+-- recipes/sft.lua -- supervised fine-tuning on prompt/completion pairs (or
+-- chat messages), with the loss on completion tokens only.
+--
+--   lualign recipes/sft.lua base=runs/pretrain steps=300        (lualign sft --help)
+--
+-- 1. Load the base model and its tokenizer from a pretraining run.
+-- 2. Batch the examples: prompt + completion + EOS, labels masked to the
+--    completion; optionally pack several examples per row (segment ids keep
+--    them from attending to each other).
+-- 3. AdamW with warmup and cosine decay; held-out completion loss of the base
+--    model before training and of the tuned model every eval_every steps.
+-- 4. Sample answers to held-out prompts for the report.
+
+local la = require "lualign"
+local recipe = require "lualign.recipe"
+local plot = require "lualign.plot"
+local log = require "lualign.log"
+
+local config = recipe.config(arg, "sft", {
+  {"base", "runs/pretrain", "run folder (or model.safetensors) of the base model; its tokenizer.json is used"},
+  {"train", "qa/train.jsonl", "SFT examples: a bundled file or a path"},
+  {"valid", "qa/validation.jsonl", "held-out SFT examples"},
+  {"prompt_format", "Question: %s\nAnswer:", "how a prompt is written (%s: the prompt)"},
+  {"completion_format", " %s", "how a completion is written"},
+  {"max_len", 128, "longest training sequence (prompt + completion)"},
+  {"pack", true, "pack several examples into one row"},
+  {"batch_size", 16, "rows per step"},
+  {"steps", 300, "optimizer steps"},
+  {"lr", 1e-3, "peak learning rate"},
+  {"warmup", 20, "warmup steps"},
+  {"weight_decay", 0.0, "AdamW weight decay (matrices only)"},
+  {"grad_clip", 1.0, "clip the global gradient norm (0: off)"},
+  {"eval_every", 100, "steps between evaluations and checkpoints"},
+  {"eval_examples", 200, "held-out examples per evaluation"},
+  {"samples", 5, "held-out prompts answered in the report"},
+})
+local run = recipe.run(config)
+local function data_file(p) return io.open(p) and p or la.data.path(p) end
+
+-- 1. Base model and tokenizer --------------------------------------------------
+local base_dir = config.base:gsub("/model%.safetensors$", "")
+local tok = la.tokenizer.load(base_dir .. "/tokenizer.json")
+tok:save(run:path("tokenizer.json"))
+local model = recipe.load_gpt(config.base)
+
+-- 2. Data ------------------------------------------------------------------------
+local fmt = {prompt_format = config.prompt_format, completion_format = config.completion_format,
+             max_len = config.max_len}
+local function loader(source, opts)
+  local o = {batch_size = config.batch_size, seed = config.seed}
+  for k, v in pairs(fmt) do o[k] = v end
+  for k, v in pairs(opts or {}) do o[k] = v end
+  return la.data.sft_loader(type(source) == "string" and data_file(source) or source, tok, o)
+end
+local train = loader(config.train, {pack = config.pack, drop_last = true})
+local valid_examples = la.data.load(data_file(config.valid), "sft")
+local held_out = {table.unpack(valid_examples, 1, math.min(#valid_examples, config.eval_examples))}
+local valid = loader(held_out, {shuffle = false})
+
+local function batch_loss(m, batch)
+  local logits = m(batch.ids, {attention_mask = batch.attention_mask, segments = batch.segment_ids,
+                               position_ids = batch.position_ids})
+  return la.loss.cross_entropy(logits, batch.targets)
+end
+
+-- Mean loss per completion token over the held-out examples.
+local function evaluate(m)
+  m:eval()
+  local total, tokens = 0, 0
+  la.no_grad(function()
+    for batch in valid:epoch(1) do
+      local loss, info = batch_loss(m, batch)
+      total, tokens = total + loss:item() * info.tokens, tokens + info.tokens
+    end
+  end)
+  m:train()
+  return total / tokens
+end
+
+-- 3. Training -------------------------------------------------------------------------
+local opt = la.optim.AdamW(model, {lr = config.lr, betas = {0.9, 0.95}, weight_decay = config.weight_decay})
+local schedule = la.optim.schedule.cosine{lr = config.lr, warmup = config.warmup, total = config.steps,
+                                          min_lr = config.lr / 10}
+local start, extra = 0, {}
+if config.resume then start, extra = run:restore_checkpoint(model, opt) end
+start = start or 0
+local base_loss = extra.base_loss or evaluate(model)
+print(string.format("sft: %d training rows per epoch, held-out loss of the base model %.3f",
+  #train, base_loss))
+
+local logger = log.open(run, {total = config.steps, start_step = start, show = {"loss", "lr"}})
+for step, batch in recipe.batches(train, start) do
+  if step > config.steps then break end
+  opt.lr = schedule(step)
+  local loss = batch_loss(model, batch)
+  opt:zero_grad()
+  loss:backward()
+  local norm = config.grad_clip > 0 and la.optim.clip_grad_norm(model, config.grad_clip) or nil
+  opt:step()
+  local metrics = {loss = loss:item(), lr = opt.lr, grad_norm = norm}
+  if step % config.eval_every == 0 or step == config.steps then
+    metrics.valid_loss = evaluate(model)
+    run:save_checkpoint(model, opt, step, {base_loss = base_loss})
+  end
+  logger:log(step, metrics)
+  if step == config.stop_at then logger:close(); os.exit(3) end
+end
+logger:close()
+
+-- 4. Samples and report -------------------------------------------------------------------
+local rows = log.read(run:path("metrics.jsonl"))
+local steps, losses, vsteps, vlosses = {}, {}, {}, {}
+for _, r in ipairs(rows) do
+  steps[#steps + 1], losses[#losses + 1] = r.step, r.loss
+  if r.valid_loss then vsteps[#vsteps + 1], vlosses[#vlosses + 1] = r.step, r.valid_loss end
+end
+local final_loss = vlosses[#vlosses]
+plot.new{title = "SFT loss (completion tokens)", xlabel = "step", ylabel = "nats/token"}
+  :line(steps, losses, {label = "train", width = 1})
+  :line(vsteps, vlosses, {label = "held-out", markers = true})
+  :vline(0, {label = string.format("base model held-out %.2f", base_loss)})
+  :save(run:path("loss.svg"))
+
+local prompts, answers = {}, {}
+for i = 1, math.min(config.samples, #held_out) do
+  prompts[i] = tok:encode(config.prompt_format:format(held_out[i].prompt))
+end
+local out = model:generate(prompts, {max_new_tokens = 32, temperature = 0, eos_id = tok.eos_id})
+local sample_rows = {}
+for i = 1, #prompts do
+  answers[i] = tok:decode(out.sequences[i], {skip_special_tokens = true}):gsub("\n", " ")
+  sample_rows[i] = {held_out[i].prompt:gsub("|", "/"), answers[i]:gsub("|", "/"), held_out[i].completion:gsub("|", "/")}
+end
+run:write("report.md", table.concat({
+  "# Supervised fine-tuning: " .. config.name, "",
+  recipe.md_table({"", "held-out loss (nats per completion token)"}, {
+    {"base model", string.format("%.3f", base_loss)},
+    {"after SFT", string.format("%.3f", final_loss)},
+  }), "", "![loss](loss.svg)", "", "Greedy answers to held-out questions:", "",
+  recipe.md_table({"prompt", "model", "reference"}, sample_rows), "",
+}, "\n"))
+print(string.format("sft: held-out loss %.3f -> %.3f; report in %s", base_loss, final_loss, run:path("report.md")))
+for i = 1, #prompts do print(string.format("  Q: %s\n  A: %s", held_out[i].prompt, answers[i])) end
+return {base_loss = base_loss, valid_loss = final_loss, run = run}
