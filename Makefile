@@ -42,12 +42,14 @@ BIND_SRC = $(wildcard engine/lua_*.c)
 CORE_OBJ = $(CORE_SRC:engine/%.c=$(BUILD)/obj/%.o)
 BIND_OBJ = $(BIND_SRC:engine/%.c=$(BUILD)/obj/%.o)
 MODULE = $(BUILD)/lualign/core.so
+# lualign.sys: OS calls, and built without OpenMP so it can load first (see engine/sys_lua.c)
+SYSMOD = $(BUILD)/lualign/sys.so
 CTEST = $(BUILD)/engine_test
 TOKTEST = $(BUILD)/tokenizer_test
 
 .PHONY: all test ctest deps bench install clean data check-blas
 
-all: $(MODULE)
+all: $(MODULE) $(SYSMOD)
 
 # The core compiles without Lua headers: only lua_*.c see them.
 ENGINE_HEADERS = $(wildcard engine/la*.h)
@@ -74,6 +76,10 @@ $(MODULE): $(CORE_OBJ) $(BIND_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) -shared -fopenmp -Wl,-z,nodelete -o $@ $^ $(LIBS)
 
+$(SYSMOD): engine/sys_lua.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -D_POSIX_C_SOURCE=200809L -fPIC -shared $(WARNFLAGS) $(OPTFLAGS) $(LUA_CFLAGS) -o $@ $<
+
 $(CTEST): tests/engine_test.c $(CORE_OBJ)
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LIBS)
 
@@ -84,7 +90,7 @@ ctest: $(CTEST) $(TOKTEST)
 
 LUA_ENV = LUA_PATH="./lua/?.lua;./lua/?/init.lua;./tests/?.lua;;" LUA_CPATH="./$(BUILD)/?.so;;"
 
-test: deps $(MODULE) $(CTEST) $(TOKTEST)
+test: deps $(MODULE) $(SYSMOD) $(CTEST) $(TOKTEST)
 	@$(LUA_ENV) LUALIGN_ENGINE_TEST=./$(CTEST) LUALIGN_TOKENIZER_TEST=./$(TOKTEST) $(LUA) $(BUSTED) -o tests/summary_output.lua tests
 
 # Checks the prerequisites; installs the missing ones when run as root.
@@ -102,19 +108,20 @@ deps:
 	  fi; \
 	fi
 
-bench: $(MODULE)
+bench: $(MODULE) $(SYSMOD)
 	@$(LUA_ENV) $(LUA) bench/ops.lua
 
 # LuaRocks' make backend calls this with its directories.  Recipes go to
 # lualign/recipes/ in the Lua module folder, where `lualign NAME` finds them;
 # the docs/ pages to lualign/docs/, where help() reads them.
-install: $(MODULE)
+install: $(MODULE) $(SYSMOD)
 	@if [ -z "$(INST_LIBDIR)" ] || [ -z "$(INST_LUADIR)" ] || [ -z "$(INST_BINDIR)" ]; then \
 	  echo "make install needs INST_LIBDIR, INST_LUADIR and INST_BINDIR (use: luarocks --lua-version 5.4 make)" >&2; \
 	  exit 1; \
 	fi
 	install -d $(INST_LIBDIR)/lualign $(INST_LUADIR)/lualign/docs $(INST_LUADIR)/lualign/recipes $(INST_BINDIR)
 	install -m 0755 $(MODULE) $(INST_LIBDIR)/lualign/core.so
+	install -m 0755 $(SYSMOD) $(INST_LIBDIR)/lualign/sys.so
 	cp -R lua/lualign/. $(INST_LUADIR)/lualign/
 	install -m 0644 docs/*.md $(INST_LUADIR)/lualign/docs/
 	for f in recipes/*.lua; do \

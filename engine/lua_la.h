@@ -40,7 +40,6 @@ int lt_checkshape(lua_State *L, int arg, const char *op, int *ndim, int64_t *sha
 
 void lt_open_tensor(lua_State *L);    /* builds the metatable and methods */
 void lt_open_nn(lua_State *L);        /* core.nn: fused network kernels */
-void lt_open_sys(lua_State *L);       /* core.sys: isatty, mkdir, atomic commit */
 void lt_pace_gc(lua_State *L);        /* GC pacing after allocations */
 void lt_open_tokenizer(lua_State *L); /* adds core.bpe (lua_tokenizer.c) */
 void lt_open_lineedit(lua_State *L);  /* core.lineedit: the REPL's terminal */

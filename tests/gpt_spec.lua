@@ -102,7 +102,7 @@ describe("GPT model", function()
     -- the same through a Hugging Face directory: config.json + model.safetensors
     local dir = os.tmpname()
     os.remove(dir)
-    assert(require("lualign.core").sys.mkdir(dir))
+    assert(require("lualign.sys").mkdir(dir))
     local f = assert(io.open(dir .. "/config.json", "w"))
     f:write('{"model_type": "gpt2", "vocab_size": 50, "n_positions": 32, "n_embd": 16, ' ..
             '"n_layer": 2, "n_head": 2, "layer_norm_epsilon": 1e-05, "n_inner": null}')

@@ -12,7 +12,7 @@ local specs = {
 local function tmpdir()
   local d = os.tmpname()
   os.remove(d)
-  assert(require("lualign.core").sys.mkdir(d))
+  assert(require("lualign.sys").mkdir(d))
   return d
 end
 

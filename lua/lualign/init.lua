@@ -11,6 +11,13 @@
 -- are 0-based.  The engine is the C module `lualign.core`; this file adds the
 -- parts written in Lua and loads the submodules (nn, optim, loss, ...) on first use.
 
+-- OpenMP's worker threads wait for work by spinning unless told otherwise;
+-- on a machine shared with other programs that spinning steals the cores the
+-- work needs (a GPT step ran 3-5x slower under load).  libgomp reads the
+-- policy once, when the engine loads, so it is set here, first, unless the
+-- user chose one.
+require("lualign.sys").setenv_default("OMP_WAIT_POLICY", "PASSIVE")
+
 local core = require "lualign.core"
 
 local la = {}

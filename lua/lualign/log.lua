@@ -11,6 +11,7 @@
 -- checkpoint's step, so the file reads as if the run had never stopped.
 
 local core = require "lualign.core"
+local sys = require "lualign.sys"
 local recipe = require "lualign.recipe"
 
 local log = {}
@@ -68,7 +69,7 @@ function log.open(run, opts)
   return setmetatable({
     file = f, path = path, total = opts.total, every = opts.every or 10, show = opts.show,
     stage = opts.stage or run.config.name, quiet = opts.quiet,
-    tty = not opts.quiet and core.sys.isatty(1) and os.getenv("TERM") ~= "dumb",
+    tty = not opts.quiet and sys.isatty(1) and os.getenv("TERM") ~= "dumb",
     start_clock = core.clock(), start_step = opts.start_step or 0, last = nil,
   }, Logger)
 end

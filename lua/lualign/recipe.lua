@@ -14,6 +14,7 @@
 -- wrong type are errors that name the key.
 
 local core = require "lualign.core"
+local sys = require "lualign.sys"
 local cjson = require "cjson"
 
 local recipe = {}
@@ -137,7 +138,7 @@ Run.__index = Run
 --- The run folder <out_dir>/<name>/ (created), with config.json written.
 function recipe.run(config)
   local dir = config.out_dir .. "/" .. config.name
-  local ok, err = core.sys.mkdir(dir)
+  local ok, err = sys.mkdir(dir)
   if not ok then error(err, 2) end
   local self = setmetatable({dir = dir, config = config}, Run)
   self:write_json("config.json", config)
@@ -318,7 +319,7 @@ function recipe.write_atomic(path, text)
   local ok, werr = f:write(text)
   f:close()
   if not ok then os.remove(tmp); error("cannot write " .. path .. ": " .. tostring(werr), 2) end
-  local done, cerr = core.sys.commit(tmp, path)
+  local done, cerr = sys.commit(tmp, path)
   if not done then error(cerr, 2) end
 end
 

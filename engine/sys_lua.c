@@ -1,8 +1,13 @@
 /*
-** lua_sys.c -- the few operating-system calls the Lua library needs and Lua
-** lacks: whether an output is a terminal (progress bars), creating
-** directories (run folders), and renaming with fsync (atomic files).
-** Registered as lualign.core.sys.
+** sys_lua.c -- the module lualign.sys: the few operating-system calls the
+** Lua library needs and Lua lacks -- whether an output is a terminal
+** (progress bars), creating directories (run folders), renaming with fsync
+** (atomic files) and setting an environment variable.
+**
+** It is a module of its own, built without OpenMP, because lualign/init.lua
+** loads it *before* the engine: that is the one moment an environment
+** variable can still choose how OpenMP's threads wait (libgomp reads
+** OMP_WAIT_POLICY once, when the engine's library is loaded).
 */
 #include <errno.h>
 #include <fcntl.h>
@@ -11,7 +16,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "lua_la.h"
+#include <stdlib.h>
+
+#include <lauxlib.h>
+#include <lua.h>
 
 /* isatty([fd = 1]) -> boolean */
 static int ls_isatty(lua_State *L) {
@@ -76,13 +84,24 @@ static int ls_commit(lua_State *L) {
   return 1;
 }
 
+/* setenv_default(name, value): sets name unless it is already set; returns
+** the value in force afterwards. */
+static int ls_setenv_default(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1), *value = luaL_checkstring(L, 2);
+  if (setenv(name, value, 0) != 0) return luaL_error(L, "setenv %s: %s", name, strerror(errno));
+  lua_pushstring(L, getenv(name));
+  return 1;
+}
+
 static const luaL_Reg ls_funcs[] = {
   {"isatty", ls_isatty}, {"mkdir", ls_mkdir}, {"commit", ls_commit},
+  {"setenv_default", ls_setenv_default},
   {NULL, NULL}
 };
 
-void lt_open_sys(lua_State *L) {
-  lua_newtable(L);
-  luaL_setfuncs(L, ls_funcs, 0);
-  lua_setfield(L, -2, "sys");
+int luaopen_lualign_sys(lua_State *L);
+
+int luaopen_lualign_sys(lua_State *L) {
+  luaL_newlib(L, ls_funcs);
+  return 1;
 }

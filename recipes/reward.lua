@@ -1,0 +1,134 @@
+-- recipes/reward.lua -- a Bradley-Terry reward model: a GPT trunk with a
+-- scalar head read at each sequence's last token, trained so the preferred
+-- response of a pair scores higher.
+--
+--   lualign recipes/reward.lua base=runs/pretrain steps=300     (lualign reward --help)
+--
+-- 1. Start from a language model's trunk and add a reward head.
+-- 2. For each pair, score chosen and rejected in one (2B, T) forward pass.
+-- 3. Loss -log sigmoid(r_chosen - r_rejected - margin), or its soft-label form
+--    with the pair's p, plus optional reward centring c * mean((r1 + r2)^2).
+-- 4. Held-out pairwise accuracy (the share of pairs scored the right way round).
+
+local la = require "lualign"
+local recipe = require "lualign.recipe"
+local plot = require "lualign.plot"
+local log = require "lualign.log"
+
+local config = recipe.config(arg, "reward", {
+  {"base", "runs/pretrain", "run folder (or model.safetensors) whose trunk starts the reward model"},
+  {"train", "sentiment/train.jsonl", "preference pairs: a bundled file or a path"},
+  {"valid", "sentiment/validation.jsonl", "held-out pairs, for accuracy during training"},
+  {"test", "sentiment/test.jsonl", "held-out pairs for the final accuracy"},
+  {"soft_labels", true, "use each pair's p (when given) instead of a hard label"},
+  {"use_margin", true, "subtract each pair's margin (when given)"},
+  {"center", 0.01, "reward centring coefficient c (0: off)"},
+  {"max_len", 96, "longest sequence (prompt + response)"},
+  {"batch_size", 16, "pairs per step"},
+  {"steps", 300, "optimizer steps"},
+  {"lr", 5e-4, "peak learning rate"},
+  {"warmup", 20, "warmup steps"},
+  {"weight_decay", 0.01, "AdamW weight decay (matrices only)"},
+  {"grad_clip", 1.0, "clip the global gradient norm (0: off)"},
+  {"eval_every", 100, "steps between evaluations and checkpoints"},
+})
+local run = recipe.run(config)
+local function data_file(p) return io.open(p) and p or la.data.path(p) end
+
+-- 1. Model ---------------------------------------------------------------------
+local base_dir = config.base:gsub("/model%.safetensors$", "")
+local tok = la.tokenizer.load(base_dir .. "/tokenizer.json")
+tok:save(run:path("tokenizer.json"))
+local model = recipe.load_gpt(config.base, {reward_head = true})
+
+-- 2. Data ----------------------------------------------------------------------
+local function loader(path, opts)
+  local o = {batch_size = config.batch_size, seed = config.seed, max_len = config.max_len}
+  for k, v in pairs(opts or {}) do o[k] = v end
+  return la.data.preference_loader(data_file(path), tok, o)
+end
+local train = loader(config.train, {drop_last = true})
+local valid = loader(config.valid, {shuffle = false})
+local test = loader(config.test, {shuffle = false})
+
+-- Rewards (B,) of the chosen and of the rejected sequences, in one pass.
+local function rewards(batch)
+  local ids = la.cat({batch.chosen.ids, batch.rejected.ids})
+  local mask = la.cat({batch.chosen.attention_mask, batch.rejected.attention_mask})
+  local r = model:rewards(model:hidden(ids, {attention_mask = mask}), mask)
+  local B = batch.chosen.ids:size(1)
+  return r:narrow(1, 1, B), r:narrow(1, B + 1, B)
+end
+
+local function pair_loss(batch)
+  local rc, rr = rewards(batch)
+  return la.loss.bradley_terry(rc, rr, {
+    p = config.soft_labels and batch.p or nil,
+    margin = config.use_margin and batch.margin or nil,
+    center = config.center > 0 and config.center or nil,
+  })
+end
+
+-- Share of pairs whose chosen response scores higher.
+local function accuracy(data)
+  model:eval()
+  local right, n = 0, 0
+  la.no_grad(function()
+    for batch in data:epoch(1) do
+      local rc, rr = rewards(batch)
+      right = right + rc:gt(rr):float():sum():item()
+      n = n + rc:numel()
+    end
+  end)
+  model:train()
+  return right / n
+end
+
+-- 3. Training ----------------------------------------------------------------------
+local opt = la.optim.AdamW(model, {lr = config.lr, weight_decay = config.weight_decay})
+local schedule = la.optim.schedule.cosine{lr = config.lr, warmup = config.warmup, total = config.steps,
+                                          min_lr = config.lr / 10}
+local start = config.resume and run:restore_checkpoint(model, opt) or 0
+local logger = log.open(run, {total = config.steps, start_step = start, show = {"loss", "accuracy"}})
+for step, batch in recipe.batches(train, start) do
+  if step > config.steps then break end
+  opt.lr = schedule(step)
+  local loss, m = pair_loss(batch)
+  opt:zero_grad()
+  loss:backward()
+  if config.grad_clip > 0 then la.optim.clip_grad_norm(model, config.grad_clip) end
+  opt:step()
+  local metrics = {loss = loss:item(), accuracy = m.accuracy, margin = m.margin, lr = opt.lr}
+  if step % config.eval_every == 0 or step == config.steps then
+    metrics.valid_accuracy = accuracy(valid)
+    run:save_checkpoint(model, opt, step)
+  end
+  logger:log(step, metrics)
+  if step == config.stop_at then logger:close(); os.exit(3) end
+end
+logger:close()
+
+-- 4. Held-out accuracy and report ------------------------------------------------------
+local test_accuracy = accuracy(test)
+local rows = log.read(run:path("metrics.jsonl"))
+local steps, losses, vsteps, vacc = {}, {}, {}, {}
+for _, r in ipairs(rows) do
+  steps[#steps + 1], losses[#losses + 1] = r.step, r.loss
+  if r.valid_accuracy then vsteps[#vsteps + 1], vacc[#vacc + 1] = r.step, r.valid_accuracy end
+end
+plot.save_grid(run:path("curves.svg"), {
+  plot.new{title = "Bradley-Terry loss", xlabel = "step"}:line(steps, losses, {label = "train", width = 1}),
+  plot.new{title = "held-out pairwise accuracy", xlabel = "step", ymin = 0.4, ymax = 1}
+    :line(vsteps, vacc, {label = "validation", markers = true}),
+}, {cols = 2})
+run:write("report.md", table.concat({
+  "# Reward model: " .. config.name, "",
+  recipe.md_table({"", "value"}, {
+    {"pairwise accuracy, test set", string.format("%.1f%%", 100 * test_accuracy)},
+    {"pairwise accuracy, validation (last)", string.format("%.1f%%", 100 * vacc[#vacc])},
+    {"training pairs", #train},
+  }), "", "![curves](curves.svg)", "",
+}, "\n"))
+print(string.format("reward: held-out pairwise accuracy %.1f%% (test), %.1f%% (validation); report in %s",
+  100 * test_accuracy, 100 * vacc[#vacc], run:path("report.md")))
+return {accuracy = test_accuracy, run = run}
