@@ -78,4 +78,96 @@ typedef struct la_sample_opts {
 ** greedy) -- the policy PPO later evaluates -- as float32. */
 int la_sample(la_tensor *logits, const la_sample_opts *o, la_tensor *ids, la_tensor *logprobs);
 
+/* ---------------------------------------------------------------- la_logprobs.c */
+
+/* How per-token values reduce over the last leading dim (the time axis). */
+typedef enum la_lp_reduce {
+  LA_LP_TOKEN = 0,   /* (..., T): mask * value per token */
+  LA_LP_SUM,         /* (...): sum over T of mask * value */
+  LA_LP_MEAN         /* (...): that sum divided by the mask's sum (0 when it is 0) */
+} la_lp_reduce;
+
+/* log softmax(logits / temperature)[target] for logits (..., T, V), 0-based
+** targets (..., T) and a mask (..., T) (any dtype, read as float weights; NULL
+** means all ones), fused: no (..., V) tensor is stored, the backward pass
+** writes (onehot - softmax) * upstream / temperature.  Rows whose mask is 0
+** are skipped and their targets never read. */
+la_tensor *la_logprobs(la_tensor *logits, la_tensor *targets, la_tensor *mask, la_lp_reduce reduce,
+                       double temperature);
+/* The same from hidden states (..., T, C) and an LM-head weight (V, C),
+** without materialising the logits: rows go through in chunks of chunk_rows
+** (0: about 32 MiB of scratch logits), recomputed in the backward pass.
+** Gradients for hidden and weight. */
+la_tensor *la_logprobs_hidden(la_tensor *hidden, la_tensor *weight, la_tensor *targets,
+                              la_tensor *mask, la_lp_reduce reduce, double temperature,
+                              int64_t chunk_rows);
+/* Entropy -sum p log p of softmax(logits / temperature) per row, masked and
+** reduced as above; and the same from hidden states and weight. */
+la_tensor *la_entropy(la_tensor *logits, la_tensor *mask, la_lp_reduce reduce, double temperature);
+la_tensor *la_entropy_hidden(la_tensor *hidden, la_tensor *weight, la_tensor *mask,
+                             la_lp_reduce reduce, double temperature, int64_t chunk_rows);
+
+/* ---------------------------------------------------------------- la_pref.c */
+
+/* Pairwise preference losses (DESIGN.md section 5) over per-sequence
+** log-probs (B,): policy chosen/rejected, reference chosen/rejected (the
+** references may be NULL: reference-free).  p (B,) soft labels in [0, 1] or
+** NULL (then p = 1 - label_smoothing); p < 0.5 flips a pair for the losses
+** that take a hard label (dpo, rdpo, ipo, hinge).  Returns the mean loss;
+** fills the metrics (means over the batch, in the label's orientation). */
+typedef enum la_pref_kind {
+  LA_PREF_DPO = 0, LA_PREF_CDPO, LA_PREF_RDPO, LA_PREF_IPO, LA_PREF_HINGE, LA_PREF_GDPO,
+  LA_PREF_GIPO, LA_PREF_N
+} la_pref_kind;
+
+typedef struct la_pref_opts {
+  double beta;              /* > 0 */
+  double eps;               /* rDPO's flip rate, in [0, 0.5) */
+  double label_smoothing;   /* p = 1 - label_smoothing when p is NULL */
+} la_pref_opts;
+
+typedef struct la_pref_metrics {
+  double reward_chosen, reward_rejected, accuracy, margin, logp_chosen, logp_rejected;
+} la_pref_metrics;
+
+const char *la_pref_name(la_pref_kind k);
+la_tensor *la_pref_loss(la_pref_kind kind, la_tensor *pc, la_tensor *pr, la_tensor *rc,
+                        la_tensor *rr, la_tensor *p, const la_pref_opts *o, la_pref_metrics *m);
+
+/* Bradley-Terry loss of a reward model over rewards (B,) of the chosen and
+** rejected sequences: mean of -log sigmoid(r1 - r2 - margin), or with soft
+** labels p (B,) -p log sigmoid(z) - (1 - p) log sigmoid(-z), z = r1 - r2 -
+** margin; plus center * mean((r1 + r2)^2).  margin: a (B,) tensor, or NULL
+** and margin_value. */
+typedef struct la_bt_metrics {
+  double accuracy, margin, reward_chosen, reward_rejected;
+} la_bt_metrics;
+
+la_tensor *la_bradley_terry(la_tensor *r1, la_tensor *r2, la_tensor *p, la_tensor *margin,
+                            double margin_value, double center, la_bt_metrics *m);
+
+/* ---------------------------------------------------------------- la_ppo.c */
+
+typedef struct la_ppo_metrics {
+  double clipfrac;    /* share of counted tokens where the clipped term won */
+  double approxkl;    /* 0.5 * mean (logp - old_logp)^2 (policy loss only) */
+  double ratio;       /* mean ratio (policy loss only) */
+  double count;       /* sum of the mask */
+} la_ppo_metrics;
+
+/* Masked mean over tokens of max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high)),
+** r = exp(logp - old_logp).  Gradient for logp only. */
+la_tensor *la_ppo_policy_loss(la_tensor *logp, la_tensor *old_logp, la_tensor *adv, la_tensor *mask,
+                              double clip_low, double clip_high, la_ppo_metrics *m);
+/* Masked mean of 0.5 max((V - R)^2, (clip(V, V_old - eps, V_old + eps) - R)^2).
+** Gradient for values only. */
+la_tensor *la_ppo_value_loss(la_tensor *values, la_tensor *old_values, la_tensor *returns,
+                             la_tensor *mask, double clip, la_ppo_metrics *m);
+/* Generalised advantage estimation over (B, T) rewards and values; masked
+** positions are skipped (the next real token follows; after the last one the
+** value is 0) and get 0.  Returns advantages and returns = advantages +
+** values as new tensors with no history. */
+int la_gae(la_tensor *rewards, la_tensor *values, la_tensor *mask, double gamma, double lam,
+           la_tensor **adv, la_tensor **ret);
+
 #endif

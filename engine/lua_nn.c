@@ -183,8 +183,162 @@ static const luaL_Reg ln_funcs[] = {
   {NULL, NULL}
 };
 
+static void lt_open_nn_losses(lua_State *L);   /* the loss kernels, below */
+
 void lt_open_nn(lua_State *L) {
   lua_newtable(L);
   luaL_setfuncs(L, ln_funcs, 0);
+  lt_open_nn_losses(L);
   lua_setfield(L, -2, "nn");
+}
+
+/* ---------------------------------------------------------------- loss kernels
+** Log-probs and entropies (la_logprobs.c), preference and reward-model losses
+** (la_pref.c), PPO losses and GAE (la_ppo.c).  lualign.loss wraps them. */
+
+static const char *lt_field_string(lua_State *L, int t, const char *k, const char *def) {
+  if (lua_isnoneornil(L, t)) return def;
+  lua_getfield(L, t, k);
+  const char *v = lua_isnil(L, -1) ? def : luaL_checkstring(L, -1);
+  lua_pop(L, 1);   /* the options table keeps the string alive */
+  return v;
+}
+
+static la_lp_reduce lt_reduce(lua_State *L, int t) {
+  const char *r = lt_field_string(L, t, "reduce", "token");
+  if (strcmp(r, "token") == 0) return LA_LP_TOKEN;
+  if (strcmp(r, "sum") == 0) return LA_LP_SUM;
+  if (strcmp(r, "mean") == 0) return LA_LP_MEAN;
+  luaL_error(L, "reduce must be 'token', 'sum' or 'mean' (got '%s')", r);
+  return LA_LP_TOKEN;
+}
+
+static int64_t lt_chunk(lua_State *L, int t) {
+  double c = lt_field_number(L, t, "chunk_rows", 0);
+  if (!(c >= 0) || c > 1e9 || c != floor(c)) luaL_error(L, "chunk_rows must be a positive integer (got %g)", c);
+  return (int64_t)c;
+}
+
+/* logprobs(logits, targets [, mask] [, {reduce, temperature}]) */
+static int ln_logprobs(lua_State *L) {
+  return lt_result(L, la_logprobs(lt_check(L, 1), lt_check(L, 2), lt_opttensor(L, 3), lt_reduce(L, 4),
+                                  lt_field_number(L, 4, "temperature", 1)));
+}
+
+/* logprobs_hidden(hidden, weight, targets [, mask] [, {reduce, temperature, chunk_rows}]) */
+static int ln_logprobs_hidden(lua_State *L) {
+  return lt_result(L, la_logprobs_hidden(lt_check(L, 1), lt_check(L, 2), lt_check(L, 3),
+                                         lt_opttensor(L, 4), lt_reduce(L, 5),
+                                         lt_field_number(L, 5, "temperature", 1), lt_chunk(L, 5)));
+}
+
+/* entropy(logits [, mask] [, {reduce, temperature}]) */
+static int ln_entropy(lua_State *L) {
+  return lt_result(L, la_entropy(lt_check(L, 1), lt_opttensor(L, 2), lt_reduce(L, 3),
+                                 lt_field_number(L, 3, "temperature", 1)));
+}
+
+/* entropy_hidden(hidden, weight [, mask] [, {reduce, temperature, chunk_rows}]) */
+static int ln_entropy_hidden(lua_State *L) {
+  return lt_result(L, la_entropy_hidden(lt_check(L, 1), lt_check(L, 2), lt_opttensor(L, 3),
+                                        lt_reduce(L, 4), lt_field_number(L, 4, "temperature", 1),
+                                        lt_chunk(L, 4)));
+}
+
+static void lt_set_number(lua_State *L, const char *k, double v) {
+  lua_pushnumber(L, v);
+  lua_setfield(L, -2, k);
+}
+
+/* pref_loss(kind, policy_chosen, policy_rejected, ref_chosen, ref_rejected
+**           [, {beta = 0.1, p, eps = 0.1, label_smoothing = 0}]) -> loss, metrics */
+static int ln_pref_loss(lua_State *L) {
+  const char *kind = luaL_checkstring(L, 1);
+  int k = 0;
+  while (k < LA_PREF_N && strcmp(la_pref_name((la_pref_kind)k), kind) != 0) k++;
+  if (k == LA_PREF_N)
+    return luaL_error(L, "unknown preference loss '%s' (known: dpo, cdpo, rdpo, ipo, hinge, gdpo, gipo)", kind);
+  la_pref_opts o = {lt_field_number(L, 6, "beta", 0.1), lt_field_number(L, 6, "eps", 0.1),
+                    lt_field_number(L, 6, "label_smoothing", 0)};
+  la_pref_metrics m;
+  lt_result(L, la_pref_loss((la_pref_kind)k, lt_check(L, 2), lt_check(L, 3), lt_opttensor(L, 4),
+                            lt_opttensor(L, 5), lt_field_tensor(L, 6, "p"), &o, &m));
+  lua_createtable(L, 0, 6);
+  lt_set_number(L, "rewards/chosen", m.reward_chosen);
+  lt_set_number(L, "rewards/rejected", m.reward_rejected);
+  lt_set_number(L, "rewards/accuracies", m.accuracy);
+  lt_set_number(L, "rewards/margins", m.margin);
+  lt_set_number(L, "logps/chosen", m.logp_chosen);
+  lt_set_number(L, "logps/rejected", m.logp_rejected);
+  return 2;
+}
+
+/* bradley_terry(r_chosen, r_rejected [, {p, margin (number or tensor), center = 0}]) -> loss, metrics */
+static int ln_bradley_terry(lua_State *L) {
+  la_tensor *margin = NULL;
+  double margin_value = 0;
+  if (!lua_isnoneornil(L, 3)) {
+    lua_getfield(L, 3, "margin");
+    if (lua_isnumber(L, -1)) margin_value = lua_tonumber(L, -1);
+    else if (!lua_isnil(L, -1)) margin = lt_check(L, -1);
+    lua_pop(L, 1);
+  }
+  la_bt_metrics m;
+  lt_result(L, la_bradley_terry(lt_check(L, 1), lt_check(L, 2), lt_field_tensor(L, 3, "p"), margin,
+                                margin_value, lt_field_number(L, 3, "center", 0), &m));
+  lua_createtable(L, 0, 4);
+  lt_set_number(L, "accuracy", m.accuracy);
+  lt_set_number(L, "margin", m.margin);
+  lt_set_number(L, "rewards/chosen", m.reward_chosen);
+  lt_set_number(L, "rewards/rejected", m.reward_rejected);
+  return 2;
+}
+
+/* ppo_policy_loss(logprobs, old_logprobs, advantages [, mask]
+**                 [, {clip_eps = 0.2, clip_eps_low, clip_eps_high}]) -> loss, metrics */
+static int ln_ppo_policy_loss(lua_State *L) {
+  double eps = lt_field_number(L, 5, "clip_eps", 0.2);
+  la_ppo_metrics m;
+  lt_result(L, la_ppo_policy_loss(lt_check(L, 1), lt_check(L, 2), lt_check(L, 3), lt_opttensor(L, 4),
+                                  lt_field_number(L, 5, "clip_eps_low", eps),
+                                  lt_field_number(L, 5, "clip_eps_high", eps), &m));
+  lua_createtable(L, 0, 4);
+  lt_set_number(L, "policy/clipfrac_avg", m.clipfrac);
+  lt_set_number(L, "policy/approxkl_avg", m.approxkl);
+  lt_set_number(L, "val/ratio", m.ratio);
+  lt_set_number(L, "tokens", m.count);
+  return 2;
+}
+
+/* ppo_value_loss(values, old_values, returns [, mask] [, {clip_eps = 0.2}]) -> loss, metrics */
+static int ln_ppo_value_loss(lua_State *L) {
+  la_ppo_metrics m;
+  lt_result(L, la_ppo_value_loss(lt_check(L, 1), lt_check(L, 2), lt_check(L, 3), lt_opttensor(L, 4),
+                                 lt_field_number(L, 5, "clip_eps", 0.2), &m));
+  lua_createtable(L, 0, 2);
+  lt_set_number(L, "val/clipfrac_avg", m.clipfrac);
+  lt_set_number(L, "tokens", m.count);
+  return 2;
+}
+
+/* gae(rewards, values [, mask] [, {gamma = 1, lam = 0.95}]) -> advantages, returns */
+static int ln_gae(lua_State *L) {
+  la_tensor *adv, *ret;
+  lt_check_rc(L, la_gae(lt_check(L, 1), lt_check(L, 2), lt_opttensor(L, 3),
+                        lt_field_number(L, 4, "gamma", 1.0), lt_field_number(L, 4, "lam", 0.95), &adv, &ret));
+  lt_result(L, adv);
+  lt_result(L, ret);
+  return 2;
+}
+
+static const luaL_Reg ln_loss_funcs[] = {
+  {"logprobs", ln_logprobs}, {"logprobs_hidden", ln_logprobs_hidden}, {"entropy", ln_entropy},
+  {"entropy_hidden", ln_entropy_hidden}, {"pref_loss", ln_pref_loss},
+  {"bradley_terry", ln_bradley_terry}, {"ppo_policy_loss", ln_ppo_policy_loss},
+  {"ppo_value_loss", ln_ppo_value_loss}, {"gae", ln_gae},
+  {NULL, NULL}
+};
+
+static void lt_open_nn_losses(lua_State *L) {
+  luaL_setfuncs(L, ln_loss_funcs, 0);
 }

@@ -1,5 +1,15 @@
 --- lualign.loss: training losses as thin wrappers over fused C kernels.
--- Each returns a scalar loss tensor and a table of metrics.
+-- Each loss returns a scalar loss tensor and a table of metrics (plain Lua
+-- numbers, named as TRL names them where TRL has the metric).
+--
+--     local lp = loss.sequence_logprobs(logits, targets, mask)          -- (B,)
+--     local l, m = loss.gdpo(pc, pr, rc, rr, {beta = 0.1, p = soft})    -- scalar, metrics
+--     print(m["rewards/accuracies"])
+--
+-- Shapes: logits (B, T, V), hidden states (B, T, C), LM-head weight (V, C),
+-- targets (B, T) of 0-based ids, masks (B, T) of 0/1 (any dtype; read as
+-- float weights); per-sequence log-probs and rewards are (B,).  See
+-- docs/losses.md for the formulas.
 
 local core = require "lualign.core"
 local K = core.nn
@@ -16,6 +26,270 @@ function loss.cross_entropy(logits, targets, opts)
   end
   local value, count = K.cross_entropy(logits, targets, opts)
   return value, {tokens = count}
+end
+
+----------------------------------------------------------------------------
+-- Log-probabilities and entropy, fused (no (B, T, V) log-softmax is stored)
+
+local function kernel_opts(opts, reduce)
+  opts = opts or {}
+  return {reduce = reduce, temperature = opts.temperature, chunk_rows = opts.chunk_rows}
+end
+
+--- Per-token log-probs (B, T) of 0-based targets under softmax(logits /
+-- temperature), times the mask (positions where the mask is 0 hold 0 and
+-- their targets are never read, so -100 or any filler may stay there).
+-- mask may be nil (all ones).  opts: temperature (1).  Differentiable in logits.
+function loss.token_logprobs(logits, targets, mask, opts)
+  return K.logprobs(logits, targets, mask, kernel_opts(opts, "token"))
+end
+
+--- Per-sequence log-probs (B,): the masked sum over T of the token log-probs,
+-- or with opts.average = true their mean over the mask (0 for an empty mask),
+-- as IPO and length-normalised losses want.  opts: average, temperature.
+function loss.sequence_logprobs(logits, targets, mask, opts)
+  return K.logprobs(logits, targets, mask, kernel_opts(opts, opts and opts.average and "mean" or "sum"))
+end
+
+--- token_logprobs from hidden states (B, T, C) and the LM-head weight (V, C)
+-- without materialising the logits: rows go through in chunks (opts.chunk_rows;
+-- by default about 32 MiB of scratch logits) and are recomputed in backward.
+-- Gradients flow to hidden and weight.  opts: temperature, chunk_rows.
+function loss.token_logprobs_hidden(hidden, weight, targets, mask, opts)
+  return K.logprobs_hidden(hidden, weight, targets, mask, kernel_opts(opts, "token"))
+end
+
+--- sequence_logprobs from hidden states and the LM-head weight, logits-free.
+-- opts: average, temperature, chunk_rows.
+function loss.sequence_logprobs_hidden(hidden, weight, targets, mask, opts)
+  return K.logprobs_hidden(hidden, weight, targets, mask,
+    kernel_opts(opts, opts and opts.average and "mean" or "sum"))
+end
+
+--- Entropy -sum_v p log p of softmax(logits / temperature) per token (B, T),
+-- times the mask.  opts: temperature, reduce ("token" (default), "sum" or
+-- "mean" over T).  Differentiable.
+function loss.entropy(logits, mask, opts)
+  return K.entropy(logits, mask, kernel_opts(opts, opts and opts.reduce or "token"))
+end
+
+--- entropy from hidden states (B, T, C) and the LM-head weight (V, C),
+-- logits-free.  opts: temperature, reduce, chunk_rows.
+function loss.entropy_hidden(hidden, weight, mask, opts)
+  return K.entropy_hidden(hidden, weight, mask, kernel_opts(opts, opts and opts.reduce or "token"))
+end
+
+----------------------------------------------------------------------------
+-- Preference losses over per-sequence log-probs
+
+--- The preference losses, by name: la.loss.<name>(...) exists for each.
+loss.preference_losses = {"dpo", "cdpo", "rdpo", "ipo", "hinge", "gdpo", "gipo"}
+
+--- A preference loss by name (see loss.preference_losses), for the pair
+-- policy_chosen, policy_rejected, ref_chosen, ref_rejected: (B,) sequence
+-- log-probs; the references may be nil (reference-free).  opts: beta (0.1);
+-- p, soft labels (B,) in [0, 1] (or one number for all pairs), the share
+-- preferring the first sequence — p < 0.5 flips a pair; label_smoothing,
+-- used as p = 1 - label_smoothing when p is nil (cDPO's global form; for rDPO
+-- it is the flip rate eps instead); eps (rDPO, default 0.1).  Returns the mean
+-- loss and the metrics rewards/chosen, rewards/rejected, rewards/accuracies,
+-- rewards/margins, logps/chosen, logps/rejected (means over the batch, with
+-- "chosen" the side the label prefers; rewards are beta * log-ratios).
+function loss.preference(name, policy_chosen, policy_rejected, ref_chosen, ref_rejected, opts)
+  opts = opts or {}
+  local p = opts.p
+  if type(p) == "number" then p = core.full({policy_chosen:numel()}, p) end
+  local o = {beta = opts.beta, p = p, label_smoothing = opts.label_smoothing}
+  if name == "rdpo" then
+    o.eps, o.label_smoothing = opts.eps or opts.label_smoothing, nil
+  end
+  return K.pref_loss(name, policy_chosen, policy_rejected, ref_chosen, ref_rejected, o)
+end
+
+--- DPO (Rafailov et al. 2023): -log sigmoid(beta h), on the majority label.
+function loss.dpo(pc, pr, rc, rr, opts) return loss.preference("dpo", pc, pr, rc, rr, opts) end
+--- cDPO, the soft-label cross-entropy: -p log sigmoid(beta h) - (1 - p) log sigmoid(-beta h).
+function loss.cdpo(pc, pr, rc, rr, opts) return loss.preference("cdpo", pc, pr, rc, rr, opts) end
+--- rDPO (Chowdhury et al. 2024) with a global flip rate eps:
+-- [-(1 - eps) log sigmoid(beta h) + eps log sigmoid(-beta h)] / (1 - 2 eps).
+function loss.rdpo(pc, pr, rc, rr, opts) return loss.preference("rdpo", pc, pr, rc, rr, opts) end
+--- IPO (Azar et al. 2023): (h - 1/(2 beta))^2; pair it with averaged log-probs.
+function loss.ipo(pc, pr, rc, rr, opts) return loss.preference("ipo", pc, pr, rc, rr, opts) end
+--- Hinge (SLiC): max(0, 1 - beta h).
+function loss.hinge(pc, pr, rc, rr, opts) return loss.preference("hinge", pc, pr, rc, rr, opts) end
+--- GDPO (Furuta et al. 2024): -log sigmoid(beta (2p - 1) h).
+function loss.gdpo(pc, pr, rc, rr, opts) return loss.preference("gdpo", pc, pr, rc, rr, opts) end
+--- GIPO, geometric averaging applied to IPO: ((2p - 1) h - 1/(2 beta))^2.
+function loss.gipo(pc, pr, rc, rr, opts) return loss.preference("gipo", pc, pr, rc, rr, opts) end
+
+----------------------------------------------------------------------------
+-- Reward model
+
+--- Bradley–Terry loss of a reward model over rewards (B,) of the chosen and
+-- rejected sequences: mean of -log sigmoid(r1 - r2 - margin); with soft labels
+-- opts.p (B,) (or a number), -p log sigmoid(z) - (1 - p) log sigmoid(-z) with
+-- z = r1 - r2 - margin; plus opts.center * mean((r1 + r2)^2) (reward centring,
+-- TRL's center_rewards_coefficient).  opts.margin: a number or (B,) tensor.
+-- Metrics: accuracy, margin (mean r1 - r2), rewards/chosen, rewards/rejected,
+-- in the label's orientation (p < 0.5 flips a pair).
+function loss.bradley_terry(r_chosen, r_rejected, opts)
+  opts = opts or {}
+  local p = opts.p
+  if type(p) == "number" then p = core.full({r_chosen:numel()}, p) end
+  return K.bradley_terry(r_chosen, r_rejected, {p = p, margin = opts.margin, center = opts.center})
+end
+loss.reward_model = loss.bradley_terry
+
+----------------------------------------------------------------------------
+-- PPO
+
+--- Clipped policy surrogate: masked mean over tokens of
+-- max(-A ratio, -A clip(ratio, 1 - eps, 1 + eps)), ratio = exp(logprobs - old_logprobs),
+-- for (B, T) logprobs (differentiable), old_logprobs and advantages (data).
+-- opts: clip_eps (0.2), or clip_eps_low / clip_eps_high for an asymmetric range.
+-- Metrics: policy/clipfrac_avg, policy/approxkl_avg (0.5 mean (logp - old)^2),
+-- val/ratio (mean ratio), tokens (sum of the mask).
+function loss.ppo_policy(logprobs, old_logprobs, advantages, mask, opts)
+  return K.ppo_policy_loss(logprobs, old_logprobs, advantages, mask, opts)
+end
+
+--- Clipped value loss: 0.5 * masked mean of max((V - R)^2, (clip(V, V_old - eps,
+-- V_old + eps) - R)^2) for values (differentiable), old_values and returns (B, T).
+-- opts: clip_eps (0.2).  Metrics: val/clipfrac_avg, tokens.
+function loss.ppo_value(values, old_values, returns, mask, opts)
+  return K.ppo_value_loss(values, old_values, returns, mask, opts)
+end
+
+--- Per-token KL estimate of the policy against the reference from log-probs
+-- (B, T) of the sampled tokens (Schulman's estimators): "k1" = logp - ref_logp,
+-- "k2" = (logp - ref_logp)^2 / 2, "k3" = (r - 1) - log r with r = p_ref / p.
+-- opts: a string (the estimator) or {estimator = "k1", mask = (B, T)}.
+-- Differentiable through both log-probs.
+function loss.kl(logprobs, ref_logprobs, opts)
+  if type(opts) == "string" then opts = {estimator = opts} end
+  opts = opts or {}
+  local est = opts.estimator or "k1"
+  local d = logprobs - ref_logprobs
+  local k
+  if est == "k1" then k = d
+  elseif est == "k2" then k = d * d * 0.5
+  elseif est == "k3" then k = (-d):exp() - 1 + d
+  else error("kl: estimator must be 'k1', 'k2' or 'k3' (got '" .. tostring(est) .. "')", 2) end
+  if opts.mask then k = k * opts.mask:float() end
+  return k
+end
+
+--- Generalised advantage estimation over rewards and values (B, T) of
+-- right-padded responses (mask (B, T), nil = all real): positions where the
+-- mask is 0 are skipped and get 0; after the last real token the value is 0.
+-- opts: gamma (1), lam (0.95).  Returns advantages and returns (= advantages +
+-- values), with no history.
+function loss.gae(rewards, values, mask, opts)
+  return K.gae(rewards:detach(), values:detach(), mask, opts)
+end
+
+--- Index (B,) (0-based) of each row's last position whose mask is non-zero (0 for an empty row).
+function loss.last_positions(mask)
+  local B, T = mask:size(1), mask:size(2)
+  local pos = core.arange(T):float():unsqueeze(1):expand(B, T)
+  return (pos * mask:ne(0):float()):argmax(2)
+end
+
+--- rewards (B, T) plus scores (B,) added at each row's last real token (mask
+-- (B, T)); rows with no real token are left alone.  Returns a new tensor.
+function loss.add_score(rewards, scores, mask)
+  local last = loss.last_positions(mask):unsqueeze(2)
+  local has = mask:ne(0):float():sum(2):gt(0):float()
+  local out = rewards:detach():clone()
+  out:scatter_add_(2, last, (scores:detach():float() * has):unsqueeze(2))
+  return out
+end
+
+--- PPO's per-token rewards as TRL builds them: -kl_coef * KL(policy || ref)
+-- on every real token, plus the score (B,) at the last real token.
+-- opts: kl_coef (0.05), estimator ("k1"), has_eos ((B,) bool or 0/1) and
+-- missing_eos_penalty (subtracted from the score of rows without EOS).
+-- Returns rewards (B, T) (no history) and the metrics objective/kl,
+-- objective/non_score_reward, objective/scores, objective/rlhf_reward
+-- (batch means of per-sequence sums).
+function loss.ppo_rewards(scores, logprobs, ref_logprobs, mask, opts)
+  opts = opts or {}
+  local previous = core.set_grad_enabled(false)
+  local ok, rewards, metrics = pcall(function()
+    local m = mask:float()
+    local s = scores:float()
+    if opts.missing_eos_penalty and opts.has_eos then
+      s = s - (1 - opts.has_eos:ne(0):float()) * opts.missing_eos_penalty
+    end
+    local kl = loss.kl(logprobs, ref_logprobs, {estimator = opts.estimator, mask = m})
+    local non_score = kl * -(opts.kl_coef or 0.05)
+    local r = loss.add_score(non_score, s, m)
+    local mean_kl = kl:sum(2):mean():item()
+    local mean_ns = non_score:sum(2):mean():item()
+    local mean_score = s:mean():item()
+    return r, {["objective/kl"] = mean_kl, ["objective/non_score_reward"] = mean_ns,
+               ["objective/scores"] = mean_score, ["objective/rlhf_reward"] = mean_score + mean_ns}
+  end)
+  core.set_grad_enabled(previous)
+  if not ok then error(rewards, 2) end
+  return rewards, metrics
+end
+
+--- Masked mean sum(x * mask) / sum(mask), over everything or along dim.
+function loss.masked_mean(x, mask, dim)
+  local m = mask:float()
+  if dim then return (x * m):sum(dim) / m:sum(dim) end
+  return (x * m):sum() / m:sum()
+end
+
+--- Masked variance over everything; unbiased (default true) applies Bessel's
+-- correction n / (n - 1) with n = sum(mask), as TRL does.
+function loss.masked_var(x, mask, unbiased)
+  local mean = loss.masked_mean(x, mask)
+  local var = loss.masked_mean((x - mean) ^ 2, mask)
+  if unbiased ~= false then
+    local n = mask:float():sum():item()
+    if n <= 1 then
+      error(string.format("masked_var: the mask sums to %g; an unbiased variance needs more than 1", n), 2)
+    end
+    var = var * (n / (n - 1))
+  end
+  return var
+end
+
+--- (x - mean) / sqrt(var + 1e-8) with masked statistics (unbiased variance);
+-- shift_mean = false adds the mean back.  Masked-out positions are set to 0.
+function loss.masked_whiten(x, mask, shift_mean)
+  local mean, var = loss.masked_mean(x, mask), loss.masked_var(x, mask)
+  local w = (x - mean) * (var + 1e-8):rsqrt()
+  if shift_mean == false then w = w + mean end
+  return w * mask:ne(0):float()
+end
+
+----------------------------------------------------------------------------
+-- Errors point at the caller's line: every public function runs under pcall,
+-- and a failure is raised again one level up, without the position inside
+-- this file that the kernel's message would otherwise carry.
+
+local function strip_position(msg)
+  if type(msg) ~= "string" then return msg end
+  repeat
+    local n
+    msg, n = msg:gsub("^[^:\n]*lualign[/\\]loss%.lua:%d+: ", "", 1)
+  until n == 0
+  return msg
+end
+
+local function raise_at_caller(fn)
+  return function(...)
+    local r = table.pack(pcall(fn, ...))
+    if not r[1] then error(strip_position(r[2]), 2) end
+    return table.unpack(r, 2, r.n)
+  end
+end
+
+for name, fn in pairs(loss) do
+  if type(fn) == "function" then loss[name] = raise_at_caller(fn) end
 end
 
 return loss

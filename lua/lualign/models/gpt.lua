@@ -184,6 +184,27 @@ function GPT:loss(ids, targets, opts)
   return F.cross_entropy(logits:reshape(-1, logits:size(-1)), targets:reshape(-1), opts)
 end
 
+--- The LM head's weight (V, C): lm_head.weight, or wte.weight when tied.
+function GPT:head_weight()
+  return self.lm_head and self.lm_head.weight or self.wte.weight
+end
+
+--- Per-sequence log-probs (B,) of targets (B, T) (0-based next tokens) summed
+-- over mask (B, T) (nil: every position), from the hidden states and the head
+-- weight without ever materialising the (B, T, V) logits
+-- (lualign.loss.sequence_logprobs_hidden).  opts: as for hidden(), plus
+-- average (mean over the mask instead of the sum), temperature, chunk_rows.
+function GPT:sequence_logprobs(ids, targets, mask, opts)
+  local loss = require "lualign.loss"
+  return loss.sequence_logprobs_hidden(self:hidden(ids, opts), self:head_weight(), targets, mask, opts)
+end
+
+--- Per-token log-probs (B, T) of targets, masked, logits-free; opts as above.
+function GPT:token_logprobs(ids, targets, mask, opts)
+  local loss = require "lualign.loss"
+  return loss.token_logprobs_hidden(self:hidden(ids, opts), self:head_weight(), targets, mask, opts)
+end
+
 --- Per-token values (B, T) from the value head.
 function GPT:values(hidden)
   if not self.value_head then util.error("gpt: this model has no value head (config value_head = true)") end
