@@ -138,6 +138,7 @@ function loss.bradley_terry(r_chosen, r_rejected, opts)
   if type(p) == "number" then p = core.full({r_chosen:numel()}, p) end
   return K.bradley_terry(r_chosen, r_rejected, {p = p, margin = opts.margin, center = opts.center})
 end
+--- Same as bradley_terry, under the name of what it trains.
 loss.reward_model = loss.bradley_terry
 
 ----------------------------------------------------------------------------

@@ -1,0 +1,304 @@
+-- recipes/ppo.lua -- RLHF with PPO: a policy generates responses to prompts,
+-- a reward model (or a Lua function) scores them, and PPO raises the reward
+-- while a per-token KL penalty keeps the policy near its starting point.
+--
+--   lualign recipes/ppo.lua policy=runs/sft reward_model=runs/reward      (lualign ppo --help)
+--
+-- Each iteration:
+--   1. Rollout: sample responses to a batch of prompts (KV-cache generation).
+--   2. Score: reward model (or reward_script) on prompt + response; a penalty
+--      for responses that never emit EOS.
+--   3. Per-token log-probs of the policy and the frozen reference; rewards
+--      -kl_coef * KL on every token plus the score on the last one.
+--   4. Advantages: GAE(gamma, lambda) with a value model, whitened -- or, with
+--      advantage=rloo, k samples per prompt and the leave-one-out mean of the
+--      other samples' rewards as the baseline (no value model).
+--   5. ppo_epochs passes over mini-batches: clipped policy surrogate and
+--      clipped value loss.  An adaptive KL coefficient steers the KL to a target.
+-- Evaluation: mean reward and an independent judge's score (a lexicon the
+-- reward model never saw) of the starting policy and of the trained one on
+-- held-out prompts, with the KL to the reference.
+
+local la = require "lualign"
+local recipe = require "lualign.recipe"
+local plot = require "lualign.plot"
+local log = require "lualign.log"
+local L = la.loss
+
+local config = recipe.config(arg, "ppo", {
+  {"policy", "runs/sft", "run folder (or model.safetensors) of the starting policy"},
+  {"reward_model", "runs/reward", "run folder of the reward model (reward=model)"},
+  {"reward", "model", "'model' (a trained reward model) or 'script' (a Lua function)"},
+  {"reward_script", "", "Lua file returning function(prompt, response) -> score (reward=script)"},
+  {"prompts", "sentiment/prompts_train.jsonl", "training prompts"},
+  {"eval_prompts", "sentiment/prompts_test.jsonl", "held-out prompts"},
+  {"advantage", "gae", "'gae' (value model) or 'rloo' (leave-one-out baseline, no value model)"},
+  {"rloo_k", 4, "samples per prompt for rloo"},
+  {"iterations", 40, "rollout/update iterations"},
+  {"batch_size", 32, "responses per rollout"},
+  {"mini_batch_size", 16, "responses per PPO update"},
+  {"ppo_epochs", 2, "passes over each rollout"},
+  {"max_new_tokens", 20, "response length cap"},
+  {"temperature", 1.0, "sampling temperature of rollouts"},
+  {"lr", 3e-5, "policy learning rate"},
+  {"value_lr", 3e-4, "value model learning rate"},
+  {"clip_eps", 0.2, "policy ratio clip"},
+  {"value_clip_eps", 0.2, "value clip"},
+  {"gamma", 1.0, "discount"},
+  {"lam", 0.95, "GAE lambda"},
+  {"kl_coef", 0.05, "initial KL penalty coefficient"},
+  {"kl_estimator", "k1", "per-token KL estimator: k1 or k3"},
+  {"target_kl", 0.5, "adaptive KL target per response (0: fixed coefficient)"},
+  {"kl_horizon", 200, "adaptive KL controller's horizon (rollouts)"},
+  {"missing_eos_penalty", 1.0, "subtracted from the score of responses without EOS"},
+  {"whiten_rewards", false, "whiten the per-token rewards before GAE"},
+  {"grad_clip", 1.0, "gradient norm clip"},
+  {"eval_every", 10, "iterations between held-out evaluations"},
+  {"eval_batch", 64, "held-out prompts per evaluation"},
+})
+local run = recipe.run(config)
+local function data_file(p) return io.open(p) and p or la.data.path(p) end
+
+-- Models ------------------------------------------------------------------------
+local policy_dir = config.policy:gsub("/model%.safetensors$", "")
+local tok = la.tokenizer.load(policy_dir .. "/tokenizer.json")
+tok:save(run:path("tokenizer.json"))
+local policy = recipe.load_gpt(config.policy)
+local ref = recipe.load_gpt(config.policy):requires_grad(false):eval()
+local rm, score_fn
+if config.reward == "model" then
+  rm = recipe.load_gpt(config.reward_model):requires_grad(false):eval()
+elseif config.reward == "script" then
+  score_fn = assert(loadfile(config.reward_script))()
+else
+  error("reward must be 'model' or 'script'", 0)
+end
+local critic = config.advantage == "gae" and
+  recipe.load_gpt(config.reward == "model" and config.reward_model or config.policy,
+                  {value_head = true, reward_head = false}) or nil
+local judge = la.data.judge()
+
+local popt = la.optim.AdamW(policy, {lr = config.lr, weight_decay = 0})
+local vopt = critic and la.optim.AdamW(critic, {lr = config.value_lr, weight_decay = 0})
+
+-- Prompts --------------------------------------------------------------------------
+local function prompt_ids(path)
+  local list = {}
+  for ex in la.data.prompts(data_file(path)) do list[#list + 1] = {text = ex.prompt, ids = tok:encode(ex.prompt)} end
+  return list
+end
+local train_prompts, eval_prompts = prompt_ids(config.prompts), prompt_ids(config.eval_prompts)
+local order = la.data.permutation(#train_prompts, config.seed, 1)
+
+-- Rollouts ---------------------------------------------------------------------------
+-- Generates responses and lays out prompt + response as one left-padded row:
+-- ids (B, P+N), attention mask, position ids, and the response's mask (B, N).
+local function rollout(model, prompts, opts)
+  local lists = {}
+  for i, p in ipairs(prompts) do lists[i] = p.ids end
+  local out = model:generate(lists, {max_new_tokens = config.max_new_tokens, temperature = opts.temperature,
+                                     eos_id = tok.eos_id, pad_id = tok.pad_id or tok.eos_id})
+  local P, N, B = out.prompt_length, out.tokens:size(2), #prompts
+  local ids, mask, rmask, pos, texts = {}, {}, {}, {}, {}
+  for b = 1, B do
+    local row, m, rm_, ps = {}, {}, {}, {}
+    local n_prompt = #prompts[b].ids
+    for t = 1, P do
+      local src = t - (P - n_prompt)
+      row[t] = src >= 1 and prompts[b].ids[src] or (tok.pad_id or tok.eos_id)
+      m[t] = src >= 1 and 1 or 0
+    end
+    for t = 1, N do
+      row[P + t] = out.tokens[b][t]
+      m[P + t] = t <= out.lengths[b] and 1 or 0
+      rm_[t] = m[P + t]
+    end
+    local c = -1
+    for t = 1, P + N do if m[t] == 1 then c = c + 1 end; ps[t] = math.max(c, 0) end
+    ids[b], mask[b], rmask[b], pos[b] = row, m, rm_, ps
+    texts[b] = tok:decode(out.sequences[b], {skip_special_tokens = true})
+  end
+  return {ids = la.tensor(ids, "int64"), mask = la.tensor(mask, "float32"), position_ids = la.tensor(pos, "int64"),
+          response_mask = la.tensor(rmask, "float32"), tokens = out.tokens, texts = texts, P = P, N = N,
+          has_eos = out.finished, prompts = prompts}
+end
+
+-- Log-probs (B, N) of the response tokens under model, and the hidden states.
+local function response_logprobs(model, r)
+  local h = model:hidden(r.ids, {attention_mask = r.mask, position_ids = r.position_ids})
+  local hr = h:narrow(2, r.P, r.N)                       -- states that predict response tokens
+  local logits = model:logits(hr)
+  if config.temperature ~= 1 then logits = logits / config.temperature end
+  return L.token_logprobs(logits, r.tokens, r.response_mask), logits
+end
+
+local function scores_of(r)
+  if rm then
+    return la.no_grad(function()
+      return rm:rewards(rm:hidden(r.ids, {attention_mask = r.mask, position_ids = r.position_ids}), r.mask)
+    end)
+  end
+  local s = {}
+  for b, text in ipairs(r.texts) do s[b] = score_fn(r.prompts[b].text, text) end
+  return la.tensor(s, "float32")
+end
+
+local function judge_mean(texts)
+  local total = 0
+  for _, t in ipairs(texts) do total = total + judge:score(t) end
+  return total / #texts
+end
+
+-- Held-out evaluation: greedy-free sampling at temperature 1 as in training.
+local function evaluate(model)
+  local prompts = {table.unpack(eval_prompts, 1, math.min(config.eval_batch, #eval_prompts))}
+  la.manual_seed(config.seed + 1000)       -- the same draws for every evaluation
+  local r = rollout(model, prompts, {temperature = config.temperature})
+  local kl = la.no_grad(function()
+    local lp = response_logprobs(model, r)
+    local lr = response_logprobs(ref, r)
+    return ((lp - lr) * r.response_mask):sum(2):mean():item()
+  end)
+  return {reward = scores_of(r):mean():item(), judge = judge_mean(r.texts), kl = kl, sample = r.texts[1]}
+end
+
+-- Training -------------------------------------------------------------------------------
+local start, extra = 0, {}
+if config.resume then start, extra = run:restore_checkpoint(policy, popt) end
+start, extra = start or 0, extra or {}
+local kl_coef = extra.kl_coef or config.kl_coef
+local rng_state = la.get_rng_state()
+local before = extra.before or evaluate(policy)
+la.set_rng_state(rng_state)
+print(string.format("ppo: starting policy: reward %.3f, judge %.3f on held-out prompts", before.reward, before.judge))
+
+local logger = log.open(run, {total = config.iterations, start_step = start, every = 1,
+  show = {"objective/scores", "objective/kl", "judge"}})
+local cursor = (start * config.batch_size) % #order
+for it = start + 1, config.iterations do
+  -- 1. prompts and rollouts
+  local per_prompt = config.advantage == "rloo" and config.rloo_k or 1
+  local prompts = {}
+  for i = 1, config.batch_size // per_prompt do
+    cursor = cursor % #order + 1
+    for _ = 1, per_prompt do prompts[#prompts + 1] = train_prompts[order[cursor]] end
+  end
+  local r = rollout(policy, prompts, {temperature = config.temperature})
+  local B = #prompts
+  -- 2-3. scores, log-probs of policy and reference, values, per-token rewards
+  local old_lp, ref_lp, old_values, entropy
+  la.no_grad(function()
+    local logits
+    old_lp, logits = response_logprobs(policy, r)
+    entropy = L.masked_mean(L.entropy(logits, r.response_mask), r.response_mask):item()
+    ref_lp = response_logprobs(ref, r)
+    if critic then
+      local h = critic:hidden(r.ids, {attention_mask = r.mask, position_ids = r.position_ids})
+      old_values = critic:values(h):narrow(2, r.P, r.N)
+    end
+  end)
+  local has_eos = {}
+  for b = 1, B do has_eos[b] = r.has_eos[b] and 1 or 0 end
+  local scores = scores_of(r)
+  local rewards, rm_metrics = L.ppo_rewards(scores, old_lp, ref_lp, r.response_mask, {
+    kl_coef = kl_coef, estimator = config.kl_estimator, has_eos = la.tensor(has_eos, "float32"),
+    missing_eos_penalty = config.missing_eos_penalty})
+  -- 4. advantages
+  local advantages, returns
+  if config.advantage == "gae" then
+    if config.whiten_rewards then rewards = L.masked_whiten(rewards, r.response_mask, false) end
+    advantages, returns = L.gae(rewards, old_values, r.response_mask, {gamma = config.gamma, lam = config.lam})
+  else
+    -- RLOO: sequence reward minus the mean of the other k-1 samples of its prompt.
+    local seq = rewards:sum(2):view(B // per_prompt, per_prompt)
+    local baseline = (seq:sum(2, true) - seq) / (per_prompt - 1)
+    advantages = (seq - baseline):view(B, 1):expand(B, r.N):contiguous()
+  end
+  advantages = L.masked_whiten(advantages, r.response_mask)
+  -- 5. PPO epochs over mini-batches
+  local stats = {}
+  local function add(k, v) stats[k] = (stats[k] or 0) + v end
+  local n_updates = 0
+  for epoch = 1, config.ppo_epochs do
+    local perm = la.data.permutation(B, config.seed + it, epoch)
+    for s = 1, B, config.mini_batch_size do
+      local idx = {}
+      for k = s, math.min(B, s + config.mini_batch_size - 1) do idx[#idx + 1] = perm[k] - 1 end
+      local index = la.tensor(idx, "int64")
+      local function pick(t) return t:index_select(1, index) end
+      local mb = {ids = pick(r.ids), mask = pick(r.mask), position_ids = pick(r.position_ids),
+                  response_mask = pick(r.response_mask), tokens = pick(r.tokens), P = r.P, N = r.N}
+      local lp = response_logprobs(policy, mb)
+      local ploss, pm = L.ppo_policy(lp, pick(old_lp), pick(advantages), mb.response_mask, {clip_eps = config.clip_eps})
+      popt:zero_grad()
+      ploss:backward()
+      la.optim.clip_grad_norm(policy, config.grad_clip)
+      popt:step()
+      add("loss/policy_avg", ploss:item())
+      add("policy/clipfrac_avg", pm["policy/clipfrac_avg"])
+      add("policy/approxkl_avg", pm["policy/approxkl_avg"])
+      if critic then
+        local h = critic:hidden(mb.ids, {attention_mask = mb.mask, position_ids = mb.position_ids})
+        local v = critic:values(h):narrow(2, r.P, r.N)
+        local vloss, vm = L.ppo_value(v, pick(old_values), pick(returns), mb.response_mask, {clip_eps = config.value_clip_eps})
+        vopt:zero_grad()
+        vloss:backward()
+        la.optim.clip_grad_norm(critic, config.grad_clip)
+        vopt:step()
+        add("loss/value_avg", vloss:item())
+        add("val/clipfrac_avg", vm["val/clipfrac_avg"])
+      end
+      n_updates = n_updates + 1
+    end
+  end
+  -- Adaptive KL coefficient (Ziegler et al. 2019): proportional control toward target_kl.
+  if config.target_kl > 0 then
+    local err = math.max(-0.2, math.min(0.2, rm_metrics["objective/kl"] / config.target_kl - 1))
+    kl_coef = kl_coef * (1 + err * B / config.kl_horizon)
+  end
+  local metrics = {judge = judge_mean(r.texts), ["objective/entropy"] = entropy, kl_coef = kl_coef}
+  for k, v in pairs(rm_metrics) do metrics[k] = v end
+  for k, v in pairs(stats) do metrics[k] = v / n_updates end
+  local eos = 0
+  for _, e in ipairs(has_eos) do eos = eos + e end
+  metrics["eos_rate"] = eos / B
+  if it % config.eval_every == 0 or it == config.iterations then
+    local state = la.get_rng_state()
+    local ev = evaluate(policy)
+    la.set_rng_state(state)
+    metrics.eval_reward, metrics.eval_judge, metrics.eval_kl = ev.reward, ev.judge, ev.kl
+    run:save_checkpoint(policy, popt, it, {kl_coef = kl_coef, before = before})
+    if critic then run:save_model(critic, {step = it}, "value_model.safetensors") end
+  end
+  logger:log(it, metrics)
+  if it == config.stop_at then logger:close(); os.exit(3) end
+end
+logger:close()
+
+-- Report ---------------------------------------------------------------------------------
+local after = evaluate(policy)
+local rows = log.read(run:path("metrics.jsonl"))
+local xs, sc, kl, jd, ex, er, ej, ek = {}, {}, {}, {}, {}, {}, {}, {}
+for _, row in ipairs(rows) do
+  xs[#xs + 1], sc[#sc + 1], kl[#kl + 1], jd[#jd + 1] = row.step, row["objective/scores"], row["objective/kl"], row.judge
+  if row.eval_reward then ex[#ex + 1], er[#er + 1], ej[#ej + 1], ek[#ek + 1] = row.step, row.eval_reward, row.eval_judge, row.eval_kl end
+end
+plot.save_grid(run:path("curves.svg"), {
+  plot.new{title = "reward-model score", xlabel = "iteration"}:line(xs, sc, {label = "rollouts", width = 1})
+    :line(ex, er, {label = "held-out", markers = true}),
+  plot.new{title = "judge score (held-out lexicon)", xlabel = "iteration"}:line(xs, jd, {label = "rollouts", width = 1})
+    :line(ex, ej, {label = "held-out", markers = true}),
+  plot.new{title = "KL to the reference (per response)", xlabel = "iteration"}:line(xs, kl, {label = "rollouts", width = 1}),
+}, {cols = 3})
+run:write("report.md", table.concat({
+  "# PPO: " .. config.name, "",
+  recipe.md_table({"held-out prompts", "reward model", "judge (lexicon)", "KL to reference"}, {
+    {"starting policy", string.format("%.3f", before.reward), string.format("%.3f", before.judge), "0"},
+    {"after PPO", string.format("%.3f", after.reward), string.format("%.3f", after.judge), string.format("%.3f", after.kl)},
+  }), "", "![curves](curves.svg)", "",
+  "A held-out sample before: " .. tostring(before.sample):gsub("\n", " "), "",
+  "and after: " .. tostring(after.sample):gsub("\n", " "), "",
+}, "\n"))
+print(string.format("ppo: held-out reward %.3f -> %.3f, judge %.3f -> %.3f, KL %.3f; report in %s",
+  before.reward, after.reward, before.judge, after.judge, after.kl, run:path("report.md")))
+return {before = before, after = after, run = run}
