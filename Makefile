@@ -1,6 +1,7 @@
 # lualign -- build, test and install.
 #
 #   make            build the engine module build/lualign/core.so
+#   make demo       the main job: recipes/pipeline.lua on the bundled data (about 10 minutes)
 #   make test       check prerequisites, build, run every test; ends "N passed, N failed"
 #   make bench      run the benchmarks in bench/ (not part of the tests)
 #   make install    used by LuaRocks (INST_LIBDIR, INST_LUADIR, INST_BINDIR):
@@ -47,7 +48,7 @@ SYSMOD = $(BUILD)/lualign/sys.so
 CTEST = $(BUILD)/engine_test
 TOKTEST = $(BUILD)/tokenizer_test
 
-.PHONY: all test ctest deps bench install clean data check-blas
+.PHONY: all test demo ctest deps bench install clean data check-blas
 
 all: $(MODULE) $(SYSMOD)
 
@@ -92,6 +93,9 @@ LUA_ENV = LUA_PATH="./lua/?.lua;./lua/?/init.lua;./tests/?.lua;;" LUA_CPATH="./$
 
 test: deps $(MODULE) $(SYSMOD) $(CTEST) $(TOKTEST)
 	@$(LUA_ENV) LUALIGN_ENGINE_TEST=./$(CTEST) LUALIGN_TOKENIZER_TEST=./$(TOKTEST) $(LUA) $(BUSTED) -o tests/summary_output.lua tests
+
+demo: deps $(MODULE) $(SYSMOD)
+	bin/lualign recipes/pipeline.lua $(ARGS)
 
 # Checks the prerequisites; installs the missing ones when run as root.
 DEB_PKGS = lua5.4 liblua5.4-dev libopenblas-dev libpcre2-dev lua-cjson lua-busted pkg-config gcc make luarocks tmux

@@ -209,7 +209,7 @@ for step, batch in recipe.batches(loader, start) do
     run:save_checkpoint(policy, opt, step)
   end
   logger:log(step, metrics)
-  if step == config.stop_at then logger:close(); os.exit(3) end
+  recipe.check_stop(config, step, logger)
 end
 logger:close()
 

@@ -34,17 +34,14 @@ for s in config.stages:gmatch("[^,]+") do wanted[s] = true end
 -- Runs a recipe in this process with key=value arguments; returns its result.
 local timings = {}
 local function stage(name, script, args)
-  local argv = {[0] = here .. "/" .. script, "out_dir=" .. out, "seed=" .. config.seed}
-  for k, v in pairs(args) do argv[#argv + 1] = k .. "=" .. tostring(v) end
-  table.sort(argv)
-  print(string.format("\n== %s: lualign %s %s", name, argv[0], table.concat(argv, " ")))
-  local chunk = assert(loadfile(argv[0]))
-  local saved, t0 = arg, require("lualign").clock()
-  arg = argv
-  local result = chunk(table.unpack(argv))
-  arg = saved
+  args.out_dir, args.seed = out, config.seed
+  local shown = {}
+  for k, v in pairs(args) do shown[#shown + 1] = k .. "=" .. tostring(v) end
+  table.sort(shown)
+  print(string.format("\n== %s: lualign %s/%s %s", name, here, script, table.concat(shown, " ")))
+  local t0 = require("lualign").clock()
+  local result = recipe.run_script(here .. "/" .. script, args)
   timings[#timings + 1] = {name, require("lualign").clock() - t0}
-  collectgarbage("collect")
   return result
 end
 

@@ -82,9 +82,13 @@ local popt = la.optim.AdamW(policy, {lr = config.lr, weight_decay = 0})
 local vopt = critic and la.optim.AdamW(critic, {lr = config.value_lr, weight_decay = 0})
 
 -- Prompts --------------------------------------------------------------------------
+-- Prompts longer than the context leaves room for keep their end.
 local function prompt_ids(path)
-  local list = {}
-  for ex in la.data.prompts(data_file(path)) do list[#list + 1] = {text = ex.prompt, ids = tok:encode(ex.prompt)} end
+  local list, room = {}, policy.config.n_positions - config.max_new_tokens
+  for ex in la.data.prompts(data_file(path)) do
+    local ids = tok:encode(ex.prompt)
+    list[#list + 1] = {text = ex.prompt, ids = {table.unpack(ids, math.max(1, #ids - room + 1))}}
+  end
   return list
 end
 local train_prompts, eval_prompts = prompt_ids(config.prompts), prompt_ids(config.eval_prompts)
@@ -267,11 +271,12 @@ for it = start + 1, config.iterations do
     local ev = evaluate(policy)
     la.set_rng_state(state)
     metrics.eval_reward, metrics.eval_judge, metrics.eval_kl = ev.reward, ev.judge, ev.kl
-    run:save_checkpoint(policy, popt, it, {kl_coef = kl_coef, before = before})
+    run:save_checkpoint(policy, popt, it, {kl_coef = kl_coef,
+      before = {reward = before.reward, judge = before.judge, kl = before.kl}})
     if critic then run:save_model(critic, {step = it}, "value_model.safetensors") end
   end
   logger:log(it, metrics)
-  if it == config.stop_at then logger:close(); os.exit(3) end
+  recipe.check_stop(config, it, logger)
 end
 logger:close()
 

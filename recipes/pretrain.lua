@@ -88,8 +88,8 @@ local function evaluate()
 end
 
 -- 4. Training loop --------------------------------------------------------------------
-print(string.format("pretrain: %s, %d train tokens, %d held-out, vocabulary %d", tostring(model),
-  #train.stream, #valid.stream, tok.vocab_size):gsub("\n.*", "") .. "")
+print(string.format("pretrain: %.2fM parameters, %d train tokens, %d held-out, vocabulary %d",
+  model:num_parameters() / 1e6, #train.stream, #valid.stream, tok.vocab_size))
 local logger = log.open(run, {total = config.steps, start_step = start, show = {"loss", "lr"}})
 local first_valid = start == 0 and evaluate() or nil
 for step, batch in recipe.batches(train, start) do
@@ -106,7 +106,7 @@ for step, batch in recipe.batches(train, start) do
     run:save_checkpoint(model, opt, step)
   end
   logger:log(step, metrics)
-  if step == config.stop_at then logger:close(); os.exit(3) end
+  recipe.check_stop(config, step, logger)
 end
 logger:close()
 
@@ -123,7 +123,9 @@ plot.new{title = "pretraining loss", xlabel = "step", ylabel = "cross-entropy (n
   :save(run:path("loss.svg"))
 local final_valid = vlosses[#vlosses]
 local prompt = tok:encode("It is a truth universally acknowledged")
-local sample = model:generate({prompt}, {max_new_tokens = 40, temperature = 0.8, top_k = 50})
+prompt = {table.unpack(prompt, 1, math.min(#prompt, config.context // 2))}
+local sample = model:generate({prompt}, {max_new_tokens = math.min(40, config.context - #prompt),
+                                         temperature = 0.8, top_k = 50})
 local sample_text = tok:decode(prompt) .. tok:decode(sample.sequences[1])
 local summary = {
   {"held-out loss before training", first_valid and string.format("%.3f", first_valid) or "(resumed)"},

@@ -104,7 +104,7 @@ for step, batch in recipe.batches(train, start) do
     run:save_checkpoint(model, opt, step)
   end
   logger:log(step, metrics)
-  if step == config.stop_at then logger:close(); os.exit(3) end
+  recipe.check_stop(config, step, logger)
 end
 logger:close()
 

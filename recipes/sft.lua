@@ -103,7 +103,7 @@ for step, batch in recipe.batches(train, start) do
     run:save_checkpoint(model, opt, step, {base_loss = base_loss})
   end
   logger:log(step, metrics)
-  if step == config.stop_at then logger:close(); os.exit(3) end
+  recipe.check_stop(config, step, logger)
 end
 logger:close()
 
@@ -122,10 +122,13 @@ plot.new{title = "SFT loss (completion tokens)", xlabel = "step", ylabel = "nats
   :save(run:path("loss.svg"))
 
 local prompts, answers = {}, {}
+local n_positions = model.config.n_positions
+local max_new = math.min(32, n_positions // 2)
 for i = 1, math.min(config.samples, #held_out) do
-  prompts[i] = tok:encode(config.prompt_format:format(held_out[i].prompt))
+  local ids = tok:encode(config.prompt_format:format(held_out[i].prompt))
+  prompts[i] = {table.unpack(ids, math.max(1, #ids - (n_positions - max_new) + 1))}   -- keep the end
 end
-local out = model:generate(prompts, {max_new_tokens = 32, temperature = 0, eos_id = tok.eos_id})
+local out = model:generate(prompts, {max_new_tokens = max_new, temperature = 0, eos_id = tok.eos_id})
 local sample_rows = {}
 for i = 1, #prompts do
   answers[i] = tok:decode(out.sequences[i], {skip_special_tokens = true}):gsub("\n", " ")

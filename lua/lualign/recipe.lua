@@ -129,6 +129,33 @@ function recipe.config(argv, default_name, specs)
   return config
 end
 
+--- Runs a recipe script in this process with key=value arguments (a table
+-- key -> value) and returns what the script returns.  The global `arg` is the
+-- script's while it runs.
+function recipe.run_script(path, args)
+  local argv = {[0] = path}
+  for k, v in pairs(args or {}) do argv[#argv + 1] = k .. "=" .. tostring(v) end
+  table.sort(argv)
+  local chunk, err = loadfile(path)
+  if not chunk then error(err, 2) end
+  local saved = arg
+  arg = argv
+  local ok, result = pcall(chunk, table.unpack(argv))
+  arg = saved
+  collectgarbage("collect")
+  if not ok then error(result, 0) end
+  return result
+end
+
+--- Stops the run after `step` when config.stop_at asks for it, as an
+-- interruption would (the checkpoint already written is what resume uses).
+function recipe.check_stop(config, step, logger)
+  if config.stop_at > 0 and step == config.stop_at then
+    if logger then logger:close() end
+    error(string.format("%s: stopped after step %d (stop_at)", config.name, step), 0)
+  end
+end
+
 ----------------------------------------------------------------------------
 -- Run folders
 

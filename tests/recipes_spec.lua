@@ -1,0 +1,111 @@
+-- Each recipe end to end on a miniature config: its loss falls or its metric
+-- moves the right way; a run stopped mid-way and resumed ends with the same
+-- metrics as an uninterrupted one.
+local la = require "lualign"
+local recipe = require "lualign.recipe"
+local log = require "lualign.log"
+
+local out = os.tmpname()
+os.remove(out)
+assert(require("lualign.sys").mkdir(out))
+
+local function script(name) return "recipes/" .. name .. ".lua" end
+
+local tiny_model = {n_layer = 1, n_embd = 32, n_head = 2, context = 64, vocab_size = 320,
+                    batch_size = 8, eval_batches = 4}
+
+local function with(base, extra)
+  local t = {out_dir = out}
+  for k, v in pairs(base) do t[k] = v end
+  for k, v in pairs(extra or {}) do t[k] = v end
+  return t
+end
+
+-- Mean of a metric over the first and the last n logged rows that have it.
+local function ends(path, key, n)
+  local rows = {}
+  for _, r in ipairs(log.read(path)) do if r[key] then rows[#rows + 1] = r[key] end end
+  local a, b = 0, 0
+  for i = 1, n do a, b = a + rows[i], b + rows[#rows - n + i] end
+  return a / n, b / n
+end
+
+local function read(path)
+  local f = assert(io.open(path))
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+describe("recipes on miniature configs", function()
+  local pre
+  setup(function()
+    pre = recipe.run_script(script("pretrain"), with(tiny_model, {name = "pre", steps = 40, eval_every = 20,
+                                                                   warmup = 5}))
+  end)
+  teardown(function() os.execute("rm -rf " .. out) end)
+
+  it("pretrain lowers the held-out loss and writes its run folder", function()
+    assert.is_true(pre.valid_loss < pre.first_valid_loss - 0.5,
+      string.format("held-out loss %.3f -> %.3f", pre.first_valid_loss, pre.valid_loss))
+    for _, f in ipairs({"config.json", "metrics.jsonl", "model.safetensors", "checkpoint.safetensors",
+                        "tokenizer.json", "loss.svg", "report.md"}) do
+      assert.is_true(pre.run:exists(f), f)
+    end
+    assert.is_truthy(read(pre.run:path("report.md")):find("held-out loss after training", 1, true))
+  end)
+
+  it("resumes to the same metrics as an uninterrupted run", function()
+    local args = with(tiny_model, {name = "pre_full", steps = 30, eval_every = 10, warmup = 5,
+                                   tokenizer = out .. "/pre/tokenizer.json"})
+    recipe.run_script(script("pretrain"), args)
+    args.name, args.stop_at = "pre_cut", 25
+    assert.has_error(function() recipe.run_script(script("pretrain"), args) end,
+      "pre_cut: stopped after step 25 (stop_at)")
+    args.stop_at, args.resume = 0, true
+    recipe.run_script(script("pretrain"), args)
+    assert.are.equal(read(out .. "/pre_full/metrics.jsonl"), read(out .. "/pre_cut/metrics.jsonl"))
+  end)
+
+  it("sft lowers the held-out completion loss below the base model's", function()
+    local r = recipe.run_script(script("sft"), {out_dir = out, name = "sft", base = out .. "/pre", steps = 40,
+      eval_every = 20, batch_size = 8, max_len = 64, eval_examples = 32, samples = 2})
+    assert.is_true(r.valid_loss < r.base_loss - 0.15, string.format("%.3f -> %.3f", r.base_loss, r.valid_loss))
+  end)
+
+  it("reward lowers its loss and beats chance on held-out pairs", function()
+    local r = recipe.run_script(script("reward"), {out_dir = out, name = "rm", base = out .. "/pre", steps = 100,
+      eval_every = 50, batch_size = 16, max_len = 48, lr = 2e-3})
+    local first, last = ends(r.run:path("metrics.jsonl"), "loss", 10)
+    assert.is_true(last < first, string.format("loss %.3f -> %.3f", first, last))
+    assert.is_true(r.accuracy > 0.55, string.format("held-out accuracy %.3f", r.accuracy))
+  end)
+
+  it("ppo raises the score of a scripted reward", function()
+    -- a reward that asks for the letter e: easy to learn in a few iterations
+    local rf = out .. "/reward_e.lua"
+    local f = assert(io.open(rf, "w"))
+    f:write("return function(prompt, response) local _, n = response:gsub('e', '') return n / 4 end\n")
+    f:close()
+    local r = recipe.run_script(script("ppo"), {out_dir = out, name = "ppo", policy = out .. "/sft",
+      reward = "script", reward_script = rf, advantage = "rloo", rloo_k = 4, iterations = 12, batch_size = 16,
+      mini_batch_size = 16, max_new_tokens = 8, lr = 1e-3, eval_every = 6, eval_batch = 16, target_kl = 0})
+    local first, last = ends(r.run:path("metrics.jsonl"), "objective/scores", 3)
+    assert.is_true(last > first, string.format("score %.3f -> %.3f", first, last))
+  end)
+
+  it("gdpo widens the margin between chosen and rejected", function()
+    local r = recipe.run_script(script("gdpo"), {out_dir = out, name = "gdpo", policy = out .. "/sft",
+      sft_steps = 10, steps = 30, batch_size = 16, lr = 1e-3, eval_every = 15, eval_samples = 4})
+    local first, last = ends(r.run:path("metrics.jsonl"), "rewards/margins", 5)
+    assert.is_true(last > first, string.format("margin %.3f -> %.3f", first, last))
+    assert.is_true(r.run:exists("ref_logps.safetensors"))
+    assert.is_number(r.last.win_rate)
+  end)
+
+  it("rejects unknown losses and keys", function()
+    assert.has_error(function() recipe.run_script(script("gdpo"), {out_dir = out, loss = "kto"}) end,
+      "loss must be one of dpo, cdpo, rdpo, ipo, hinge, gdpo, gipo")
+    assert.has_error(function() recipe.run_script(script("sft"), {out_dir = out, step = 3}) end)
+  end)
+end)
