@@ -33,14 +33,14 @@ local config = recipe.config(arg, "gdpo", {
   {"hard_labels", false, "ignore p (every pair counts as p = 1)"},
   {"sft_steps", 0, "fine-tune the reference on the pairs' completions first"},
   {"sft_lr", 1e-3, "learning rate of that fine-tuning"},
-  {"steps", 200, "optimizer steps"},
+  {"steps", 150, "optimizer steps"},
   {"batch_size", 32, "pairs per step"},
-  {"lr", 3e-4, "learning rate"},
+  {"lr", 2e-4, "learning rate"},
   {"warmup", 10, "warmup steps"},
   {"max_len", 24, "longest sequence (prompt + completion)"},
   {"eval_every", 25, "steps between evaluations"},
   {"eval_samples", 64, "sampled completions per held-out prompt (policy and reference each)"},
-  {"max_new_tokens", 4, "completion length cap when sampling"},
+  {"max_new_tokens", 6, "completion length cap when sampling"},
 })
 local run = recipe.run(config)
 local function data_file(p) return io.open(p) and p or la.data.path(p) end

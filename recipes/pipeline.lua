@@ -6,7 +6,7 @@
 --   lualign recipes/pipeline.lua scale=0.25      (a quick pass with fewer steps)
 --
 --   1. pretrain  a GPT on three Jane Austen novels (and a BPE tokenizer)
---   2. sft       on quiz and WordNet question/answer pairs
+--   2. sft       on quiz and WordNet question/answer pairs and review sentences
 --   3. reward    a Bradley-Terry reward model on human-labelled sentiment pairs
 --   4. ppo       the SFT policy against that reward model, judged by a lexicon
 --   5. gdpo      DPO, cDPO and GDPO on soft-label word pairs, where modest labels
@@ -47,15 +47,16 @@ end
 
 local results = {}
 if wanted.pretrain then
-  results.pretrain = stage("pretrain", "pretrain.lua", {name = "pretrain", steps = steps(600), eval_every = steps(200)})
+  results.pretrain = stage("pretrain", "pretrain.lua", {name = "pretrain", steps = steps(400), eval_every = steps(100)})
 end
 if wanted.sft then
-  results.sft = stage("sft", "sft.lua", {name = "sft", base = out .. "/pretrain", steps = steps(300),
-                                         eval_every = steps(100)})
+  -- the review sentences teach the policy the format PPO's prompts use
+  results.sft = stage("sft", "sft.lua", {name = "sft", base = out .. "/pretrain", steps = steps(200),
+                                         eval_every = steps(100), extra_train = "sentiment/train.jsonl"})
 end
 if wanted.reward then
   results.reward = stage("reward", "reward.lua", {name = "reward", base = out .. "/pretrain",
-                                                  steps = steps(300), eval_every = steps(100)})
+                                                  steps = steps(200), eval_every = steps(100)})
 end
 if wanted.ppo then
   results.ppo = stage("ppo", "ppo.lua", {name = "ppo", policy = out .. "/sft", reward_model = out .. "/reward",
@@ -68,12 +69,12 @@ if wanted.gdpo then
     for loss in config.losses:gmatch("[^,]+") do
       local name = "gdpo_" .. ds .. "_" .. loss
       local args = {name = name, loss = loss, beta = config.beta, train = "vader/" .. ds .. "/train.jsonl",
-                    steps = steps(200), eval_every = steps(25)}
+                    steps = steps(150), eval_every = steps(25)}
       if reference then
         args.policy = reference
       else
         -- the first run fits the reference to the pairs' completions; the others start from it
-        args.policy, args.sft_steps = out .. "/sft", steps(150)
+        args.policy, args.sft_steps = out .. "/sft", steps(400)
       end
       pref[#pref + 1] = {dataset = ds, loss = loss, result = stage(name, "gdpo.lua", args)}
       reference = reference or (out .. "/" .. name .. "/reference.safetensors")

@@ -46,15 +46,15 @@ local config = recipe.config(arg, "ppo", {
   {"value_clip_eps", 0.2, "value clip"},
   {"gamma", 1.0, "discount"},
   {"lam", 0.95, "GAE lambda"},
-  {"kl_coef", 0.05, "initial KL penalty coefficient"},
+  {"kl_coef", 0.2, "KL penalty coefficient (the initial one when adaptive)"},
   {"kl_estimator", "k1", "per-token KL estimator: k1 or k3"},
-  {"target_kl", 0.5, "adaptive KL target per response (0: fixed coefficient)"},
+  {"target_kl", 0.0, "adaptive KL: target KL per response (0: keep kl_coef fixed)"},
   {"kl_horizon", 200, "adaptive KL controller's horizon (rollouts)"},
   {"missing_eos_penalty", 1.0, "subtracted from the score of responses without EOS"},
   {"whiten_rewards", false, "whiten the per-token rewards before GAE"},
   {"grad_clip", 1.0, "gradient norm clip"},
   {"eval_every", 10, "iterations between held-out evaluations"},
-  {"eval_batch", 64, "held-out prompts per evaluation"},
+  {"eval_batch", 150, "held-out prompts per evaluation"},
 })
 local run = recipe.run(config)
 local function data_file(p) return io.open(p) and p or la.data.path(p) end

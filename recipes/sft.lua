@@ -19,6 +19,8 @@ local log = require "lualign.log"
 local config = recipe.config(arg, "sft", {
   {"base", "runs/pretrain", "run folder (or model.safetensors) of the base model; its tokenizer.json is used"},
   {"train", "qa/train.jsonl", "SFT examples: a bundled file or a path"},
+  {"extra_train", "", "preference files whose chosen and rejected responses join the training " ..
+   "examples as they are, without the formats (comma-separated)"},
   {"valid", "qa/validation.jsonl", "held-out SFT examples"},
   {"prompt_format", "Question: %s\nAnswer:", "how a prompt is written (%s: the prompt)"},
   {"completion_format", " %s", "how a completion is written"},
@@ -52,7 +54,22 @@ local function loader(source, opts)
   for k, v in pairs(opts or {}) do o[k] = v end
   return la.data.sft_loader(type(source) == "string" and data_file(source) or source, tok, o)
 end
-local train = loader(config.train, {pack = config.pack, drop_last = true})
+local train_examples = la.data.load(data_file(config.train), "sft")
+for i, ex in ipairs(train_examples) do   -- the formats, applied once here (chats keep their template)
+  if not ex.messages then
+    train_examples[i] = {prompt = config.prompt_format:format(ex.prompt),
+                         completion = config.completion_format:format(ex.completion)}
+  end
+end
+for f in config.extra_train:gmatch("[^,]+") do
+  for _, ex in ipairs(la.data.load(data_file(f), "preference")) do
+    train_examples[#train_examples + 1] = {prompt = ex.prompt, completion = ex.chosen}
+    train_examples[#train_examples + 1] = {prompt = ex.prompt, completion = ex.rejected}
+  end
+end
+local plain = {prompt_format = "%s", completion_format = "%s"}
+local train = loader(train_examples, {pack = config.pack, drop_last = true, prompt_format = plain.prompt_format,
+                                      completion_format = plain.completion_format})
 local valid_examples = la.data.load(data_file(config.valid), "sft")
 local held_out = {table.unpack(valid_examples, 1, math.min(#valid_examples, config.eval_examples))}
 local valid = loader(held_out, {shuffle = false})
@@ -85,7 +102,7 @@ local start, extra = 0, {}
 if config.resume then start, extra = run:restore_checkpoint(model, opt) end
 start = start or 0
 local base_loss = extra.base_loss or evaluate(model)
-print(string.format("sft: %d training rows per epoch, held-out loss of the base model %.3f",
+print(string.format("sft: %d training examples, held-out loss of the base model %.3f",
   #train, base_loss))
 
 local logger = log.open(run, {total = config.steps, start_step = start, show = {"loss", "lr"}})
@@ -132,7 +149,7 @@ local out = model:generate(prompts, {max_new_tokens = max_new, temperature = 0, 
 local sample_rows = {}
 for i = 1, #prompts do
   answers[i] = tok:decode(out.sequences[i], {skip_special_tokens = true}):gsub("\n", " ")
-  sample_rows[i] = {held_out[i].prompt:gsub("|", "/"), answers[i]:gsub("|", "/"), held_out[i].completion:gsub("|", "/")}
+  sample_rows[i] = {(held_out[i].prompt:gsub("|", "/")), (answers[i]:gsub("|", "/")), (held_out[i].completion:gsub("|", "/"))}
 end
 run:write("report.md", table.concat({
   "# Supervised fine-tuning: " .. config.name, "",

@@ -20,9 +20,9 @@ local config = recipe.config(arg, "soft_labels", {
   {"losses", "dpo,cdpo,gdpo", "losses to compare"},
   {"datasets", "modest,confident", "soft-label sets (data/vader/<name>/)"},
   {"beta", 0.1, "beta of every loss"},
-  {"steps", 200, "steps per run"},
+  {"steps", 150, "steps per run"},
   {"eval_every", 25, "steps between evaluations"},
-  {"sft_steps", 150, "steps fitting each seed's reference"},
+  {"sft_steps", 400, "steps fitting each seed's reference"},
 })
 local run = recipe.run(config)
 local here = debug.getinfo(1, "S").source:match("^@(.*)/experiments/[^/]*$") or "recipes"
