@@ -77,8 +77,15 @@ deps:
 	  fi; \
 	fi
 
-bench: $(MODULE)
-	@$(LUA_ENV) $(LUA) bench/ops.lua
+# The direct-OpenBLAS contender of bench/ops.lua: plain C on cblas_sgemm.
+SGEMM_DIRECT = $(BUILD)/bench/sgemm_direct
+$(SGEMM_DIRECT): bench/sgemm_direct.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -D_POSIX_C_SOURCE=200809L -O2 $(WARNFLAGS) $(BLAS_CFLAGS) -o $@ $< $(BLAS_LIBS)
+
+# BENCH_ARGS passes options to the driver, e.g. make bench BENCH_ARGS="--rounds 3".
+bench: $(MODULE) $(SGEMM_DIRECT)
+	@$(LUA_ENV) $(LUA) bench/ops.lua $(BENCH_ARGS)
 
 # LuaRocks' make backend calls this with its directories.
 install: $(MODULE)
