@@ -167,6 +167,34 @@ static int64_t la_batch_offset(const la_tensor *t, int nb, const int64_t *bs, in
 
 static la_tensor *la_matmul_nd(la_tensor *a, la_tensor *b);
 
+/* A batch of products out[i] = a[i] b[i] over broadcast batch dims. */
+typedef struct {
+  const la_tensor *a, *b;       /* BLAS-ready operands */
+  int nbatch;
+  const int64_t *bs;            /* broadcast batch shape */
+  int64_t M, N, K;
+  float *out;
+  bool one_thread_each;         /* each product on one thread (else split each) */
+} la_batch_ctx;
+
+static void la_batch_range(void *ctx, int64_t lo, int64_t hi) {
+  const la_batch_ctx *c = ctx;
+  const la_tensor *a = c->a, *b = c->b;
+  int na = a->ndim, nb = b->ndim;
+  const float *ap = a->storage->data, *bp = b->storage->data;
+  int ldc = (int)(c->N > 0 ? c->N : 1);
+  for (int64_t i = lo; i < hi; i++) {
+    la_mat am, bm;
+    la_mat_of(ap + la_batch_offset(a, c->nbatch, c->bs, i), c->M, c->K, a->stride[na - 2],
+              a->stride[na - 1], &am);
+    la_mat_of(bp + la_batch_offset(b, c->nbatch, c->bs, i), c->K, c->N, b->stride[nb - 2],
+              b->stride[nb - 1], &bm);
+    float *o = c->out + i * c->M * c->N;
+    if (c->one_thread_each) la_sgemm1(&am, &bm, 1.0f, 0.0f, o, ldc, 0, (int)c->M, 0, (int)c->N);
+    else la_sgemm(&am, &bm, 1.0f, 0.0f, o, ldc);
+  }
+}
+
 static int la_matmul_backward(la_node *n, la_tensor *gout, la_tensor **gin) {
   la_tensor *a = n->saved[0], *b = n->saved[1];
   if (LA_NEEDS_GRAD(n, 0)) {
@@ -247,21 +275,12 @@ static la_tensor *la_matmul_nd(la_tensor *a, la_tensor *b) {
   } else {
     ac = la_blas_ready(a);
     if (!ac) { la_set_grad_enabled(grad_mode); la_release(bc); la_release(out); return NULL; }
-    float *o = la_fdata(out);
-    const float *ap = ac->storage->data, *bp = bc->storage->data;
     int nt = la_get_num_threads();
     double macs = (double)M * N * K;
     /* Many small products: one per thread.  Few large ones: split each. */
     bool per_thread = nt > 1 && batch >= nt && macs < 8.0 * LA_GEMM_PARALLEL_MACS * 64;
-    #pragma omp parallel for if (per_thread) schedule(static)
-    for (int64_t i = 0; i < batch; i++) {
-      la_mat am, bm;
-      la_mat_of(ap + la_batch_offset(ac, nbatch, bs, i), M, K, ac->stride[na - 2], ac->stride[na - 1], &am);
-      la_mat_of(bp + la_batch_offset(bc, nbatch, bs, i), K, N, bc->stride[nb - 2], bc->stride[nb - 1], &bm);
-      float *c = o + i * M * N;
-      if (per_thread) la_sgemm1(&am, &bm, 1.0f, 0.0f, c, (int)(N > 0 ? N : 1), 0, (int)M, 0, (int)N);
-      else la_sgemm(&am, &bm, 1.0f, 0.0f, c, (int)(N > 0 ? N : 1));
-    }
+    la_batch_ctx c = {ac, bc, nbatch, bs, M, N, K, la_fdata(out), per_thread};
+    la_parallel_range(batch, per_thread, la_batch_range, &c);
   }
   la_release(ac);
   la_release(bc);

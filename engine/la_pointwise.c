@@ -172,6 +172,18 @@ static la_tensor *la_map(la_tensor *a, la_dtype dt, la_row_fn fn, void *ctx) {
   return out;
 }
 
+typedef struct {
+  la_unary_op op;
+  const float *x, *y, *g;   /* x or y may be NULL when the derivative does not need it */
+  float *out;
+} la_unary_bw_ctx;
+
+static void la_unary_bw_range(void *ctx, int64_t lo, int64_t hi) {
+  const la_unary_bw_ctx *c = ctx;
+  for (int64_t i = lo; i < hi; i++)
+    c->out[i] = c->g[i] * la_unary_df(c->op, c->x ? c->x[i] : 0.0f, c->y ? c->y[i] : 0.0f);
+}
+
 static int la_unary_backward(la_node *n, la_tensor *gout, la_tensor **gin) {
   la_unary_op op = (la_unary_op)n->iarg[0];
   la_tensor *x = n->saved[0], *y = n->saved[1];
@@ -179,12 +191,10 @@ static int la_unary_backward(la_node *n, la_tensor *gout, la_tensor **gin) {
   if (!g) return -1;
   la_tensor *out = la_empty(LA_FLOAT32, g->ndim, g->shape);
   if (!out) { la_release(g); return -1; }
-  const float *xp = x ? la_fdata(x) : NULL, *yp = y ? la_fdata(y) : NULL, *gp = la_fdata(g);
-  float *op_ = la_fdata(out);
+  la_unary_bw_ctx c = {op, x ? la_fdata(x) : NULL, y ? la_fdata(y) : NULL, la_fdata(g),
+                       la_fdata(out)};
   int64_t total = la_numel(g);
-  #pragma omp parallel for if (total >= LA_PARALLEL_GRAIN) schedule(static)
-  for (int64_t i = 0; i < total; i++)
-    op_[i] = gp[i] * la_unary_df(op, xp ? xp[i] : 0.0f, yp ? yp[i] : 0.0f);
+  la_parallel_range(total, total >= LA_PARALLEL_GRAIN, la_unary_bw_range, &c);
   la_release(g);
   gin[0] = out;
   return 0;

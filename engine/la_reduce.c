@@ -49,14 +49,21 @@ static la_tensor *la_expand_back(la_node *n, la_tensor *g) {
 
 /* ---------------------------------------------------------------- sum, mean */
 
-static void la_sum_lanes(const la_tensor *x, la_lanes l, double scale, la_tensor *out) {
-  const la_dtype dt = x->dtype;
-  const char *xp = la_data(x);
+typedef struct {
+  const la_tensor *x;
+  la_lanes l;
+  double scale;
+  la_tensor *out;
+} la_sum_ctx;
+
+/* Lanes [lo, hi) of a sum: each lane's elements added in double. */
+static void la_sum_lane_range(void *ctx, int64_t lo, int64_t hi) {
+  const la_sum_ctx *c = ctx;
+  const la_dtype dt = c->x->dtype;
+  const char *xp = la_data(c->x);
   size_t es = la_dtype_size(dt);
-  int64_t lanes = l.outer * l.inner;
-  bool par = lanes * l.n >= LA_PARALLEL_GRAIN && lanes > 1;
-  #pragma omp parallel for if (par) schedule(static)
-  for (int64_t j = 0; j < lanes; j++) {
+  la_lanes l = c->l;
+  for (int64_t j = lo; j < hi; j++) {
     int64_t o = j / l.inner, i = j % l.inner;
     const char *p = xp + (size_t)(o * l.n * l.inner + i) * es;
     double acc = 0;
@@ -79,33 +86,41 @@ static void la_sum_lanes(const la_tensor *x, la_lanes l, double scale, la_tensor
         }
       }
     }
-    acc *= scale;
-    if (out->dtype == LA_FLOAT32) la_fdata(out)[j] = (float)acc;
-    else ((int64_t *)la_data(out))[j] = la_to_i64(acc);
+    acc *= c->scale;
+    if (c->out->dtype == LA_FLOAT32) la_fdata(c->out)[j] = (float)acc;
+    else ((int64_t *)la_data(c->out))[j] = la_to_i64(acc);
   }
+}
+
+static void la_sum_lanes(const la_tensor *x, la_lanes l, double scale, la_tensor *out) {
+  int64_t lanes = l.outer * l.inner;
+  la_sum_ctx c = {x, l, scale, out};
+  la_parallel_range(lanes, lanes * l.n >= LA_PARALLEL_GRAIN, la_sum_lane_range, &c);
 }
 
 /* Along a dim whose lanes are strided (inner > 1), summing row by row is
 ** friendlier to the cache than lane by lane. */
-static void la_sum_rows_f32(const la_tensor *x, la_lanes l, double scale, la_tensor *out) {
-  const float *xp = la_fdata(x);
-  float *op = la_fdata(out);
-  bool par = l.outer > 1 && l.outer * l.n * l.inner >= LA_PARALLEL_GRAIN;
-  #pragma omp parallel if (par)
-  {
-    double *acc = malloc((size_t)l.inner * sizeof(double));
-    #pragma omp for schedule(static)
-    for (int64_t o = 0; o < l.outer; o++) {
-      if (!acc) continue;
-      memset(acc, 0, (size_t)l.inner * sizeof(double));
-      for (int64_t k = 0; k < l.n; k++) {
-        const float *row = xp + (o * l.n + k) * l.inner;
-        for (int64_t i = 0; i < l.inner; i++) acc[i] += row[i];
-      }
-      for (int64_t i = 0; i < l.inner; i++) op[o * l.inner + i] = (float)(acc[i] * scale);
+static void la_sum_row_range(void *ctx, int64_t lo, int64_t hi) {
+  const la_sum_ctx *c = ctx;
+  const float *xp = la_fdata(c->x);
+  float *op = la_fdata(c->out);
+  la_lanes l = c->l;
+  double *acc = malloc((size_t)l.inner * sizeof(double));
+  if (!acc) return;
+  for (int64_t o = lo; o < hi; o++) {
+    memset(acc, 0, (size_t)l.inner * sizeof(double));
+    for (int64_t k = 0; k < l.n; k++) {
+      const float *row = xp + (o * l.n + k) * l.inner;
+      for (int64_t i = 0; i < l.inner; i++) acc[i] += row[i];
     }
-    free(acc);
+    for (int64_t i = 0; i < l.inner; i++) op[o * l.inner + i] = (float)(acc[i] * c->scale);
   }
+  free(acc);
+}
+
+static void la_sum_rows_f32(const la_tensor *x, la_lanes l, double scale, la_tensor *out) {
+  la_sum_ctx c = {x, l, scale, out};
+  la_parallel_range(l.outer, l.outer * l.n * l.inner >= LA_PARALLEL_GRAIN, la_sum_row_range, &c);
 }
 
 static int la_sum_backward(la_node *n, la_tensor *gout, la_tensor **gin) {
@@ -284,6 +299,25 @@ static void la_smx_lane(la_smx_kind kind, const float *x, float *y, int64_t n, i
 
 static int la_softmax_backward(la_node *n, la_tensor *gout, la_tensor **gin);
 
+typedef struct {
+  la_smx_kind kind;
+  la_lanes l;
+  const float *x;   /* forward: the input; backward: the saved output y */
+  const float *g;   /* backward only: the incoming gradient */
+  float *y;         /* forward: the output; backward: the input's gradient */
+} la_smx_ctx;
+
+/* Lanes [lo, hi) of a softmax, log_softmax or logsumexp. */
+static void la_smx_range(void *ctx, int64_t lo, int64_t hi) {
+  const la_smx_ctx *c = ctx;
+  la_lanes l = c->l;
+  bool reduce = c->kind == LA_LOGSUMEXP;
+  for (int64_t j = lo; j < hi; j++) {
+    int64_t o = j / l.inner, i = j % l.inner, base = o * l.n * l.inner + i;
+    la_smx_lane(c->kind, c->x + base, reduce ? c->y + j : c->y + base, l.n, l.inner);
+  }
+}
+
 static la_tensor *la_smx(la_smx_kind kind, la_tensor *t, int dim, bool keepdim, bool all) {
   static const char *const names[] = {"softmax", "log_softmax", "logsumexp"};
   const char *op = names[kind];
@@ -310,15 +344,10 @@ static la_tensor *la_smx(la_smx_kind kind, la_tensor *t, int dim, bool keepdim, 
   }
   la_tensor *out = la_empty(LA_FLOAT32, nd, shape);
   if (!out) { la_release(x); return NULL; }
-  const float *xp = la_fdata(x);
-  float *yp = la_fdata(out);
   int64_t lanes = l.outer * l.inner;
   bool reduce = kind == LA_LOGSUMEXP;
-  #pragma omp parallel for if (lanes > 1 && lanes * l.n >= LA_PARALLEL_GRAIN) schedule(static)
-  for (int64_t j = 0; j < lanes; j++) {
-    int64_t o = j / l.inner, i = j % l.inner, base = o * l.n * l.inner + i;
-    la_smx_lane(kind, xp + base, reduce ? yp + j : yp + base, l.n, l.inner);
-  }
+  la_smx_ctx c = {kind, l, la_fdata(x), NULL, la_fdata(out)};
+  la_parallel_range(lanes, lanes * l.n >= LA_PARALLEL_GRAIN, la_smx_range, &c);
   la_node *n;
   out = la_record(out, op, la_softmax_backward, 1, &t, reduce ? 2 : 1, &n);
   if (n) {
@@ -332,6 +361,28 @@ static la_tensor *la_smx(la_smx_kind kind, la_tensor *t, int dim, bool keepdim, 
   }
   la_release(x);
   return out;
+}
+
+/* Lanes [lo, hi) of the softmax or log_softmax gradient. */
+static void la_smx_backward_range(void *ctx, int64_t lo, int64_t hi) {
+  const la_smx_ctx *c = ctx;
+  la_lanes l = c->l;
+  int64_t st = l.inner;
+  for (int64_t j = lo; j < hi; j++) {
+    int64_t base = (j / l.inner) * l.n * l.inner + j % l.inner;
+    const float *yl = c->x + base, *gl = c->g + base;
+    float *ol = c->y + base;
+    double s = 0;
+    if (c->kind == LA_SOFTMAX) {
+      /* dx = y * (g - sum(g * y)) */
+      for (int64_t k = 0; k < l.n; k++) s += (double)gl[k * st] * yl[k * st];
+      for (int64_t k = 0; k < l.n; k++) ol[k * st] = yl[k * st] * (gl[k * st] - (float)s);
+    } else {
+      /* dx = g - exp(y) * sum(g) */
+      for (int64_t k = 0; k < l.n; k++) s += gl[k * st];
+      for (int64_t k = 0; k < l.n; k++) ol[k * st] = gl[k * st] - expf(yl[k * st]) * (float)s;
+    }
+  }
 }
 
 static int la_softmax_backward(la_node *n, la_tensor *gout, la_tensor **gin) {
@@ -354,25 +405,9 @@ static int la_softmax_backward(la_node *n, la_tensor *gout, la_tensor **gin) {
   if (!out) { la_release(g); return -1; }
   bool all = n->iarg[2] != 0;
   la_lanes l = all ? (la_lanes){1, la_numel(g), 1} : la_lanes_of(g, dim);
-  const float *yp = la_fdata(y), *gp = la_fdata(g);
-  float *o = la_fdata(out);
-  int64_t lanes = l.outer * l.inner, st = l.inner;
-  #pragma omp parallel for if (lanes > 1 && lanes * l.n >= LA_PARALLEL_GRAIN) schedule(static)
-  for (int64_t j = 0; j < lanes; j++) {
-    int64_t base = (j / l.inner) * l.n * l.inner + j % l.inner;
-    const float *yl = yp + base, *gl = gp + base;
-    float *ol = o + base;
-    double s = 0;
-    if (kind == LA_SOFTMAX) {
-      /* dx = y * (g - sum(g * y)) */
-      for (int64_t k = 0; k < l.n; k++) s += (double)gl[k * st] * yl[k * st];
-      for (int64_t k = 0; k < l.n; k++) ol[k * st] = yl[k * st] * (gl[k * st] - (float)s);
-    } else {
-      /* dx = g - exp(y) * sum(g) */
-      for (int64_t k = 0; k < l.n; k++) s += gl[k * st];
-      for (int64_t k = 0; k < l.n; k++) ol[k * st] = gl[k * st] - expf(yl[k * st]) * (float)s;
-    }
-  }
+  int64_t lanes = l.outer * l.inner;
+  la_smx_ctx c = {kind, l, la_fdata(y), la_fdata(g), la_fdata(out)};
+  la_parallel_range(lanes, lanes * l.n >= LA_PARALLEL_GRAIN, la_smx_backward_range, &c);
   la_release(g);
   gin[0] = out;
   return 0;
