@@ -76,13 +76,64 @@ size_t lt_gc_limit(void) { return lt_gc_threshold; }
 
 /* ---------------------------------------------------------------- handles */
 
+/* The metatable and the handle table live in the registry under
+** light-userdata keys.  Every op needs them four or five times (checking its
+** arguments, making the result's handle), and a light-userdata lookup hashes
+** the pointer with a division.  So lt_open_tensor also keeps them in the
+** registry's array part (luaL_ref) and remembers, for the state that opened
+** the module last, the registry's address, the two refs and the metatable's
+** address.  A call from another state that loaded lualign sees a different
+** registry and takes the slower light-userdata path. */
+static struct {
+  const void *registry, *mt;
+  int mt_ref, handles_ref;
+} lt_fast;
+
+static bool lt_fast_ok(lua_State *L) {
+  return lua_topointer(L, LUA_REGISTRYINDEX) == lt_fast.registry;
+}
+
+static void lt_push_mt(lua_State *L) {
+  if (lt_fast_ok(L)) lua_rawgeti(L, LUA_REGISTRYINDEX, lt_fast.mt_ref);
+  else lua_rawgetp(L, LUA_REGISTRYINDEX, &lt_key_mt);
+}
+
+static void lt_push_handles(lua_State *L) {
+  if (lt_fast_ok(L)) lua_rawgeti(L, LUA_REGISTRYINDEX, lt_fast.handles_ref);
+  else lua_rawgetp(L, LUA_REGISTRYINDEX, &lt_key_handles);
+}
+
+/* The box at i if it is a tensor handle, else NULL.  The same test as
+** luaL_testudata, which would look the metatable up by name (interning the
+** name: a string-cache lookup and a strcmp) on every call. */
+static lt_box *lt_tobox(lua_State *L, int i) {
+  void *p = lua_touserdata(L, i);
+  if (!p || !lua_getmetatable(L, i)) return NULL;
+  bool ours;
+  if (lt_fast_ok(L)) {
+    ours = lua_topointer(L, -1) == lt_fast.mt;
+  } else {
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &lt_key_mt);
+    ours = lua_rawequal(L, -1, -2);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return ours ? p : NULL;
+}
+
+static lt_box *lt_checkbox(lua_State *L, int i) {
+  lt_box *b = lt_tobox(L, i);
+  if (!b) luaL_typeerror(L, i, LT_NAME);
+  return b;
+}
+
 la_tensor *lt_test(lua_State *L, int i) {
-  lt_box *b = luaL_testudata(L, i, LT_NAME);
+  lt_box *b = lt_tobox(L, i);
   return b ? b->t : NULL;
 }
 
 la_tensor *lt_check(lua_State *L, int i) {
-  lt_box *b = luaL_checkudata(L, i, LT_NAME);
+  lt_box *b = lt_checkbox(L, i);
   if (!b->t) luaL_argerror(L, i, "the tensor was closed");
   return b->t;
 }
@@ -90,9 +141,9 @@ la_tensor *lt_check(lua_State *L, int i) {
 static void lt_new_handle(lua_State *L, la_tensor *t) {
   lt_box *b = lua_newuserdatauv(L, sizeof *b, 0);
   b->t = t;
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &lt_key_mt);
+  lt_push_mt(L);
   lua_setmetatable(L, -2);
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &lt_key_handles);
+  lt_push_handles(L);
   lua_pushvalue(L, -2);
   lua_rawsetp(L, -2, t);
   lua_pop(L, 1);
@@ -108,7 +159,7 @@ int lt_result(lua_State *L, la_tensor *t) {
 
 void lt_push(lua_State *L, la_tensor *t) {
   if (!t) { lua_pushnil(L); return; }
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &lt_key_handles);
+  lt_push_handles(L);
   if (lua_rawgetp(L, -1, t) != LUA_TNIL) {
     lua_remove(L, -2);
     return;
@@ -118,7 +169,7 @@ void lt_push(lua_State *L, la_tensor *t) {
 }
 
 static int lt_gc(lua_State *L) {
-  lt_box *b = luaL_checkudata(L, 1, LT_NAME);
+  lt_box *b = lt_checkbox(L, 1);
   la_release_p(&b->t);
   return 0;
 }
@@ -126,9 +177,9 @@ static int lt_gc(lua_State *L) {
 /* local x <close> = ... : the tensor's memory goes now, not at the next
 ** collection (unless the graph or another tensor still shares it). */
 static int lt_close(lua_State *L) {
-  lt_box *b = luaL_checkudata(L, 1, LT_NAME);
+  lt_box *b = lt_checkbox(L, 1);
   if (!b->t) return 0;
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &lt_key_handles);
+  lt_push_handles(L);
   if (lua_rawgetp(L, -1, b->t) == LUA_TUSERDATA && lua_touserdata(L, -1) == b) {
     lua_pushnil(L);
     lua_rawsetp(L, -3, b->t);
@@ -904,6 +955,8 @@ void lt_open_tensor(lua_State *L) {
   lua_pushliteral(L, "v");
   lua_setfield(L, -2, "__mode");
   lua_setmetatable(L, -2);
+  lua_pushvalue(L, -1);
+  int handles_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &lt_key_handles);
 
   luaL_newmetatable(L, LT_NAME);
@@ -915,5 +968,11 @@ void lt_open_tensor(lua_State *L) {
   lua_setfield(L, -3, "__index");
   lua_pushvalue(L, -2);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &lt_key_mt);
+  /* the fast paths for this state (see lt_fast) */
+  lt_fast.mt = lua_topointer(L, -2);
+  lua_pushvalue(L, -2);
+  lt_fast.mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lt_fast.handles_ref = handles_ref;
+  lt_fast.registry = lua_topointer(L, LUA_REGISTRYINDEX);
   lua_remove(L, -2);                /* leave only the methods */
 }
