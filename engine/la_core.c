@@ -90,12 +90,80 @@ void la_set_memory_limit(size_t bytes) { la_mem.limit_bytes = bytes; }
 la_memstats la_memory_stats(void) { return la_mem; }
 void la_reset_peak(void) { la_mem.peak_bytes = la_mem.live_bytes; }
 
+/* ---------------------------------------------------------------- block cache */
+/* Large data blocks are recycled instead of going back to the C library.
+** glibc serves a block above 32 MiB (and, until its threshold adapts, above
+** 128 KiB) with a fresh mmap, so each new large tensor page-faults its way
+** in: on the machine of bench/README.md the first touch of 64 MiB costs
+** ~280 ms, against ~6 ms to write the same 64 MiB once mapped, which made an
+** out-of-place add on 16M floats 30 times slower than the in-place one.  A
+** training loop frees and allocates the same sizes step after step, so a
+** freed block waits here, under its size class, for the next allocation of
+** that class.  What the cache holds is not counted in live_bytes; it is
+** bounded below, and given back when an allocation fails. */
+#define LA_CACHE_MIN ((size_t)1 << 20)           /* blocks of 1 MiB and more */
+#define LA_CACHE_GRAIN ((size_t)64 << 10)        /* their sizes round up to 64 KiB */
+#define LA_CACHE_SLOTS 64
+#define LA_CACHE_MAX_BYTES ((size_t)1 << 30)     /* at most 1 GiB kept */
+
+static struct { void *p; size_t size; } la_cache[LA_CACHE_SLOTS];   /* oldest first */
+static int la_cache_n;
+static size_t la_cache_bytes;
+
+/* The size of the block that holds nbytes of data. */
+static size_t la_block_size(size_t nbytes) {
+  if (nbytes < LA_CACHE_MIN) return nbytes ? nbytes : 64;
+  return (nbytes + LA_CACHE_GRAIN - 1) & ~(LA_CACHE_GRAIN - 1);
+}
+
+static void la_cache_remove(int i) {
+  la_cache_bytes -= la_cache[i].size;
+  memmove(&la_cache[i], &la_cache[i + 1], (size_t)(la_cache_n - i - 1) * sizeof la_cache[0]);
+  la_cache_n--;
+}
+
+/* A cached block of exactly this size, most recently freed first (the
+** likeliest to be warm), or NULL. */
+static void *la_cache_take(size_t size) {
+  for (int i = la_cache_n - 1; i >= 0; i--)
+    if (la_cache[i].size == size) {
+      void *p = la_cache[i].p;
+      la_cache_remove(i);
+      return p;
+    }
+  return NULL;
+}
+
+/* Keeps a freed block, making room by freeing the oldest ones. */
+static void la_cache_put(void *p, size_t size) {
+  if (size < LA_CACHE_MIN || size > LA_CACHE_MAX_BYTES) { free(p); return; }
+  while (la_cache_n == LA_CACHE_SLOTS || la_cache_bytes + size > LA_CACHE_MAX_BYTES) {
+    free(la_cache[0].p);
+    la_cache_remove(0);
+  }
+  la_cache[la_cache_n].p = p;
+  la_cache[la_cache_n].size = size;
+  la_cache_n++;
+  la_cache_bytes += size;
+}
+
+static void la_cache_flush(void) {
+  while (la_cache_n > 0) {
+    free(la_cache[0].p);
+    la_cache_remove(0);
+  }
+}
+
 static void *la_try_alloc(size_t nbytes) {
   void *p = NULL;
   if (la_mem.limit_bytes && la_mem.live_bytes + nbytes > la_mem.limit_bytes) return NULL;
+  size_t size = la_block_size(nbytes);
+  if (size >= LA_CACHE_MIN && (p = la_cache_take(size))) return p;
   /* 64-byte alignment suits AVX-512 loads and keeps rows on cache lines. */
-  if (posix_memalign(&p, 64, nbytes ? nbytes : 64) != 0) return NULL;
-  return p;
+  if (posix_memalign(&p, 64, size) == 0) return p;
+  if (la_cache_n == 0) return NULL;
+  la_cache_flush();   /* the cache may hold the memory, in blocks of other sizes */
+  return posix_memalign(&p, 64, size) == 0 ? p : NULL;
 }
 
 static void la_account(size_t nbytes) {
@@ -194,7 +262,7 @@ void la_storage_release(la_storage *s) {
   if (!s || --s->refcount > 0) return;
   la_mem.live_bytes -= s->nbytes;
   if (s->release) s->release(s->release_ctx, s->data, s->nbytes);
-  else if (!la_is_inline(s)) free(s->data);
+  else if (!la_is_inline(s)) la_cache_put(s->data, la_block_size(s->nbytes));
   free(s);
 }
 
