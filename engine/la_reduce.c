@@ -56,6 +56,15 @@ typedef struct {
   la_tensor *out;
 } la_sum_ctx;
 
+/* n contiguous floats added in double. */
+static double la_sum_f32(const float *f, int64_t n) {
+  double a0 = 0, a1 = 0, a2 = 0, a3 = 0;   /* four chains keep the adds pipelined */
+  int64_t k = 0;
+  for (; k + 4 <= n; k += 4) { a0 += f[k]; a1 += f[k + 1]; a2 += f[k + 2]; a3 += f[k + 3]; }
+  for (; k < n; k++) a0 += f[k];
+  return (a0 + a1) + (a2 + a3);
+}
+
 /* Lanes [lo, hi) of a sum: each lane's elements added in double. */
 static void la_sum_lane_range(void *ctx, int64_t lo, int64_t hi) {
   const la_sum_ctx *c = ctx;
@@ -68,12 +77,7 @@ static void la_sum_lane_range(void *ctx, int64_t lo, int64_t hi) {
     const char *p = xp + (size_t)(o * l.n * l.inner + i) * es;
     double acc = 0;
     if (dt == LA_FLOAT32 && l.inner == 1) {
-      const float *f = (const float *)p;
-      double a0 = 0, a1 = 0, a2 = 0, a3 = 0;   /* four chains keep the adds pipelined */
-      int64_t k = 0;
-      for (; k + 4 <= l.n; k += 4) { a0 += f[k]; a1 += f[k + 1]; a2 += f[k + 2]; a3 += f[k + 3]; }
-      for (; k < l.n; k++) a0 += f[k];
-      acc = (a0 + a1) + (a2 + a3);
+      acc = la_sum_f32((const float *)p, l.n);
     } else {
       for (int64_t k = 0; k < l.n; k++) {
         const char *q = p + (size_t)(k * l.inner) * es;
@@ -92,10 +96,46 @@ static void la_sum_lane_range(void *ctx, int64_t lo, int64_t hi) {
   }
 }
 
+/* Fewer long float32 lanes than threads (the sum of a whole tensor is one
+** lane): each lane is cut into one piece per thread, and the pieces' double
+** sums are added in a fixed order, so the result depends only on the data
+** and the thread count. */
+#define LA_SUM_PIECES_MAX 64
+
+typedef struct {
+  const float *x;
+  int64_t n;         /* lane length */
+  int pieces;        /* per lane */
+  double *partial;   /* [lane * pieces + piece] */
+} la_sum_pieces_ctx;
+
+static void la_sum_piece_range(void *ctx, int64_t lo, int64_t hi) {
+  const la_sum_pieces_ctx *c = ctx;
+  for (int64_t t = lo; t < hi; t++) {
+    int64_t lane = t / c->pieces, piece = t % c->pieces;
+    int64_t a = c->n * piece / c->pieces, b = c->n * (piece + 1) / c->pieces;
+    c->partial[t] = la_sum_f32(c->x + lane * c->n + a, b - a);
+  }
+}
+
 static void la_sum_lanes(const la_tensor *x, la_lanes l, double scale, la_tensor *out) {
   int64_t lanes = l.outer * l.inner;
+  bool par = lanes * l.n >= LA_PARALLEL_GRAIN;
+  int nt = la_get_num_threads();
+  if (par && lanes < nt && x->dtype == LA_FLOAT32 && l.inner == 1 &&
+      lanes * nt <= LA_SUM_PIECES_MAX && out->dtype == LA_FLOAT32) {
+    double partial[LA_SUM_PIECES_MAX];
+    la_sum_pieces_ctx c = {la_fdata(x), l.n, nt, partial};
+    la_parallel_range(lanes * nt, true, la_sum_piece_range, &c);
+    for (int64_t j = 0; j < lanes; j++) {
+      double acc = 0;
+      for (int t = 0; t < nt; t++) acc += partial[j * nt + t];
+      la_fdata(out)[j] = (float)(acc * scale);
+    }
+    return;
+  }
   la_sum_ctx c = {x, l, scale, out};
-  la_parallel_range(lanes, lanes * l.n >= LA_PARALLEL_GRAIN, la_sum_lane_range, &c);
+  la_parallel_range(lanes, par, la_sum_lane_range, &c);
 }
 
 /* Along a dim whose lanes are strided (inner > 1), summing row by row is
