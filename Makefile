@@ -48,9 +48,12 @@ $(BUILD)/obj/lua_%.o: engine/lua_%.c engine/la.h engine/lua_la.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(LUA_CFLAGS) -c $< -o $@
 
+# -z nodelete: Lua unloads C modules when its state closes, and with them
+# libgomp, while OpenMP's pool threads may still be spinning in it after the
+# last parallel region; pinning the module keeps that code mapped until exit.
 $(MODULE): $(CORE_OBJ) $(BIND_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) -shared -fopenmp -o $@ $^ $(LIBS)
+	$(CC) -shared -fopenmp -Wl,-z,nodelete -o $@ $^ $(LIBS)
 
 $(CTEST): tests/engine_test.c $(CORE_OBJ)
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LIBS)
