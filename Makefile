@@ -40,7 +40,7 @@ CTEST = $(BUILD)/engine_test
 all: $(MODULE)
 
 # The core compiles without Lua headers: only lua_*.c see them.
-$(BUILD)/obj/la_%.o: engine/la_%.c engine/la.h engine/la_iter.h
+$(BUILD)/obj/la_%.o: engine/la_%.c engine/la.h engine/la_iter.h engine/la_math.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
 

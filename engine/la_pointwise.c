@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "la_iter.h"
+#include "la_math.h"
 
 static const char *const la_unary_names[LA_NUNARY] = {
   "neg", "exp", "log", "sqrt", "tanh", "sigmoid", "relu", "gelu", "gelu_exact", "silu",
@@ -45,7 +46,7 @@ static inline float la_sigmoidf(float x) {
 static inline float la_unary_f(la_unary_op op, float x) {
   switch (op) {
     case LA_NEG: return -x;
-    case LA_EXP: return expf(x);
+    case LA_EXP: return la_expf(x);
     case LA_LOG: return logf(x);
     case LA_SQRT: return sqrtf(x);
     case LA_TANH: return tanhf(x);
@@ -149,6 +150,7 @@ static void la_unary_row(void *ctx, int64_t n, char *const *p, const int64_t *s)
     const float *x = (const float *)p[1];
     switch (c->op) {   /* the common ones get their own loop */
       case LA_NEG: for (int64_t i = 0; i < n; i++) o[i] = -x[i]; break;
+      case LA_EXP: for (int64_t i = 0; i < n; i++) o[i] = la_expf(x[i]); break;
       case LA_RELU: for (int64_t i = 0; i < n; i++) o[i] = x[i] > 0 ? x[i] : 0.0f; break;
       case LA_SQUARE: for (int64_t i = 0; i < n; i++) o[i] = x[i] * x[i]; break;
       case LA_ABS: for (int64_t i = 0; i < n; i++) o[i] = fabsf(x[i]); break;

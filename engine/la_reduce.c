@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "la_iter.h"
+#include "la_math.h"
 
 typedef struct { int64_t outer, n, inner; } la_lanes;
 
@@ -319,13 +320,71 @@ la_tensor *la_min(la_tensor *t, int dim, bool keepdim, la_tensor **indices) {
 
 typedef enum { LA_SOFTMAX, LA_LOG_SOFTMAX, LA_LOGSUMEXP } la_smx_kind;
 
+/* Sum of e^(x[k] - m) over n contiguous floats, in double.  The exps are
+** made a block at a time into buf (n <= LA_SMX_BLOCK floats, or the lane's
+** own output when there is one) so that their loop vectorises; the sum
+** runs four chains, as la_sum_f32. */
+#define LA_SMX_BLOCK 256
+
+static double la_sum_exp_block(const float *x, float *buf, int64_t n, float m) {
+  for (int64_t k = 0; k < n; k++) buf[k] = la_expf(x[k] - m);
+  return la_sum_f32(buf, n);
+}
+
+static double la_sum_exp(const float *x, int64_t n, float m) {
+  float buf[LA_SMX_BLOCK];
+  double s = 0;
+  for (int64_t k = 0; k < n; k += LA_SMX_BLOCK)
+    s += la_sum_exp_block(x + k, buf, n - k < LA_SMX_BLOCK ? n - k : LA_SMX_BLOCK, m);
+  return s;
+}
+
+/* A contiguous lane (the last dim, the common case): softmax writes its exps
+** straight into y and scales them, one exp per element. */
+static void la_smx_lane_contiguous(la_smx_kind kind, const float *x, float *y, int64_t n, float m) {
+  if (kind == LA_SOFTMAX) {
+    double s = la_sum_exp_block(x, y, n, m);
+    float inv = (float)(1.0 / s);
+    for (int64_t k = 0; k < n; k++) y[k] *= inv;
+    return;
+  }
+  float logs = (float)log(la_sum_exp(x, n, m));
+  if (kind == LA_LOGSUMEXP) { y[0] = m + logs; return; }
+  /* (x - m) - log s, not x - lse: keeps precision when |m| is large */
+  for (int64_t k = 0; k < n; k++) y[k] = (x[k] - m) - logs;
+}
+
+/* The largest of x[k * st], ignoring NaNs (-inf if all are).  Written with
+** "a > b ? a : b", one max instruction, rather than fmaxf, a libm call per
+** element; and, for a contiguous lane, as 16 independent running maxima, so
+** the max instructions overlap instead of each waiting for the previous one
+** (GCC will not reorder a single running maximum without -ffast-math). */
+#define LA_MAX_WAYS 16
+
+static float la_lane_max(const float *x, int64_t n, int64_t st) {
+  float m = -INFINITY;
+  int64_t k = 0;
+  if (st == 1 && n >= LA_MAX_WAYS) {
+    float w[LA_MAX_WAYS];
+    for (int j = 0; j < LA_MAX_WAYS; j++) w[j] = -INFINITY;
+    for (; k + LA_MAX_WAYS <= n; k += LA_MAX_WAYS)
+      for (int j = 0; j < LA_MAX_WAYS; j++) w[j] = x[k + j] > w[j] ? x[k + j] : w[j];
+    for (int j = 0; j < LA_MAX_WAYS; j++) m = w[j] > m ? w[j] : m;
+  }
+  for (; k < n; k++) m = x[k * st] > m ? x[k * st] : m;
+  return m;
+}
+
 /* One lane: x[k * st] for k < n. */
 static void la_smx_lane(la_smx_kind kind, const float *x, float *y, int64_t n, int64_t st) {
-  float m = -INFINITY;
-  for (int64_t k = 0; k < n; k++) m = fmaxf(m, x[k * st]);
+  float m = la_lane_max(x, n, st);
   if (m == -INFINITY) m = 0;   /* all -inf: keep exp() finite; the sum is 0 */
+  if (st == 1) {
+    la_smx_lane_contiguous(kind, x, y, n, m);
+    return;
+  }
   double s = 0;
-  for (int64_t k = 0; k < n; k++) s += expf(x[k * st] - m);
+  for (int64_t k = 0; k < n; k++) s += la_expf(x[k * st] - m);
   float logs = (float)log(s);
   if (kind == LA_LOGSUMEXP) { y[0] = m + logs; return; }
   if (kind == LA_LOG_SOFTMAX) {
@@ -333,7 +392,7 @@ static void la_smx_lane(la_smx_kind kind, const float *x, float *y, int64_t n, i
     for (int64_t k = 0; k < n; k++) y[k * st] = (x[k * st] - m) - logs;
   } else {
     float inv = (float)(1.0 / s);
-    for (int64_t k = 0; k < n; k++) y[k * st] = expf(x[k * st] - m) * inv;
+    for (int64_t k = 0; k < n; k++) y[k * st] = la_expf(x[k * st] - m) * inv;
   }
 }
 
@@ -420,7 +479,7 @@ static void la_smx_backward_range(void *ctx, int64_t lo, int64_t hi) {
     } else {
       /* dx = g - exp(y) * sum(g) */
       for (int64_t k = 0; k < l.n; k++) s += gl[k * st];
-      for (int64_t k = 0; k < l.n; k++) ol[k * st] = gl[k * st] - expf(yl[k * st]) * (float)s;
+      for (int64_t k = 0; k < l.n; k++) ol[k * st] = gl[k * st] - la_expf(yl[k * st]) * (float)s;
     }
   }
 }
