@@ -187,8 +187,14 @@ static char *la_bytes_str(char *buf, size_t n, size_t bytes) {
 /* Where inline data starts: the header rounded up to 16 bytes. */
 #define LA_INLINE_OFFSET ((sizeof(la_storage) + 15) & ~(size_t)15)
 
+/* An inline storage is marked by release_ctx pointing at this tag (with no
+** release function, release_ctx is otherwise unused).  Comparing the data
+** address with the header's would not do: the data block of an ordinary
+** storage can be the very next chunk malloc hands out. */
+static const char la_inline_tag;
+
 static bool la_is_inline(const la_storage *s) {
-  return s->data == (const void *)((const char *)s + LA_INLINE_OFFSET);
+  return s->release == NULL && s->release_ctx == (void *)&la_inline_tag;
 }
 
 static la_storage *la_storage_new_inline(size_t nbytes) {
@@ -201,7 +207,7 @@ static la_storage *la_storage_new_inline(size_t nbytes) {
   s->nbytes = nbytes;
   s->data = (char *)s + LA_INLINE_OFFSET;
   s->release = NULL;
-  s->release_ctx = NULL;
+  s->release_ctx = (void *)&la_inline_tag;
   return s;
 }
 
