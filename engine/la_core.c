@@ -197,9 +197,33 @@ static bool la_is_inline(const la_storage *s) {
   return s->release == NULL && s->release_ctx == (void *)&la_inline_tag;
 }
 
+/* Inline blocks are recycled too, as tensor headers are (see la_header_new):
+** their data sizes round up to classes of 64 bytes, and each class keeps up
+** to 64 freed blocks. */
+#define LA_INLINE_CLASS 64
+#define LA_INLINE_NCLASS (LA_INLINE_BYTES / LA_INLINE_CLASS + 1)
+#define LA_INLINE_KEEP 64
+
+static void *la_inline_free[LA_INLINE_NCLASS][LA_INLINE_KEEP];
+static int la_inline_n[LA_INLINE_NCLASS];
+
+static int la_inline_class(size_t nbytes) { return (int)((nbytes + LA_INLINE_CLASS - 1) / LA_INLINE_CLASS); }
+
+static void *la_inline_block(size_t nbytes) {
+  int c = la_inline_class(nbytes);
+  if (la_inline_n[c] > 0) return la_inline_free[c][--la_inline_n[c]];
+  return malloc(LA_INLINE_OFFSET + (size_t)c * LA_INLINE_CLASS);
+}
+
+static void la_inline_block_free(la_storage *s) {
+  int c = la_inline_class(s->nbytes);
+  if (la_inline_n[c] < LA_INLINE_KEEP) la_inline_free[c][la_inline_n[c]++] = s;
+  else free(s);
+}
+
 static la_storage *la_storage_new_inline(size_t nbytes) {
   if (la_mem.limit_bytes && la_mem.live_bytes + nbytes > la_mem.limit_bytes) return NULL;
-  la_storage *s = malloc(LA_INLINE_OFFSET + nbytes);
+  la_storage *s = la_inline_block(nbytes);
   if (!s) return NULL;
   la_account(nbytes);
   s->refcount = 1;
@@ -268,11 +292,37 @@ void la_storage_release(la_storage *s) {
   if (!s || --s->refcount > 0) return;
   la_mem.live_bytes -= s->nbytes;
   if (s->release) s->release(s->release_ctx, s->data, s->nbytes);
-  else if (!la_is_inline(s)) la_cache_put(s->data, la_block_size(s->nbytes));
+  else if (la_is_inline(s)) { la_inline_block_free(s); return; }
+  else la_cache_put(s->data, la_block_size(s->nbytes));
   free(s);
 }
 
 /* ---------------------------------------------------------------- tensors */
+
+/* Tensor headers are recycled through a free list.  Ops on small tensors
+** make and drop one header per call, and drop them in bursts when the Lua
+** collector runs finalizers; glibc's free of a ~190-byte block (too large
+** for its fastbins, and its per-size cache of 7 overflows in a burst) was
+** about a tenth of a (4, 4) add.  Like the memory counters, this assumes
+** tensors are made and released by one thread at a time (never inside a
+** parallel region). */
+#define LA_HEADER_CACHE 256
+
+static la_tensor *la_header_cache[LA_HEADER_CACHE];
+static int la_header_n;
+
+/* A zeroed header. */
+static la_tensor *la_header_new(void) {
+  if (la_header_n == 0) return calloc(1, sizeof(la_tensor));
+  la_tensor *t = la_header_cache[--la_header_n];
+  memset(t, 0, sizeof *t);
+  return t;
+}
+
+static void la_header_free(la_tensor *t) {
+  if (la_header_n < LA_HEADER_CACHE) la_header_cache[la_header_n++] = t;
+  else free(t);
+}
 
 la_tensor *la_retain(la_tensor *t) { if (t) t->refcount++; return t; }
 
@@ -281,7 +331,7 @@ void la_release(la_tensor *t) {
   la_storage_release(t->storage);
   la_release(t->grad);
   if (t->grad_fn) la_node_release(t->grad_fn);
-  free(t);
+  la_header_free(t);
 }
 
 int64_t la_numel(const la_tensor *t) {
@@ -334,7 +384,7 @@ int la_norm_dim(const char *op, int dim, int ndim) {
 /* A header with contiguous strides over a fresh storage. */
 la_tensor *la_empty(la_dtype dt, int ndim, const int64_t *shape) {
   if (la_check_shape("empty", ndim, shape) < 0) return NULL;
-  la_tensor *t = calloc(1, sizeof *t);
+  la_tensor *t = la_header_new();
   if (!t) return la_fail("out of memory allocating a tensor header");
   t->refcount = 1;
   t->dtype = dt;
@@ -346,12 +396,12 @@ la_tensor *la_empty(la_dtype dt, int ndim, const int64_t *shape) {
     n *= shape[i];
   }
   t->storage = la_storage_new((size_t)n * la_dtype_size(dt));
-  if (!t->storage) { free(t); return NULL; }
+  if (!t->storage) { la_header_free(t); return NULL; }
   return t;
 }
 
 la_tensor *la_alias(const la_tensor *t) {
-  la_tensor *a = malloc(sizeof *a);
+  la_tensor *a = la_header_new();
   if (!a) return la_fail("out of memory allocating a tensor header");
   *a = *t;
   a->refcount = 1;
