@@ -478,17 +478,19 @@ static int lt_set(lua_State *L) {
 }
 
 static int lt_index(lua_State *L) {
-  la_tensor *t = lt_check(L, 1);
   if (lua_type(L, 2) == LUA_TSTRING) {
     const char *k = lua_tostring(L, 2);
     if (k[0] == 'g' && strcmp(k, "grad") == 0) {
-      lt_push(L, t->grad);
+      lt_push(L, lt_check(L, 1)->grad);
       return 1;
     }
+    /* A method: every t:method() call comes here, and looking it up does
+    ** not need the tensor itself, so it is not checked (the method is). */
     lua_pushvalue(L, 2);
     lua_rawget(L, lua_upvalueindex(1));
     return 1;
   }
+  la_tensor *t = lt_check(L, 1);
   if (lua_istable(L, 2)) return lt_get_at(L, t, 2);
   if (lua_isinteger(L, 2)) {
     if (t->ndim == 0) return luaL_error(L, "index: a 0-d tensor cannot be indexed; use :item()");
