@@ -55,6 +55,27 @@ static const float *la_mat_cols(const la_mat *m, int c0) {
   return m->trans ? m->p + (size_t)c0 * m->ld : m->p + c0;
 }
 
+/* Products of at most this many multiply-adds are computed by la_sgemm_small:
+** OpenBLAS's entry cost (argument checks, its buffer pool's lock, packing) is
+** ~80 ns here, several times the arithmetic of a 4x4 product. */
+#define LA_GEMM_SMALL_MACS 512
+
+/* Block [r0, r1) x [c0, c1) of C = alpha * A B + beta * C by dot products. */
+static void la_sgemm_small(const la_mat *a, const la_mat *b, float alpha, float beta, float *c,
+                           int ldc, int r0, int r1, int c0, int c1) {
+  /* element (i, k) of A is at a->p[i * a_row + k * a_col]; likewise for B */
+  size_t a_row = a->trans ? 1 : (size_t)a->ld, a_col = a->trans ? (size_t)a->ld : 1;
+  size_t b_row = b->trans ? 1 : (size_t)b->ld, b_col = b->trans ? (size_t)b->ld : 1;
+  int K = a->cols;
+  for (int i = r0; i < r1; i++)
+    for (int j = c0; j < c1; j++) {
+      float s = 0;
+      for (int k = 0; k < K; k++) s += a->p[i * a_row + k * a_col] * b->p[k * b_row + j * b_col];
+      float *q = c + (size_t)i * ldc + j;
+      *q = beta == 0 ? alpha * s : alpha * s + beta * *q;   /* beta 0: C may be garbage */
+    }
+}
+
 /* C[M, N] (row-major, ldc) = alpha * A[M, K] B[K, N] + beta * C, on this thread. */
 static void la_sgemm1(const la_mat *a, const la_mat *b, float alpha, float beta, float *c,
                       int ldc, int r0, int r1, int c0, int c1) {
@@ -66,6 +87,10 @@ static void la_sgemm1(const la_mat *a, const la_mat *b, float alpha, float beta,
         float *q = c + (size_t)(r0 + i) * ldc + c0 + j;
         *q = beta == 0 ? 0.0f : beta * *q;
       }
+    return;
+  }
+  if ((double)M * N * K <= LA_GEMM_SMALL_MACS) {
+    la_sgemm_small(a, b, alpha, beta, c, ldc, r0, r1, c0, c1);
     return;
   }
   cblas_sgemm(CblasRowMajor, a->trans ? CblasTrans : CblasNoTrans,
