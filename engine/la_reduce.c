@@ -57,13 +57,20 @@ typedef struct {
   la_tensor *out;
 } la_sum_ctx;
 
-/* n contiguous floats added in double. */
+/* n contiguous floats added in double, in 16 independent chains: GCC turns
+** them into vector adds (it will not reorder a single chain without
+** -ffast-math), and the order of additions stays fixed. */
+#define LA_SUM_WAYS 16
+
 static double la_sum_f32(const float *f, int64_t n) {
-  double a0 = 0, a1 = 0, a2 = 0, a3 = 0;   /* four chains keep the adds pipelined */
+  double acc[LA_SUM_WAYS] = {0};
   int64_t k = 0;
-  for (; k + 4 <= n; k += 4) { a0 += f[k]; a1 += f[k + 1]; a2 += f[k + 2]; a3 += f[k + 3]; }
-  for (; k < n; k++) a0 += f[k];
-  return (a0 + a1) + (a2 + a3);
+  for (; k + LA_SUM_WAYS <= n; k += LA_SUM_WAYS)
+    for (int j = 0; j < LA_SUM_WAYS; j++) acc[j] += f[k + j];
+  double s = 0;
+  for (int j = 0; j < LA_SUM_WAYS; j++) s += acc[j];
+  for (; k < n; k++) s += f[k];
+  return s;
 }
 
 /* Lanes [lo, hi) of a sum: each lane's elements added in double. */
