@@ -3,7 +3,7 @@
 --
 --   make bench                                   (builds, then runs this)
 --   lua5.4 bench/ops.lua [--rounds N] [--threads T] [--sections tiny,elementwise,matmul]
---                        [--markdown]
+--                        [--wait-policy PASSIVE|ACTIVE] [--markdown]
 --
 -- Three sections:
 --   tiny         per-op overhead on (4, 4) tensors, microseconds per op
@@ -20,12 +20,17 @@
 --
 -- The PyTorch peer runs as /work/shared/bench/README.md says it is at its
 -- best: /usr/bin/python3, OMP_WAIT_POLICY=PASSIVE, the same thread count.
--- Without python3-torch the peer's columns read "n/a".
+-- lualign uses the same OpenMP runtime (libgomp) and gets the same wait
+-- policy (--wait-policy changes both); on this shared 2-core machine the
+-- default, spinning policy makes every 2-thread kernel wait out a scheduler
+-- tick whenever another process holds the second core.  Without
+-- python3-torch the peer's columns read "n/a".
 
 local ROOT = arg[0]:match("^(.*)/bench/[^/]*$") or "."
 
 local function parse_args(argv)
-  local opts = {rounds = 5, threads = 2, sections = {"tiny", "elementwise", "matmul"}, markdown = false}
+  local opts = {rounds = 5, threads = 2, sections = {"tiny", "elementwise", "matmul"}, markdown = false,
+                wait_policy = "PASSIVE"}
   local i = 1
   while i <= #argv do
     local a = argv[i]
@@ -35,6 +40,7 @@ local function parse_args(argv)
       opts.sections = {}
       for s in argv[i + 1]:gmatch("[^,]+") do opts.sections[#opts.sections + 1] = s end
       i = i + 1
+    elseif a == "--wait-policy" then opts.wait_policy = assert(argv[i + 1], "--wait-policy PASSIVE|ACTIVE"); i = i + 1
     elseif a == "--markdown" then opts.markdown = true
     else error("unknown argument " .. a .. " (see the header of bench/ops.lua)") end
     i = i + 1
@@ -60,7 +66,9 @@ local CONTENDERS = {
     sections = {tiny = true, elementwise = true, matmul = true},
     command = function(section)
       -- The driver's LUA_PATH / LUA_CPATH (set by `make bench`) carry over.
-      return string.format("lua5.4 %s %s %d", sh_quote(ROOT .. "/bench/ops_lualign.lua"), section, opts.threads)
+      -- Both OpenMP users run with the same wait policy: see bench/README.md.
+      return string.format("OMP_WAIT_POLICY=%s lua5.4 %s %s %d", opts.wait_policy,
+                           sh_quote(ROOT .. "/bench/ops_lualign.lua"), section, opts.threads)
     end,
   },
   {
@@ -68,7 +76,7 @@ local CONTENDERS = {
     sections = {tiny = true, elementwise = true, matmul = true},
     available = have_torch,
     command = function(section)
-      return string.format("OMP_WAIT_POLICY=PASSIVE /usr/bin/python3 %s %s %d",
+      return string.format("OMP_WAIT_POLICY=%s /usr/bin/python3 %s %s %d", opts.wait_policy,
                            sh_quote(ROOT .. "/bench/ops_torch.py"), section, opts.threads)
     end,
   },
@@ -239,7 +247,8 @@ local function run_section(section)
     end
     io.stderr:write("\n")
   end
-  print(string.format("\n%s (median of %d rounds, %d threads)", info.title, opts.rounds, opts.threads))
+  print(string.format("\n%s (median of %d rounds, %d threads, OMP_WAIT_POLICY=%s)", info.title,
+                      opts.rounds, opts.threads, opts.wait_policy))
   for l in pairs(infos) do print("  " .. l) end
   print("  " .. info.note)
   local rows = {}
