@@ -346,15 +346,9 @@ static double la_sum_exp(const float *x, int64_t n, float m) {
   return s;
 }
 
-/* A contiguous lane (the last dim, the common case): softmax writes its exps
-** straight into y and scales them, one exp per element. */
+/* A contiguous lane of log_softmax or logsumexp (softmax has
+** la_softmax_rows). */
 static void la_smx_lane_contiguous(la_smx_kind kind, const float *x, float *y, int64_t n, float m) {
-  if (kind == LA_SOFTMAX) {
-    double s = la_sum_exp_block(x, y, n, m);
-    float inv = (float)(1.0 / s);
-    for (int64_t k = 0; k < n; k++) y[k] *= inv;
-    return;
-  }
   float logs = (float)log(la_sum_exp(x, n, m));
   if (kind == LA_LOGSUMEXP) { y[0] = m + logs; return; }
   /* (x - m) - log s, not x - lse: keeps precision when |m| is large */
@@ -403,6 +397,34 @@ static void la_smx_lane(la_smx_kind kind, const float *x, float *y, int64_t n, i
   }
 }
 
+/* Softmax over the contiguous lanes lo..hi-1 of length n (the last dim, the
+** common case), a block of lanes at a time: each lane's values less its
+** maximum are written into y, the whole block goes through one exp loop
+** (so lanes shorter than a vector, a softmax over a few classes, still get
+** vector exps), then each lane is summed and scaled.  Blocks stay within
+** LA_SMX_BLOCK floats when lanes are short, so y is still in cache. */
+static void la_softmax_rows(const float *x, float *y, int64_t n, int64_t lo, int64_t hi) {
+  if (n == 0) return;
+  int64_t per_block = n >= LA_SMX_BLOCK ? 1 : LA_SMX_BLOCK / n;
+  for (int64_t j0 = lo; j0 < hi; j0 += per_block) {
+    int64_t j1 = hi - j0 < per_block ? hi : j0 + per_block;
+    for (int64_t j = j0; j < j1; j++) {
+      const float *xl = x + j * n;
+      float *yl = y + j * n;
+      float m = la_lane_max(xl, n, 1);
+      if (m == -INFINITY) m = 0;   /* all -inf: keep exp() finite; the sum is 0 */
+      for (int64_t k = 0; k < n; k++) yl[k] = xl[k] - m;
+    }
+    float *yb = y + j0 * n;
+    for (int64_t k = 0, len = (j1 - j0) * n; k < len; k++) yb[k] = la_expf(yb[k]);
+    for (int64_t j = j0; j < j1; j++) {
+      float *yl = y + j * n;
+      float inv = (float)(1.0 / la_sum_f32(yl, n));
+      for (int64_t k = 0; k < n; k++) yl[k] *= inv;
+    }
+  }
+}
+
 static int la_softmax_backward(la_node *n, la_tensor *gout, la_tensor **gin);
 
 typedef struct {
@@ -417,6 +439,10 @@ typedef struct {
 static void la_smx_range(void *ctx, int64_t lo, int64_t hi) {
   const la_smx_ctx *c = ctx;
   la_lanes l = c->l;
+  if (c->kind == LA_SOFTMAX && l.inner == 1) {
+    la_softmax_rows(c->x, c->y, l.n, lo, hi);
+    return;
+  }
   bool reduce = c->kind == LA_LOGSUMEXP;
   for (int64_t j = lo; j < hi; j++) {
     int64_t o = j / l.inner, i = j % l.inner, base = o * l.n * l.inner + i;
