@@ -6,6 +6,7 @@
 --
 --   result <TAB> section <TAB> case <TAB> value <TAB> unit
 --
+-- (tiny cases also print "case|cpu", the same figure in CPU time),
 -- which bench/ops.lua (the driver) collects.  bench/ops_torch.py measures the
 -- same cases under the same names; keep the two in step.  Every value is the
 -- median of several timed repeats after a warm-up, so one run is one "round"
@@ -61,8 +62,10 @@ local function compile_loop(stmt)
   return assert(load(src, "=tiny"))
 end
 
--- Microseconds per iteration: the iteration count is grown until one timed
--- run takes at least 50 ms, then the median of 5 such runs is kept.
+-- Microseconds per iteration, wall-clock and CPU time (os.clock, the
+-- process's CPU time: on a shared machine it leaves out the time the process
+-- waited for a core).  The iteration count is grown until one timed run
+-- takes at least 50 ms, then the medians of 5 such runs are kept.
 local function time_loop(loop)
   local n = 1000
   loop(n)                                    -- warm-up
@@ -72,13 +75,14 @@ local function time_loop(loop)
     if la.clock() - t0 >= 0.05 then break end
     n = n * 2
   end
-  local runs = {}
+  local wall, cpu = {}, {}
   for i = 1, 5 do
-    local t0 = la.clock()
+    local t0, c0 = la.clock(), os.clock()
     loop(n)
-    runs[i] = (la.clock() - t0) / n * 1e6
+    wall[i] = (la.clock() - t0) / n * 1e6
+    cpu[i] = (os.clock() - c0) / n * 1e6
   end
-  return median(runs)
+  return median(wall), median(cpu)
 end
 
 local function bench_tiny()
@@ -87,7 +91,9 @@ local function bench_tiny()
   local w, bias = la.randn(4, 4):requires_grad(), la.randn(4):requires_grad()
   for _, c in ipairs(TINY) do
     local loop = compile_loop(c[2])(a, b, x, w, bias)
-    report(c[1], time_loop(loop), "us")
+    local wall, cpu = time_loop(loop)
+    report(c[1], wall, "us")
+    report(c[1] .. "|cpu", cpu, "us")
   end
 end
 

@@ -7,6 +7,7 @@ SECTION is "tiny", "elementwise" or "matmul".  Prints one line per case,
 
     result <TAB> section <TAB> case <TAB> value <TAB> unit
 
+(tiny cases also print "case|cpu", the same figure in CPU time)
 for bench/ops.lua (the driver) to collect, plus "info" lines.  The cases,
 their names and the way each is timed mirror bench/ops_lualign.lua; keep the
 two in step.  Run it with OMP_WAIT_POLICY=PASSIVE and 2 threads: that is the
@@ -51,21 +52,30 @@ TINY = [
 
 
 def time_loop(stmt, env):
-    """Microseconds per iteration: the count grows until one timed run takes
-    at least 50 ms, then the median of 5 such runs is kept."""
+    """Microseconds per iteration, wall-clock and CPU time (process_time, as
+    os.clock on the Lua side): the count grows until one timed run takes at
+    least 50 ms, then the medians of 5 such runs are kept."""
     timer = timeit.Timer(stmt, globals=env)
     timer.timeit(1000)  # warm-up
     n = 1000
     while timer.timeit(n) < 0.05:
         n *= 2
-    return statistics.median(timer.timeit(n) / n * 1e6 for _ in range(5))
+    wall, cpu = [], []
+    for _ in range(5):
+        t0, c0 = time.perf_counter(), time.process_time()
+        timer.timeit(n)
+        wall.append((time.perf_counter() - t0) / n * 1e6)
+        cpu.append((time.process_time() - c0) / n * 1e6)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def bench_tiny():
     env = dict(a=torch.randn(4, 4), b=torch.randn(4, 4), x=torch.randn(4, 4),
                w=torch.randn(4, 4, requires_grad=True), bias=torch.randn(4, requires_grad=True))
     for name, stmt in TINY:
-        report(name, time_loop(stmt, env), "us")
+        wall, cpu = time_loop(stmt, env)
+        report(name, wall, "us")
+        report(name + "|cpu", cpu, "us")
 
 
 # --------------------------------------------------------------------------
