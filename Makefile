@@ -112,8 +112,17 @@ deps:
 	  fi; \
 	fi
 
-bench: $(MODULE) $(SYSMOD)
-	@$(LUA_ENV) $(LUA) bench/ops.lua
+# The direct-OpenBLAS contender of bench/ops.lua: plain C on cblas_sgemm.
+SGEMM_DIRECT = $(BUILD)/bench/sgemm_direct
+$(SGEMM_DIRECT): bench/sgemm_direct.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -D_POSIX_C_SOURCE=200809L -O2 $(BLAS_CFLAGS) -o $@ $< $(BLAS_LIBS)
+
+# The engine-op benchmarks (bench/README.md has the others: GPT steps, loss
+# kernels, the tokenizer, the memory soak).  BENCH_ARGS passes options to the
+# driver, e.g. make bench BENCH_ARGS="--rounds 3".
+bench: $(MODULE) $(SYSMOD) $(SGEMM_DIRECT)
+	@$(LUA_ENV) $(LUA) bench/ops.lua $(BENCH_ARGS)
 
 # LuaRocks' make backend calls this with its directories.  Recipes go to
 # lualign/recipes/ in the Lua module folder, where `lualign NAME` finds them;

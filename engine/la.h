@@ -177,6 +177,16 @@ int la_get_num_threads(void);
 /* Below this many elements a kernel runs on one thread. */
 #define LA_PARALLEL_GRAIN 32768
 
+/* Calls fn(ctx, lo, hi) on ranges covering [0, n): one contiguous range per
+** thread when 'parallel' is true and there is more than one thread, else
+** fn(ctx, 0, n) on the calling thread.  Kernels use this rather than
+** "#pragma omp parallel for if (...)": an OpenMP region entered with a false
+** if-clause still goes through libgomp's team start, which costs about 3 us
+** once a pool of threads exists (futex calls to dock the idle threads), more
+** than the whole of a small op. */
+typedef void (*la_range_fn)(void *ctx, int64_t lo, int64_t hi);
+void la_parallel_range(int64_t n, bool parallel, la_range_fn fn, void *ctx);
+
 /* ---------------------------------------------------------------- views */
 /* All views share storage with their input and are differentiable. */
 

@@ -129,7 +129,55 @@ static la_storage *la_storage_init(la_storage *s, void *data, size_t nbytes) {
   return s;
 }
 
+/* ---------------------------------------------------------------- small storages */
+/* Storages of up to LA_INLINE_BYTES keep their data in the same block as
+** their header: one malloc instead of a malloc and a posix_memalign, which
+** is most of the cost of an op on a tiny tensor.  Such data is 16-byte
+** aligned (malloc's), enough for vectors of 4 floats.  Freed blocks are
+** recycled by size class (64-byte classes, up to 64 blocks each). */
+#define LA_INLINE_BYTES 512
+#define LA_INLINE_OFFSET ((sizeof(la_storage) + 15) & ~(size_t)15)
+#define LA_INLINE_CLASS 64
+#define LA_INLINE_NCLASS (LA_INLINE_BYTES / LA_INLINE_CLASS + 1)
+#define LA_INLINE_KEEP 64
+
+/* An inline storage is marked by release_ctx pointing at this tag (with no
+** release function, release_ctx is otherwise unused).  Comparing the data
+** address with the header's would not do: the data block of an ordinary
+** storage can be the very next chunk malloc hands out. */
+static const char la_inline_tag;
+
+static void *la_inline_free[LA_INLINE_NCLASS][LA_INLINE_KEEP];
+static int la_inline_n[LA_INLINE_NCLASS];
+
+static bool la_is_inline(const la_storage *s) {
+  return s->release == NULL && s->release_ctx == (void *)&la_inline_tag;
+}
+
+static int la_inline_class(size_t nbytes) { return (int)((nbytes + LA_INLINE_CLASS - 1) / LA_INLINE_CLASS); }
+
+static la_storage *la_storage_new_inline(size_t nbytes) {
+  if (la_mem.limit_bytes && la_mem.live_bytes + nbytes > la_mem.limit_bytes) return NULL;
+  int c = la_inline_class(nbytes);
+  la_storage *s = la_inline_n[c] > 0 ? la_inline_free[c][--la_inline_n[c]]
+                                     : malloc(LA_INLINE_OFFSET + (size_t)c * LA_INLINE_CLASS);
+  if (!s) return NULL;
+  la_storage_init(s, (char *)s + LA_INLINE_OFFSET, nbytes);
+  s->release_ctx = (void *)&la_inline_tag;
+  return s;
+}
+
+static void la_inline_release(la_storage *s) {
+  int c = la_inline_class(s->nbytes);
+  if (la_inline_n[c] < LA_INLINE_KEEP) la_inline_free[c][la_inline_n[c]++] = s;
+  else free(s);
+}
+
 la_storage *la_storage_new(size_t nbytes) {
+  if (nbytes <= LA_INLINE_BYTES) {
+    la_storage *s = la_storage_new_inline(nbytes);
+    if (s) return s;
+  }
   la_storage *s = malloc(sizeof *s);
   if (!s) return la_fail("out of memory allocating a storage header");
   size_t size = la_block_size(nbytes);
@@ -173,6 +221,7 @@ void la_storage_release(la_storage *s) {
   if (!s || --s->refcount > 0) return;
   la_mem.live_bytes -= s->nbytes;
   if (s->release) s->release(s->release_ctx, s->data, s->nbytes);
+  else if (la_is_inline(s)) { la_inline_release(s); return; }
   else if (!la_cache_put(s->data, s->nbytes)) free(s->data);
   free(s);
 }

@@ -127,6 +127,25 @@ static int la_index_select_backward(la_node *n, la_tensor *gout, la_tensor **gin
   return 0;
 }
 
+/* Rows [lo, hi) of index_select's output, seen as (outer, k) rows of
+** 'row' bytes each. */
+typedef struct {
+  char *dst;
+  const char *src;
+  const la_tensor *idx;
+  int64_t k, n;
+  size_t row;
+} la_select_rows_ctx;
+
+static void la_select_rows(void *ctx, int64_t lo, int64_t hi) {
+  const la_select_rows_ctx *c = ctx;
+  for (int64_t f = lo; f < hi; f++) {
+    int64_t o = f / c->k, j = f % c->k;
+    memcpy(c->dst + (size_t)f * c->row, c->src + (size_t)(o * c->n + la_index_at(c->idx, j)) * c->row,
+           c->row);
+  }
+}
+
 la_tensor *la_index_select(la_tensor *t, int dim, la_tensor *index) {
   char b1[LA_SHAPE_BUF];
   if ((dim = la_norm_dim("index_select", dim, t->ndim)) < 0) return NULL;
@@ -148,13 +167,9 @@ la_tensor *la_index_select(la_tensor *t, int dim, la_tensor *index) {
     int64_t outer = 1, inner = 1, n = t->shape[dim];
     for (int d = 0; d < dim; d++) outer *= t->shape[d];
     for (int d = dim + 1; d < t->ndim; d++) inner *= t->shape[d];
-    size_t row = (size_t)inner * la_dtype_size(t->dtype);
-    const char *src = la_data(x);
-    char *dst = la_data(out);
-    #pragma omp parallel for collapse(2) if (outer * k * inner >= LA_PARALLEL_GRAIN)
-    for (int64_t o = 0; o < outer; o++)
-      for (int64_t j = 0; j < k; j++)
-        memcpy(dst + (size_t)(o * k + j) * row, src + (size_t)(o * n + la_index_at(idx, j)) * row, row);
+    la_select_rows_ctx c = {la_data(out), la_data(x), idx, k, n,
+                            (size_t)inner * la_dtype_size(t->dtype)};
+    la_parallel_range(outer * k, outer * k * inner >= LA_PARALLEL_GRAIN, la_select_rows, &c);
   }
   la_release(x);
   if (!out || t->dtype != LA_FLOAT32) { la_release(idx); return out; }
@@ -166,6 +181,25 @@ la_tensor *la_index_select(la_tensor *t, int dim, la_tensor *index) {
   }
   la_release(idx);
   return out;
+}
+
+/* Outer slices [lo, hi) of index_add: each slice adds its rows in order,
+** since repeated indices within a slice would race. */
+typedef struct {
+  float *dp;
+  const float *sp;
+  const la_tensor *idx;
+  int64_t k, n, inner;
+} la_index_add_ctx;
+
+static void la_index_add_slices(void *ctx, int64_t lo, int64_t hi) {
+  const la_index_add_ctx *c = ctx;
+  for (int64_t o = lo; o < hi; o++)
+    for (int64_t j = 0; j < c->k; j++) {
+      float *drow = c->dp + (o * c->n + la_index_at(c->idx, j)) * c->inner;
+      const float *srow = c->sp + (o * c->k + j) * c->inner;
+      for (int64_t i = 0; i < c->inner; i++) drow[i] += srow[i];
+    }
 }
 
 int la_index_add_(la_tensor *dst, int dim, la_tensor *index, la_tensor *src) {
@@ -187,17 +221,9 @@ int la_index_add_(la_tensor *dst, int dim, la_tensor *index, la_tensor *src) {
     int64_t outer = 1, inner = 1, n = dst->shape[dim], k = idx->shape[0];
     for (int d = 0; d < dim; d++) outer *= dst->shape[d];
     for (int d = dim + 1; d < dst->ndim; d++) inner *= dst->shape[d];
-    float *dp = la_fdata(dst);
-    const float *sp = la_fdata(s);
-    /* Parallel over outer slices only: repeated indices within a slice
-    ** would race, so each slice runs its rows in order. */
-    #pragma omp parallel for if (outer > 1 && outer * k * inner >= LA_PARALLEL_GRAIN)
-    for (int64_t o = 0; o < outer; o++)
-      for (int64_t j = 0; j < k; j++) {
-        float *drow = dp + (o * n + la_index_at(idx, j)) * inner;
-        const float *srow = sp + (o * k + j) * inner;
-        for (int64_t i = 0; i < inner; i++) drow[i] += srow[i];
-      }
+    /* Parallel over outer slices only (see la_index_add_slices). */
+    la_index_add_ctx c = {la_fdata(dst), la_fdata(s), idx, k, n, inner};
+    la_parallel_range(outer, outer * k * inner >= LA_PARALLEL_GRAIN, la_index_add_slices, &c);
     dst->storage->version++;
   }
   la_release(idx);

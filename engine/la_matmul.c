@@ -57,6 +57,27 @@ static const float *la_mat_cols(const la_mat *m, int c0) {
   return m->trans ? m->p + (size_t)c0 * m->ld : m->p + c0;
 }
 
+/* Products of at most this many multiply-adds are computed by la_sgemm_small:
+** OpenBLAS's entry cost (argument checks, its buffer pool's lock, packing) is
+** ~80 ns here, several times the arithmetic of a 4x4 product. */
+#define LA_GEMM_SMALL_MACS 512
+
+/* Block [r0, r1) x [c0, c1) of C = alpha * A B + beta * C by dot products. */
+static void la_sgemm_small(const la_mat *a, const la_mat *b, float alpha, float beta, float *c,
+                           int ldc, int r0, int r1, int c0, int c1) {
+  /* element (i, k) of A is at a->p[i * a_row + k * a_col]; likewise for B */
+  size_t a_row = a->trans ? 1 : (size_t)a->ld, a_col = a->trans ? (size_t)a->ld : 1;
+  size_t b_row = b->trans ? 1 : (size_t)b->ld, b_col = b->trans ? (size_t)b->ld : 1;
+  int K = a->cols;
+  for (int i = r0; i < r1; i++)
+    for (int j = c0; j < c1; j++) {
+      float s = 0;
+      for (int k = 0; k < K; k++) s += a->p[i * a_row + k * a_col] * b->p[k * b_row + j * b_col];
+      float *q = c + (size_t)i * ldc + j;
+      *q = beta == 0 ? alpha * s : alpha * s + beta * *q;   /* beta 0: C may be garbage */
+    }
+}
+
 /* C[M, N] (row-major, ldc) = alpha * A[M, K] B[K, N] + beta * C, on this thread. */
 static void la_sgemm1(const la_mat *a, const la_mat *b, float alpha, float beta, float *c,
                       int ldc, int r0, int r1, int c0, int c1) {
@@ -68,6 +89,10 @@ static void la_sgemm1(const la_mat *a, const la_mat *b, float alpha, float beta,
         float *q = c + (size_t)(r0 + i) * ldc + c0 + j;
         *q = beta == 0 ? 0.0f : beta * *q;
       }
+    return;
+  }
+  if ((double)M * N * K <= LA_GEMM_SMALL_MACS) {
+    la_sgemm_small(a, b, alpha, beta, c, ldc, r0, r1, c0, c1);
     return;
   }
   cblas_sgemm(CblasRowMajor, a->trans ? CblasTrans : CblasNoTrans,
@@ -169,6 +194,34 @@ static int64_t la_batch_offset(const la_tensor *t, int nb, const int64_t *bs, in
 
 static la_tensor *la_matmul_nd(la_tensor *a, la_tensor *b);
 
+/* A batch of products out[i] = a[i] b[i] over broadcast batch dims. */
+typedef struct {
+  const la_tensor *a, *b;       /* BLAS-ready operands */
+  int nbatch;
+  const int64_t *bs;            /* broadcast batch shape */
+  int64_t M, N, K;
+  float *out;
+  bool one_thread_each;         /* each product on one thread (else split each) */
+} la_batch_ctx;
+
+static void la_batch_range(void *ctx, int64_t lo, int64_t hi) {
+  const la_batch_ctx *c = ctx;
+  const la_tensor *a = c->a, *b = c->b;
+  int na = a->ndim, nb = b->ndim;
+  const float *ap = a->storage->data, *bp = b->storage->data;
+  int ldc = (int)(c->N > 0 ? c->N : 1);
+  for (int64_t i = lo; i < hi; i++) {
+    la_mat am, bm;
+    la_mat_of(ap + la_batch_offset(a, c->nbatch, c->bs, i), c->M, c->K, a->stride[na - 2],
+              a->stride[na - 1], &am);
+    la_mat_of(bp + la_batch_offset(b, c->nbatch, c->bs, i), c->K, c->N, b->stride[nb - 2],
+              b->stride[nb - 1], &bm);
+    float *o = c->out + i * c->M * c->N;
+    if (c->one_thread_each) la_sgemm1(&am, &bm, 1.0f, 0.0f, o, ldc, 0, (int)c->M, 0, (int)c->N);
+    else la_sgemm(&am, &bm, 1.0f, 0.0f, o, ldc);
+  }
+}
+
 static int la_matmul_backward(la_node *n, la_tensor *gout, la_tensor **gin) {
   la_tensor *a = n->saved[0], *b = n->saved[1];
   if (LA_NEEDS_GRAD(n, 0)) {
@@ -249,22 +302,13 @@ static la_tensor *la_matmul_nd(la_tensor *a, la_tensor *b) {
   } else {
     ac = la_blas_ready(a);
     if (!ac) { la_set_grad_enabled(grad_mode); la_release(bc); la_release(out); return NULL; }
-    float *o = la_fdata(out);
-    const float *ap = ac->storage->data, *bp = bc->storage->data;
     int nt = la_get_num_threads();
     double macs = (double)M * N * K;
     /* Many small products: one per thread.  Few large ones: split each. */
     bool per_thread = nt > 1 && batch >= nt && macs < 64.0 * LA_GEMM_PARALLEL_MACS &&
                       macs * (double)batch >= LA_GEMM_PARALLEL_MACS;
-    #pragma omp parallel for if (per_thread) schedule(static)
-    for (int64_t i = 0; i < batch; i++) {
-      la_mat am, bm;
-      la_mat_of(ap + la_batch_offset(ac, nbatch, bs, i), M, K, ac->stride[na - 2], ac->stride[na - 1], &am);
-      la_mat_of(bp + la_batch_offset(bc, nbatch, bs, i), K, N, bc->stride[nb - 2], bc->stride[nb - 1], &bm);
-      float *c = o + i * M * N;
-      if (per_thread) la_sgemm1(&am, &bm, 1.0f, 0.0f, c, (int)(N > 0 ? N : 1), 0, (int)M, 0, (int)N);
-      else la_sgemm(&am, &bm, 1.0f, 0.0f, c, (int)(N > 0 ? N : 1));
-    }
+    la_batch_ctx c = {ac, bc, nbatch, bs, M, N, K, la_fdata(out), per_thread};
+    la_parallel_range(batch, per_thread, la_batch_range, &c);
   }
   la_release(ac);
   la_release(bc);

@@ -182,6 +182,34 @@ static la_tensor *la_map(la_tensor *a, la_dtype dt, la_row_fn fn, void *ctx) {
   return out;
 }
 
+typedef struct {
+  la_unary_op op;
+  const float *x, *y, *g;   /* x or y may be NULL when the derivative does not need it */
+  float *out;
+} la_unary_bw_ctx;
+
+static void la_unary_bw_range(void *ctx, int64_t lo, int64_t hi) {
+  const la_unary_bw_ctx *c = ctx;
+  const float *xp = c->x, *yp = c->y, *gp = c->g;
+  float *o = c->out;
+  switch (c->op) {   /* vectorised loops for the common activations */
+    case LA_GELU: for (int64_t i = lo; i < hi; i++) o[i] = gp[i] * la_gelu_df(xp[i]); break;
+    case LA_TANH: for (int64_t i = lo; i < hi; i++) o[i] = gp[i] * (1.0f - yp[i] * yp[i]); break;
+    case LA_SIGMOID: for (int64_t i = lo; i < hi; i++) o[i] = gp[i] * yp[i] * (1.0f - yp[i]); break;
+    case LA_EXP: for (int64_t i = lo; i < hi; i++) o[i] = gp[i] * yp[i]; break;
+    case LA_RELU: for (int64_t i = lo; i < hi; i++) o[i] = xp[i] > 0 ? gp[i] : 0.0f; break;
+    case LA_SILU:
+      for (int64_t i = lo; i < hi; i++) {
+        float s = la_sigmoidf(xp[i]);
+        o[i] = gp[i] * s * (1.0f + xp[i] * (1.0f - s));
+      }
+      break;
+    default:
+      for (int64_t i = lo; i < hi; i++) o[i] = gp[i] * la_unary_df(c->op, xp ? xp[i] : 0.0f, yp ? yp[i] : 0.0f);
+      break;
+  }
+}
+
 static int la_unary_backward(la_node *n, la_tensor *gout, la_tensor **gin) {
   la_unary_op op = (la_unary_op)n->iarg[0];
   la_tensor *x = n->saved[0], *y = n->saved[1];
@@ -189,32 +217,10 @@ static int la_unary_backward(la_node *n, la_tensor *gout, la_tensor **gin) {
   if (!g) return -1;
   la_tensor *out = la_empty(LA_FLOAT32, g->ndim, g->shape);
   if (!out) { la_release(g); return -1; }
-  const float *xp = x ? la_fdata(x) : NULL, *yp = y ? la_fdata(y) : NULL, *gp = la_fdata(g);
-  float *op_ = la_fdata(out);
+  la_unary_bw_ctx c = {op, x ? la_fdata(x) : NULL, y ? la_fdata(y) : NULL, la_fdata(g),
+                       la_fdata(out)};
   int64_t total = la_numel(g);
-  int nt = total >= LA_PARALLEL_GRAIN ? la_get_num_threads() : 1;
-  #pragma omp parallel num_threads(nt)
-  {
-    int t = omp_get_thread_num(), m = omp_get_num_threads();
-    int64_t lo = total * t / m, hi = total * (t + 1) / m;
-    switch (op) {   /* vectorised loops for the common activations */
-      case LA_GELU: for (int64_t i = lo; i < hi; i++) op_[i] = gp[i] * la_gelu_df(xp[i]); break;
-      case LA_TANH: for (int64_t i = lo; i < hi; i++) op_[i] = gp[i] * (1.0f - yp[i] * yp[i]); break;
-      case LA_SIGMOID: for (int64_t i = lo; i < hi; i++) op_[i] = gp[i] * yp[i] * (1.0f - yp[i]); break;
-      case LA_EXP: for (int64_t i = lo; i < hi; i++) op_[i] = gp[i] * yp[i]; break;
-      case LA_RELU: for (int64_t i = lo; i < hi; i++) op_[i] = xp[i] > 0 ? gp[i] : 0.0f; break;
-      case LA_SILU:
-        for (int64_t i = lo; i < hi; i++) {
-          float s = la_sigmoidf(xp[i]);
-          op_[i] = gp[i] * s * (1.0f + xp[i] * (1.0f - s));
-        }
-        break;
-      default:
-        for (int64_t i = lo; i < hi; i++)
-          op_[i] = gp[i] * la_unary_df(op, xp ? xp[i] : 0.0f, yp ? yp[i] : 0.0f);
-        break;
-    }
-  }
+  la_parallel_range(total, total >= LA_PARALLEL_GRAIN, la_unary_bw_range, &c);
   la_release(g);
   gin[0] = out;
   return 0;

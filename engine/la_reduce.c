@@ -50,24 +50,42 @@ static la_tensor *la_expand_back(la_node *n, la_tensor *g) {
 
 /* ---------------------------------------------------------------- sum, mean */
 
-static void la_sum_lanes(const la_tensor *x, la_lanes l, double scale, la_tensor *out) {
-  const la_dtype dt = x->dtype;
-  const char *xp = la_data(x);
+typedef struct {
+  const la_tensor *x;
+  la_lanes l;
+  double scale;
+  la_tensor *out;
+} la_sum_ctx;
+
+/* n contiguous floats added in double, in 16 independent chains: GCC turns
+** them into vector adds (it will not reorder a single chain without
+** -ffast-math), and the order of additions stays fixed. */
+#define LA_SUM_WAYS 16
+
+static double la_sum_f32(const float *f, int64_t n) {
+  double acc[LA_SUM_WAYS] = {0};
+  int64_t k = 0;
+  for (; k + LA_SUM_WAYS <= n; k += LA_SUM_WAYS)
+    for (int j = 0; j < LA_SUM_WAYS; j++) acc[j] += f[k + j];
+  double s = 0;
+  for (int j = 0; j < LA_SUM_WAYS; j++) s += acc[j];
+  for (; k < n; k++) s += f[k];
+  return s;
+}
+
+/* Lanes [lo, hi) of a sum: each lane's elements added in double. */
+static void la_sum_lane_range(void *ctx, int64_t lo, int64_t hi) {
+  const la_sum_ctx *c = ctx;
+  const la_dtype dt = c->x->dtype;
+  const char *xp = la_data(c->x);
   size_t es = la_dtype_size(dt);
-  int64_t lanes = l.outer * l.inner;
-  bool par = lanes * l.n >= LA_PARALLEL_GRAIN && lanes > 1;
-  #pragma omp parallel for if (par) schedule(static)
-  for (int64_t j = 0; j < lanes; j++) {
+  la_lanes l = c->l;
+  for (int64_t j = lo; j < hi; j++) {
     int64_t o = j / l.inner, i = j % l.inner;
     const char *p = xp + (size_t)(o * l.n * l.inner + i) * es;
     double acc = 0;
     if (dt == LA_FLOAT32 && l.inner == 1) {
-      const float *f = (const float *)p;
-      double a0 = 0, a1 = 0, a2 = 0, a3 = 0;   /* four chains keep the adds pipelined */
-      int64_t k = 0;
-      for (; k + 4 <= l.n; k += 4) { a0 += f[k]; a1 += f[k + 1]; a2 += f[k + 2]; a3 += f[k + 3]; }
-      for (; k < l.n; k++) a0 += f[k];
-      acc = (a0 + a1) + (a2 + a3);
+      acc = la_sum_f32((const float *)p, l.n);
     } else {
       for (int64_t k = 0; k < l.n; k++) {
         const char *q = p + (size_t)(k * l.inner) * es;
@@ -80,33 +98,77 @@ static void la_sum_lanes(const la_tensor *x, la_lanes l, double scale, la_tensor
         }
       }
     }
-    acc *= scale;
-    if (out->dtype == LA_FLOAT32) la_fdata(out)[j] = (float)acc;
-    else ((int64_t *)la_data(out))[j] = la_to_i64(acc);
+    acc *= c->scale;
+    if (c->out->dtype == LA_FLOAT32) la_fdata(c->out)[j] = (float)acc;
+    else ((int64_t *)la_data(c->out))[j] = la_to_i64(acc);
   }
+}
+
+/* Fewer long float32 lanes than threads (the sum of a whole tensor is one
+** lane): each lane is cut into one piece per thread, and the pieces' double
+** sums are added in a fixed order, so the result depends only on the data
+** and the thread count. */
+#define LA_SUM_PIECES_MAX 64
+
+typedef struct {
+  const float *x;
+  int64_t n;         /* lane length */
+  int pieces;        /* per lane */
+  double *partial;   /* [lane * pieces + piece] */
+} la_sum_pieces_ctx;
+
+static void la_sum_piece_range(void *ctx, int64_t lo, int64_t hi) {
+  const la_sum_pieces_ctx *c = ctx;
+  for (int64_t t = lo; t < hi; t++) {
+    int64_t lane = t / c->pieces, piece = t % c->pieces;
+    int64_t a = c->n * piece / c->pieces, b = c->n * (piece + 1) / c->pieces;
+    c->partial[t] = la_sum_f32(c->x + lane * c->n + a, b - a);
+  }
+}
+
+static void la_sum_lanes(const la_tensor *x, la_lanes l, double scale, la_tensor *out) {
+  int64_t lanes = l.outer * l.inner;
+  bool par = lanes * l.n >= LA_PARALLEL_GRAIN;
+  int nt = la_get_num_threads();
+  if (par && lanes < nt && x->dtype == LA_FLOAT32 && l.inner == 1 &&
+      lanes * nt <= LA_SUM_PIECES_MAX && out->dtype == LA_FLOAT32) {
+    double partial[LA_SUM_PIECES_MAX];
+    la_sum_pieces_ctx c = {la_fdata(x), l.n, nt, partial};
+    la_parallel_range(lanes * nt, true, la_sum_piece_range, &c);
+    for (int64_t j = 0; j < lanes; j++) {
+      double acc = 0;
+      for (int t = 0; t < nt; t++) acc += partial[j * nt + t];
+      la_fdata(out)[j] = (float)(acc * scale);
+    }
+    return;
+  }
+  la_sum_ctx c = {x, l, scale, out};
+  la_parallel_range(lanes, par, la_sum_lane_range, &c);
 }
 
 /* Along a dim whose lanes are strided (inner > 1), summing row by row is
 ** friendlier to the cache than lane by lane. */
-static void la_sum_rows_f32(const la_tensor *x, la_lanes l, double scale, la_tensor *out) {
-  const float *xp = la_fdata(x);
-  float *op = la_fdata(out);
-  bool par = l.outer > 1 && l.outer * l.n * l.inner >= LA_PARALLEL_GRAIN;
-  #pragma omp parallel if (par)
-  {
-    double *acc = malloc((size_t)l.inner * sizeof(double));
-    #pragma omp for schedule(static)
-    for (int64_t o = 0; o < l.outer; o++) {
-      if (!acc) continue;
-      memset(acc, 0, (size_t)l.inner * sizeof(double));
-      for (int64_t k = 0; k < l.n; k++) {
-        const float *row = xp + (o * l.n + k) * l.inner;
-        for (int64_t i = 0; i < l.inner; i++) acc[i] += row[i];
-      }
-      for (int64_t i = 0; i < l.inner; i++) op[o * l.inner + i] = (float)(acc[i] * scale);
+static void la_sum_row_range(void *ctx, int64_t lo, int64_t hi) {
+  const la_sum_ctx *c = ctx;
+  const float *xp = la_fdata(c->x);
+  float *op = la_fdata(c->out);
+  la_lanes l = c->l;
+  double *acc = malloc((size_t)l.inner * sizeof(double));
+  if (!acc) return;
+  for (int64_t o = lo; o < hi; o++) {
+    memset(acc, 0, (size_t)l.inner * sizeof(double));
+    for (int64_t k = 0; k < l.n; k++) {
+      const float *row = xp + (o * l.n + k) * l.inner;
+      for (int64_t i = 0; i < l.inner; i++) acc[i] += row[i];
     }
-    free(acc);
+    for (int64_t i = 0; i < l.inner; i++) op[o * l.inner + i] = (float)(acc[i] * c->scale);
   }
+  free(acc);
+}
+
+static void la_sum_rows_f32(const la_tensor *x, la_lanes l, double scale, la_tensor *out) {
+  la_sum_ctx c = {x, l, scale, out};
+  la_parallel_range(l.outer, l.outer * l.n * l.inner >= LA_PARALLEL_GRAIN, la_sum_row_range, &c);
 }
 
 static int la_sum_backward(la_node *n, la_tensor *gout, la_tensor **gin) {
@@ -265,15 +327,65 @@ la_tensor *la_min(la_tensor *t, int dim, bool keepdim, la_tensor **indices) {
 
 typedef enum { LA_SOFTMAX, LA_LOG_SOFTMAX, LA_LOGSUMEXP } la_smx_kind;
 
+/* Sum of e^(x[k] - m) over n contiguous floats, in double.  The exps are
+** made a block at a time into buf (n <= LA_SMX_BLOCK floats, or the lane's
+** own output when there is one) so that their loop vectorises; the sum
+** runs four chains, as la_sum_f32. */
+#define LA_SMX_BLOCK 256
+
+static double la_sum_exp_chunk(const float *x, float *buf, int64_t n, float m) {
+  for (int64_t k = 0; k < n; k++) buf[k] = la_expf(x[k] - m);
+  return la_sum_f32(buf, n);
+}
+
+static double la_sum_exp_blocks(const float *x, int64_t n, float m) {
+  float buf[LA_SMX_BLOCK];
+  double s = 0;
+  for (int64_t k = 0; k < n; k += LA_SMX_BLOCK)
+    s += la_sum_exp_chunk(x + k, buf, n - k < LA_SMX_BLOCK ? n - k : LA_SMX_BLOCK, m);
+  return s;
+}
+
+/* A contiguous lane of log_softmax or logsumexp (softmax has
+** la_softmax_rows). */
+static void la_smx_lane_contiguous(la_smx_kind kind, const float *x, float *y, int64_t n, float m) {
+  float logs = (float)log(la_sum_exp_blocks(x, n, m));
+  if (kind == LA_LOGSUMEXP) { y[0] = m + logs; return; }
+  /* (x - m) - log s, not x - lse: keeps precision when |m| is large */
+  for (int64_t k = 0; k < n; k++) y[k] = (x[k] - m) - logs;
+}
+
+/* The largest of x[k * st], ignoring NaNs (-inf if all are).  Written with
+** "a > b ? a : b", one max instruction, rather than fmaxf, a libm call per
+** element; and, for a contiguous lane, as 16 independent running maxima, so
+** the max instructions overlap instead of each waiting for the previous one
+** (GCC will not reorder a single running maximum without -ffast-math). */
+#define LA_MAX_WAYS 16
+
+static float la_lane_max(const float *x, int64_t n, int64_t st) {
+  float m = -INFINITY;
+  int64_t k = 0;
+  if (st == 1 && n >= LA_MAX_WAYS) {
+    float w[LA_MAX_WAYS];
+    for (int j = 0; j < LA_MAX_WAYS; j++) w[j] = -INFINITY;
+    for (; k + LA_MAX_WAYS <= n; k += LA_MAX_WAYS)
+      for (int j = 0; j < LA_MAX_WAYS; j++) w[j] = x[k + j] > w[j] ? x[k + j] : w[j];
+    for (int j = 0; j < LA_MAX_WAYS; j++) m = w[j] > m ? w[j] : m;
+  }
+  for (; k < n; k++) m = x[k * st] > m ? x[k * st] : m;
+  return m;
+}
+
 /* One lane: x[k * st] for k < n. */
 static void la_smx_lane(la_smx_kind kind, const float *x, float *y, int64_t n, int64_t st) {
-  float m = -INFINITY;
-  if (st == 1) m = la_max_of(x, n);
-  else for (int64_t k = 0; k < n; k++) m = fmaxf(m, x[k * st]);
+  float m = la_lane_max(x, n, st);
   if (m == -INFINITY) m = 0;   /* all -inf: keep exp() finite; the sum is 0 */
+  if (st == 1) {
+    la_smx_lane_contiguous(kind, x, y, n, m);
+    return;
+  }
   double s = 0;
-  if (st == 1) s = la_sum_exp(x, n, m);
-  else for (int64_t k = 0; k < n; k++) s += la_expf(x[k * st] - m);
+  for (int64_t k = 0; k < n; k++) s += la_expf(x[k * st] - m);
   float logs = (float)log(s);
   if (kind == LA_LOGSUMEXP) { y[0] = m + logs; return; }
   if (kind == LA_LOG_SOFTMAX) {
@@ -285,7 +397,58 @@ static void la_smx_lane(la_smx_kind kind, const float *x, float *y, int64_t n, i
   }
 }
 
+/* Softmax over the contiguous lanes lo..hi-1 of length n (the last dim, the
+** common case), a block of lanes at a time: each lane's values less its
+** maximum are written into y, the whole block goes through one exp loop
+** (so lanes shorter than a vector, a softmax over a few classes, still get
+** vector exps), then each lane is summed and scaled.  Blocks stay within
+** LA_SMX_BLOCK floats when lanes are short, so y is still in cache. */
+static void la_softmax_rows(const float *x, float *y, int64_t n, int64_t lo, int64_t hi) {
+  if (n == 0) return;
+  int64_t per_block = n >= LA_SMX_BLOCK ? 1 : LA_SMX_BLOCK / n;
+  for (int64_t j0 = lo; j0 < hi; j0 += per_block) {
+    int64_t j1 = hi - j0 < per_block ? hi : j0 + per_block;
+    for (int64_t j = j0; j < j1; j++) {
+      const float *xl = x + j * n;
+      float *yl = y + j * n;
+      float m = la_lane_max(xl, n, 1);
+      if (m == -INFINITY) m = 0;   /* all -inf: keep exp() finite; the sum is 0 */
+      for (int64_t k = 0; k < n; k++) yl[k] = xl[k] - m;
+    }
+    float *yb = y + j0 * n;
+    for (int64_t k = 0, len = (j1 - j0) * n; k < len; k++) yb[k] = la_expf(yb[k]);
+    for (int64_t j = j0; j < j1; j++) {
+      float *yl = y + j * n;
+      float inv = (float)(1.0 / la_sum_f32(yl, n));
+      for (int64_t k = 0; k < n; k++) yl[k] *= inv;
+    }
+  }
+}
+
 static int la_softmax_backward(la_node *n, la_tensor *gout, la_tensor **gin);
+
+typedef struct {
+  la_smx_kind kind;
+  la_lanes l;
+  const float *x;   /* forward: the input; backward: the saved output y */
+  const float *g;   /* backward only: the incoming gradient */
+  float *y;         /* forward: the output; backward: the input's gradient */
+} la_smx_ctx;
+
+/* Lanes [lo, hi) of a softmax, log_softmax or logsumexp. */
+static void la_smx_range(void *ctx, int64_t lo, int64_t hi) {
+  const la_smx_ctx *c = ctx;
+  la_lanes l = c->l;
+  if (c->kind == LA_SOFTMAX && l.inner == 1) {
+    la_softmax_rows(c->x, c->y, l.n, lo, hi);
+    return;
+  }
+  bool reduce = c->kind == LA_LOGSUMEXP;
+  for (int64_t j = lo; j < hi; j++) {
+    int64_t o = j / l.inner, i = j % l.inner, base = o * l.n * l.inner + i;
+    la_smx_lane(c->kind, c->x + base, reduce ? c->y + j : c->y + base, l.n, l.inner);
+  }
+}
 
 static la_tensor *la_smx(la_smx_kind kind, la_tensor *t, int dim, bool keepdim, bool all) {
   static const char *const names[] = {"softmax", "log_softmax", "logsumexp"};
@@ -313,15 +476,10 @@ static la_tensor *la_smx(la_smx_kind kind, la_tensor *t, int dim, bool keepdim, 
   }
   la_tensor *out = la_empty(LA_FLOAT32, nd, shape);
   if (!out) { la_release(x); return NULL; }
-  const float *xp = la_fdata(x);
-  float *yp = la_fdata(out);
   int64_t lanes = l.outer * l.inner;
   bool reduce = kind == LA_LOGSUMEXP;
-  #pragma omp parallel for if (lanes > 1 && lanes * l.n >= LA_PARALLEL_GRAIN) schedule(static)
-  for (int64_t j = 0; j < lanes; j++) {
-    int64_t o = j / l.inner, i = j % l.inner, base = o * l.n * l.inner + i;
-    la_smx_lane(kind, xp + base, reduce ? yp + j : yp + base, l.n, l.inner);
-  }
+  la_smx_ctx c = {kind, l, la_fdata(x), NULL, la_fdata(out)};
+  la_parallel_range(lanes, lanes * l.n >= LA_PARALLEL_GRAIN, la_smx_range, &c);
   la_node *n;
   out = la_record(out, op, la_softmax_backward, 1, &t, reduce ? 2 : 1, &n);
   if (n) {
@@ -335,6 +493,28 @@ static la_tensor *la_smx(la_smx_kind kind, la_tensor *t, int dim, bool keepdim, 
   }
   la_release(x);
   return out;
+}
+
+/* Lanes [lo, hi) of the softmax or log_softmax gradient. */
+static void la_smx_backward_range(void *ctx, int64_t lo, int64_t hi) {
+  const la_smx_ctx *c = ctx;
+  la_lanes l = c->l;
+  int64_t st = l.inner;
+  for (int64_t j = lo; j < hi; j++) {
+    int64_t base = (j / l.inner) * l.n * l.inner + j % l.inner;
+    const float *yl = c->x + base, *gl = c->g + base;
+    float *ol = c->y + base;
+    double s = 0;
+    if (c->kind == LA_SOFTMAX) {
+      /* dx = y * (g - sum(g * y)) */
+      for (int64_t k = 0; k < l.n; k++) s += (double)gl[k * st] * yl[k * st];
+      for (int64_t k = 0; k < l.n; k++) ol[k * st] = yl[k * st] * (gl[k * st] - (float)s);
+    } else {
+      /* dx = g - exp(y) * sum(g) */
+      for (int64_t k = 0; k < l.n; k++) s += gl[k * st];
+      for (int64_t k = 0; k < l.n; k++) ol[k * st] = gl[k * st] - la_expf(yl[k * st]) * (float)s;
+    }
+  }
 }
 
 static int la_softmax_backward(la_node *n, la_tensor *gout, la_tensor **gin) {
@@ -357,25 +537,9 @@ static int la_softmax_backward(la_node *n, la_tensor *gout, la_tensor **gin) {
   if (!out) { la_release(g); return -1; }
   bool all = n->iarg[2] != 0;
   la_lanes l = all ? (la_lanes){1, la_numel(g), 1} : la_lanes_of(g, dim);
-  const float *yp = la_fdata(y), *gp = la_fdata(g);
-  float *o = la_fdata(out);
-  int64_t lanes = l.outer * l.inner, st = l.inner;
-  #pragma omp parallel for if (lanes > 1 && lanes * l.n >= LA_PARALLEL_GRAIN) schedule(static)
-  for (int64_t j = 0; j < lanes; j++) {
-    int64_t base = (j / l.inner) * l.n * l.inner + j % l.inner;
-    const float *yl = yp + base, *gl = gp + base;
-    float *ol = o + base;
-    double s = 0;
-    if (kind == LA_SOFTMAX) {
-      /* dx = y * (g - sum(g * y)) */
-      for (int64_t k = 0; k < l.n; k++) s += (double)gl[k * st] * yl[k * st];
-      for (int64_t k = 0; k < l.n; k++) ol[k * st] = yl[k * st] * (gl[k * st] - (float)s);
-    } else {
-      /* dx = g - exp(y) * sum(g) */
-      for (int64_t k = 0; k < l.n; k++) s += gl[k * st];
-      for (int64_t k = 0; k < l.n; k++) ol[k * st] = gl[k * st] - la_expf(yl[k * st]) * (float)s;
-    }
-  }
+  int64_t lanes = l.outer * l.inner;
+  la_smx_ctx c = {kind, l, la_fdata(y), la_fdata(g), la_fdata(out)};
+  la_parallel_range(lanes, lanes * l.n >= LA_PARALLEL_GRAIN, la_smx_backward_range, &c);
   la_release(g);
   gin[0] = out;
   return 0;

@@ -27,3 +27,18 @@ int la_get_num_threads(void) {
   if (la_threads == 0) la_set_num_threads(omp_get_max_threads());
   return la_threads;
 }
+
+void la_parallel_range(int64_t n, bool parallel, la_range_fn fn, void *ctx) {
+  int nt = parallel ? la_get_num_threads() : 1;
+  if (nt > n) nt = (int)n;
+  if (nt <= 1) {
+    if (n > 0) fn(ctx, 0, n);
+    return;
+  }
+  #pragma omp parallel num_threads(nt)
+  {
+    int t = omp_get_thread_num(), m = omp_get_num_threads();
+    int64_t lo = n * t / m, hi = n * (t + 1) / m;
+    if (lo < hi) fn(ctx, lo, hi);
+  }
+}

@@ -12,8 +12,9 @@
 
 #define LT_NAME "lualign.Tensor"
 
-/* The userdata is the tensor handle: one per engine tensor, so == on two
-** handles is identity.  t is NULL once the handle has been closed. */
+/* The userdata is the tensor handle.  Each op result gets a new one; a
+** gradient read as t.grad always comes back as the same handle (see
+** lt_register in lua_tensor.c).  t is NULL once the handle has been closed. */
 typedef struct lt_box {
   la_tensor *t;
 } lt_box;
@@ -23,8 +24,8 @@ la_tensor *lt_test(lua_State *L, int i);          /* NULL if not a live tensor *
 /* Pushes a tensor fresh from the engine, taking over its reference; raises
 ** the engine's error when t is NULL.  Returns 1 (values pushed). */
 int lt_result(lua_State *L, la_tensor *t);
-/* Pushes the handle of a tensor the engine already holds (a .grad), making
-** one only if none is alive.  Pushes nil for NULL. */
+/* Pushes the handle of a tensor the engine already holds (a .grad): the one
+** registered for it, or a new one, registered.  Pushes nil for NULL. */
 void lt_push(lua_State *L, la_tensor *t);
 int lt_error(lua_State *L);                        /* raises la_error() */
 int lt_check_rc(lua_State *L, int rc);             /* raises when rc < 0 */
