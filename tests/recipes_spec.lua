@@ -95,10 +95,20 @@ describe("recipes on miniature configs", function()
   end)
 
   it("gdpo widens the margin between chosen and rejected", function()
-    local r = recipe.run_script(script("gdpo"), {out_dir = out, name = "gdpo", policy = out .. "/sft",
-      sft_steps = 10, steps = 30, batch_size = 16, lr = 1e-3, eval_every = 15, eval_samples = 4})
+    -- 32 soft-label pairs seen 20 times: the margin must grow as they are learned
+    local small = out .. "/pairs.jsonl"
+    local f = assert(io.open(small, "w"))
+    local n = 0
+    for line in io.lines(la.data.path("vader/modest/train.jsonl")) do
+      n = n + 1
+      if n > 32 then break end
+      f:write(line, "\n")
+    end
+    f:close()
+    local r = recipe.run_script(script("gdpo"), {out_dir = out, name = "gdpo", policy = out .. "/sft", train = small,
+      sft_steps = 10, steps = 40, batch_size = 16, lr = 1e-3, eval_every = 20, eval_samples = 4})
     local first, last = ends(r.run:path("metrics.jsonl"), "rewards/margins", 5)
-    assert.is_true(last > first, string.format("margin %.3f -> %.3f", first, last))
+    assert.is_true(last > first + 0.1, string.format("margin %.3f -> %.3f", first, last))
     assert.is_true(r.run:exists("ref_logps.safetensors"))
     assert.is_number(r.last.win_rate)
   end)
