@@ -37,44 +37,107 @@ static inline int64_t la_id_at(const la_tensor *t, int64_t i) {
   return t->dtype == LA_INT32 ? ((const int32_t *)la_data(t))[i] : ((const int64_t *)la_data(t))[i];
 }
 
+/* e^d for d <= 0 (a logit minus the row's maximum or log-sum-exp): la_expf
+** without the overflow path (d is clamped to 0 from above: rounding may
+** push it a few ulps past).  Below -87.3 the result is 0; NaN stays NaN. */
+static inline float la_lp_exp(float d) {
+  float dc = d < -87.3f ? -87.3f : (d > 0.0f ? 0.0f : d);
+  float n = (dc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  float r = dc - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  int32_t bits = ((int32_t)n + 127) << 23;
+  float scale;
+  memcpy(&scale, &bits, sizeof scale);
+  float y = d < -87.3f ? 0.0f : p * scale;
+  return d != d ? d : y;
+}
+
+/* Largest element of x, in a loop the compiler vectorises (sixteen lanes).
+** NaN is not looked for here: a NaN element makes the sum of exponentials
+** that follows NaN, which is what the caller reports. */
+static inline float la_lp_max(const float *x, int64_t n) {
+  float acc[16];
+  for (int k = 0; k < 16; k++) acc[k] = -INFINITY;
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16)
+    for (int k = 0; k < 16; k++) acc[k] = x[j + k] > acc[k] ? x[j + k] : acc[k];
+  float m = -INFINITY;
+  for (; j < n; j++) m = x[j] > m ? x[j] : m;
+  for (int k = 0; k < 16; k++) m = acc[k] > m ? acc[k] : m;
+  return m;
+}
+
 /* Statistics of one row z = s * x: log-sum-exp, and the entropy
-** H = lse - sum p z when ent is not NULL.  -inf entries (masked vocabulary)
-** are allowed; an all -inf row gives lse = -inf; NaN propagates. */
+** H = lse - sum p z when ent is not NULL.  One pass over the row, in blocks
+** of 1024 that stay in L1: each block's maximum, then its exponentials
+** against the running maximum (earlier sums rescaled when it grows).  -inf
+** entries (masked vocabulary) are allowed; an all -inf row gives lse = -inf;
+** NaN propagates; +inf gives lse = +inf. */
 static void la_row_stats(const float *x, int64_t V, float s, float *lse, float *ent) {
-  float mx = la_max_of(x, V);
-  float m = s * mx;
-  if (!(m > -INFINITY) || m == INFINITY || m != m) {
-    *lse = (m != m || m == INFINITY) ? m : -INFINITY;
-    if (ent) *ent = (m != m || m == INFINITY) ? NAN : 0.0f;
-    return;
-  }
-  double s1 = 0, s2 = 0;
+  double s1 = 0, s2 = 0;   /* sum e^(z - m) and sum e^(z - m) (z - m) so far */
+  float m = -INFINITY;     /* the running maximum */
+  bool nan = false;
   for (int64_t b = 0; b < V; b += 1024) {
     int64_t e = b + 1024 < V ? b + 1024 : V;
+    float bm = s * la_lp_max(x + b, e - b);
+    if (bm == INFINITY) {
+      *lse = INFINITY;
+      if (ent) *ent = NAN;
+      return;
+    }
+    if (!(bm > -INFINITY)) {   /* nothing but -inf, or NaN */
+      for (int64_t j = b; j < e; j++) nan |= x[j] != x[j];
+      continue;
+    }
+    if (bm > m) {
+      if (s1 > 0) {
+        double f = exp((double)m - bm);
+        s2 = f * (s2 + ((double)m - bm) * s1);
+        s1 *= f;
+      }
+      m = bm;
+    }
     float a1[16] = {0}, a2[16] = {0};
     int64_t j = b;
     if (ent) {
       for (; j + 16 <= e; j += 16)
         for (int k = 0; k < 16; k++) {
           float d = s * x[j + k] - m;
-          float p = la_expf(d);
+          float p = la_lp_exp(d);
           a1[k] += p;
           a2[k] += p > 0.0f ? p * d : 0.0f;
         }
       for (; j < e; j++) {
-        float d = s * x[j] - m, p = la_expf(d);
+        float d = s * x[j] - m, p = la_lp_exp(d);
         a1[0] += p;
         a2[0] += p > 0.0f ? p * d : 0.0f;
       }
     } else {
       for (; j + 16 <= e; j += 16)
-        for (int k = 0; k < 16; k++) a1[k] += la_expf(s * x[j + k] - m);
-      for (; j < e; j++) a1[0] += la_expf(s * x[j] - m);
+        for (int k = 0; k < 16; k++) a1[k] += la_lp_exp(s * x[j + k] - m);
+      for (; j < e; j++) a1[0] += la_lp_exp(s * x[j] - m);
     }
     double t1 = 0, t2 = 0;
     for (int k = 0; k < 16; k++) { t1 += a1[k]; t2 += a2[k]; }
     s1 += t1;
     s2 += t2;
+  }
+  if (nan) {
+    *lse = NAN;
+    if (ent) *ent = NAN;
+    return;
+  }
+  if (m == -INFINITY) {
+    *lse = -INFINITY;
+    if (ent) *ent = 0.0f;
+    return;
   }
   *lse = (float)(m + log(s1));
   if (ent) *ent = (float)(log(s1) - s2 / s1);
@@ -83,7 +146,7 @@ static void la_row_stats(const float *x, int64_t V, float s, float *lse, float *
 /* d/dx of g * logp[t] for z = s * x: g s (onehot - p).  gs = g * s. */
 static void la_row_grad_logprob(const float *x, int64_t V, float s, float lse, int64_t tg,
                                 float gs, float *d) {
-  for (int64_t j = 0; j < V; j++) d[j] = -gs * la_expf(s * x[j] - lse);
+  for (int64_t j = 0; j < V; j++) d[j] = -gs * la_lp_exp(s * x[j] - lse);
   d[tg] += gs;
 }
 
@@ -92,7 +155,7 @@ static void la_row_grad_entropy(const float *x, int64_t V, float s, float lse, f
                                 float *d) {
   for (int64_t j = 0; j < V; j++) {
     float lp = s * x[j] - lse;
-    float p = la_expf(lp);
+    float p = la_lp_exp(lp);
     d[j] = p > 0.0f ? -gs * p * (lp + h) : 0.0f;
   }
 }
@@ -359,11 +422,11 @@ la_tensor *la_entropy(la_tensor *logits, la_tensor *mask, la_lp_reduce reduce, d
 
 /* ---------------------------------------------------------------- from hidden states */
 
-/* Rows per chunk: the scratch logits stay near 8M floats (32 MiB), with at
+/* Rows per chunk: the scratch logits stay near 16M floats (64 MiB), with at
 ** least 16 rows for the GEMMs' sake and a multiple of 16. */
 static int64_t la_lp_chunk(int64_t V, int64_t want) {
   if (want > 0) return want;
-  int64_t r = (8 << 20) / (V ? V : 1);
+  int64_t r = (16 << 20) / (V ? V : 1);
   r = r < 16 ? 16 : (r > 1024 ? 1024 : r);
   return r & ~(int64_t)15;
 }

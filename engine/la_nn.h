@@ -96,7 +96,7 @@ la_tensor *la_logprobs(la_tensor *logits, la_tensor *targets, la_tensor *mask, l
                        double temperature);
 /* The same from hidden states (..., T, C) and an LM-head weight (V, C),
 ** without materialising the logits: rows go through in chunks of chunk_rows
-** (0: about 32 MiB of scratch logits), recomputed in the backward pass.
+** (0: about 64 MiB of scratch logits), recomputed in the backward pass.
 ** Gradients for hidden and weight. */
 la_tensor *la_logprobs_hidden(la_tensor *hidden, la_tensor *weight, la_tensor *targets,
                               la_tensor *mask, la_lp_reduce reduce, double temperature,

@@ -120,6 +120,33 @@ describe("token and sequence log-probs from logits", function()
     assert_close(g, logits.grad, 1e-5)
   end)
 
+  it("agree with the composed path over long rows whose maximum moves from block to block", function()
+    -- rows longer than the kernel's 1024-wide blocks, rising so each block raises the running maximum
+    local Vl = 3000
+    local ramp = la.arange(Vl):float() * 0.01
+    local logits = (la.randn(2, 3, Vl) + ramp):requires_grad()
+    local targets = la.tensor({{0, 1500, 2999}, {2048, 7, 1023}})
+    local mask = la.ones(2, 3)
+    local fused = loss.token_logprobs(logits, targets, mask)
+    local ref = composed_token(logits, targets, mask)
+    assert_close(fused, ref, 1e-4)
+    assert_close(loss.entropy(logits, mask), composed_entropy(logits, mask), 1e-4)
+    fused:sum():backward()
+    local g = logits.grad
+    logits.grad = nil
+    ref:sum():backward()
+    assert_close(g, logits.grad, 1e-5)
+  end)
+
+  it("propagate NaN to the row that holds it, and allow -inf logits", function()
+    local x = la.tensor({{{0, 0 / 0, 1}, {2, -math.huge, 0}}}, "float32")
+    local lp = loss.token_logprobs(x, la.tensor({{0, 0}})):totable()[1]
+    assert.is_true(lp[1] ~= lp[1], "a NaN logit makes the row's log-prob NaN")
+    assert.is_true(math.abs(lp[2] - (2 - math.log(math.exp(2) + 1))) < 1e-6)
+    local h = loss.entropy(la.tensor({{{-math.huge, -math.huge}}}, "float32"), nil)
+    assert.are.equal(0, h:item())
+  end)
+
   it("passes finite-difference checks (token, sum, mean, temperature)", function()
     local targets = la.tensor({{1, 4, 0}, {2, 2, -100}})
     local mask = la.tensor({{1, 1, 0}, {1, 0.5, 0}}, "float32")   -- weights are allowed

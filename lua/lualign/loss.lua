@@ -53,7 +53,7 @@ end
 
 --- token_logprobs from hidden states (B, T, C) and the LM-head weight (V, C)
 -- without materialising the logits: rows go through in chunks (opts.chunk_rows;
--- by default about 32 MiB of scratch logits) and are recomputed in backward.
+-- by default about 64 MiB of scratch logits) and are recomputed in backward.
 -- Gradients flow to hidden and weight.  opts: temperature, chunk_rows.
 function loss.token_logprobs_hidden(hidden, weight, targets, mask, opts)
   return K.logprobs_hidden(hidden, weight, targets, mask, kernel_opts(opts, "token"))
