@@ -235,6 +235,13 @@ static int lt_grad_fn(lua_State *L) {
   return 1;
 }
 
+/* t:all_finite() -> true when no element is NaN or +-inf (always true for
+** integer and bool tensors). */
+static int lt_all_finite(lua_State *L) {
+  lua_pushboolean(L, la_all_finite(lt_check(L, 1)));
+  return 1;
+}
+
 static int lt_storage_offset(lua_State *L) {
   lua_pushinteger(L, lt_check(L, 1)->offset);
   return 1;
@@ -800,6 +807,7 @@ static const luaL_Reg lt_methods[] = {
   {"numel", lt_numel}, {"dtype", lt_dtype}, {"is_contiguous", lt_is_contiguous},
   {"is_leaf", lt_is_leaf}, {"needs_grad", lt_needs_grad}, {"grad_fn", lt_grad_fn},
   {"storage_offset", lt_storage_offset}, {"shares_storage", lt_shares_storage},
+  {"all_finite", lt_all_finite},
   {"item", lt_item}, {"totable", lt_totable}, {"get", lt_get}, {"set", lt_set},
   {"requires_grad", lt_requires_grad}, {"backward", lt_backward}, {"detach", lt_detach},
   {"zero_grad", lt_zero_grad},
