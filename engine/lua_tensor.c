@@ -765,12 +765,21 @@ static int lt_scatter_add(lua_State *L) {
   return 1;
 }
 
-/* Tensor or number at arg, as a tensor (a 0-d one for numbers). */
+/* Raises the error for an operand that is not a tensor, number or boolean.
+** Called for every operand before any is made into a tensor: a Lua error
+** after that would leave the tensors made so far unreleased. */
+static void lt_check_operand(lua_State *L, int arg) {
+  if (lt_test(L, arg) || lua_isboolean(L, arg) || lua_isnumber(L, arg)) return;
+  luaL_typeerror(L, arg, "tensor, number or boolean");
+}
+
+/* Tensor or number at arg (checked by lt_check_operand), as a tensor (a
+** 0-d one for numbers).  Raises no Lua error. */
 static la_tensor *lt_operand(lua_State *L, int arg, la_dtype like) {
   la_tensor *t = lt_test(L, arg);
   if (t) return la_retain(t);
   if (lua_isboolean(L, arg)) return la_scalar(LA_BOOL, lua_toboolean(L, arg));
-  double v = luaL_checknumber(L, arg);
+  double v = lua_tonumber(L, arg);
   la_dtype dt = (like != LA_FLOAT32 && lua_isinteger(L, arg)) ? like : LA_FLOAT32;
   return la_scalar(dt, v);
 }
@@ -779,6 +788,8 @@ static la_tensor *lt_operand(lua_State *L, int arg, la_dtype like) {
 int lt_where3(lua_State *L, int c, int a, int b);
 int lt_where3(lua_State *L, int c, int a, int b) {
   la_tensor *cond = lt_check(L, c), *ta = lt_test(L, a), *tb = lt_test(L, b);
+  lt_check_operand(L, a);
+  lt_check_operand(L, b);
   la_dtype like = ta ? ta->dtype : tb ? tb->dtype : LA_FLOAT32;
   la_tensor *x = lt_operand(L, a, like);
   la_tensor *y = x ? lt_operand(L, b, like) : NULL;

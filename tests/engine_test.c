@@ -209,6 +209,22 @@ static int test_all_finite(void) {
   return 1;
 }
 
+/* exp of NaN, +-inf and the ends of its range: NaN once went through an
+** integer conversion and a shift of a negative number (undefined behaviour
+** that `make sanitize` reported). */
+static int test_exp_special_values(void) {
+  float v[] = {NAN, INFINITY, -INFINITY, 88.7f, -87.0f, -100.0f, 0.0f, 1.0f};
+  la_tensor *x = from(v, 1, (int64_t[]){8});
+  la_tensor *y = la_unary(LA_EXP, x), *s = la_unary(LA_SIGMOID, x), *t = la_unary(LA_TANH, x);
+  float *p = la_fdata(y), *q = la_fdata(s), *r = la_fdata(t);
+  int ok = isnan(p[0]) && isinf(p[1]) && p[2] == 0 && isfinite(p[3]) && p[4] > 0 && p[5] == 0 &&
+           p[6] == 1 && near(p[7], 2.7182817f) && isnan(q[0]) && q[1] == 1 && q[2] == 0 &&
+           isnan(r[0]) && r[1] == 1 && r[2] == -1;
+  la_release(x); la_release(y); la_release(s); la_release(t);
+  CHECK(ok, "exp, sigmoid or tanh of a special value is wrong");
+  return 1;
+}
+
 static int test_anomaly_forward(void) {
   float v[] = {1, -1, 2};
   la_tensor *x = from(v, 1, (int64_t[]){3});
@@ -295,6 +311,7 @@ int main(void) {
   run("index_range_error", test_index_range_error);
   run("seed_reproducible", test_seed_reproducible);
   run("all_finite", test_all_finite);
+  run("exp_special_values", test_exp_special_values);
   run("anomaly_forward", test_anomaly_forward);
   run("anomaly_backward", test_anomaly_backward);
   run("anomaly_skips_views", test_anomaly_skips_views);
