@@ -9,6 +9,10 @@
 #                   recipes/*.lua and the bundled data/ (as lualign/datasets/)
 #                   under lualign/, and the `lualign` command
 #   make data       rebuild data/ from Debian and npm packages (data/build.lua)
+#   make sanitize   the whole test suite on an ASan + UBSan build (build/san/)
+#   make valgrind   the engine's C tests under valgrind's memcheck (build/vg/)
+#   make fuzz       each libFuzzer harness of tests/fuzz/ for FUZZ_SECONDS (60) s
+#   make errors-doc regenerate docs/errors.md from tests/errors_catalogue.lua
 #
 # Prerequisites (Debian/Ubuntu): lua5.4 liblua5.4-dev libopenblas-dev libpcre2-dev
 # lua-cjson lua-busted pkg-config gcc make, and for the tests luarocks and tmux.
@@ -48,7 +52,7 @@ SYSMOD = $(BUILD)/lualign/sys.so
 CTEST = $(BUILD)/engine_test
 TOKTEST = $(BUILD)/tokenizer_test
 
-.PHONY: all test demo ctest deps bench install clean data check-blas
+.PHONY: all test demo ctest deps bench install clean data check-blas fuzzers fuzz sanitize valgrind deps-valgrind deps-fuzz errors-doc
 
 all: $(MODULE) $(SYSMOD)
 
@@ -75,30 +79,149 @@ check-blas:
 # worker threads may still be parked in code of ours at that point.
 $(MODULE): $(CORE_OBJ) $(BIND_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) -shared -fopenmp -Wl,-z,nodelete -o $@ $^ $(LIBS)
+	$(CC) -shared -fopenmp -Wl,-z,nodelete $(EXTRA_LDFLAGS) -o $@ $^ $(LIBS)
 
 $(SYSMOD): engine/sys_lua.c
 	@mkdir -p $(dir $@)
-	$(CC) -std=c11 -D_POSIX_C_SOURCE=200809L -fPIC -shared $(WARNFLAGS) $(OPTFLAGS) $(LUA_CFLAGS) -o $@ $<
+	$(CC) -std=c11 -D_POSIX_C_SOURCE=200809L -fPIC -shared $(WARNFLAGS) $(OPTFLAGS) $(EXTRA_CFLAGS) $(LUA_CFLAGS) $(EXTRA_LDFLAGS) -o $@ $<
 
 $(CTEST): tests/engine_test.c $(CORE_OBJ)
-	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LIBS)
+	$(CC) $(ALL_CFLAGS) $(EXTRA_LDFLAGS) -o $@ $^ $(LIBS)
 
 $(TOKTEST): tests/tokenizer_test.c $(CORE_OBJ)
-	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LIBS)
+	$(CC) $(ALL_CFLAGS) $(EXTRA_LDFLAGS) -o $@ $^ $(LIBS)
 
 ctest: $(CTEST) $(TOKTEST)
 
-LUA_ENV = LUA_PATH="./lua/?.lua;./lua/?/init.lua;./tests/?.lua;;" LUA_CPATH="./$(BUILD)/?.so;;"
+# ---------------------------------------------------------------- fuzzing harnesses
+# tests/fuzz/: one harness per input format.  Linked with driver.c they
+# replay files (make test runs the seed corpora and the regressions this
+# way); linked with libFuzzer they fuzz (make fuzz, below).
+FUZZ_C = safetensors bpe
+FUZZ_LUA = jsonl tokenizer_json encode
+FUZZ_ALL = $(FUZZ_C) $(FUZZ_LUA)
+FUZZ_DRIVER ?= tests/fuzz/driver.c
+FUZZ_COMMON = tests/fuzz/fuzz.h tests/fuzz/fuzz_support.c
+LUA_LIBS := $(shell $(PKG_CONFIG) --libs lua5.4 2>/dev/null || echo -llua5.4)
+FUZZ_C_BIN = $(FUZZ_C:%=$(BUILD)/fuzz/%)
+FUZZ_LUA_BIN = $(FUZZ_LUA:%=$(BUILD)/fuzz/%)
+FUZZ_BIN = $(FUZZ_C_BIN) $(FUZZ_LUA_BIN)
 
-test: deps $(MODULE) $(SYSMOD) $(CTEST) $(TOKTEST)
-	@$(LUA_ENV) LUALIGN_ENGINE_TEST=./$(CTEST) LUALIGN_TOKENIZER_TEST=./$(TOKTEST) $(LUA) $(BUSTED) -o tests/summary_output.lua tests
+$(BUILD)/obj/sys_lua.o: engine/sys_lua.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -D_POSIX_C_SOURCE=200809L -fPIC $(WARNFLAGS) $(OPTFLAGS) $(EXTRA_CFLAGS) $(LUA_CFLAGS) -c $< -o $@
+
+$(FUZZ_C_BIN): $(BUILD)/fuzz/%: tests/fuzz/fuzz_%.c $(FUZZ_DRIVER) $(FUZZ_COMMON) $(CORE_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(EXTRA_LDFLAGS) -o $@ $< $(FUZZ_DRIVER) tests/fuzz/fuzz_support.c $(CORE_OBJ) $(LIBS)
+
+$(FUZZ_LUA_BIN): $(BUILD)/fuzz/%: tests/fuzz/fuzz_lua_harness.c tests/fuzz/%.lua $(FUZZ_DRIVER) $(FUZZ_COMMON) \
+                 $(CORE_OBJ) $(BIND_OBJ) $(BUILD)/obj/sys_lua.o
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(LUA_CFLAGS) -DFUZZ_WITH_LUA -DFUZZ_NAME='"$*"' $(EXTRA_LDFLAGS) -o $@ $< $(FUZZ_DRIVER) \
+	  tests/fuzz/fuzz_support.c $(CORE_OBJ) $(BIND_OBJ) $(BUILD)/obj/sys_lua.o $(LUA_LIBS) $(LIBS)
+
+fuzzers: $(FUZZ_BIN)
+
+LUA_ENV = LUA_PATH="./lua/?.lua;./lua/?/init.lua;./tests/?.lua;;" LUA_CPATH="./$(BUILD)/?.so;;"
+TEST_ENV = $(LUA_ENV) LUALIGN_ENGINE_TEST=./$(CTEST) LUALIGN_TOKENIZER_TEST=./$(TOKTEST) LUALIGN_FUZZ_BIN=./$(BUILD)/fuzz
+
+test: deps $(MODULE) $(SYSMOD) $(CTEST) $(TOKTEST) $(FUZZ_BIN)
+	@$(TEST_ENV) $(LUA) $(BUSTED) -o tests/summary_output.lua tests
+
+# ---------------------------------------------------------------- sanitizers
+# make sanitize: the engine (module, C tests, fuzz replays) built with
+# AddressSanitizer and UndefinedBehaviorSanitizer into build/san/, and the
+# whole test suite run on it.  Debian's lua5.4 is not instrumented, so
+# tests/sanitize/lua.c, a small lua5.4 that links the sanitizers' runtime,
+# goes first on PATH (no LD_PRELOAD, so the other programs the tests start
+# are left alone).  Leak checking stays on: every Lua state is closed at
+# exit, so a tensor or tokenizer the engine forgets to free is reported.
+# Each process logs to build/san/logs/; any report there fails the target.
+SAN_CC ?= gcc
+SAN_BUILD = build/san
+SAN_FLAGS = -O1 -g -march=native -fno-omit-frame-pointer -fsanitize=address,undefined,float-cast-overflow \
+            -fno-sanitize-recover=undefined,float-cast-overflow
+SAN_LOGS = $(SAN_BUILD)/logs
+SAN_ENV = PATH="$(CURDIR)/$(SAN_BUILD)/bin:$$PATH" LUALIGN_BUILD=$(SAN_BUILD) \
+  ASAN_OPTIONS=allocator_may_return_null=1:detect_leaks=1:log_path=$(CURDIR)/$(SAN_LOGS)/asan \
+  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$(CURDIR)/$(SAN_LOGS)/ubsan
+
+sanitize: deps
+	@$(MAKE) --no-print-directory BUILD=$(SAN_BUILD) CC=$(SAN_CC) OPTFLAGS="$(SAN_FLAGS)" \
+	  EXTRA_LDFLAGS="-fsanitize=address,undefined,float-cast-overflow" all ctest fuzzers
+	@mkdir -p $(SAN_BUILD)/bin
+	$(SAN_CC) $(SAN_FLAGS) $(LUA_CFLAGS) -o $(SAN_BUILD)/bin/lua5.4 tests/sanitize/lua.c $(LUA_LIBS)
+	@# LuaRocks (tests/install_spec.lua) looks for lua.h beside the lua5.4 it finds on PATH.
+	@ln -sfn $(patsubst -I%,%,$(firstword $(filter -I%,$(LUA_CFLAGS)))) $(SAN_BUILD)/include
+	@rm -rf $(SAN_LOGS) && mkdir -p $(SAN_LOGS)
+	@$(SAN_ENV) LUA_PATH="./lua/?.lua;./lua/?/init.lua;./tests/?.lua;;" LUA_CPATH="./$(SAN_BUILD)/?.so;;" \
+	  LUALIGN_ENGINE_TEST=./$(SAN_BUILD)/engine_test LUALIGN_TOKENIZER_TEST=./$(SAN_BUILD)/tokenizer_test \
+	  LUALIGN_FUZZ_BIN=./$(SAN_BUILD)/fuzz LUALIGN_SANITIZE=1 lua5.4 $(BUSTED) -o tests/summary_output.lua tests; rc=$$?; \
+	  if grep -l "ERROR: \|runtime error" $(SAN_LOGS)/* >/dev/null 2>&1; then \
+	    echo "sanitizer reports (in $(SAN_LOGS)):"; grep -h -A40 "ERROR: \|runtime error" $(SAN_LOGS)/*; exit 1; \
+	  fi; \
+	  if [ $$rc -ne 0 ]; then exit $$rc; fi; echo "sanitize: no reports"
+
+# ---------------------------------------------------------------- valgrind
+# make valgrind: the engine's C tests under memcheck, and the two harnesses
+# of tests/fuzz/ that need no Lua (safetensors reader, tokenizer loaders)
+# replaying their seeds and regressions.  valgrind 3.19 cannot decode
+# AVX-512, so all of it is built without (-mavx2 -mfma) into build/vg/.
+VG_BUILD = build/vg
+VALGRIND = valgrind -q --error-exitcode=99 --leak-check=full --show-leak-kinds=definite \
+           --errors-for-leak-kinds=definite --track-origins=yes
+VG_RUNS = engine_test tokenizer_test $(FUZZ_C:%=fuzz/%)
+valgrind: deps-valgrind
+	@$(MAKE) --no-print-directory BUILD=$(VG_BUILD) OPTFLAGS="-O1 -g -mavx2 -mfma -DLA_VALGRIND" ctest \
+	  $(FUZZ_C:%=$(VG_BUILD)/fuzz/%)
+	@for t in $(VG_RUNS); do \
+	  args=""; case $$t in fuzz/*) n=$${t#fuzz/}; args="tests/fuzz/seeds/$$n"; \
+	    [ -d tests/fuzz/regressions/$$n ] && args="$$args tests/fuzz/regressions/$$n";; esac; \
+	  echo "valgrind $(VG_BUILD)/$$t $$args"; \
+	  OMP_NUM_THREADS=2 $(VALGRIND) ./$(VG_BUILD)/$$t $$args > $(VG_BUILD)/run.log 2>&1; rc=$$?; \
+	  tail -n 1 $(VG_BUILD)/run.log; \
+	  if [ $$rc -ne 0 ] || grep -q "^==[0-9]*==" $(VG_BUILD)/run.log; then \
+	    cat $(VG_BUILD)/run.log; echo "valgrind: $$t failed"; exit 1; fi; \
+	done; echo "valgrind: no errors, no definite leaks"
+
+# ---------------------------------------------------------------- fuzzing
+# make fuzz: each harness in tests/fuzz/ built with clang's libFuzzer, ASan
+# and UBSan into build/libfuzzer/, then run for FUZZ_SECONDS (default 60)
+# from the seed corpus and the regressions; new inputs go to
+# build/libfuzzer/corpus/NAME/, crashes to build/libfuzzer/crashes/.
+FUZZ_SECONDS ?= 60
+FUZZ_BUILD = build/libfuzzer
+FUZZ_CC ?= clang
+FUZZ_FLAGS = -O1 -g -march=native -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,address,undefined \
+             -fno-sanitize-recover=undefined
+fuzz: deps-fuzz
+	@$(MAKE) --no-print-directory BUILD=$(FUZZ_BUILD) CC=$(FUZZ_CC) OPTFLAGS="$(FUZZ_FLAGS)" FUZZ_DRIVER= \
+	  WARNFLAGS="-Wall -Wextra -Wno-unused-parameter" EXTRA_CFLAGS=-DFUZZ_LUA_COVERAGE \
+	  EXTRA_LDFLAGS="-fsanitize=fuzzer,address,undefined" fuzzers
+	@mkdir -p $(FUZZ_BUILD)/crashes
+	@for f in $(FUZZ_ALL); do \
+	  mkdir -p $(FUZZ_BUILD)/corpus/$$f; \
+	  dirs="tests/fuzz/seeds/$$f"; [ -d tests/fuzz/regressions/$$f ] && dirs="$$dirs tests/fuzz/regressions/$$f"; \
+	  dict=""; [ -f tests/fuzz/$$f.dict ] && dict="-dict=tests/fuzz/$$f.dict"; \
+	  echo "fuzz $$f for $(FUZZ_SECONDS)s"; \
+	  ASAN_OPTIONS=allocator_may_return_null=1:detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  OMP_NUM_THREADS=1 ./$(FUZZ_BUILD)/fuzz/$$f -max_total_time=$(FUZZ_SECONDS) -timeout=20 -rss_limit_mb=4096 \
+	    -max_len=65536 $$dict -artifact_prefix=$(FUZZ_BUILD)/crashes/$$f- -print_final_stats=1 \
+	    $(FUZZ_BUILD)/corpus/$$f $$dirs > $(FUZZ_BUILD)/$$f.log 2>&1; rc=$$?; \
+	  grep -E "^stat::number_of_executed_units|^stat::peak_rss_mb|Done [0-9]+ runs" $(FUZZ_BUILD)/$$f.log | tr '\n' ' '; echo; \
+	  if [ $$rc -ne 0 ]; then tail -n 60 $(FUZZ_BUILD)/$$f.log; echo "fuzz: $$f found a crash (see $(FUZZ_BUILD)/crashes/)"; exit 1; fi; \
+	done; echo "fuzz: no crashes"
 
 demo: deps $(MODULE) $(SYSMOD)
 	bin/lualign recipes/pipeline.lua $(ARGS)
 
 # Checks the prerequisites; installs the missing ones when run as root.
 DEB_PKGS = lua5.4 liblua5.4-dev libopenblas-dev libpcre2-dev lua-cjson lua-busted pkg-config gcc make luarocks tmux
+# and for the checking targets: sanitize (gcc's libasan and libubsan come
+# with gcc), valgrind and fuzz (clang and its libFuzzer runtime).
+deps-valgrind: ; @$(MAKE) --no-print-directory deps DEB_PKGS="$(DEB_PKGS) valgrind"
+deps-fuzz: ; @$(MAKE) --no-print-directory deps DEB_PKGS="$(DEB_PKGS) clang libclang-rt-dev"
 deps:
 	@missing=""; for p in $(DEB_PKGS); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
@@ -111,6 +234,10 @@ deps:
 	    echo "missing packages:$$missing"; echo "run: sudo apt-get install -y$$missing"; exit 1; \
 	  fi; \
 	fi
+
+# docs/errors.md is generated from tests/errors_catalogue.lua (the spec checks it is current).
+errors-doc:
+	$(LUA) tests/errors_catalogue_run.lua --markdown > docs/errors.md
 
 # The direct-OpenBLAS contender of bench/ops.lua: plain C on cblas_sgemm.
 SGEMM_DIRECT = $(BUILD)/bench/sgemm_direct

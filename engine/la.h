@@ -337,6 +337,19 @@ void la_node_release(la_node *n);
 la_tensor *la_record(la_tensor *out, const char *op, la_backward_fn fn, int n_in,
                      la_tensor *const *in, int n_saved, la_node **node);
 
+/* Anomaly detection (la_anomaly.c).  When on, la_record checks the float
+** output of every op that records a node (views excepted) and backward()
+** checks every gradient a node gives its inputs: the first NaN or inf is an
+** error naming the op, what was found and the shapes. */
+bool la_is_anomaly_enabled(void);
+bool la_set_anomaly_enabled(bool on);   /* returns the previous setting */
+int la_anomaly_check_forward(const char *op, la_tensor *out, int n_in, la_tensor *const *in);
+int la_anomaly_check_backward(const char *op, int input, int n_in, la_tensor *g, const la_tensor *gout);
+/* Whether every element is finite (always true for non-float dtypes), and
+** how many are NaN and how many +-inf.  Any strides. */
+bool la_all_finite(const la_tensor *t);
+void la_count_nonfinite(const la_tensor *t, int64_t *nan, int64_t *inf);
+
 /* Runs the backward pass from root.  grad may be NULL for a one-element root. */
 int la_backward(la_tensor *root, la_tensor *grad, bool retain_graph);
 /* Adds g into t->grad (t a leaf); takes no reference from g. */

@@ -9,7 +9,10 @@
 ** or more are therefore kept after they are freed, by size, and handed out
 ** again for the same size.  The cache holds at most as many bytes as live
 ** tensors do (and at least 256 MiB), is emptied before an allocation is
-** reported as failed, and by la_empty_cache().  Live bytes (what the Lua
+** reported as failed, and by la_empty_cache().  Under AddressSanitizer (and
+** valgrind, built with -DLA_VALGRIND) a cached block is marked inaccessible
+** past its two-word header until it is handed out again, so a use after free
+** is caught even when the block was not given back to malloc.  Live bytes (what the Lua
 ** binding paces the collector by, and what the limit applies to) do not
 ** include cached blocks.
 */
@@ -18,6 +21,26 @@
 #include <string.h>
 
 #include "la.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define LA_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define LA_ASAN 1
+#endif
+#endif
+#if defined(LA_ASAN)
+#include <sanitizer/asan_interface.h>
+#define LA_POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
+#define LA_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#elif defined(LA_VALGRIND)
+#include <valgrind/memcheck.h>
+#define LA_POISON(p, n) VALGRIND_MAKE_MEM_NOACCESS(p, n)
+#define LA_UNPOISON(p, n) VALGRIND_MAKE_MEM_UNDEFINED(p, n)
+#else
+#define LA_POISON(p, n) ((void)(p), (void)(n))
+#define LA_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
 
 static la_memstats la_mem;
 static la_oom_handler la_oom_fn;
@@ -65,6 +88,7 @@ static void *la_cache_take(size_t size) {
       la_free_block *b = *pp;
       *pp = b->next;
       la_mem.cached_bytes -= size;
+      LA_UNPOISON(b, size);
       return b;
     }
   }
@@ -80,6 +104,7 @@ static bool la_cache_put(void *p, size_t size) {
   b->next = la_cache[k];
   la_cache[k] = b;
   la_mem.cached_bytes += size;
+  LA_POISON((char *)p + sizeof *b, size - sizeof *b);
   return true;
 }
 

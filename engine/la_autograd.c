@@ -118,6 +118,10 @@ la_tensor *la_record(la_tensor *out, const char *op, la_backward_fn fn, int n_in
                      la_tensor *const *in, int n_saved, la_node **node) {
   *node = NULL;
   if (!out || !la_needs_record(n_in, in)) return out;
+  if (la_is_anomaly_enabled() && la_anomaly_check_forward(op, out, n_in, in) < 0) {
+    la_release(out);
+    return NULL;
+  }
   la_node *n = la_node_new(op, fn, n_in, in, n_saved);
   if (!n) { la_release(out); return NULL; }
   la_node_attach(n, out);
@@ -240,6 +244,8 @@ static int la_run_node(la_node *n, la_nodelist *ready, bool retain) {
     } else if ((rc = la_check_saved(n)) == 0 && (rc = n->backward(n, gout, gin)) < 0) {
       la_error_prefix("backward of '%s': ", n->op);
     }
+    for (int i = 0; rc == 0 && la_is_anomaly_enabled() && i < n->n_in; i++)
+      if (gin[i] && LA_NEEDS_GRAD(n, i)) rc = la_anomaly_check_backward(n->op, i, n->n_in, gin[i], gout);
   }
   for (int i = 0; i < n->n_in; i++) {
     la_edge *e = &n->in[i];
@@ -284,6 +290,8 @@ int la_backward(la_tensor *root, la_tensor *grad, bool retain) {
   la_tensor *g;
   if (grad) {
     if (la_check_root_grad(root, grad) < 0) return -1;
+    if (la_is_anomaly_enabled() && !la_all_finite(grad))
+      return la_failn("detect_anomaly: the gradient passed to backward() is not finite");
     g = la_retain(grad);
   } else {
     if (la_numel(root) != 1)

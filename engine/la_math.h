@@ -18,7 +18,10 @@
 #include <string.h>
 
 static inline float la_expf(float x) {
-  float xc = x < -87.3f ? -87.3f : (x > 88.7228f ? 88.7228f : x);
+  /* NaN goes through the arithmetic as 0 (the result is NaN again at the
+  ** end): converting NaN to an integer, and shifting what that gives, would
+  ** be undefined behaviour. */
+  float xc = x < -87.3f ? -87.3f : (x > 88.7228f ? 88.7228f : (x != x ? 0.0f : x));
   /* n = round(x / ln2), by the add-and-subtract-1.5*2^23 trick */
   float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   float r = xc - n * 0.693359375f;

@@ -352,8 +352,8 @@ static int st_uint_list(st_parser *p, const la_st_entry *e, const char *field, c
       snprintf(found, sizeof found, "%s at position %d", kind, k + 1);
       return st_field_error(p, e, field, what, found);
     }
-    uint64_t v;
-    st_numkind nk;
+    uint64_t v = 0;
+    st_numkind nk = ST_NUM_OTHER;
     if (st_number(p, &v, &nk) < 0) return -1;
     if (nk != ST_NUM_UINT) {
       snprintf(found, sizeof found, "%s at position %d",

@@ -313,6 +313,17 @@ static int l_is_grad_enabled(lua_State *L) {
   return 1;
 }
 
+static int l_set_anomaly_enabled(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TBOOLEAN);
+  lua_pushboolean(L, la_set_anomaly_enabled(lua_toboolean(L, 1)));
+  return 1;
+}
+
+static int l_is_anomaly_enabled(lua_State *L) {
+  lua_pushboolean(L, la_is_anomaly_enabled());
+  return 1;
+}
+
 static int l_memory(lua_State *L) {
   la_memstats m = la_memory_stats();
   lua_createtable(L, 0, 7);
@@ -376,7 +387,8 @@ static const luaL_Reg l_funcs[] = {
   {"manual_seed", l_manual_seed}, {"get_rng_state", l_get_rng_state},
   {"set_rng_state", l_set_rng_state}, {"set_num_threads", l_set_num_threads},
   {"get_num_threads", l_get_num_threads}, {"set_grad_enabled", l_set_grad_enabled},
-  {"is_grad_enabled", l_is_grad_enabled}, {"memory", l_memory},
+  {"is_grad_enabled", l_is_grad_enabled}, {"set_anomaly_enabled", l_set_anomaly_enabled},
+  {"is_anomaly_enabled", l_is_anomaly_enabled}, {"memory", l_memory},
   {"set_memory_limit", l_set_memory_limit}, {"reset_peak_memory", l_reset_peak_memory},
   {"clock", l_clock}, {"empty_cache", l_empty_cache},
   {NULL, NULL}

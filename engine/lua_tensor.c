@@ -320,6 +320,13 @@ static int lt_grad_fn(lua_State *L) {
   return 1;
 }
 
+/* t:all_finite() -> true when no element is NaN or +-inf (always true for
+** integer and bool tensors). */
+static int lt_all_finite(lua_State *L) {
+  lua_pushboolean(L, la_all_finite(lt_check(L, 1)));
+  return 1;
+}
+
 static int lt_storage_offset(lua_State *L) {
   lua_pushinteger(L, lt_check(L, 1)->offset);
   return 1;
@@ -846,12 +853,21 @@ static int lt_scatter_add(lua_State *L) {
   return 1;
 }
 
-/* Tensor or number at arg, as a tensor (a 0-d one for numbers). */
+/* Raises the error for an operand that is not a tensor, number or boolean.
+** Called for every operand before any is made into a tensor: a Lua error
+** after that would leave the tensors made so far unreleased. */
+static void lt_check_operand(lua_State *L, int arg) {
+  if (lt_test(L, arg) || lua_isboolean(L, arg) || lua_isnumber(L, arg)) return;
+  luaL_typeerror(L, arg, "tensor, number or boolean");
+}
+
+/* Tensor or number at arg (checked by lt_check_operand), as a tensor (a
+** 0-d one for numbers).  Raises no Lua error. */
 static la_tensor *lt_operand(lua_State *L, int arg, la_dtype like) {
   la_tensor *t = lt_test(L, arg);
   if (t) return la_retain(t);
   if (lua_isboolean(L, arg)) return la_scalar(LA_BOOL, lua_toboolean(L, arg));
-  double v = luaL_checknumber(L, arg);
+  double v = lua_tonumber(L, arg);
   la_dtype dt = (like != LA_FLOAT32 && lua_isinteger(L, arg)) ? like : LA_FLOAT32;
   return la_scalar(dt, v);
 }
@@ -860,6 +876,8 @@ static la_tensor *lt_operand(lua_State *L, int arg, la_dtype like) {
 int lt_where3(lua_State *L, int c, int a, int b);
 int lt_where3(lua_State *L, int c, int a, int b) {
   la_tensor *cond = lt_check(L, c), *ta = lt_test(L, a), *tb = lt_test(L, b);
+  lt_check_operand(L, a);
+  lt_check_operand(L, b);
   la_dtype like = ta ? ta->dtype : tb ? tb->dtype : LA_FLOAT32;
   la_tensor *x = lt_operand(L, a, like);
   la_tensor *y = x ? lt_operand(L, b, like) : NULL;
@@ -888,6 +906,7 @@ static const luaL_Reg lt_methods[] = {
   {"numel", lt_numel}, {"dtype", lt_dtype}, {"is_contiguous", lt_is_contiguous},
   {"is_leaf", lt_is_leaf}, {"needs_grad", lt_needs_grad}, {"grad_fn", lt_grad_fn},
   {"storage_offset", lt_storage_offset}, {"shares_storage", lt_shares_storage},
+  {"all_finite", lt_all_finite},
   {"item", lt_item}, {"totable", lt_totable}, {"get", lt_get}, {"set", lt_set},
   {"requires_grad", lt_requires_grad}, {"backward", lt_backward}, {"detach", lt_detach},
   {"zero_grad", lt_zero_grad},

@@ -1,14 +1,15 @@
 /*
 ** sys_lua.c -- the module lualign.sys: the few operating-system calls the
 ** Lua library needs and Lua lacks -- whether an output is a terminal
-** (progress bars), creating directories (run folders), renaming with fsync
-** (atomic files) and setting an environment variable.
+** (progress bars), creating directories (run folders), listing them,
+** renaming with fsync (atomic files) and setting an environment variable.
 **
 ** It is a module of its own, built without OpenMP, because lualign/init.lua
 ** loads it *before* the engine: that is the one moment an environment
 ** variable can still choose how OpenMP's threads wait (libgomp reads
 ** OMP_WAIT_POLICY once, when the engine's library is loaded).
 */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -55,6 +56,33 @@ static int ls_mkdir(lua_State *L) {
   return 1;
 }
 
+/* listdir(path) -> sorted list of the names in a directory (without . and
+** ..), or nil and a message. */
+static int ls_listdir(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  DIR *d = opendir(path);
+  if (!d) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "cannot list %s: %s", path, strerror(errno));
+    return 2;
+  }
+  lua_newtable(L);
+  lua_Integer n = 0;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+    lua_pushstring(L, e->d_name);
+    lua_rawseti(L, -2, ++n);
+  }
+  closedir(d);
+  lua_getglobal(L, "table");
+  lua_getfield(L, -1, "sort");
+  lua_pushvalue(L, -3);
+  lua_call(L, 1, 0);
+  lua_pop(L, 1);
+  return 1;
+}
+
 /* Flushes a file's data to disk by path. */
 static int ls_fsync_path(const char *path, int flags) {
   int fd = open(path, flags);
@@ -94,7 +122,7 @@ static int ls_setenv_default(lua_State *L) {
 }
 
 static const luaL_Reg ls_funcs[] = {
-  {"isatty", ls_isatty}, {"mkdir", ls_mkdir}, {"commit", ls_commit},
+  {"isatty", ls_isatty}, {"mkdir", ls_mkdir}, {"listdir", ls_listdir}, {"commit", ls_commit},
   {"setenv_default", ls_setenv_default},
   {NULL, NULL}
 };

@@ -167,6 +167,7 @@ local function evaluate()
   la.manual_seed(config.seed + 7919)          -- the same draws at every evaluation
   local result = la.no_grad(function()
     ref_samples = ref_samples or sample(ref)
+    la.manual_seed(config.seed + 7919)        -- so the policy's draws do not depend on whether ref's were cached
     local s = sample(policy)
     local rl = ref_logps_of(s)
     local wins, judge_sum, kl = 0, 0, 0
@@ -202,13 +203,12 @@ for step, batch in recipe.batches(loader, start) do
     eps = config.eps, label_smoothing = config.label_smoothing})
   opt:zero_grad()
   loss:backward()
-  opt:step()
+  if recipe.finite_step(config, step, loss, policy, logger) then opt:step() end
   metrics.loss = loss:item()
-  if step % config.eval_every == 0 or step == config.steps then
-    for k, v in pairs(evaluate()) do metrics[k] = v end
-    run:save_checkpoint(policy, opt, step)
-  end
-  logger:log(step, metrics)
+  local save = step % config.eval_every == 0 or step == config.steps
+  if save then for k, v in pairs(evaluate()) do metrics[k] = v end end
+  logger:log(step, metrics)   -- before the checkpoint, so a run killed in between redoes the step
+  if save then run:save_checkpoint(policy, opt, step) end
   recipe.check_stop(config, step, logger)
 end
 logger:close()

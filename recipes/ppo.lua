@@ -236,8 +236,8 @@ for it = start + 1, config.iterations do
       local ploss, pm = L.ppo_policy(lp, pick(old_lp), pick(advantages), mb.response_mask, {clip_eps = config.clip_eps})
       popt:zero_grad()
       ploss:backward()
-      la.optim.clip_grad_norm(policy, config.grad_clip)
-      popt:step()
+      local pnorm = la.optim.clip_grad_norm(policy, config.grad_clip)
+      if recipe.finite_step(config, it, ploss, pnorm, logger) then popt:step() end
       add("loss/policy_avg", ploss:item())
       add("policy/clipfrac_avg", pm["policy/clipfrac_avg"])
       add("policy/approxkl_avg", pm["policy/approxkl_avg"])
@@ -247,8 +247,8 @@ for it = start + 1, config.iterations do
         local vloss, vm = L.ppo_value(v, pick(old_values), pick(returns), mb.response_mask, {clip_eps = config.value_clip_eps})
         vopt:zero_grad()
         vloss:backward()
-        la.optim.clip_grad_norm(critic, config.grad_clip)
-        vopt:step()
+        local vnorm = la.optim.clip_grad_norm(critic, config.grad_clip)
+        if recipe.finite_step(config, it, vloss, vnorm, logger) then vopt:step() end
         add("loss/value_avg", vloss:item())
         add("val/clipfrac_avg", vm["val/clipfrac_avg"])
       end
@@ -266,16 +266,19 @@ for it = start + 1, config.iterations do
   local eos = 0
   for _, e in ipairs(has_eos) do eos = eos + e end
   metrics["eos_rate"] = eos / B
-  if it % config.eval_every == 0 or it == config.iterations then
+  local save = it % config.eval_every == 0 or it == config.iterations
+  if save then
     local state = la.get_rng_state()
     local ev = evaluate(policy)
     la.set_rng_state(state)
     metrics.eval_reward, metrics.eval_judge, metrics.eval_kl = ev.reward, ev.judge, ev.kl
+  end
+  logger:log(it, metrics)   -- before the checkpoint, so a run killed in between redoes the iteration
+  if save then
+    if critic then run:save_model(critic, {step = it}, "value_model.safetensors") end
     run:save_checkpoint(policy, popt, it, {kl_coef = kl_coef,
       before = {reward = before.reward, judge = before.judge, kl = before.kl}})
-    if critic then run:save_model(critic, {step = it}, "value_model.safetensors") end
   end
-  logger:log(it, metrics)
   recipe.check_stop(config, it, logger)
 end
 logger:close()

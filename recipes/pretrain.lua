@@ -99,13 +99,12 @@ for step, batch in recipe.batches(train, start) do
   opt:zero_grad()
   loss:backward()
   local norm = config.grad_clip > 0 and la.optim.clip_grad_norm(model, config.grad_clip) or nil
-  opt:step()
+  if recipe.finite_step(config, step, loss, norm or model, logger) then opt:step() end
   local metrics = {loss = loss:item(), lr = opt.lr, grad_norm = norm}
-  if step % config.eval_every == 0 or step == config.steps then
-    metrics.valid_loss = evaluate()
-    run:save_checkpoint(model, opt, step)
-  end
-  logger:log(step, metrics)
+  local save = step % config.eval_every == 0 or step == config.steps
+  if save then metrics.valid_loss = evaluate() end
+  logger:log(step, metrics)   -- before the checkpoint, so a run killed in between redoes the step
+  if save then run:save_checkpoint(model, opt, step) end
   recipe.check_stop(config, step, logger)
 end
 logger:close()

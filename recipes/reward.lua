@@ -97,13 +97,12 @@ for step, batch in recipe.batches(train, start) do
   opt:zero_grad()
   loss:backward()
   if config.grad_clip > 0 then la.optim.clip_grad_norm(model, config.grad_clip) end
-  opt:step()
+  if recipe.finite_step(config, step, loss, model, logger) then opt:step() end
   local metrics = {loss = loss:item(), accuracy = m.accuracy, margin = m.margin, lr = opt.lr}
-  if step % config.eval_every == 0 or step == config.steps then
-    metrics.valid_accuracy = accuracy(valid)
-    run:save_checkpoint(model, opt, step)
-  end
-  logger:log(step, metrics)
+  local save = step % config.eval_every == 0 or step == config.steps
+  if save then metrics.valid_accuracy = accuracy(valid) end
+  logger:log(step, metrics)   -- before the checkpoint, so a run killed in between redoes the step
+  if save then run:save_checkpoint(model, opt, step) end
   recipe.check_stop(config, step, logger)
 end
 logger:close()

@@ -8,9 +8,12 @@
 */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../engine/la.h"
+#include "../engine/la_safetensors.h"
 
 static int passed, failed;
 static const char *current;
@@ -189,6 +192,111 @@ static int test_seed_reproducible(void) {
   return 1;
 }
 
+static int test_all_finite(void) {
+  float v[] = {1, 2, 3, 4, 5, 6};
+  la_tensor *t = from(v, 2, (int64_t[]){2, 3});
+  la_tensor *tt = la_transpose(t, 0, 1);
+  int ok = la_all_finite(t) && la_all_finite(tt);
+  la_fdata(t)[4] = NAN;
+  la_fdata(t)[1] = -INFINITY;
+  int64_t nan = 0, inf = 0;
+  la_count_nonfinite(tt, &nan, &inf);
+  ok = ok && !la_all_finite(tt) && nan == 1 && inf == 1;
+  la_tensor *s = la_scalar(LA_FLOAT32, INFINITY), *i = la_full(LA_INT64, 1, (int64_t[]){3}, 7);
+  ok = ok && !la_all_finite(s) && la_all_finite(i);
+  la_release(t); la_release(tt); la_release(s); la_release(i);
+  CHECK(ok, "all_finite or count_nonfinite gave a wrong answer");
+  return 1;
+}
+
+/* exp of NaN, +-inf and the ends of its range: NaN once went through an
+** integer conversion and a shift of a negative number (undefined behaviour
+** that `make sanitize` reported). */
+static int test_exp_special_values(void) {
+  float v[] = {NAN, INFINITY, -INFINITY, 88.7f, -87.0f, -100.0f, 0.0f, 1.0f};
+  la_tensor *x = from(v, 1, (int64_t[]){8});
+  la_tensor *y = la_unary(LA_EXP, x), *s = la_unary(LA_SIGMOID, x), *t = la_unary(LA_TANH, x);
+  float *p = la_fdata(y), *q = la_fdata(s), *r = la_fdata(t);
+  int ok = isnan(p[0]) && isinf(p[1]) && p[2] == 0 && isfinite(p[3]) && p[4] > 0 && p[5] == 0 &&
+           p[6] == 1 && near(p[7], 2.7182817f) && isnan(q[0]) && q[1] == 1 && q[2] == 0 &&
+           isnan(r[0]) && r[1] == 1 && r[2] == -1;
+  la_release(x); la_release(y); la_release(s); la_release(t);
+  CHECK(ok, "exp, sigmoid or tanh of a special value is wrong");
+  return 1;
+}
+
+static int test_anomaly_forward(void) {
+  float v[] = {1, -1, 2};
+  la_tensor *x = from(v, 1, (int64_t[]){3});
+  x->requires_grad = true;
+  bool prev = la_set_anomaly_enabled(true);
+  la_tensor *y = la_unary(LA_LOG, x);
+  char msg[512];
+  snprintf(msg, sizeof msg, "%s", la_error());
+  la_tensor *z = la_unary(LA_EXP, x);   /* finite: recorded as usual */
+  la_set_anomaly_enabled(prev);
+  la_tensor *w = la_unary(LA_LOG, x);   /* anomaly mode off: no check */
+  int ok = y == NULL && z != NULL && w != NULL;
+  la_release(x); la_release(z); la_release(w);
+  CHECK(ok, "log(-1) was not stopped in anomaly mode, or a finite op was");
+  CHECK(strstr(msg, "'log' produced NaN (1 of 3 values) in its output of shape (3,)") != NULL,
+        "message was: %s", msg);
+  return 1;
+}
+
+static int test_anomaly_backward(void) {
+  la_tensor *x = la_full(LA_FLOAT32, 1, (int64_t[]){2}, 0);
+  x->requires_grad = true;
+  bool prev = la_set_anomaly_enabled(true);
+  la_tensor *y = la_unary(LA_SQRT, x), *s = la_sum(y, -1, false);
+  int rc = la_backward(s, NULL, false);
+  la_set_anomaly_enabled(prev);
+  int no_grad = x->grad == NULL;
+  la_release(s); la_release(y); la_release(x);
+  CHECK(rc < 0 && no_grad, "an infinite gradient was accumulated in anomaly mode");
+  CHECK(strstr(la_error(), "the backward of 'sqrt' produced inf (2 of 2 values) in the gradient of its input 1") != NULL,
+        "message was: %s", la_error());
+  return 1;
+}
+
+static int test_anomaly_skips_views(void) {
+  float v[] = {1, NAN, 2, 3};
+  la_tensor *x = from(v, 2, (int64_t[]){2, 2});
+  x->requires_grad = true;
+  bool prev = la_set_anomaly_enabled(true);
+  la_tensor *t = la_transpose(x, 0, 1);            /* a view: makes no value */
+  la_tensor *m = t ? la_binary_scalar(LA_MUL, t, 2.0, false) : NULL;   /* the first op to make NaN */
+  la_set_anomaly_enabled(prev);
+  la_release(x); la_release(t); la_release(m);
+  CHECK(t != NULL && m == NULL && strstr(la_error(), "'mul' produced NaN"), "message was: %s", la_error());
+  return 1;
+}
+
+static int test_safetensors_roundtrip(void) {
+  char path[] = "/tmp/lualign-engine-test-XXXXXX";
+  int fd = mkstemp(path);
+  CHECK(fd >= 0, "no temporary file");
+  close(fd);
+  float v[] = {1, 2, 3, 4, 5, 6};
+  la_tensor *a = from(v, 2, (int64_t[]){2, 3}), *at = la_transpose(a, 0, 1);
+  la_tensor *b = la_full(LA_INT64, 1, (int64_t[]){2}, 9);
+  la_st_named named[2] = {{"a.t", 3, at}, {"b", 1, b}};
+  la_st_pair meta[1] = {{"k", "v", 1, 1}};
+  int rc = la_st_save(path, 2, named, 1, meta);
+  la_st_file *f = rc == 0 ? la_st_open(path) : NULL;
+  la_tensor *back = NULL;
+  if (f) {
+    ptrdiff_t i = la_st_find(la_st_file_header(f), "a.t", 3);
+    back = i >= 0 ? la_st_read(f, (size_t)i) : NULL;
+    la_st_close(f);
+  }
+  int ok = back && back->ndim == 2 && back->shape[0] == 3 && la_fdata(back)[1] == 4;
+  unlink(path);
+  la_release(a); la_release(at); la_release(b); la_release(back);
+  CHECK(ok, "a transposed tensor did not survive save and load: %s", la_error());
+  return 1;
+}
+
 int main(void) {
   run("broadcast_add", test_broadcast_add);
   run("broadcast_error", test_broadcast_error);
@@ -202,6 +310,12 @@ int main(void) {
   run("memory_limit", test_memory_limit);
   run("index_range_error", test_index_range_error);
   run("seed_reproducible", test_seed_reproducible);
+  run("all_finite", test_all_finite);
+  run("exp_special_values", test_exp_special_values);
+  run("anomaly_forward", test_anomaly_forward);
+  run("anomaly_backward", test_anomaly_backward);
+  run("anomaly_skips_views", test_anomaly_skips_views);
+  run("safetensors_roundtrip", test_safetensors_roundtrip);
   printf("%d passed, %d failed\n", passed, failed);
   return failed ? 1 : 0;
 }

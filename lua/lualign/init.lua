@@ -68,6 +68,39 @@ function la.no_grad(fn, ...) return with_grad_mode(false, fn, ...) end
 function la.enable_grad(fn, ...) return with_grad_mode(true, fn, ...) end
 
 ----------------------------------------------------------------------------
+-- Anomaly detection
+
+local function restore_anomaly_mode(guard)
+  core.set_anomaly_enabled(guard.previous)
+end
+
+local anomaly_mt = {__close = restore_anomaly_mode, __name = "lualign.AnomalyGuard"}
+
+--- Anomaly mode: every op that records gradients checks its output, and
+-- backward() checks every gradient it computes; the first NaN or inf raises an
+-- error naming the op and the shapes ("detect_anomaly: 'log' produced NaN (1 of
+-- 3 values) in its output of shape (3,); its input has shape (3,)").
+--   la.detect_anomaly(true | false)  switches it, returning the previous setting;
+--   la.detect_anomaly(fn, ...)       runs fn(...) with it on and returns fn's results;
+--   local _ <close> = la.detect_anomaly()   on until the end of the scope.
+-- It costs a pass over each op's output, so it is for finding a bug, not for
+-- every run.
+function la.detect_anomaly(arg, ...)
+  if arg == nil then
+    return setmetatable({previous = core.set_anomaly_enabled(true)}, anomaly_mt)
+  end
+  if type(arg) == "boolean" then return core.set_anomaly_enabled(arg) end
+  if type(arg) ~= "function" then
+    error("detect_anomaly: expected true/false, a function, or no argument for the to-be-closed form", 2)
+  end
+  local previous = core.set_anomaly_enabled(true)
+  local results = table.pack(pcall(arg, ...))
+  core.set_anomaly_enabled(previous)
+  if not results[1] then error(results[2], 0) end
+  return table.unpack(results, 2, results.n)
+end
+
+----------------------------------------------------------------------------
 -- Constructors shaped like another tensor
 
 function la.zeros_like(t, dtype) return core.zeros(t:shape(), dtype or t:dtype()) end

@@ -40,16 +40,21 @@ local function format_metrics(metrics, keys)
   return table.concat(parts, "  ")
 end
 
--- Keeps the lines of metrics.jsonl whose step is at most `step`.
+-- Keeps the lines of metrics.jsonl whose step is at most `step`.  A run
+-- killed while it wrote a line leaves that line cut short: only whole lines
+-- (ending in a newline, and decoding as a JSON object) are kept.
 local function truncate_metrics(path, step)
-  local f = io.open(path, "r")
+  local f = io.open(path, "rb")
   if not f then return end
+  local text = f:read("a")
+  f:close()
+  local cjson = require "cjson"
   local kept = {}
-  for line in f:lines() do
-    local s = tonumber(line:match('"step":%s*(%d+)'))
+  for line in text:gmatch("([^\n]*)\n") do
+    local ok, row = pcall(cjson.decode, line)
+    local s = ok and type(row) == "table" and tonumber(row.step)
     if s and s <= step then kept[#kept + 1] = line end
   end
-  f:close()
   recipe.write_atomic(path, #kept > 0 and (table.concat(kept, "\n") .. "\n") or "")
 end
 
@@ -119,14 +124,20 @@ end
 
 log.format_duration = format_duration
 
---- Reads a metrics.jsonl file back as a list of rows.
+--- Reads a metrics.jsonl file back as a list of rows.  A metric that was NaN
+-- or inf (written as null, since JSON has neither) reads back as NaN, so that
+-- reports and plots of a run that met one still work.
 function log.read(path)
   local cjson = require "cjson"
   local rows = {}
   local f = io.open(path, "r")
   if not f then return rows end
   for line in f:lines() do
-    if line ~= "" then rows[#rows + 1] = cjson.decode(line) end
+    if line ~= "" then
+      local row = cjson.decode(line)
+      for k, v in pairs(row) do if v == cjson.null then row[k] = 0 / 0 end end
+      rows[#rows + 1] = row
+    end
   end
   f:close()
   return rows

@@ -25,7 +25,11 @@ local common = {
   {"threads", 0, "threads for kernels (0: OpenMP's default)"},
   {"resume", false, "continue from the run folder's last checkpoint"},
   {"stop_at", 0, "stop after this step as if interrupted (0: never), to try resume"},
+  {"nonfinite", "stop", "on a NaN or inf loss or gradient norm: 'stop' the run, or 'skip' the step"},
 }
+
+-- Keys whose value must be one of a few words.
+local choices = {nonfinite = {stop = true, skip = true}}
 
 local function kind_of(default, declared)
   if declared then return declared end
@@ -101,6 +105,12 @@ function recipe.config(argv, default_name, specs)
     end
     local v, why = convert(key, value, kinds[key])
     if v == nil then error(origin .. ": " .. why, 0) end
+    if choices[key] and not choices[key][v] then
+      local words = {}
+      for w in pairs(choices[key]) do words[#words + 1] = "'" .. w .. "'" end
+      table.sort(words)
+      error(string.format("%s: %s must be %s (got '%s')", origin, key, table.concat(words, " or "), tostring(v)), 0)
+    end
     config[key] = v
   end
   for i = 1, #(argv or {}) do
@@ -162,11 +172,18 @@ end
 local Run = {}
 Run.__index = Run
 
---- The run folder <out_dir>/<name>/ (created), with config.json written.
+--- The run folder <out_dir>/<name>/ (created), with config.json written.  A
+-- resumed run first removes the temporary files that a run killed while it
+-- wrote a file leaves behind (".NAME.tmp-..." and "NAME.tmp").
 function recipe.run(config)
   local dir = config.out_dir .. "/" .. config.name
   local ok, err = sys.mkdir(dir)
   if not ok then error(err, 2) end
+  if config.resume then
+    for _, name in ipairs(sys.listdir(dir) or {}) do
+      if name:match("^%..+%.tmp%-%d+%-%d+%-%d+$") or name:match("%.tmp$") then os.remove(dir .. "/" .. name) end
+    end
+  end
   local self = setmetatable({dir = dir, config = config}, Run)
   self:write_json("config.json", config)
   return self
@@ -200,6 +217,12 @@ end
 -- scalars, the generator's state and `extra` (a JSON-able table: data
 -- position, schedules, anything else the loop needs).  Also writes the
 -- weights alone to model.safetensors, for the next stage to load.
+--
+-- Nothing is written when a tensor holds NaN or inf: the error says which,
+-- and the last good checkpoint stays.  model.safetensors is written first, so
+-- that a run killed between the two files resumes from the older checkpoint
+-- and writes both again, rather than keeping a model file older than the
+-- checkpoint it resumed from.
 function Run:save_checkpoint(model, optimizer, step, extra)
   local checkpoint = require "lualign.checkpoint"
   local tensors = {}
@@ -210,22 +233,111 @@ function Run:save_checkpoint(model, optimizer, step, extra)
     opt_tensors, scalars = optimizer:state_dict()
     for name, t in pairs(opt_tensors) do tensors["optim." .. name] = t end
   end
-  checkpoint.save(self:path("checkpoint.safetensors"), tensors, {
+  local path = self:path("checkpoint.safetensors")
+  recipe.check_finite_tensors("save_checkpoint", path, tensors)
+  self:save_model(model, {step = tostring(step)})
+  checkpoint.save(path, tensors, {
     step = tostring(step), optimizer = recipe.json(scalars),
     rng = recipe.json(core.get_rng_state()), extra = recipe.json(extra or {}),
   })
-  self:save_model(model, {step = tostring(step)})
 end
 
 --- Writes the model's weights to <run>/<file> (default model.safetensors)
 -- with the run's config in the metadata.
+-- Refuses (an error naming the tensor) weights that hold NaN or inf.
 function Run:save_model(model, metadata, file)
   local checkpoint = require "lualign.checkpoint"
+  local path = self:path(file or "model.safetensors")
+  local tensors = model:state_dict()
+  recipe.check_finite_tensors("save_model", path, tensors)
   local meta = {config = recipe.json(self.config)}
   if model.config then meta.model_config = recipe.json(model.config) end
   for k, v in pairs(metadata or {}) do meta[k] = tostring(v) end
-  checkpoint.save(self:path(file or "model.safetensors"), model:state_dict(), meta)
+  checkpoint.save(path, tensors, meta)
 end
+
+--- Raises an error naming the first tensor (by sorted name) of `tensors`
+-- (name -> tensor) that holds NaN or inf; `what` and `path` start the message.
+function recipe.check_finite_tensors(what, path, tensors)
+  local names = {}
+  for name in pairs(tensors) do names[#names + 1] = name end
+  table.sort(names)
+  for _, name in ipairs(names) do
+    if not tensors[name]:all_finite() then
+      error(string.format("%s: refusing to write %s: tensor '%s' holds NaN or inf (the run has diverged; "
+        .. "the file on disk, if any, is left as it was)", what, path, name), 0)
+    end
+  end
+end
+
+----------------------------------------------------------------------------
+-- Non-finite losses and gradients
+
+-- Per config: steps skipped in a row and in all (kept out of the config
+-- itself, which is written to config.json and model metadata).
+local skips = setmetatable({}, {__mode = "k"})
+
+--- The number of steps recipe.finite_step has skipped for this config.
+function recipe.skipped_steps(config)
+  return skips[config] and skips[config].total or 0
+end
+
+local function value_of(v)
+  if core.is_tensor(v) then return v:item() end
+  return v
+end
+
+local function describe(v)
+  if v ~= v then return "nan" end
+  return v > 0 and "inf" or "-inf"
+end
+
+--- Checks a training step before the optimizer applies it.  loss: a number or
+-- a one-element tensor; grad: the gradient norm (a number, e.g. what
+-- clip_grad_norm returned), or the model (or a list of parameters) to compute
+-- it from, or nil.  Returns true when both are finite.  Otherwise, by
+-- config.nonfinite: "stop" raises an error naming the step and the value (the
+-- last checkpoint is left as it was); "skip" notes the step (through logger
+-- when given) and returns false, so the caller leaves out opt:step().  A run
+-- that skips `recipe.MAX_SKIPS` steps in a row stops all the same.
+--
+--     if recipe.finite_step(config, step, loss, norm or model, logger) then opt:step() end
+function recipe.finite_step(config, step, loss, grad, logger)
+  local bad
+  local l = value_of(loss)
+  if type(l) == "number" and (l ~= l or l == math.huge or l == -math.huge) then
+    bad = "loss " .. describe(l)
+  else
+    local g = grad
+    if type(g) == "table" or core.is_tensor(g) then
+      g = core.is_tensor(g) and g:item() or require("lualign.optim").clip_grad_norm(g, 0)
+    end
+    if type(g) == "number" and (g ~= g or g == math.huge or g == -math.huge) then
+      bad = "gradient norm " .. describe(g)
+    end
+  end
+  local state = skips[config] or {in_a_row = 0, total = 0}
+  skips[config] = state
+  state.in_a_row = bad and state.in_a_row + 1 or 0
+  if not bad then return true end
+  local name = config.name or "recipe"
+  if config.nonfinite == "skip" and state.in_a_row < recipe.MAX_SKIPS then
+    state.total = state.total + 1
+    local note = string.format("%s: step %d skipped: non-finite %s (nonfinite=skip)", name, step, bad)
+    if logger then logger:note(note) else print(note) end
+    return false
+  end
+  if logger then logger:close() end
+  if config.nonfinite == "skip" then
+    error(string.format("%s: stopped at step %d: %d steps in a row had a non-finite loss or gradient "
+      .. "norm (the last: %s); the run has diverged", name, step, state.in_a_row, bad), 0)
+  end
+  error(string.format("%s: stopped at step %d: non-finite %s (nonfinite=stop; nonfinite=skip skips "
+    .. "such steps instead); the last checkpoint is left as it was", name, step, bad), 0)
+end
+
+--- Steps in a row that nonfinite = "skip" skips before it stops the run.
+recipe.MAX_SKIPS = 20
 
 --- Restores a checkpoint written by save_checkpoint into model and
 -- optimizer (and the generator).  Returns the step and the extra table, or
@@ -255,7 +367,8 @@ function recipe.load_weights(model, path)
     local m = name:match("^model%.(.*)$")
     if m then prefixed[m] = t end
   end
-  model:load_state_dict(next(prefixed) and prefixed or tensors)
+  local ok, err = pcall(model.load_state_dict, model, next(prefixed) and prefixed or tensors)
+  if not ok then error(path .. ": " .. tostring(err):gsub("^[^:]*:%d+: ", ""), 2) end
   return model
 end
 

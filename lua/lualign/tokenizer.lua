@@ -82,7 +82,9 @@ end
 
 -- A map {spelling = id} as the list of spellings by id; ids must be 0..n-1.
 local function spellings_by_id(map, where)
-  if type(map) ~= "table" then error(string.format("tokenizer.load: %s is not an object", where), 3) end
+  if type(map) ~= "table" or map[1] ~= nil then
+    error(string.format("tokenizer.load: %s is not an object of token: id pairs", where), 3)
+  end
   local list, n = {}, 0
   for k, v in pairs(map) do
     if type(k) ~= "string" then error(string.format("tokenizer.load: %s has a non-string key", where), 3) end
@@ -249,12 +251,20 @@ local function read_pretokenizer(pt, path)
   if is_null(pt) then
     error(string.format("tokenizer.load: %s is null; only byte-level BPE (ByteLevel) is supported", where), 3)
   end
+  if type(pt) ~= "table" then
+    error(string.format("tokenizer.load: %s must be an object, not a %s", where, type(pt)), 3)
+  end
   if pt.type == "ByteLevel" then
     if pt.use_regex == false then return "(?s).+", pt.add_prefix_space == true end
     return nil, pt.add_prefix_space == true
   end
   if pt.type == "Sequence" and type(pt.pretokenizers) == "table" then
     local list = pt.pretokenizers
+    for i = 1, #list do
+      if type(list[i]) ~= "table" then
+        error(string.format("tokenizer.load: %s.pretokenizers[%d] must be an object", where, i), 3)
+      end
+    end
     if #list == 1 and list[1].type == "ByteLevel" then return read_pretokenizer(list[1], path) end
     if #list == 2 and list[2].type == "ByteLevel" and list[2].use_regex == false then
       local pat = split_pattern(list[1], where)
@@ -270,6 +280,7 @@ local function config_roles(dir, opts)
   local path = dir .. "/tokenizer_config.json"
   if not exists(path) then return opts end
   local cfg = decode_json(path)
+  if type(cfg) ~= "table" then error(string.format("tokenizer.load: %s is not a JSON object", path), 3) end
   local out = {}
   for k, v in pairs(opts or {}) do out[k] = v end
   for _, role in ipairs({"bos", "eos", "pad"}) do
@@ -305,6 +316,9 @@ local function load_tokenizer_json(path, opts)
     error(string.format("tokenizer.load: %s: BPE dropout is not supported", path), 2)
   end
   local n = j.normalizer
+  if not is_null(n) and type(n) ~= "table" then
+    error(string.format("tokenizer.load: %s: normalizer must be an object or null", path), 2)
+  end
   if not is_null(n) and not (n.type == "Sequence" and type(n.normalizers) == "table" and #n.normalizers == 0) then
     error(string.format("tokenizer.load: %s: normalizer %s is not supported", path, tostring(n.type)), 2)
   end
@@ -318,6 +332,9 @@ local function load_tokenizer_json(path, opts)
   if not ok then error("tokenizer.load: " .. tostring(err), 2) end
   local self = wrap(ud, "bpe", #spellings)
   if not is_null(j.added_tokens) then
+    if type(j.added_tokens) ~= "table" then
+      error(string.format("tokenizer.load: %s: added_tokens must be a list", path), 2)
+    end
     local added = {}
     for i, t in ipairs(j.added_tokens) do
       if type(t) ~= "table" or type(t.content) ~= "string" then
@@ -347,10 +364,8 @@ local function bundled(name)
   return nil, table.concat(candidates, ", ")
 end
 
---- Loads a tokenizer: a tokenizer.json file, a directory holding
--- tokenizer.json or encoder.json + vocab.bpe, or "gpt2" for the bundled
--- GPT-2 files.  opts: bos_token, eos_token, pad_token (names; false unsets).
-function M.load(path, opts)
+-- What M.load does, with errors that M.load puts at its caller's line.
+local function load_any(path, opts)
   if type(path) ~= "string" then error("tokenizer.load: expected a path", 2) end
   if path == "gpt2" and not exists(path) then
     local dir, tried = bundled("gpt2")
@@ -371,6 +386,24 @@ function M.load(path, opts)
   return load_tokenizer_json(path, config_roles(dir, opts))
 end
 
+--- Loads a tokenizer: a tokenizer.json file, a directory holding
+-- tokenizer.json or encoder.json + vocab.bpe, or "gpt2" for the bundled
+-- GPT-2 files.  opts: bos_token, eos_token, pad_token (names; false unsets).
+function M.load(path, opts)
+  local ok, tok = pcall(load_any, path, opts)
+  if ok then return tok end
+  -- Errors are raised at the caller's line, and always start with
+  -- "tokenizer.load:"; a file shaped in a way no check above foresaw still
+  -- gets a message that names it.
+  local msg = tostring(tok)
+  local clean = msg:match("tokenizer%.load: .*$")
+  if not clean then
+    clean = string.format("tokenizer.load: %s: malformed tokenizer file (%s)", tostring(path),
+      (msg:gsub("^[^:]*:%d+: ", "")))
+  end
+  error(clean, 2)
+end
+
 ----------------------------------------------------------------------------
 -- Encoding and decoding
 
@@ -383,22 +416,22 @@ function Tokenizer:encode(text, opts)
     error(string.format("encode: expected a string, got a %s", type(text)), 2)
   end
   local recognise = true
-  if opts then
-    if opts.split_special_tokens then recognise = false end
-    if opts.add_special_tokens then
-      local ids = bpe.encode(self._bpe, text, recognise)
-      if self.bos_id then table.insert(ids, 1, self.bos_id) end
-      if self.eos_id then ids[#ids + 1] = self.eos_id end
-      return ids
-    end
+  if opts and opts.split_special_tokens then recognise = false end
+  local ok, ids = pcall(bpe.encode, self._bpe, text, recognise)
+  if not ok then error(ids, 2) end   -- at the caller's line, not this one
+  if opts and opts.add_special_tokens then
+    if self.bos_id then table.insert(ids, 1, self.bos_id) end
+    if self.eos_id then ids[#ids + 1] = self.eos_id end
   end
-  return bpe.encode(self._bpe, text, recognise)
+  return ids
 end
 
 --- Decodes ids (a list, or a 1-d integer tensor) to a string of bytes.
 -- opts.skip_special_tokens (default false) leaves special tokens out.
 function Tokenizer:decode(ids, opts)
-  return bpe.decode(self._bpe, ids, opts ~= nil and opts.skip_special_tokens or false)
+  local ok, text = pcall(bpe.decode, self._bpe, ids, opts ~= nil and opts.skip_special_tokens or false)
+  if not ok then error(text, 2) end   -- at the caller's line, not this one
+  return text
 end
 
 --- The pre-tokens of text (GPT-2's regex split), for inspection.
