@@ -18,6 +18,7 @@
 ** on one thread: waking and joining a team costs more than it saves, and much
 ** more on a loaded machine, where one descheduled thread stalls the join. */
 #define LA_GEMM_PARALLEL_MACS (4 * 1024 * 1024)
+#define LA_GEMV_PARALLEL_MACS (256 * 1024)
 
 /* A 2-D operand as BLAS sees it. */
 typedef struct {
@@ -78,6 +79,33 @@ static void la_sgemm_small(const la_mat *a, const la_mat *b, float alpha, float 
     }
 }
 
+/* The same block when it is one row or one column of C: a matrix-vector
+** product.  sgemm would pack the whole matrix operand into its own buffers
+** first, reading it twice; sgemv streams it once, which is what bounds a
+** decoding step (a batch of one token against every weight matrix). */
+static void la_sgemv1(const la_mat *a, const la_mat *b, float alpha, float beta, float *c,
+                      int ldc, int r0, int r1, int c0, int c1) {
+  int M = r1 - r0, N = c1 - c0, K = a->cols;
+  float *y = c + (size_t)r0 * ldc + c0;
+  if (M == 1) {
+    /* c[r0, j] = sum_k a[r0, k] b[k, j]: B^T times a row of A */
+    int inca = a->trans ? a->ld : 1;
+    const float *x = la_mat_rows(a, r0), *w = la_mat_cols(b, c0);
+    if (b->trans)   /* B^T stored row-major as (N, K): Linear's weight */
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, alpha, w, b->ld, x, inca, beta, y, 1);
+    else
+      cblas_sgemv(CblasRowMajor, CblasTrans, K, N, alpha, w, b->ld, x, inca, beta, y, 1);
+  } else {
+    /* c[i, c0] = sum_k a[i, k] b[k, c0]: A times a column of B */
+    int incb = b->trans ? 1 : b->ld;
+    const float *x = la_mat_cols(b, c0), *w = la_mat_rows(a, r0);
+    if (a->trans)   /* A stored column-major: A^T is (K, M) row-major */
+      cblas_sgemv(CblasRowMajor, CblasTrans, K, M, alpha, w, a->ld, x, incb, beta, y, ldc);
+    else
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, M, K, alpha, w, a->ld, x, incb, beta, y, ldc);
+  }
+}
+
 /* C[M, N] (row-major, ldc) = alpha * A[M, K] B[K, N] + beta * C, on this thread. */
 static void la_sgemm1(const la_mat *a, const la_mat *b, float alpha, float beta, float *c,
                       int ldc, int r0, int r1, int c0, int c1) {
@@ -95,6 +123,10 @@ static void la_sgemm1(const la_mat *a, const la_mat *b, float alpha, float beta,
     la_sgemm_small(a, b, alpha, beta, c, ldc, r0, r1, c0, c1);
     return;
   }
+  if (M == 1 || N == 1) {
+    la_sgemv1(a, b, alpha, beta, c, ldc, r0, r1, c0, c1);
+    return;
+  }
   cblas_sgemm(CblasRowMajor, a->trans ? CblasTrans : CblasNoTrans,
               b->trans ? CblasTrans : CblasNoTrans, M, N, K, alpha, la_mat_rows(a, r0), a->ld,
               la_mat_cols(b, c0), b->ld, beta, c + (size_t)r0 * ldc + c0, ldc);
@@ -105,7 +137,10 @@ static void la_sgemm(const la_mat *a, const la_mat *b, float alpha, float beta, 
   int M = a->rows, N = b->cols;
   int nt = la_get_num_threads();
   double macs = (double)M * N * a->cols;
-  if (nt <= 1 || macs < LA_GEMM_PARALLEL_MACS) {
+  /* A matrix-vector product is bound by reading the matrix, not by arithmetic:
+  ** a second thread pays off from a much smaller size. */
+  double threshold = M == 1 || N == 1 ? LA_GEMV_PARALLEL_MACS : LA_GEMM_PARALLEL_MACS;
+  if (nt <= 1 || macs < threshold) {
     la_sgemm1(a, b, alpha, beta, c, ldc, 0, M, 0, N);
     return;
   }

@@ -193,6 +193,32 @@ describe("matmul", function()
     close(naive_matmul(e:totable(), bt:totable()), e:matmul(bt), 1e-5)
   end)
 
+  it("computes one-row and one-column products (matrix-vector) in every layout", function()
+    -- large enough to leave the small-product loop and to be split across threads
+    la.manual_seed(6)
+    local K, N = 96, 700
+    local function check(a, b)
+      local got = a:matmul(b)
+      close(naive_matmul(a:totable(), b:totable()), got, 1e-4)
+      local ga, gb = a:clone():requires_grad(), b:clone():requires_grad()
+      ga:matmul(gb):sum():backward()   -- dA = 1 B^T, dB = A^T 1: products with one column/row
+      close(naive_matmul(la.ones(a:size(1), b:size(2)):totable(), b:t():totable()), ga.grad, 1e-4)
+      close(naive_matmul(a:t():totable(), la.ones(a:size(1), b:size(2)):totable()), gb.grad, 1e-4)
+    end
+    local row, rowt = la.randn(1, K), la.randn(K, 1):t()
+    local strided_row = la.randn(3, K):t():narrow(2, 2, 1):t()   -- (1, K) with element stride 3
+    local w, wt = la.randn(K, N), la.randn(N, K):t()             -- row-major and Linear's W^T
+    for _, a in ipairs({row, rowt, strided_row}) do
+      check(a, w); check(a, wt)
+    end
+    local col, colt = la.randn(K, 1), la.randn(1, K):t()
+    local m, mt = la.randn(N, K), la.randn(K, N):t()
+    for _, b in ipairs({col, colt}) do
+      check(m, b); check(mt, b)
+    end
+    check(la.randn(1, 2 * K), la.randn(2 * K, 1))                 -- a dot product
+  end)
+
   it("gives the same result on one thread and on several", function()
     la.manual_seed(5)
     local a, b = la.randn(300, 200), la.randn(200, 100)
