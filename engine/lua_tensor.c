@@ -31,20 +31,41 @@ int lt_check_rc(lua_State *L, int rc) {
 #define LT_GC_FLOOR ((size_t)64 << 20)
 
 static size_t lt_gc_threshold = LT_GC_FLOOR;
+static size_t lt_gc_step_base;   /* live bytes after the last collection between steps */
 static uint64_t lt_gc_collections;
 
 static void lt_gc_reset_threshold(void) {
   size_t live = la_memory_stats().live_bytes, slack = live / 4;
+  if (live < lt_gc_step_base) lt_gc_step_base = live;
   lt_gc_threshold = live + (slack > LT_GC_FLOOR ? slack : LT_GC_FLOOR);
 }
 
-void lt_pace_gc(lua_State *L) {
-  if (la_memory_stats().live_bytes <= lt_gc_threshold) return;
+static void lt_collect(lua_State *L) {
   if (lua_gc(L, LUA_GCISRUNNING)) {   /* respect collectgarbage("stop") */
     lua_gc(L, LUA_GCCOLLECT);
     lt_gc_collections++;
   }
   lt_gc_reset_threshold();
+}
+
+void lt_pace_gc(lua_State *L) {
+  if (la_memory_stats().live_bytes > lt_gc_threshold) lt_collect(L);
+}
+
+/* A backward pass frees its graph, and with it the last references to the
+** forward pass's activations but those of their Lua handles, which hold them
+** until a collection.  Left to the threshold above, a training step's
+** activations stay on top of the next step's: a whole step's worth of dead
+** tensors (1.3 GB at GPT-2's size).  So a backward pass ends with a
+** collection when the live bytes exceed, by more than the floor, what
+** survived the last one that ran between steps (or any later one that found
+** less); a collection in the middle of a step is no baseline, as it finds the
+** step's activations alive.  Steps smaller than the floor cost the collector
+** more than they hold, and are left to the threshold. */
+static void lt_collect_after_backward(lua_State *L) {
+  if (la_memory_stats().live_bytes <= lt_gc_step_base + LT_GC_FLOOR) return;
+  lt_collect(L);
+  lt_gc_step_base = la_memory_stats().live_bytes;
 }
 
 /* The bytes above count only tensor data, so a loop of ops on tiny tensors
@@ -419,6 +440,7 @@ static int lt_backward(lua_State *L) {
     lua_pop(L, 1);
   }
   lt_check_rc(L, la_backward(t, g, retain));
+  if (!retain) lt_collect_after_backward(L);
   return 0;
 }
 
