@@ -40,12 +40,15 @@ static void lt_gc_reset_threshold(void) {
   lt_gc_threshold = live + (slack > LT_GC_FLOOR ? slack : LT_GC_FLOOR);
 }
 
-static void lt_collect(lua_State *L) {
-  if (lua_gc(L, LUA_GCISRUNNING)) {   /* respect collectgarbage("stop") */
+/* Whether it collected: it respects collectgarbage("stop"). */
+static bool lt_collect(lua_State *L) {
+  bool running = lua_gc(L, LUA_GCISRUNNING);
+  if (running) {
     lua_gc(L, LUA_GCCOLLECT);
     lt_gc_collections++;
   }
   lt_gc_reset_threshold();
+  return running;
 }
 
 void lt_pace_gc(lua_State *L) {
@@ -64,8 +67,7 @@ void lt_pace_gc(lua_State *L) {
 ** more than they hold, and are left to the threshold. */
 static void lt_collect_after_backward(lua_State *L) {
   if (la_memory_stats().live_bytes <= lt_gc_step_base + LT_GC_FLOOR) return;
-  lt_collect(L);
-  lt_gc_step_base = la_memory_stats().live_bytes;
+  if (lt_collect(L)) lt_gc_step_base = la_memory_stats().live_bytes;
 }
 
 /* The bytes above count only tensor data, so a loop of ops on tiny tensors

@@ -77,6 +77,30 @@ describe("memory", function()
     assert.is_true(la.memory().live_bytes <= before)
   end)
 
+  it("frees a large step's activations at the end of its backward pass", function()
+    -- ~160 MiB of activations per step, more than the pacing's 64 MiB floor:
+    -- left to the threshold they would outlive the step that made them.
+    la.manual_seed(1)
+    local x = la.randn(2048, 4096):requires_grad()   -- 32 MiB
+    local function forward()   -- like model:loss: the intermediates die with the call
+      local a = x:exp()
+      local b = a:tanh()
+      local c = b:sigmoid()
+      return (c * a):mean()
+    end
+    local function big_step()
+      forward():backward()
+      x.grad = nil
+    end
+    big_step()
+    local base = la.memory().live_bytes
+    for i = 1, 4 do
+      big_step()
+      local extra = la.memory().live_bytes - base
+      assert.is_true(extra < 16 * MiB, string.format("step %d left %.1f MiB alive", i, extra / MiB))
+    end
+  end)
+
   it("collects and retries when an allocation would pass the limit", function()
     collectgarbage("collect")
     local live = la.memory().live_bytes
