@@ -47,12 +47,13 @@ describe("recipe config", function()
   end)
 
   it("lists every key with its default and description under --help", function()
-    local out = io.popen("cd " .. os.getenv("PWD") .. " && lua5.4 -e 'package.path=\"./lua/?.lua;./lua/?/init.lua;\"..package.path; package.cpath=\"./build/?.so;\"..package.cpath' -e 'require(\"lualign.recipe\").config({[0]=\"r.lua\", \"--help\"}, \"demo\", {{\"lr\", 0.1, \"learning rate\"}})'")
+    local out = io.popen("cd " .. os.getenv("PWD") .. " && lua5.4 -e 'package.path=\"./lua/?.lua;./lua/?/init.lua;\"..package.path; package.cpath=\"./build/?.so;\"..package.cpath' -e 'require(\"lualign.recipe\").config({[0]=\"r.lua\", \"--help\"}, \"demo\", {{\"lr\", 0.1, \"learning rate\"}, {\"fmt\", \"Q:\" .. string.char(10) .. \"A:\", \"format\"}})'")
     local text = out:read("a")
     out:close()
     assert.is_truthy(text:find("usage: lualign r.lua", 1, true))
     assert.is_truthy(text:find("lr%s+0.1%s+learning rate"))
     assert.is_truthy(text:find("resume%s+false"))
+    assert.is_truthy(text:find("fmt%s+Q:\\nA:%s+format"), text)   -- a newline shown escaped, on one line
   end)
 end)
 

@@ -66,7 +66,9 @@ local function usage(script, specs)
   local width = 0
   for _, s in ipairs(specs) do width = math.max(width, #s[1]) end
   for _, s in ipairs(specs) do
-    lines[#lines + 1] = string.format("  %-" .. width .. "s  %-22s %s", s[1], tostring(s[2]), s[3] or "")
+    -- a newline or tab in a default is shown escaped, keeping one line per key
+    local default = tostring(s[2]):gsub("\n", "\\n"):gsub("\t", "\\t")
+    lines[#lines + 1] = string.format("  %-" .. width .. "s  %-22s %s", s[1], default, s[3] or "")
   end
   return table.concat(lines, "\n") .. "\n"
 end
