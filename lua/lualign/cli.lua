@@ -23,9 +23,17 @@ local function report(err)
   return 1
 end
 
--- Runs a chunk with a traceback on error; returns ok.
+-- An error raised without a position (error(msg, 0): a bad config key, a run
+-- stopped on purpose) is a message for the user and is shown alone; any other
+-- error, from the engine or from a script, comes with its traceback.
+local function message_handler(e)
+  if type(e) == "string" and not e:match("^[^\n]-:%d+: ") then return e end
+  return debug.traceback(tostring(e), 2)
+end
+
+-- Runs a chunk, reporting an error; returns ok.
 local function run_chunk(chunk, ...)
-  local ok, err = xpcall(chunk, function(e) return debug.traceback(tostring(e), 2) end, ...)
+  local ok, err = xpcall(chunk, message_handler, ...)
   if not ok then report(err) end
   return ok
 end
