@@ -309,6 +309,7 @@ struct la_node {
   int out_ndim;              /* shape of the output, to check incoming gradients */
   int64_t out_shape[LA_MAX_DIM];
   bool released;             /* saved values already freed by a backward() */
+  bool last_use;             /* set while its backward runs on a graph not retained */
   /* scratch state of the backward engine */
   la_tensor *grad_acc;
   int pending;
@@ -328,6 +329,8 @@ la_node *la_node_new(const char *op, la_backward_fn fn, int n_in, la_tensor *con
 /* Saves t for the backward pass as a detached alias (so a node never keeps
 ** its own output's history alive), remembering its storage version. */
 int la_node_save(la_node *n, int slot, la_tensor *t);
+/* Whether n's backward may overwrite saved value i (see la_autograd.c). */
+bool la_node_saved_is_free(const la_node *n, int i);
 /* out->grad_fn = n, taking over the caller's reference to n. */
 void la_node_attach(la_node *n, la_tensor *out);
 void la_node_release(la_node *n);

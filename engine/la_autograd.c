@@ -225,6 +225,15 @@ static int la_check_saved(la_node *n) {
   return 0;
 }
 
+/* Whether the backward pass of n may write over saved value i: this is the
+** graph's last backward, and nothing else (no view, no Lua handle) holds the
+** value's storage, so no one can read it again. */
+bool la_node_saved_is_free(const la_node *n, int i) {
+  const la_tensor *t = n->saved[i];
+  return n->last_use && t->refcount == 1 && t->storage->refcount == 1 && !t->storage->release &&
+         t->offset == 0 && la_is_contiguous(t);
+}
+
 /* Runs one node: its gradients go to the nodes and leaves behind it. */
 static int la_run_node(la_node *n, la_nodelist *ready, bool retain) {
   char b1[LA_SHAPE_BUF], b2[LA_SHAPE_BUF];
@@ -241,7 +250,7 @@ static int la_run_node(la_node *n, la_nodelist *ready, bool retain) {
       rc = la_failn("backward: the graph through '%s' was already freed by an earlier "
                     "backward(); call the first backward with retain_graph = true to "
                     "run backward twice", n->op);
-    } else if ((rc = la_check_saved(n)) == 0 && (rc = n->backward(n, gout, gin)) < 0) {
+    } else if ((rc = la_check_saved(n)) == 0 && (n->last_use = !retain, rc = n->backward(n, gout, gin)) < 0) {
       la_error_prefix("backward of '%s': ", n->op);
     }
     for (int i = 0; rc == 0 && la_is_anomaly_enabled() && i < n->n_in; i++)

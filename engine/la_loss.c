@@ -25,8 +25,14 @@ static int la_cross_entropy_backward(la_node *n, la_tensor *gout, la_tensor **gi
   la_tensor *x = n->saved[0], *t = n->saved[1], *lse = n->saved[2];
   int64_t N = x->shape[0], V = x->shape[1], ignore = n->iarg[0], count = n->iarg[1];
   double eps = n->farg[0];
-  la_tensor *dx = la_empty(LA_FLOAT32, 2, x->shape);
+  /* When nothing else holds the logits (GPT:loss closes its handles to them),
+  ** the gradient is written over them: at GPT-2's vocabulary that is one
+  ** (B*T, 50257) buffer fewer at the peak of a training step.  Each element is
+  ** read before it is written. */
+  bool in_place = la_node_saved_is_free(n, 0);
+  la_tensor *dx = in_place ? la_retain(x) : la_empty(LA_FLOAT32, 2, x->shape);
   if (!dx) return -1;
+  if (in_place) x->storage->version++;
   float g = count > 0 ? (float)(la_item(gout) / (double)count) : 0.0f;
   const float *xp = la_fdata(x), *lp = la_fdata(lse);
   float *dp = la_fdata(dx);

@@ -139,6 +139,50 @@ describe("gradients of the fused kernels", function()
     check(function(x) return (F.cross_entropy(x, t)) end, {leaf(4, 5)})
     check(function(x) return (F.cross_entropy(x, t, {label_smoothing = 0.2})) end, {leaf(4, 5)})
   end)
+
+  it("cross_entropy writes its gradient over the logits only when nothing else holds them", function()
+    la.manual_seed(8)
+    local w0, h = la.randn(6, 9), la.randn(4, 6)
+    local t = la.tensor({1, -100, 8, 0})
+    local function grad_of_w(hold, retain)
+      local w = w0:clone():requires_grad()
+      local loss, logits, copy
+      if hold then
+        logits = h:matmul(w)
+        copy = logits:clone()
+        loss = F.cross_entropy(logits, t)
+      else
+        local closed <close> = h:matmul(w)
+        loss = F.cross_entropy(closed, t)
+      end
+      loss:backward(retain and {retain_graph = true} or nil)
+      if hold then assert_close(logits, copy, 0) end   -- the caller's logits are intact
+      return w.grad, loss
+    end
+    local expected = grad_of_w(true)
+    assert_close(grad_of_w(false), expected, 1e-6)    -- the in-place path
+    -- a retained graph keeps its logits: a second backward gives the same gradient again
+    local g, loss = grad_of_w(false, true)
+    assert_close(g, expected, 1e-6)
+    loss:backward()
+    assert_close(g, expected * 2, 1e-6)
+  end)
+
+  it("GPT:loss lets the gradient of the logits reuse their memory", function()
+    la.manual_seed(9)
+    local model = la.models.gpt{vocab_size = 4096, n_positions = 32, n_embd = 16, n_layer = 1, n_head = 2}
+    local ids = la.randint(0, 4096, 8, 33)
+    local x, y = ids:narrow(2, 1, 32), ids:narrow(2, 2, 32)
+    model:loss(x, y):backward()   -- gradients of the weights now exist; what follows is the step
+    collectgarbage("collect")
+    local logits_bytes = 8 * 32 * 4096 * 4             -- 4 MiB
+    la.reset_peak_memory()
+    local before = la.memory().live_bytes
+    model:loss(x, y):backward()
+    local step_peak = la.memory().peak_bytes - before
+    -- without the reuse the logits and their gradient are alive together at the peak
+    assert.is_true(step_peak < 2 * logits_bytes, string.format("peak %.2f MiB above the start", step_peak / 2 ^ 20))
+  end)
 end)
 
 describe("the Module protocol", function()

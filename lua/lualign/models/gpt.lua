@@ -180,8 +180,11 @@ function GPT:forward(ids, opts) return self:logits(self:hidden(ids, opts)) end
 -- next tokens (-100 = ignore).  opts: as for hidden(), plus ignore_index and
 -- label_smoothing.  Returns the loss and the number of counted tokens.
 function GPT:loss(ids, targets, opts)
-  local logits = self:forward(ids, opts)
-  return F.cross_entropy(logits:reshape(-1, logits:size(-1)), targets:reshape(-1), opts)
+  -- Closing the handles leaves the loss's graph the only holder of the logits,
+  -- so its backward pass writes their gradient over them.
+  local logits <close> = self:forward(ids, opts)
+  local rows <close> = logits:reshape(-1, logits:size(-1))
+  return F.cross_entropy(rows, targets:reshape(-1), opts)
 end
 
 --- The LM head's weight (V, C): lm_head.weight, or wte.weight when tied.
