@@ -52,7 +52,7 @@ SYSMOD = $(BUILD)/lualign/sys.so
 CTEST = $(BUILD)/engine_test
 TOKTEST = $(BUILD)/tokenizer_test
 
-.PHONY: all test demo ctest deps bench install clean data check-blas fuzzers fuzz sanitize valgrind deps-valgrind deps-fuzz errors-doc
+.PHONY: all test demo ctest deps bench bench-gpt bench-loss bench-tokenizer soak install clean data check-blas fuzzers fuzz sanitize valgrind deps-valgrind deps-fuzz errors-doc
 
 all: $(MODULE) $(SYSMOD)
 
@@ -245,11 +245,23 @@ $(SGEMM_DIRECT): bench/sgemm_direct.c
 	@mkdir -p $(dir $@)
 	$(CC) -std=c11 -D_POSIX_C_SOURCE=200809L -O2 $(BLAS_CFLAGS) -o $@ $< $(BLAS_LIBS)
 
-# The engine-op benchmarks (bench/README.md has the others: GPT steps, loss
-# kernels, the tokenizer, the memory soak).  BENCH_ARGS passes options to the
-# driver, e.g. make bench BENCH_ARGS="--rounds 3".
+# The benchmarks; bench/README.md has their figures and what they mean.
+# BENCH_ARGS passes options to the driver, e.g. make bench BENCH_ARGS="--rounds 3",
+# make bench-gpt BENCH_ARGS="3 gpt2".  `make bench` is the engine ops.
 bench: $(MODULE) $(SYSMOD) $(SGEMM_DIRECT)
 	@$(LUA_ENV) $(LUA) bench/ops.lua $(BENCH_ARGS)
+
+bench-gpt: $(MODULE) $(SYSMOD)
+	@$(LUA) bench/gpt_compare.lua $(BENCH_ARGS)
+
+bench-loss: $(MODULE) $(SYSMOD)
+	@$(LUA) bench/loss_compare.lua $(BENCH_ARGS)
+
+bench-tokenizer: $(MODULE) $(SYSMOD)
+	@bin/lualign bench/tokenizer.lua $(BENCH_ARGS)
+
+soak: $(MODULE) $(SYSMOD)
+	@bin/lualign bench/soak.lua $(BENCH_ARGS)
 
 # LuaRocks' make backend calls this with its directories.  Recipes go to
 # lualign/recipes/ in the Lua module folder, where `lualign NAME` finds them;

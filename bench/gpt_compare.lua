@@ -1,7 +1,7 @@
 -- bench/gpt_compare.lua -- lualign against the PyTorch CPU peer on GPT training
 -- steps, forward passes and KV-cache generation, in one command.
 --
---   make bench-gpt                      (all configs, 3 rounds)
+--   make bench-gpt [BENCH_ARGS="rounds configs..."]   (default: 3 rounds of all)
 --   lua5.4 bench/gpt_compare.lua [rounds] [configs...]
 --
 -- Each round runs the peer (../shared/bench/torch_gpt.py, copied to a temp
