@@ -246,11 +246,12 @@ static int la_run_node(la_node *n, la_nodelist *ready, bool retain) {
     return la_failn("backward: out of memory");
   }
   if (gout) {
+    n->last_use = !retain;
     if (n->released) {
       rc = la_failn("backward: the graph through '%s' was already freed by an earlier "
                     "backward(); call the first backward with retain_graph = true to "
                     "run backward twice", n->op);
-    } else if ((rc = la_check_saved(n)) == 0 && (n->last_use = !retain, rc = n->backward(n, gout, gin)) < 0) {
+    } else if ((rc = la_check_saved(n)) == 0 && (rc = n->backward(n, gout, gin)) < 0) {
       la_error_prefix("backward of '%s': ", n->op);
     }
     for (int i = 0; rc == 0 && la_is_anomaly_enabled() && i < n->n_in; i++)
