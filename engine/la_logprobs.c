@@ -39,9 +39,11 @@ static inline int64_t la_id_at(const la_tensor *t, int64_t i) {
 
 /* e^d for d <= 0 (a logit minus the row's maximum or log-sum-exp): la_expf
 ** without the overflow path (d is clamped to 0 from above: rounding may
-** push it a few ulps past).  Below -87.3 the result is 0; NaN stays NaN. */
+** push it a few ulps past).  Below -87.3 the result is 0; NaN stays NaN,
+** going through the arithmetic as 0 (converting NaN to an integer would be
+** undefined behaviour). */
 static inline float la_lp_exp(float d) {
-  float dc = d < -87.3f ? -87.3f : (d > 0.0f ? 0.0f : d);
+  float dc = d < -87.3f ? -87.3f : (d > 0.0f ? 0.0f : (d != d ? 0.0f : d));
   float n = (dc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   float r = dc - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
