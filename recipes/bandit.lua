@@ -43,33 +43,66 @@ local plot = require "lualign.plot"
 local config = {
   actions = 100,          -- number of actions
   reward_center = 0.75,   -- the true reward is exp(-(x - c)^2 / (2 w^2)), x = a / (actions - 1)
-  reward_width = 0.2,
+  reward_width = 0.2,     -- w of the reward's bump
   data_center = 0.3,      -- training distribution: (1 - floor) N(c, w^2) + floor uniform, over x
-  data_width = 0.1,
-  data_floor = 0.1,
+  data_width = 0.1,       -- w of the training distribution
+  data_floor = 0.1,       -- the training distribution's uniform share
   pairs = 2000,           -- preference pairs in the dataset
   tau = 0.5,              -- temperature of the Bradley-Terry labels
   votes = 0,              -- 0: exact soft labels; n: the share of n sampled votes
   reference = "sft",      -- "sft" (fitted to the data) or "uniform"
   ref_smoothing = 0.5,    -- add-alpha smoothing of the SFT fit
-  beta = 1.0,
-  methods = "dpo,cdpo,gdpo",
-  steps = 3000,
-  batch = 128,
-  lr = 0.05,
-  eval_every = 25,
-  seed = 1,
+  beta = 1.0,             -- beta of every loss
+  methods = "dpo,cdpo,gdpo", -- losses to train (comma-separated)
+  steps = 3000,           -- Adam steps per method
+  batch = 128,            -- pairs per step
+  lr = 0.05,              -- Adam learning rate on the policy's logits
+  eval_every = 25,        -- steps between evaluations (reward, mode, KL)
+  seed = 1,               -- random seed (data, labels, batches)
   compare = false,        -- true: run the three regimes of docs/bandit.md and compare them
-  out = "runs/bandit",
-  quiet = false,
+  out = "runs/bandit",    -- output folder
+  quiet = false,          -- true: no progress lines
 }
 
+--- The keys with their defaults and the comments beside them in the config
+-- table above (read from this file, so the table stays the one description).
+local function usage(defaults)
+  local lines, listed = {"usage: lua5.4 recipes/bandit.lua [key=value ...]", "", "keys:"}, {}
+  local function add(k, note)
+    lines[#lines + 1] = string.format("  %-14s %-14s %s", k, tostring(defaults[k]), note or "")
+    listed[k] = true
+  end
+  local source = debug.getinfo(1, "S").source:match("^@(.*)$")
+  local f = source and io.open(source)
+  if f then
+    local inside = false
+    for line in f:lines() do
+      if line:match("^local config = {") then inside = true
+      elseif inside and line:match("^}") then break
+      elseif inside then
+        local k, note = line:match("^%s*([%w_]+)%s*=.-%-%-%s*(.*)$")
+        if k and defaults[k] ~= nil then add(k, note) end
+      end
+    end
+    f:close()
+  end
+  local rest = {}
+  for k in pairs(defaults) do if not listed[k] then rest[#rest + 1] = k end end
+  table.sort(rest)
+  for _, k in ipairs(rest) do add(k) end
+  return table.concat(lines, "\n") .. "\n"
+end
+
 --- Parses key=value arguments into a copy of defaults (numbers, booleans and
--- strings keep the type of the default).
+-- strings keep the type of the default); --help lists the keys.
 local function parse_args(defaults, args)
   local cfg = {}
   for k, v in pairs(defaults) do cfg[k] = v end
   for _, a in ipairs(args or {}) do
+    if a == "--help" or a == "-h" then
+      io.write(usage(defaults))
+      os.exit(0)
+    end
     local k, v = a:match("^([%w_]+)=(.*)$")
     if not k then error("bandit: arguments are key=value (got '" .. a .. "')", 0) end
     if defaults[k] == nil then

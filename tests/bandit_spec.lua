@@ -73,4 +73,18 @@ describe("the bandit recipe", function()
     assert.is_falsy(p:close())
     assert.is_truthy(text:find("steps must be a number (got 'many')", 1, true), text)
   end)
+
+  it("lists every key with its default and description under --help", function()
+    local p = io.popen("lua5.4 recipes/bandit.lua --help 2>&1")
+    local text = p:read("a")
+    assert.is_truthy(p:close())
+    assert.is_truthy(text:find("tau%s+0.5%s+temperature of the Bradley%-Terry labels"), text)
+    assert.is_truthy(text:find("lr%s+0.05%s+Adam learning rate"), text)
+    local keys = 0
+    for line in text:gmatch("\n  (%S[^\n]*)") do
+      keys = keys + 1
+      assert.is_truthy(line:match("^%S+%s+%S+%s+%S"), "no description: " .. line)
+    end
+    assert.are.equal(21, keys)
+  end)
 end)
