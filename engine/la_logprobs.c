@@ -44,16 +44,7 @@ static inline int64_t la_id_at(const la_tensor *t, int64_t i) {
 ** undefined behaviour). */
 static inline float la_lp_exp(float d) {
   float dc = d < -87.3f ? -87.3f : (d > 0.0f ? 0.0f : (d != d ? 0.0f : d));
-  float n = (dc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  float r = dc - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
+  float n, p = la_exp_reduce(dc, &n);
   int32_t bits = ((int32_t)n + 127) << 23;
   float scale;
   memcpy(&scale, &bits, sizeof scale);

@@ -17,22 +17,30 @@
 #include <stdint.h>
 #include <string.h>
 
-static inline float la_expf(float x) {
-  /* NaN goes through the arithmetic as 0 (the result is NaN again at the
-  ** end): converting NaN to an integer, and shifting what that gives, would
-  ** be undefined behaviour. */
-  float xc = x < -87.3f ? -87.3f : (x > 88.7228f ? 88.7228f : (x != x ? 0.0f : x));
-  /* n = round(x / ln2), by the add-and-subtract-1.5*2^23 trick */
-  float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  float r = xc - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
+/* e^x = 2^n e^r for a finite x in [-87.3, 88.73]: sets *n = round(x / ln2)
+** and returns e^r.  The shared core of la_expf and of the log-prob kernels'
+** exp (engine/la_logprobs.c), which differ in how they clamp x and build 2^n. */
+static inline float la_exp_reduce(float x, float *n) {
+  /* n by the add-and-subtract-1.5*2^23 trick; r = x - n ln2 in two parts */
+  float k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  float r = x - k * 0.693359375f;
+  r = r - k * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
+  *n = k;
+  return p * r * r + r + 1.0f;
+}
+
+static inline float la_expf(float x) {
+  /* NaN goes through the arithmetic as 0 (the result is NaN again at the
+  ** end): converting NaN to an integer, and shifting what that gives, would
+  ** be undefined behaviour. */
+  float xc = x < -87.3f ? -87.3f : (x > 88.7228f ? 88.7228f : (x != x ? 0.0f : x));
+  float n, p = la_exp_reduce(xc, &n);
   /* 2^n in the exponent bits; n = 128 (x near ln FLT_MAX) as 2^127 * 2 */
   int32_t ni = (int32_t)n;
   float twice = ni > 127 ? 2.0f : 1.0f;
