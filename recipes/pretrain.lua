@@ -111,11 +111,8 @@ logger:close()
 
 -- 5. Report -----------------------------------------------------------------------
 local rows = log.read(run:path("metrics.jsonl"))
-local steps, losses, vsteps, vlosses = {}, {}, {}, {}
-for _, r in ipairs(rows) do
-  steps[#steps + 1], losses[#losses + 1] = r.step, r.loss
-  if r.valid_loss then vsteps[#vsteps + 1], vlosses[#vlosses + 1] = r.step, r.valid_loss end
-end
+local steps, losses = log.series(rows, "loss")
+local vsteps, vlosses = log.series(rows, "valid_loss")
 plot.new{title = "pretraining loss", xlabel = "step", ylabel = "cross-entropy (nats/token)"}
   :line(steps, losses, {label = "train", width = 1})
   :line(vsteps, vlosses, {label = "held-out", markers = true})

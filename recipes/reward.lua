@@ -110,11 +110,8 @@ logger:close()
 -- 4. Held-out accuracy and report ------------------------------------------------------
 local test_accuracy = accuracy(test)
 local rows = log.read(run:path("metrics.jsonl"))
-local steps, losses, vsteps, vacc = {}, {}, {}, {}
-for _, r in ipairs(rows) do
-  steps[#steps + 1], losses[#losses + 1] = r.step, r.loss
-  if r.valid_accuracy then vsteps[#vsteps + 1], vacc[#vacc + 1] = r.step, r.valid_accuracy end
-end
+local steps, losses = log.series(rows, "loss")
+local vsteps, vacc = log.series(rows, "valid_accuracy")
 plot.save_grid(run:path("curves.svg"), {
   plot.new{title = "Bradley-Terry loss", xlabel = "step"}:line(steps, losses, {label = "train", width = 1}),
   plot.new{title = "held-out pairwise accuracy", xlabel = "step", ymin = 0.4, ymax = 1}

@@ -125,11 +125,8 @@ logger:close()
 
 -- 4. Samples and report -------------------------------------------------------------------
 local rows = log.read(run:path("metrics.jsonl"))
-local steps, losses, vsteps, vlosses = {}, {}, {}, {}
-for _, r in ipairs(rows) do
-  steps[#steps + 1], losses[#losses + 1] = r.step, r.loss
-  if r.valid_loss then vsteps[#vsteps + 1], vlosses[#vlosses + 1] = r.step, r.valid_loss end
-end
+local steps, losses = log.series(rows, "loss")
+local vsteps, vlosses = log.series(rows, "valid_loss")
 local final_loss = vlosses[#vlosses]
 plot.new{title = "SFT loss (completion tokens)", xlabel = "step", ylabel = "nats/token"}
   :line(steps, losses, {label = "train", width = 1})

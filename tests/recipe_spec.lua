@@ -78,6 +78,18 @@ describe("run folders and metrics", function()
     os.execute("rm -rf " .. dir)
   end)
 
+  it("reads a metric's curve back: the steps that have it and its values", function()
+    local rows = {{step = 1, loss = 3}, {step = 2, loss = 2, valid_loss = 2.5}, {step = 3, loss = 1},
+                  {step = 4, valid_loss = 1.5}}
+    local steps, losses = log.series(rows, "loss")
+    assert.are.same({1, 2, 3}, steps)
+    assert.are.same({3, 2, 1}, losses)
+    steps, losses = log.series(rows, "valid_loss")
+    assert.are.same({2, 4}, steps)
+    assert.are.same({2.5, 1.5}, losses)
+    assert.are.same({}, (log.series(rows, "kl")))
+  end)
+
   it("writes JSON with sorted keys and integers kept", function()
     assert.are.equal('{"a": 1, "b": [0.5, "x"], "c": true}', recipe.json({c = true, a = 1, b = {0.5, "x"}}))
   end)

@@ -124,6 +124,16 @@ end
 
 log.format_duration = format_duration
 
+--- The curve of one metric over a run: the steps of the rows that have it
+-- and its values there, as two lists (for lualign.plot's :line).
+function log.series(rows, key)
+  local steps, values = {}, {}
+  for _, r in ipairs(rows) do
+    if r[key] ~= nil then steps[#steps + 1], values[#values + 1] = r.step, r[key] end
+  end
+  return steps, values
+end
+
 --- Reads a metrics.jsonl file back as a list of rows.  A metric that was NaN
 -- or inf (written as null, since JSON has neither) reads back as NaN, so that
 -- reports and plots of a run that met one still work.
