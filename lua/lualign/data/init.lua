@@ -142,6 +142,21 @@ local function check_tok(tok, what)
   end
 end
 
+-- The loader options a data loader passes through to batch.loader.
+local function loader_opts(opts)
+  return {batch_size = opts.batch_size, shuffle = opts.shuffle, seed = opts.seed, drop_last = opts.drop_last}
+end
+
+-- A collate function whose batches also carry the examples they were made from.
+local function with_examples(collate)
+  return function(list)
+    local b = collate(list)
+    b.examples = {}
+    for i, e in ipairs(list) do b.examples[i] = e.example end
+    return b
+  end
+end
+
 --- SFT batches.  source: a JSONL path, a list of examples or an iterator.
 -- opts: batch_size (8), max_len, max_prompt_len, max_completion_len,
 -- min_prompt_len, pack (false), shuffle (true), seed (0), drop_last, chat,
@@ -156,19 +171,13 @@ function M.sft_loader(source, tok, opts)
     encoded[i] = batch.encode_sft(tok, ex, opts)
     encoded[i].example = ex
   end
-  local lopts = {batch_size = opts.batch_size, shuffle = opts.shuffle, seed = opts.seed,
-                 drop_last = opts.drop_last}
+  local lopts = loader_opts(opts)
   if opts.pack then
     if not opts.max_len then error("sft_loader: pack = true needs max_len", 2) end
     lopts.group = function(list) return (batch.pack(tok, list, opts)) end
     return batch.loader(encoded, function(rows) return batch.collate_packed(tok, rows, opts) end, lopts)
   end
-  return batch.loader(encoded, function(list)
-    local b = batch.collate_sft(tok, list, opts)
-    b.examples = {}
-    for i, e in ipairs(list) do b.examples[i] = e.example end
-    return b
-  end, lopts)
+  return batch.loader(encoded, with_examples(function(list) return batch.collate_sft(tok, list, opts) end), lopts)
 end
 
 --- Preference batches (see collate_preference).  opts as sft_loader's (no packing).
@@ -178,12 +187,8 @@ function M.preference_loader(source, tok, opts)
   local examples = examples_of(source, "preference", "preference_loader")
   local encoded = {}
   for i, ex in ipairs(examples) do encoded[i] = batch.encode_preference(tok, ex, opts) end
-  return batch.loader(encoded, function(list)
-    local b = batch.collate_preference(tok, list, opts)
-    b.examples = {}
-    for i, e in ipairs(list) do b.examples[i] = e.example end
-    return b
-  end, {batch_size = opts.batch_size, shuffle = opts.shuffle, seed = opts.seed, drop_last = opts.drop_last})
+  return batch.loader(encoded, with_examples(function(list) return batch.collate_preference(tok, list, opts) end),
+                      loader_opts(opts))
 end
 
 --- Left-padded prompt batches for generation.  opts: batch_size, max_prompt_len
@@ -194,12 +199,8 @@ function M.prompt_loader(source, tok, opts)
   local examples = examples_of(source, "prompts", "prompt_loader")
   local encoded = {}
   for i, ex in ipairs(examples) do encoded[i] = batch.encode_prompt(tok, ex, opts) end
-  return batch.loader(encoded, function(list)
-    local b = batch.collate_prompts(tok, list, opts)
-    b.examples = {}
-    for i, e in ipairs(list) do b.examples[i] = e.example end
-    return b
-  end, {batch_size = opts.batch_size, shuffle = opts.shuffle, seed = opts.seed, drop_last = opts.drop_last})
+  return batch.loader(encoded, with_examples(function(list) return batch.collate_prompts(tok, list, opts) end),
+                      loader_opts(opts))
 end
 
 --- Language-model batches from a text (string) or a list of token ids: the stream
@@ -222,7 +223,7 @@ function M.lm_loader(source, tok, opts)
     error(string.format("lm_loader: %d tokens are too few for one block of %d", #stream, bsz), 2)
   end
   local loader = batch.loader(starts, function(list) return batch.collate_lm(stream, list, bsz) end,
-    {batch_size = opts.batch_size, shuffle = opts.shuffle, seed = opts.seed, drop_last = opts.drop_last})
+    loader_opts(opts))
   loader.stream = stream
   return loader
 end
