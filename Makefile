@@ -13,6 +13,7 @@
 #   make valgrind   the engine's C tests under valgrind's memcheck (build/vg/)
 #   make fuzz       each libFuzzer harness of tests/fuzz/ for FUZZ_SECONDS (60) s
 #   make errors-doc regenerate docs/errors.md from tests/errors_catalogue.lua
+#   make fresh-check the README's two commands in a fresh Debian root (tests/fresh_machine.sh)
 #
 # Prerequisites (Debian/Ubuntu): lua5.4 liblua5.4-dev libopenblas-dev libpcre2-dev
 # lua-cjson lua-busted pkg-config gcc make, and for the tests luarocks and tmux.
@@ -42,30 +43,42 @@ ALL_CFLAGS = $(BASEFLAGS) $(OPTFLAGS) $(BLAS_CFLAGS) $(PCRE2_CFLAGS) $(EXTRA_CFL
 LIBS = $(BLAS_LIBS) $(PCRE2_LIBS) -lm
 
 BUILD = build
-CORE_SRC = $(wildcard engine/la_*.c)
-BIND_SRC = $(wildcard engine/lua_*.c)
+# engine/: core/ (tensors, kernels, autograd), formats/ (safetensors),
+# tokenizer/ -- none of them sees a Lua header -- then binding/ (the module
+# lualign.core) and sys/ (the module lualign.sys: OS calls and the REPL's
+# terminal editor).
+ENGINE_DIRS = core formats tokenizer
+CORE_SRC = $(foreach d,$(ENGINE_DIRS),$(wildcard engine/$(d)/*.c))
+BIND_SRC = $(wildcard engine/binding/*.c)
+SYS_SRC = $(wildcard engine/sys/*.c)
 CORE_OBJ = $(CORE_SRC:engine/%.c=$(BUILD)/obj/%.o)
 BIND_OBJ = $(BIND_SRC:engine/%.c=$(BUILD)/obj/%.o)
+SYS_OBJ = $(SYS_SRC:engine/%.c=$(BUILD)/obj/%.o)
+ENGINE_INC = $(ENGINE_DIRS:%=-Iengine/%)
 MODULE = $(BUILD)/lualign/core.so
-# lualign.sys: OS calls, and built without OpenMP so it can load first (see engine/sys_lua.c)
+# lualign.sys: OS calls, and built without OpenMP so it can load first (see engine/sys/sys_lua.c)
 SYSMOD = $(BUILD)/lualign/sys.so
 CTEST = $(BUILD)/engine_test
 TOKTEST = $(BUILD)/tokenizer_test
 
-.PHONY: all test demo ctest deps bench bench-gpt bench-loss bench-tokenizer soak install clean data check-blas fuzzers fuzz sanitize valgrind deps-valgrind deps-fuzz errors-doc
+.PHONY: all test test-built demo demo-built ctest deps bench bench-gpt bench-loss bench-tokenizer soak install clean data check-blas fuzzers fuzz sanitize valgrind deps-valgrind deps-fuzz errors-doc fresh-check
 
 all: $(MODULE) $(SYSMOD)
 
-# The core compiles without Lua headers: only lua_*.c see them.
-ENGINE_HEADERS = $(wildcard engine/la*.h)
+# The core compiles without Lua headers: only binding/ and sys/ see them.
+ENGINE_HEADERS = $(foreach d,$(ENGINE_DIRS),$(wildcard engine/$(d)/*.h))
 
-$(BUILD)/obj/la_%.o: engine/la_%.c $(ENGINE_HEADERS) | check-blas
+$(CORE_OBJ): $(BUILD)/obj/%.o: engine/%.c $(ENGINE_HEADERS) | check-blas
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -c $< -o $@
+	$(CC) $(ALL_CFLAGS) $(ENGINE_INC) -c $< -o $@
 
-$(BUILD)/obj/lua_%.o: engine/lua_%.c $(ENGINE_HEADERS) engine/lua_la.h
+$(BIND_OBJ): $(BUILD)/obj/%.o: engine/%.c $(ENGINE_HEADERS) engine/binding/lua_la.h | check-blas
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) $(LUA_CFLAGS) -c $< -o $@
+	$(CC) $(ALL_CFLAGS) $(ENGINE_INC) -Iengine/binding $(LUA_CFLAGS) -c $< -o $@
+
+$(SYS_OBJ): $(BUILD)/obj/%.o: engine/%.c engine/sys/sys_lua.h
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -D_POSIX_C_SOURCE=200809L -fPIC $(WARNFLAGS) $(OPTFLAGS) $(EXTRA_CFLAGS) $(LUA_CFLAGS) -c $< -o $@
 
 # Without pkg-config's openblas.pc the compiler would fail on cblas.h with a
 # less helpful message.
@@ -81,15 +94,15 @@ $(MODULE): $(CORE_OBJ) $(BIND_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) -shared -fopenmp -Wl,-z,nodelete $(EXTRA_LDFLAGS) -o $@ $^ $(LIBS)
 
-$(SYSMOD): engine/sys_lua.c
+$(SYSMOD): $(SYS_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) -std=c11 -D_POSIX_C_SOURCE=200809L -fPIC -shared $(WARNFLAGS) $(OPTFLAGS) $(EXTRA_CFLAGS) $(LUA_CFLAGS) $(EXTRA_LDFLAGS) -o $@ $<
+	$(CC) -shared $(EXTRA_LDFLAGS) -o $@ $^
 
 $(CTEST): tests/engine_test.c $(CORE_OBJ)
-	$(CC) $(ALL_CFLAGS) $(EXTRA_LDFLAGS) -o $@ $^ $(LIBS)
+	$(CC) $(ALL_CFLAGS) $(ENGINE_INC) $(EXTRA_LDFLAGS) -o $@ $^ $(LIBS)
 
 $(TOKTEST): tests/tokenizer_test.c $(CORE_OBJ)
-	$(CC) $(ALL_CFLAGS) $(EXTRA_LDFLAGS) -o $@ $^ $(LIBS)
+	$(CC) $(ALL_CFLAGS) $(ENGINE_INC) $(EXTRA_LDFLAGS) -o $@ $^ $(LIBS)
 
 ctest: $(CTEST) $(TOKTEST)
 
@@ -107,26 +120,27 @@ FUZZ_C_BIN = $(FUZZ_C:%=$(BUILD)/fuzz/%)
 FUZZ_LUA_BIN = $(FUZZ_LUA:%=$(BUILD)/fuzz/%)
 FUZZ_BIN = $(FUZZ_C_BIN) $(FUZZ_LUA_BIN)
 
-$(BUILD)/obj/sys_lua.o: engine/sys_lua.c
-	@mkdir -p $(dir $@)
-	$(CC) -std=c11 -D_POSIX_C_SOURCE=200809L -fPIC $(WARNFLAGS) $(OPTFLAGS) $(EXTRA_CFLAGS) $(LUA_CFLAGS) -c $< -o $@
-
 $(FUZZ_C_BIN): $(BUILD)/fuzz/%: tests/fuzz/fuzz_%.c $(FUZZ_DRIVER) $(FUZZ_COMMON) $(CORE_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) $(EXTRA_LDFLAGS) -o $@ $< $(FUZZ_DRIVER) tests/fuzz/fuzz_support.c $(CORE_OBJ) $(LIBS)
+	$(CC) $(ALL_CFLAGS) $(ENGINE_INC) $(EXTRA_LDFLAGS) -o $@ $< $(FUZZ_DRIVER) tests/fuzz/fuzz_support.c $(CORE_OBJ) $(LIBS)
 
 $(FUZZ_LUA_BIN): $(BUILD)/fuzz/%: tests/fuzz/fuzz_lua_harness.c tests/fuzz/%.lua $(FUZZ_DRIVER) $(FUZZ_COMMON) \
-                 $(CORE_OBJ) $(BIND_OBJ) $(BUILD)/obj/sys_lua.o
+                 $(CORE_OBJ) $(BIND_OBJ) $(SYS_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) $(LUA_CFLAGS) -DFUZZ_WITH_LUA -DFUZZ_NAME='"$*"' $(EXTRA_LDFLAGS) -o $@ $< $(FUZZ_DRIVER) \
-	  tests/fuzz/fuzz_support.c $(CORE_OBJ) $(BIND_OBJ) $(BUILD)/obj/sys_lua.o $(LUA_LIBS) $(LIBS)
+	$(CC) $(ALL_CFLAGS) $(ENGINE_INC) $(LUA_CFLAGS) -DFUZZ_WITH_LUA -DFUZZ_NAME='"$*"' $(EXTRA_LDFLAGS) -o $@ $< $(FUZZ_DRIVER) \
+	  tests/fuzz/fuzz_support.c $(CORE_OBJ) $(BIND_OBJ) $(SYS_OBJ) $(LUA_LIBS) $(LIBS)
 
 fuzzers: $(FUZZ_BIN)
 
 LUA_ENV = LUA_PATH="./lua/?.lua;./lua/?/init.lua;./tests/?.lua;;" LUA_CPATH="./$(BUILD)/?.so;;"
 TEST_ENV = $(LUA_ENV) LUALIGN_ENGINE_TEST=./$(CTEST) LUALIGN_TOKENIZER_TEST=./$(TOKTEST) LUALIGN_FUZZ_BIN=./$(BUILD)/fuzz
 
-test: deps $(MODULE) $(SYSMOD) $(CTEST) $(TOKTEST) $(FUZZ_BIN)
+# test and demo first install what is missing, then build in a make of their
+# own: this make read pkg-config's answers before the packages were there.
+test: deps
+	@$(MAKE) --no-print-directory test-built
+
+test-built: $(MODULE) $(SYSMOD) $(CTEST) $(TOKTEST) $(FUZZ_BIN)
 	@$(TEST_ENV) $(LUA) $(BUSTED) -o tests/summary_output.lua tests
 
 # ---------------------------------------------------------------- sanitizers
@@ -213,7 +227,10 @@ fuzz: deps-fuzz
 	  if [ $$rc -ne 0 ]; then tail -n 60 $(FUZZ_BUILD)/$$f.log; echo "fuzz: $$f found a crash (see $(FUZZ_BUILD)/crashes/)"; exit 1; fi; \
 	done; echo "fuzz: no crashes"
 
-demo: deps $(MODULE) $(SYSMOD)
+demo: deps
+	@$(MAKE) --no-print-directory demo-built
+
+demo-built: $(MODULE) $(SYSMOD)
 	bin/lualign recipes/pipeline.lua $(ARGS)
 
 # Checks the prerequisites; installs the missing ones when run as root.
@@ -234,6 +251,12 @@ deps:
 	    echo "missing packages:$$missing"; echo "run: sudo apt-get install -y$$missing"; exit 1; \
 	  fi; \
 	fi
+
+# The README's set-up checked on a fresh Debian 12 root (debootstrap minbase):
+# `make test` and `make demo` must each pass on their first run there.  Run it
+# before changing the set-up the README describes (root and network needed).
+fresh-check:
+	tests/fresh_machine.sh
 
 # docs/errors.md is generated from tests/errors_catalogue.lua (the spec checks it is current).
 errors-doc:

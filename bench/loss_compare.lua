@@ -15,7 +15,7 @@
 -- libjemalloc2 is installed).  On this machine a page fault costs tens of
 -- microseconds, and stock glibc hands every large tensor back to the kernel
 -- when it is freed, so stock PyTorch spends most of a step faulting fresh
--- pages in; lualign keeps freed blocks for reuse (engine/la_alloc.c).
+-- pages in; lualign keeps freed blocks for reuse (engine/core/la_alloc.c).
 
 local opts = {rounds = 3, shapes = "8x512x8192x384,8x512x50257x768", reps = 3, mask = "full",
               torch = "true", out = ""}

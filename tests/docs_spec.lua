@@ -3,7 +3,7 @@
 -- written in C) an entry of docs/*.md.  The modules are found by listing
 -- lua/lualign/, so modules added later are covered without editing this file.
 
-local help = require "lualign.help"
+local help = require "lualign.repl.help"
 
 -- Method names that a class's own documentation covers.
 local protocol = {init = true, forward = true, extra_repr = true, new = true}

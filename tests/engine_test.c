@@ -12,8 +12,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../engine/la.h"
-#include "../engine/la_safetensors.h"
+#include "la.h"
+#include "la_safetensors.h"
 
 static int passed, failed;
 static const char *current;

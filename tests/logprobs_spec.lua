@@ -1,4 +1,4 @@
--- Fused log-probs and entropy (engine/la_logprobs.c): the same values and
+-- Fused log-probs and entropy (engine/core/la_logprobs.c): the same values and
 -- gradients as the composed log_softmax -> gather -> mask -> sum, from logits
 -- and from hidden states without logits; masked rows cost nothing and are never
 -- read; the logits-free path keeps its peak memory far below the logits' size.

@@ -1,4 +1,4 @@
--- PPO losses and helpers (engine/la_ppo.c, lualign.loss): each against a
+-- PPO losses and helpers (engine/core/la_ppo.c, lualign.loss): each against a
 -- direct loop written here in plain Lua over random data with right padding.
 local la = require "lualign"
 local loss = la.loss

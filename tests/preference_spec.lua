@@ -1,4 +1,4 @@
--- Preference losses (engine/la_pref.c) and the Bradley-Terry reward-model
+-- Preference losses (engine/core/la_pref.c) and the Bradley-Terry reward-model
 -- loss: values computed by hand, the identities of DESIGN.md section 5, the
 -- metrics and finite-difference gradients.
 local la = require "lualign"

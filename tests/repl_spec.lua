@@ -2,11 +2,11 @@
 -- the read-eval-print loop on plain files, and the `lualign` command.
 
 local la = require "lualign"
-local pretty = require "lualign.pretty"
-local complete = require "lualign.complete"
-local help = require "lualign.help"
+local pretty = require "lualign.repl.pretty"
+local complete = require "lualign.repl.complete"
+local help = require "lualign.repl.help"
 local repl = require "lualign.repl"
-local cli = require "lualign.cli"
+local cli = require "lualign.repl.cli"
 
 local function run(cmd)
   local p = assert(io.popen(cmd .. " 2>&1"))
@@ -144,7 +144,7 @@ describe("help", function()
 end)
 
 describe("interrupting", function()
-  local lineedit = require("lualign.core").lineedit
+  local lineedit = require("lualign.sys").lineedit
 
   local function own_pid()
     local f = assert(io.open("/proc/self/stat"))

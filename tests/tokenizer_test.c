@@ -1,5 +1,5 @@
 /*
-** tokenizer_test.c -- tests of the tokenizer core (engine/la_tokenizer.c)
+** tokenizer_test.c -- tests of the tokenizer core (engine/tokenizer/la_tokenizer.c)
 ** alone, with no Lua, so that memory checkers can run on it directly.
 **
 ** Prints one line per test, "ok NAME" or "FAIL NAME: why", and a final
@@ -8,8 +8,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "../engine/la.h"
-#include "../engine/la_tokenizer.h"
+#include "la.h"
+#include "la_tokenizer.h"
 
 static int passed, failed;
 static char why[512];

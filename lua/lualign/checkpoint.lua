@@ -8,7 +8,7 @@
 -- The format is Hugging Face's safetensors, so files written here open with
 -- `safetensors.safe_open` and Hugging Face checkpoints load here (F16, BF16
 -- and F64 tensors become float32).  The work is done in C
--- (engine/la_safetensors.c); this module checks arguments and reports errors
+-- (engine/formats/la_safetensors.c); this module checks arguments and reports errors
 -- at the caller's line.  docs/checkpoint.md describes the format rules.
 
 local core = require "lualign.core"

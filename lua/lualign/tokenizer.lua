@@ -8,7 +8,7 @@
 --
 -- Token ids are 0-based, as in every tokenizer file.  The hot paths
 -- (pre-tokenisation with PCRE2, merges, the word cache, training) are C:
--- engine/la_tokenizer.c.  See docs/tokenizer.md.
+-- engine/tokenizer/la_tokenizer.c.  See docs/tokenizer.md.
 
 local core = require "lualign.core"
 local cjson = require "cjson"

@@ -20,8 +20,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../engine/la.h"
-#include "../../engine/la_tokenizer.h"
+#include "la.h"
+#include "la_tokenizer.h"
 #include "fuzz.h"
 
 typedef struct { const char *p; size_t n; } span;

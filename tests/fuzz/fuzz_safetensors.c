@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../engine/la_safetensors.h"
+#include "la_safetensors.h"
 #include "fuzz.h"
 
 #define FILE_NAME "fuzz.safetensors"

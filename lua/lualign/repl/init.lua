@@ -2,16 +2,15 @@
 -- results (tensors in their readable form, tables as listings), and
 -- continues incomplete input on the next line.
 --
--- On a terminal it edits lines with lualign.core.lineedit (history in
+-- On a terminal it edits lines with lualign.sys.lineedit (history in
 -- $LUALIGN_HISTORY or ~/.lualign_history, Tab completion), and Ctrl-C
 -- interrupts a running computation and returns to the prompt with every
 -- global kept.  Otherwise it reads plain lines from its input.
 
-local core = require "lualign.core"
-local pretty = require "lualign.pretty"
-local complete = require "lualign.complete"
+local pretty = require "lualign.repl.pretty"
+local complete = require "lualign.repl.complete"
 
-local lineedit = core.lineedit
+local lineedit = require("lualign.sys").lineedit
 
 local M = {history_size = 1000}
 
@@ -131,7 +130,7 @@ local function user_frames(trace)
   local kept = {}
   for line in trace:gmatch("[^\n]+") do
     if line:match("^%s+%[C%]: in function 'xpcall'") or line:match("interruptible") or
-       line:find("lualign/repl.lua", 1, true) then
+       line:find("lualign/repl/init.lua", 1, true) then
       break
     end
     if not line:match("^stack traceback:") and not line:match("^%s*%[C%]: in function 'error'") then
@@ -182,7 +181,7 @@ function M.preload(env)
   local la = require "lualign"
   env.la = la
   env.nn, env.optim, env.loss = la.nn, la.optim, la.loss
-  env.help = require("lualign.help").help
+  env.help = require("lualign.repl.help").help
   return env
 end
 

@@ -43,7 +43,6 @@ void lt_open_tensor(lua_State *L);    /* builds the metatable and methods */
 void lt_open_nn(lua_State *L);        /* core.nn: fused network kernels */
 void lt_pace_gc(lua_State *L);        /* GC pacing after allocations */
 void lt_open_tokenizer(lua_State *L); /* adds core.bpe (lua_tokenizer.c) */
-void lt_open_lineedit(lua_State *L);  /* core.lineedit: the REPL's terminal */
 void lt_open_checkpoint(lua_State *L); /* sets _safetensors in the table on top */
 
 #endif

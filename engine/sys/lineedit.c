@@ -1,6 +1,6 @@
 /*
-** lua_lineedit.c -- the REPL's terminal support, as the table
-** lualign.core.lineedit:
+** lineedit.c -- the REPL's terminal support, as the table
+** lualign.sys.lineedit:
 **
 **   readline(prompt, history, completer) -> line | nil, "eof" | nil, "interrupt"
 **       a small linenoise-style single-line editor in raw terminal mode:
@@ -31,7 +31,10 @@
 #include <termios.h>
 #include <unistd.h>
 
-#include "lua_la.h"
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "sys_lua.h"
 
 #define LE_STATE "lualign.lineedit"
 
@@ -644,7 +647,7 @@ static const luaL_Reg le_funcs[] = {
   {NULL, NULL}
 };
 
-void lt_open_lineedit(lua_State *L) {
+void ls_open_lineedit(lua_State *L) {
   if (luaL_newmetatable(L, LE_STATE)) {
     lua_pushcfunction(L, le_state_gc);
     lua_setfield(L, -2, "__gc");

@@ -2,7 +2,8 @@
 ** sys_lua.c -- the module lualign.sys: the few operating-system calls the
 ** Lua library needs and Lua lacks -- whether an output is a terminal
 ** (progress bars), creating directories (run folders), listing them,
-** renaming with fsync (atomic files) and setting an environment variable.
+** renaming with fsync (atomic files), setting an environment variable, and
+** the REPL's line editor (lineedit.c).
 **
 ** It is a module of its own, built without OpenMP, because lualign/init.lua
 ** loads it *before* the engine: that is the one moment an environment
@@ -21,6 +22,8 @@
 
 #include <lauxlib.h>
 #include <lua.h>
+
+#include "sys_lua.h"
 
 /* isatty([fd = 1]) -> boolean */
 static int ls_isatty(lua_State *L) {
@@ -131,5 +134,6 @@ int luaopen_lualign_sys(lua_State *L);
 
 int luaopen_lualign_sys(lua_State *L) {
   luaL_newlib(L, ls_funcs);
+  ls_open_lineedit(L);
   return 1;
 }

@@ -410,7 +410,6 @@ int luaopen_lualign_core(lua_State *L) {
   lt_open_tensor(L);
   lua_setfield(L, -2, "Tensor");
   lt_open_nn(L);
-  lt_open_lineedit(L);
   luaL_getmetatable(L, LT_NAME);
   lua_setfield(L, -2, "metatable");
   lt_open_tokenizer(L);

@@ -19,7 +19,7 @@
 
 /* e^x = 2^n e^r for a finite x in [-87.3, 88.73]: sets *n = round(x / ln2)
 ** and returns e^r.  The shared core of la_expf and of the log-prob kernels'
-** exp (engine/la_logprobs.c), which differ in how they clamp x and build 2^n. */
+** exp (engine/core/la_logprobs.c), which differ in how they clamp x and build 2^n. */
 static inline float la_exp_reduce(float x, float *n) {
   /* n by the add-and-subtract-1.5*2^23 trick; r = x - n ln2 in two parts */
   float k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
