@@ -16,6 +16,7 @@
 local core = require "lualign.core"
 local sys = require "lualign.sys"
 local cjson = require "cjson"
+local util = require "lualign.util"
 
 local recipe = {}
 
@@ -74,15 +75,9 @@ local function usage(script, specs)
 end
 
 local function closest(key, specs)
-  local best, score = nil, math.huge
-  for _, s in ipairs(specs) do
-    local a, b = key, s[1]
-    -- a rough distance: length difference plus mismatched characters
-    local d = math.abs(#a - #b)
-    for i = 1, math.min(#a, #b) do if a:sub(i, i) ~= b:sub(i, i) then d = d + 1 end end
-    if d < score then best, score = b, d end
-  end
-  return score <= math.max(2, #key // 3) and best or nil
+  local names = {}
+  for i, s in ipairs(specs) do names[i] = s[1] end
+  return util.closest(key, names)
 end
 
 --- Parses argv (the script's `arg`) against specs, a list of {key, default,
