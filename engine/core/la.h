@@ -52,6 +52,18 @@ static inline int64_t la_to_i64(double v) {
   return (int64_t)v;
 }
 
+/* ---------------------------------------------------------------- 16-bit floats (la_half.c) */
+
+/* IEEE half (F16) and bfloat16 (BF16) to and from float32.  Narrowing rounds
+** to nearest even; NaN stays NaN; out-of-range values become infinities. */
+float la_f16_to_f32(uint16_t h);
+float la_bf16_to_f32(uint16_t b);
+uint16_t la_f32_to_f16(float f);
+uint16_t la_f32_to_bf16(float f);
+/* The same over n values; bf16 picks the format. */
+void la_f32_to_half_n(const float *src, uint16_t *dst, size_t n, bool bf16);
+void la_half_to_f32_n(const uint16_t *src, float *dst, size_t n, bool bf16);
+
 /* ---------------------------------------------------------------- errors */
 
 /* The last error message of this thread (empty when none). */

@@ -13,6 +13,13 @@
 ** fused projection (B, T, 3C) and the (B, T, C) output need no transposes or
 ** copies: a head is a column block of width D with row stride 3C (or C).
 ** Masked positions get probability 0, so the backward pass needs no masks.
+**
+** Grouped-query attention: K and V may have fewer heads than Q (H = G * Hkv);
+** query head h reads key/value head h / G straight from its buffer, so the
+** repeated heads are never materialised.  The backward pass runs one thread
+** per (batch, key/value head) and adds the group's G contributions to dK and
+** dV in turn (BLAS beta = 1 after the first), so no two threads write the
+** same rows.
 */
 #include <cblas.h>
 #include <math.h>
@@ -36,9 +43,11 @@ static inline float *la_head(const la_heads *x, int64_t b, int64_t h) {
 
 typedef struct {
   int64_t B, H, T, S, D;
+  int64_t G;                 /* query heads per key/value head */
   double scale;
   bool causal;
   int64_t offset;
+  int64_t window;            /* > 0: query i sees keys j > i + offset - window */
   const float *key_mask;     /* (B, S) as float 0/1, or NULL */
   const int64_t *segments;   /* (B, S), or NULL */
 } la_attn_shape;
@@ -49,6 +58,9 @@ typedef struct {
 static void la_attn_softmax_row(float *row, const la_attn_shape *a, int64_t b, int64_t i) {
   int64_t S = a->S, limit = a->causal ? i + a->offset + 1 : S;
   if (limit > S) limit = S;
+  /* Keys before the sliding window, like padding, get -inf. */
+  int64_t first = a->window > 0 ? i + a->offset - a->window + 1 : 0;
+  for (int64_t j = 0; j < first && j < limit; j++) row[j] = -INFINITY;
   const float *km = a->key_mask ? a->key_mask + b * S : NULL;
   const int64_t *seg = a->segments ? a->segments + b * S : NULL;
   int64_t qseg = seg ? seg[i + a->offset < S ? i + a->offset : S - 1] : 0;
@@ -78,11 +90,12 @@ static void la_attn_forward(const la_attn_shape *a, const la_heads *q, const la_
   for (int64_t bh = 0; bh < BH; bh++) {
     int64_t b = bh / a->H, h = bh % a->H;
     float *p = P + bh * T * S;
+    int64_t kvh = h / a->G;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)S, (int)D, (float)a->scale,
-                la_head(q, b, h), (int)q->st, la_head(k, b, h), (int)k->st, 0.0f, p, (int)S);
+                la_head(q, b, h), (int)q->st, la_head(k, b, kvh), (int)k->st, 0.0f, p, (int)S);
     for (int64_t i = 0; i < T; i++) la_attn_softmax_row(p + i * S, a, b, i);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)D, (int)S, 1.0f, p,
-                (int)S, la_head(v, b, h), (int)v->st, 0.0f, la_head(y, b, h), (int)y->st);
+                (int)S, la_head(v, b, kvh), (int)v->st, 0.0f, la_head(y, b, h), (int)y->st);
   }
 }
 
@@ -91,35 +104,40 @@ static void la_attn_forward(const la_attn_shape *a, const la_heads *q, const la_
 static int la_attn_backward_kernel(const la_attn_shape *a, const la_heads *q, const la_heads *k,
                                    const la_heads *v, const float *P, const la_heads *dy,
                                    const la_heads *dq, const la_heads *dk, const la_heads *dv) {
-  int64_t BH = a->B * a->H, T = a->T, S = a->S, D = a->D;
+  int64_t Hkv = a->H / a->G, BHkv = a->B * Hkv, T = a->T, S = a->S, D = a->D;
   int nt = la_get_num_threads();
   float *scratch = malloc((size_t)nt * (size_t)(T * S) * sizeof(float));
   if (!scratch) return la_failn("attention: out of memory for the backward pass");
   float scale = (float)a->scale;
-  #pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (la_attn_parallel(a))
-  for (int64_t bh = 0; bh < BH; bh++) {
-    int64_t b = bh / a->H, h = bh % a->H;
-    const float *p = P + bh * T * S;
+  bool parallel = BHkv > 1 && la_attn_parallel(a);
+  #pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (parallel)
+  for (int64_t bk = 0; bk < BHkv; bk++) {
+    int64_t b = bk / Hkv, kvh = bk % Hkv;
     float *ds = scratch + (size_t)omp_get_thread_num() * (size_t)(T * S);
-    /* dV = P^T dY */
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)S, (int)D, (int)T, 1.0f, p, (int)S,
-                la_head(dy, b, h), (int)dy->st, 0.0f, la_head(dv, b, h), (int)dv->st);
-    /* dP = dY V^T, then dS = P * (dP - rowsum(dP * P)) in place */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)S, (int)D, 1.0f,
-                la_head(dy, b, h), (int)dy->st, la_head(v, b, h), (int)v->st, 0.0f, ds, (int)S);
-    for (int64_t i = 0; i < T; i++) {
-      const float *pr = p + i * S;
-      float *dr = ds + i * S;
-      double dot = 0;
-      for (int64_t j = 0; j < S; j++) dot += (double)pr[j] * dr[j];
-      float fd = (float)dot;
-      for (int64_t j = 0; j < S; j++) dr[j] = pr[j] * (dr[j] - fd);
+    for (int64_t g = 0; g < a->G; g++) {
+      int64_t h = kvh * a->G + g;
+      const float *p = P + (b * a->H + h) * T * S;
+      float acc = g ? 1.0f : 0.0f;   /* the group's heads add into one dK, dV */
+      /* dV += P^T dY */
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)S, (int)D, (int)T, 1.0f, p, (int)S,
+                  la_head(dy, b, h), (int)dy->st, acc, la_head(dv, b, kvh), (int)dv->st);
+      /* dP = dY V^T, then dS = P * (dP - rowsum(dP * P)) in place */
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)S, (int)D, 1.0f,
+                  la_head(dy, b, h), (int)dy->st, la_head(v, b, kvh), (int)v->st, 0.0f, ds, (int)S);
+      for (int64_t i = 0; i < T; i++) {
+        const float *pr = p + i * S;
+        float *dr = ds + i * S;
+        double dot = 0;
+        for (int64_t j = 0; j < S; j++) dot += (double)pr[j] * dr[j];
+        float fd = (float)dot;
+        for (int64_t j = 0; j < S; j++) dr[j] = pr[j] * (dr[j] - fd);
+      }
+      /* dQ = scale dS K,  dK += scale dS^T Q */
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)D, (int)S, scale, ds,
+                  (int)S, la_head(k, b, kvh), (int)k->st, 0.0f, la_head(dq, b, h), (int)dq->st);
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)S, (int)D, (int)T, scale, ds,
+                  (int)S, la_head(q, b, h), (int)q->st, acc, la_head(dk, b, kvh), (int)dk->st);
     }
-    /* dQ = scale dS K,  dK = scale dS^T Q */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)D, (int)S, scale, ds,
-                (int)S, la_head(k, b, h), (int)k->st, 0.0f, la_head(dq, b, h), (int)dq->st);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)S, (int)D, (int)T, scale, ds,
-                (int)S, la_head(q, b, h), (int)q->st, 0.0f, la_head(dk, b, h), (int)dk->st);
   }
   free(scratch);
   return 0;
@@ -150,10 +168,10 @@ static int la_attn_masks(const char *op, const la_attn_opts *o, int64_t B, int64
   return 0;
 }
 
-static la_attn_shape la_attn_shape_of(int64_t B, int64_t H, int64_t T, int64_t S, int64_t D,
-                                      const la_attn_opts *o, la_tensor *km, la_tensor *seg) {
-  la_attn_shape a = {B, H, T, S, D, o->scale > 0 ? o->scale : 1.0 / sqrt((double)D),
-                     o->causal, o->causal_offset, km ? la_fdata(km) : NULL,
+static la_attn_shape la_attn_shape_of(int64_t B, int64_t H, int64_t Hkv, int64_t T, int64_t S,
+                                      int64_t D, const la_attn_opts *o, la_tensor *km, la_tensor *seg) {
+  la_attn_shape a = {B, H, T, S, D, H / Hkv, o->scale > 0 ? o->scale : 1.0 / sqrt((double)D),
+                     o->causal, o->causal_offset, o->window, km ? la_fdata(km) : NULL,
                      seg ? (const int64_t *)la_data(seg) : NULL};
   return a;
 }
@@ -168,7 +186,7 @@ static int la_attn_qkv_backward(la_node *n, la_tensor *gout, la_tensor **gin) {
   la_tensor *dqkv = g ? la_empty(LA_FLOAT32, 3, qkv->shape) : NULL;
   if (!dqkv) { la_release(g); return -1; }
   la_attn_opts o = {.causal = n->iarg[1] != 0, .causal_offset = 0, .scale = n->farg[0]};
-  la_attn_shape a = la_attn_shape_of(B, H, T, T, D, &o, NULL, NULL);
+  la_attn_shape a = la_attn_shape_of(B, H, H, T, T, D, &o, NULL, NULL);
   float *base = la_fdata(qkv), *dbase = la_fdata(dqkv);
   la_heads q = {base, T * C3, D, C3}, k = {base + C, T * C3, D, C3}, v = {base + 2 * C, T * C3, D, C3};
   la_heads dq = {dbase, T * C3, D, C3}, dk = {dbase + C, T * C3, D, C3}, dv = {dbase + 2 * C, T * C3, D, C3};
@@ -188,6 +206,7 @@ la_tensor *la_attention_qkv(la_tensor *qkv, int n_head, const la_attn_opts *o) {
                    "%d heads", op, la_dtype_name(qkv->dtype),
                    la_shape_str(b1, sizeof b1, qkv->ndim, qkv->shape), n_head);
   if (o->causal_offset != 0) return la_fail("%s: the fused form has no cache offset", op);
+  if (o->window < 0) return la_fail("%s: the sliding window must be positive (got %lld)", op, (long long)o->window);
   int64_t B = qkv->shape[0], T = qkv->shape[1], C = qkv->shape[2] / 3, H = n_head, D = C / H;
   la_tensor *km, *seg;
   if (la_attn_masks(op, o, B, T, &km, &seg) < 0) return NULL;
@@ -195,7 +214,7 @@ la_tensor *la_attention_qkv(la_tensor *qkv, int n_head, const la_attn_opts *o) {
   la_tensor *out = x ? la_empty(LA_FLOAT32, 3, (int64_t[]){B, T, C}) : NULL;
   la_tensor *P = out ? la_empty(LA_FLOAT32, 4, (int64_t[]){B, H, T, T}) : NULL;
   if (!P) { la_release(x); la_release(out); la_release(km); la_release(seg); return NULL; }
-  la_attn_shape a = la_attn_shape_of(B, H, T, T, D, o, km, seg);
+  la_attn_shape a = la_attn_shape_of(B, H, H, T, T, D, o, km, seg);
   float *base = la_fdata(x);
   int64_t C3 = 3 * C;
   la_heads q = {base, T * C3, D, C3}, k = {base + C, T * C3, D, C3}, v = {base + 2 * C, T * C3, D, C3};
@@ -231,7 +250,7 @@ static int la_attn_backward(la_node *n, la_tensor *gout, la_tensor **gin) {
   la_tensor *qt = n->saved[0], *kt = n->saved[1], *vt = n->saved[2], *P = n->saved[3];
   int64_t B = qt->shape[0], H = qt->shape[1], T = qt->shape[2], D = qt->shape[3], S = kt->shape[2];
   la_attn_opts o = {.causal = n->iarg[0] != 0, .causal_offset = n->iarg[1], .scale = n->farg[0]};
-  la_attn_shape a = la_attn_shape_of(B, H, T, S, D, &o, NULL, NULL);
+  la_attn_shape a = la_attn_shape_of(B, H, kt->shape[1], T, S, D, &o, NULL, NULL);
   la_heads q, k, v, dy;
   la_tensor *g = la_heads_ready(gout, &dy), *qc = NULL, *kc = NULL, *vc = NULL;
   la_tensor *dq = la_empty(LA_FLOAT32, 4, qt->shape), *dk = la_empty(LA_FLOAT32, 4, kt->shape),
@@ -239,8 +258,9 @@ static int la_attn_backward(la_node *n, la_tensor *gout, la_tensor **gin) {
   int rc = -1;
   if (g && dq && dk && dv && (qc = la_heads_ready(qt, &q)) && (kc = la_heads_ready(kt, &k)) &&
       (vc = la_heads_ready(vt, &v))) {
-    la_heads hq = {la_fdata(dq), H * T * D, T * D, D}, hk = {la_fdata(dk), H * S * D, S * D, D},
-             hv = {la_fdata(dv), H * S * D, S * D, D};
+    int64_t Hkv = kt->shape[1];
+    la_heads hq = {la_fdata(dq), H * T * D, T * D, D}, hk = {la_fdata(dk), Hkv * S * D, S * D, D},
+             hv = {la_fdata(dv), Hkv * S * D, S * D, D};
     rc = la_attn_backward_kernel(&a, &q, &k, &v, la_fdata(P), &dy, &hq, &hk, &hv);
   }
   la_release(g); la_release(qc); la_release(kc); la_release(vc);
@@ -254,16 +274,19 @@ la_tensor *la_attention(la_tensor *q, la_tensor *k, la_tensor *v, const la_attn_
   const char *op = "attention";
   bool ok = q->ndim == 4 && k->ndim == 4 && v->ndim == 4 && q->dtype == LA_FLOAT32 &&
             k->dtype == LA_FLOAT32 && v->dtype == LA_FLOAT32 && la_same_shape(k, v) &&
-            q->shape[0] == k->shape[0] && q->shape[1] == k->shape[1] && q->shape[3] == k->shape[3];
+            q->shape[0] == k->shape[0] && k->shape[1] > 0 && q->shape[1] % k->shape[1] == 0 &&
+            q->shape[3] == k->shape[3];
   if (!ok)
-    return la_fail("%s: q, k, v must be float32 (batch, heads, time, head_dim) with matching batch, "
-                   "heads and head_dim, and k, v of one shape; got %s, %s, %s", op,
+    return la_fail("%s: q, k, v must be float32 (batch, heads, time, head_dim) with matching batch "
+                   "and head_dim, k and v of one shape, and q's heads a multiple of k's (grouped-query "
+                   "attention); got %s, %s, %s", op,
                    la_shape_str(b1, sizeof b1, q->ndim, q->shape), la_shape_str(b2, sizeof b2, k->ndim, k->shape),
                    la_shape_str(b3, sizeof b3, v->ndim, v->shape));
   int64_t B = q->shape[0], H = q->shape[1], T = q->shape[2], D = q->shape[3], S = k->shape[2];
   if (o->causal && (o->causal_offset < 0 || T + o->causal_offset > S))
     return la_fail("%s: a causal offset of %lld does not fit %lld queries and %lld keys", op,
                    (long long)o->causal_offset, (long long)T, (long long)S);
+  if (o->window < 0) return la_fail("%s: the sliding window must be positive (got %lld)", op, (long long)o->window);
   la_tensor *km, *seg;
   if (la_attn_masks(op, o, B, S, &km, &seg) < 0) return NULL;
   la_heads hq, hk, hv;
@@ -274,7 +297,7 @@ la_tensor *la_attention(la_tensor *q, la_tensor *k, la_tensor *v, const la_attn_
   la_tensor *P = buf ? la_empty(LA_FLOAT32, 4, (int64_t[]){B, H, T, S}) : NULL;
   la_tensor *out = NULL;
   if (P) {
-    la_attn_shape a = la_attn_shape_of(B, H, T, S, D, o, km, seg);
+    la_attn_shape a = la_attn_shape_of(B, H, k->shape[1], T, S, D, o, km, seg);
     la_heads y = {la_fdata(buf), T * H * D, D, H * D};
     la_attn_forward(&a, &hq, &hk, &hv, la_fdata(P), &y);
     out = la_alias(buf);

@@ -167,10 +167,9 @@ function GPT:hidden(ids, opts)
   return self.ln_f(x)
 end
 
---- Logits (..., V) from hidden states (..., C).
+--- Logits (..., V) from hidden states (..., C): the LM head (head_weight()).
 function GPT:logits(hidden)
-  if self.lm_head then return self.lm_head(hidden) end
-  return F.linear(hidden, self.wte.weight)
+  return F.linear(hidden, self:head_weight())
 end
 
 --- ids (B, T) -> logits (B, T, V).  opts as for hidden().
@@ -210,7 +209,7 @@ end
 
 --- Per-token values (B, T) from the value head.
 function GPT:values(hidden)
-  if not self.value_head then util.error("gpt: this model has no value head (config value_head = true)") end
+  if not self.value_head then util.error("model: this model has no value head (config value_head = true)") end
   return self.value_head(hidden):squeeze(-1)
 end
 
@@ -224,7 +223,7 @@ end
 --- One reward per sequence (B,), read at the last non-padding token of
 -- attention_mask (B, T) (every position when nil).
 function GPT:rewards(hidden, attention_mask)
-  if not self.reward_head then util.error("gpt: this model has no reward head (config reward_head = true)") end
+  if not self.reward_head then util.error("model: this model has no reward head (config reward_head = true)") end
   local r = self.reward_head(hidden):squeeze(-1)
   if not attention_mask then return r:select(2, -1) end
   return r:gather(2, last_positions(attention_mask):unsqueeze(2)):squeeze(2)
@@ -241,6 +240,14 @@ function GPT:new_cache(B, length)
     layers[i] = {k = core.zeros(B, H, length, D), v = core.zeros(B, H, length, D), len = 0}
   end
   return {len = 0, layers = layers}
+end
+
+--- The longest sequence the model takes (n_positions).
+function GPT:max_positions() return self.config.n_positions end
+
+--- Writes the model as a Hugging Face GPT-2 folder; see lualign.models.hf.save_pretrained.
+function GPT:save_pretrained(dir, opts)
+  return require("lualign.models.hf").save_pretrained(self, dir, opts)
 end
 
 --- Generation; see lualign.models.generate.
