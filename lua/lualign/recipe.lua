@@ -369,26 +369,31 @@ function recipe.load_weights(model, path)
   return model
 end
 
---- A GPT rebuilt from a model.safetensors that lualign wrote (its config is
--- in the metadata), or from a run folder holding one.  overrides change
--- config keys (e.g. {value_head = true} adds a freshly initialised head).
-function recipe.load_gpt(path, overrides)
+--- A model rebuilt from a model.safetensors that lualign wrote (its config
+-- is in the metadata: a GPT's keys, or a Hugging Face config's with
+-- model_type for the Llama family), or from a run folder holding one.
+-- overrides change config keys (e.g. {value_head = true} adds a freshly
+-- initialised head).  recipe.load_gpt is the same function.
+function recipe.load_model(path, overrides)
   local checkpoint = require "lualign.checkpoint"
   if not path:match("%.safetensors$") then path = path .. "/model.safetensors" end
   local tensors, meta = checkpoint.load(path)
   if not meta.model_config then
     error(path .. ": no model_config in the metadata (was it written by a lualign recipe?)", 2)
   end
-  local cfg = cjson.decode(meta.model_config)
-  for _, k in ipairs({"vocab_size", "n_positions", "n_embd", "n_layer", "n_head"}) do
-    cfg[k] = math.tointeger(cfg[k])
-  end
+  local cfg = require("lualign.models.hf").integers(cjson.decode(meta.model_config))
   for k, v in pairs(overrides or {}) do cfg[k] = v end
-  local model = require("lualign.models.gpt")(cfg)
+  local model
+  if cfg.model_type then
+    model = require("lualign.models").from_config(cfg)
+  else
+    model = require("lualign.models.gpt")(cfg)
+  end
   -- Heads added by overrides keep their fresh initialisation.
   model:load_state_dict(tensors, {strict = not overrides})
   return model, meta
 end
+recipe.load_gpt = recipe.load_model
 
 --- Batches from a loader across epochs, skipping the first `done` batches (a
 -- resumed run): for step, batch, epoch in recipe.batches(loader, done) do ... end

@@ -160,7 +160,8 @@ local max_positions_default = {llama = 2048, mistral = 131072, qwen2 = 32768, qw
 local family_keys = {
   llama = {attention_bias = true, mlp_bias = true, head_dim = true, rope_scaling = true},
   mistral = {sliding_window = true, head_dim = true, rope_scaling = true},
-  qwen2 = {sliding_window = true, use_sliding_window = true, rope_scaling = true, layer_types = true},
+  qwen2 = {sliding_window = true, use_sliding_window = true, rope_scaling = true, layer_types = true,
+           head_dim = true},
   qwen3 = {sliding_window = true, use_sliding_window = true, rope_scaling = true, layer_types = true,
            head_dim = true, attention_bias = true},
 }
