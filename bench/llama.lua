@@ -9,8 +9,11 @@
 --
 -- Run through bench/llama_compare.lua, which alternates it with the peer.
 
+package.path = (arg[0]:match("^(.*)/") or ".") .. "/?.lua;" .. package.path
 local la = require "lualign"
 local cjson = require "cjson"
+local common = require "common"
+local median, peak_rss_mib = common.median, common.peak_rss_mib
 
 local shapes = {
   smollm = {model_type = "llama", num_hidden_layers = 30, hidden_size = 576, num_attention_heads = 9,
@@ -31,20 +34,6 @@ local modes = {}
 for m in (arg[4] or "train,generate"):gmatch("[^,]+") do modes[m] = true end
 local folder = arg[5]
 la.set_num_threads(tonumber(os.getenv("LUALIGN_THREADS") or "2"))
-
-local function median(xs)
-  local t = {table.unpack(xs)}
-  table.sort(t)
-  local n = #t
-  return n % 2 == 1 and t[(n + 1) // 2] or (t[n // 2] + t[n // 2 + 1]) / 2
-end
-
-local function peak_rss_mib()
-  for line in io.lines("/proc/self/status") do
-    local kb = line:match("^VmHWM:%s+(%d+)")
-    if kb then return tonumber(kb) / 1024 end
-  end
-end
 
 local result = {shape = name, threads = la.get_num_threads()}
 

@@ -13,7 +13,9 @@
 -- with jemalloc, and lualign, in an order that reverses every other round.
 -- The peer is credited with its best allocator; all three are reported.
 
-local cjson = require "cjson"
+package.path = (arg[0]:match("^(.*)/") or ".") .. "/?.lua;" .. package.path
+local common = require "common"
+local run_json, median = common.run_json, common.median
 
 local rounds = tonumber(arg[1]) or 3
 local qwen_rounds = tonumber(arg[2]) or 1
@@ -28,16 +30,6 @@ local peers = {
 }
 if not io.open(jemalloc) then table.remove(peers, 3) end
 
-local function run_json(cmd)
-  local p = assert(io.popen(cmd .. " 2>&1"))
-  local out = p:read("a")
-  p:close()
-  local last
-  for line in out:gmatch("[^\n]+") do if line:sub(1, 1) == "{" then last = line end end
-  if not last then error("no JSON from: " .. cmd .. "\n" .. out) end
-  return cjson.decode(last)
-end
-
 local function peer(p, shape, modes, extra)
   return run_json(string.format("OMP_WAIT_POLICY=PASSIVE %s /usr/bin/python3 %s/llama_torch.py %s --threads 2 --modes %s %s",
     p.env, here, shape, modes, extra or ""))
@@ -45,15 +37,6 @@ end
 
 local function lualign(shape, steps, modes, folder)
   return run_json(string.format("%s lua5.4 %s/llama.lua %s %d 1 %s %s", lua_env, here, shape, steps, modes, folder or ""))
-end
-
-local function median(xs)
-  local t = {}
-  for _, x in ipairs(xs) do t[#t + 1] = x end
-  table.sort(t)
-  local n = #t
-  if n == 0 then return 0 / 0 end
-  return n % 2 == 1 and t[(n + 1) // 2] or (t[n // 2] + t[n // 2 + 1]) / 2
 end
 
 local samples = {}

@@ -155,16 +155,23 @@ function GPT:hidden(ids, opts)
     x = x + self.wpe.weight:narrow(1, pos0 + 1, T)
   end
   x = F.dropout(x, cfg.dropout, self.training)
-  local block_opts = {key_mask = opts.attention_mask, segments = opts.segments}
-  for i, block in ipairs(self.h._list) do
+  x = gpt.run_blocks(self.h, x, {key_mask = opts.attention_mask, segments = opts.segments}, cache, pos0)
+  return self.ln_f(x)
+end
+
+--- Runs x (B, T, C) through a list of blocks, each called as block(x, o); with
+-- a KV cache, block i gets o.cache = cache.layers[i] starting at position
+-- pos0, and the cache's length grows by T.
+function gpt.run_blocks(blocks, x, o, cache, pos0)
+  for i, block in ipairs(blocks._list) do
     if cache then
-      block_opts.cache = cache.layers[i]
+      o.cache = cache.layers[i]
       cache.layers[i].len = pos0
     end
-    x = block(x, block_opts)
+    x = block(x, o)
   end
-  if cache then cache.len = pos0 + T end
-  return self.ln_f(x)
+  if cache then cache.len = pos0 + x:size(2) end
+  return x
 end
 
 --- Logits (..., V) from hidden states (..., C): the LM head (head_weight()).

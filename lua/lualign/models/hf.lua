@@ -323,18 +323,22 @@ end
 ----------------------------------------------------------------------------
 -- Folders
 
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() return true end
-  return false
+-- The set of file names in a folder.
+local function listing(dir)
+  local names, err = require("lualign.sys").listdir(dir)
+  if not names then util.error("from_pretrained: " .. tostring(err)) end
+  local set = {}
+  for _, n in ipairs(names) do set[n] = true end
+  return set
 end
 
 -- file -> list of tensor names in the file, for a folder's weights.
 local function weight_files(dir)
+  local here = listing(dir)
   local single = dir .. "/model.safetensors"
-  if exists(single) then return {[single] = checkpoint.header(single).names} end
+  if here["model.safetensors"] then return {[single] = checkpoint.header(single).names} end
   local index_path = dir .. "/model.safetensors.index.json"
-  if exists(index_path) then
+  if here["model.safetensors.index.json"] then
     local index = hf.read_json(index_path)
     if type(index) ~= "table" or type(index.weight_map) ~= "table" then
       util.error(index_path .. ": has no weight_map object")
@@ -350,7 +354,7 @@ local function weight_files(dir)
     end
     return files
   end
-  if exists(dir .. "/pytorch_model.bin") or exists(dir .. "/pytorch_model.bin.index.json") then
+  if here["pytorch_model.bin"] or here["pytorch_model.bin.index.json"] then
     util.error(dir .. ": holds pytorch_model.bin (PyTorch pickle) weights; lualign reads safetensors. "
       .. "Convert them once with Python: model = AutoModelForCausalLM.from_pretrained(dir); "
       .. "model.save_pretrained(dir, safe_serialization=True)")

@@ -241,14 +241,7 @@ function Llama:hidden(ids, opts)
   local o = {positions = positions, rope = self:rope_table(last + 1), key_mask = opts.attention_mask,
              segments = opts.segments, window = cfg.model_type == "mistral" and cfg.sliding_window or nil}
   local x = F.embedding(ids, self.model.embed_tokens.weight)
-  for i, layer in ipairs(self.model.layers._list) do
-    if cache then
-      o.cache = cache.layers[i]
-      cache.layers[i].len = pos0
-    end
-    x = layer(x, o)
-  end
-  if cache then cache.len = pos0 + T end
+  x = gpt.run_blocks(self.model.layers, x, o, cache, pos0)
   return self.model.norm(x)
 end
 
