@@ -421,7 +421,8 @@ function hf.load_weights(model, dir)
           path, name, model.config.model_type or "gpt2"))
       end
     end
-    checkpoint.read_into(path, into)
+    local ok, err = pcall(checkpoint.read_into, path, into)
+    if not ok then util.error((tostring(err):gsub("^[^:]*:%d+: ", ""))) end   -- at the user's line
   end
   local missing = {}
   for name in pairs(targets) do if not seen[name] then missing[#missing + 1] = name end end
