@@ -78,6 +78,16 @@ describe("Llama-family decoders against the float64 reference", function()
     end)
   end
 
+  it("adds freshly initialised heads to a loaded model when asked", function()
+    local m = la.models.from_pretrained(FIXTURES .. "/qwen2", {value_head = true, reward_head = true})
+    local w = m.value_head.weight
+    assert.is_true(w:all_finite() and w:abs():max():item() > 0 and w:abs():max():item() < 0.2)
+    assert.are.equal(0, m.reward_head.bias:abs():max():item())
+    local plain = la.models.from_pretrained(FIXTURES .. "/qwen2")
+    local ids = ints({{1, 2, 3}})
+    assert.are.equal(0, (m(ids) - plain(ids)):abs():max():item())
+  end)
+
   it("hold norm weights away from 1 and non-zero biases, so a wrong convention shows", function()
     local model = la.models.from_pretrained(FIXTURES .. "/qwen2")
     local norm = model.model.layers[1].input_layernorm.weight

@@ -118,6 +118,7 @@ end
 --- GPT-2's initialisation: weights N(0, 0.02), the residual projections
 -- (attn.c_proj, mlp.c_proj) N(0, 0.02 / sqrt(2 n_layer)), biases 0, norms 1.
 function GPT:reset_parameters()
+  if nn.init_skipped() then return end
   local std, residual_std = 0.02, 0.02 / math.sqrt(2 * self.config.n_layer)
   local previous = core.set_grad_enabled(false)
   for _, p in ipairs(self:named_parameters()) do

@@ -433,6 +433,20 @@ function hf.load_weights(model, dir)
   end
 end
 
+-- Fresh value and reward heads: weights N(0, initializer_range), bias 0.
+local function init_heads(model)
+  local std = model.config.initializer_range or 0.02
+  local previous = core.set_grad_enabled(false)
+  for _, name in ipairs({"value_head", "reward_head"}) do
+    local head = rawget(model, name)
+    if head then
+      head.weight:copy(core.randn(head.weight:shape()) * std)
+      head.bias:fill(0)
+    end
+  end
+  core.set_grad_enabled(previous)
+end
+
 local generation_defaults_from_config = {"bos_token_id", "eos_token_id", "pad_token_id"}
 
 --- A model for a Hugging Face folder (config.json, generation_config.json,
@@ -447,8 +461,12 @@ function hf.from_pretrained(dir, opts)
   local raw, err = hf.read_json(dir .. "/config.json")
   if not raw then util.error("from_pretrained: " .. dir .. "/config.json: " .. tostring(err)) end
   for k, v in pairs(opts or {}) do raw[k] = v end
-  local model = hf.from_config(raw)
+  -- Built without drawing random weights: every parameter is read from the
+  -- folder (or its absence is an error), except scalar heads asked for in
+  -- opts, initialised afterwards.
+  local model = require("lualign.nn").without_init(hf.from_config, raw)
   hf.load_weights(model, dir)
+  init_heads(model)
   local gen = hf.read_json(dir .. "/generation_config.json")
   if not gen then
     gen = {}

@@ -180,6 +180,7 @@ end
 --- Hugging Face's initialisation: linear and embedding weights
 -- N(0, initializer_range), biases 0, norm weights 1.
 function Llama:reset_parameters()
+  if nn.init_skipped() then return end
   local std = self.config.initializer_range
   local previous = core.set_grad_enabled(false)
   for _, p in ipairs(self:named_parameters()) do
