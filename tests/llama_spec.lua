@@ -194,6 +194,21 @@ describe("Hugging Face folders", function()
       'config: model_type "gemma" is not one lualign builds (gpt2, llama, mistral, qwen2, qwen3)')
   end)
 
+  it("saves the tokenizer's files with the model", function()
+    local src, dst = tmpdir(), tmpdir()
+    os.execute("cp -r " .. FIXTURES .. "/qwen2 " .. src)
+    local f = assert(io.open(src .. "/tokenizer_config.json", "w"))
+    f:write('{"model_max_length": 64}')
+    f:close()
+    local model = la.models.from_pretrained(src)
+    model:save_pretrained(dst, {tokenizer = la.tokenizer.byte()})
+    local copied = assert(io.open(dst .. "/tokenizer_config.json")):read("a")
+    assert.are.equal('{"model_max_length": 64}', copied)
+    local tok = la.tokenizer.load(dst .. "/tokenizer.json")   -- written by tok:save(dir)
+    assert.are.same({72, 105}, tok:encode("Hi"))
+    os.execute("rm -rf " .. src .. " " .. dst)
+  end)
+
   it("accepts the keys of the small models' config.json files on the Hub", function()
     local hf = require "lualign.models.hf"
     local configs = {
