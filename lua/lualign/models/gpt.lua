@@ -299,24 +299,12 @@ function gpt.from_hf_state_dict(sd, cfg)
   return out, dropped
 end
 
---- Loads a Hugging Face GPT-2 directory (config.json + model.safetensors).
+--- Loads a Hugging Face GPT-2 directory (config.json + model.safetensors);
+-- the same as la.models.from_pretrained for a gpt2 folder (lualign.models.hf:
+-- config checks, weights read straight into the parameters, generation_config).
+-- overrides change config keys (dropout, value_head, reward_head).
 function gpt.from_pretrained(dir, overrides)
-  local cjson = require "cjson"
-  local f, err = io.open(dir .. "/config.json")
-  if not f then error("gpt.from_pretrained: " .. tostring(err), 2) end
-  local ok, hf = pcall(cjson.decode, f:read("a"))
-  f:close()
-  if not ok then error("gpt.from_pretrained: " .. dir .. "/config.json: " .. tostring(hf), 2) end
-  local cfg = {}
-  for k in pairs(defaults) do
-    if hf[k] ~= nil and hf[k] ~= cjson.null then cfg[k] = hf[k] end
-  end
-  if type(hf.n_inner) == "number" and hf.n_embd then cfg.mlp_ratio = hf.n_inner / hf.n_embd end
-  for k, v in pairs(overrides or {}) do cfg[k] = v end
-  local model = GPT(cfg)
-  local sd = require("lualign.checkpoint").load(dir .. "/model.safetensors")
-  model:load_state_dict((gpt.from_hf_state_dict(sd, model.config)))
-  return model
+  return require("lualign.models.hf").from_pretrained(dir, overrides)
 end
 
 return setmetatable(gpt, {__call = function(_, cfg) return GPT(cfg) end})
