@@ -49,7 +49,7 @@ local function json_float(v)
 end
 
 local function is_list(v)
-  if next(v) == nil then return true end
+  if next(v) == nil then return false end   -- {} : Hugging Face's files hold empty objects, not lists
   local n = 0
   for _ in pairs(v) do n = n + 1 end
   return n == #v
@@ -58,7 +58,7 @@ end
 --- A JSON text for a Lua value: keys sorted, two-space indentation as
 -- Hugging Face writes its files, Lua integers as integers and floats with a
 -- fraction or exponent (so 1.0 stays a float and 576 an integer), cjson.null
--- as null.
+-- as null; an empty table as {}.
 function hf.json(v, indent)
   indent = indent or ""
   local t = type(v)
@@ -70,10 +70,10 @@ function hf.json(v, indent)
   end
   if t == "string" then return (cjson.encode(v)) end
   if t ~= "table" then util.error("json: cannot write a " .. t) end
+  if next(v) == nil then return "{}" end
   local inner = indent .. "  "
   local parts = {}
   if is_list(v) then
-    if #v == 0 then return "[]" end
     for i, x in ipairs(v) do parts[i] = inner .. hf.json(x, inner) end
     return "[\n" .. table.concat(parts, ",\n") .. "\n" .. indent .. "]"
   end
