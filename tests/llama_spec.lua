@@ -316,10 +316,18 @@ describe("Llama-family kernels", function()
     assert.has_error(function() F.rope_(la.randn(1, 2, 1, 6):requires_grad(), ints({{0, 1}}), tab) end)
   end)
 
-  it("SwiGLU: value and gradient", function()
+  it("SwiGLU and SwiGLU into a projection: values and gradients", function()
     local g, u = la.randn(3, 5), la.randn(3, 5)
     assert.is_true((F.swiglu(g, u) - g:silu() * u):abs():max():item() < 1e-6)
     check(function(a, b) return F.swiglu(a, b) end, {la.randn(3, 5):requires_grad(), la.randn(3, 5):requires_grad()})
+    -- into a projection, with and without a bias
+    local w, b = la.randn(4, 5), la.randn(4)
+    assert.is_true((F.swiglu_linear(g, u, w, b) - F.linear(g:silu() * u, w, b)):abs():max():item() < 1e-5)
+    check(function(a, c, d, e) return F.swiglu_linear(a, c, d, e) end,
+      {la.randn(2, 3, 5):requires_grad(), la.randn(2, 3, 5):requires_grad(), la.randn(4, 5):requires_grad(),
+       la.randn(4):requires_grad()})
+    check(function(a, c, d) return F.swiglu_linear(a, c, d) end,
+      {la.randn(3, 5):requires_grad(), la.randn(3, 5):requires_grad(), la.randn(4, 5):requires_grad()})
     assert.has_error(function() F.swiglu(la.randn(2), la.randn(3)) end,
       "swiglu: gate of shape (2,) and up of shape (3,) must have the same shape")
   end)

@@ -127,7 +127,8 @@ function MLP:init(cfg)
 end
 
 function MLP:forward(x)
-  return self.down_proj(F.swiglu(self.gate_proj(x), self.up_proj(x)))
+  local down = self.down_proj
+  return F.swiglu_linear(self.gate_proj(x), self.up_proj(x), down.weight, down.bias)
 end
 
 --- A decoder layer: x + self_attn(input_layernorm(x)), then
@@ -278,9 +279,26 @@ function Llama:extra_repr()
     c.max_position_embeddings, tostring(c.tie_word_embeddings), self:num_parameters() / 1e6)
 end
 
+--- Mean cross-entropy of the next-token predictions for ids against targets
+-- (B, T) (-100, or opts.ignore_index, = ignore), and the number of counted
+-- tokens.  Logits-free: rows of logits are made in chunks and recomputed in
+-- the backward pass (lualign.loss.sequence_logprobs_hidden), so the (B, T, V)
+-- logits and their gradient never exist -- two buffers of 200 MB each at a
+-- 49152-token vocabulary and 1024 tokens.  opts: as for hidden(), plus
+-- ignore_index and label_smoothing (which takes the logits path).
+function Llama:loss(ids, targets, opts)
+  opts = opts or {}
+  if opts.label_smoothing and opts.label_smoothing ~= 0 then return gpt.GPT.loss(self, ids, targets, opts) end
+  local loss = require "lualign.loss"
+  local mask = targets:ne(opts.ignore_index or -100):float()
+  local count = math.tointeger(mask:sum():item())
+  local sums = loss.sequence_logprobs_hidden(self:hidden(ids, opts), self:head_weight(), targets, mask)
+  return -sums:sum() / math.max(count, 1), count
+end
+
 -- The rest of the call protocol is the GPT's, written against hidden() and
--- head_weight(): forward, logits, loss, log-probs, heads, generation.
-for _, name in ipairs({"forward", "logits", "loss", "sequence_logprobs", "token_logprobs",
+-- head_weight(): forward, logits, log-probs, heads, generation.
+for _, name in ipairs({"forward", "logits", "sequence_logprobs", "token_logprobs",
                        "values", "rewards", "generate"}) do
   Llama[name] = gpt.GPT[name]
 end
