@@ -1,8 +1,8 @@
 -- bench/llama_compare.lua -- the Llama-family benchmark: lualign against the
 -- PyTorch peer (bench/llama_torch.py) in one command, alternating rounds.
 --
---   flock /tmp/lualign-bench.lock lua5.4 bench/llama_compare.lua [rounds] [qwen_rounds]
---   (make bench-llama)
+--   flock /tmp/lualign-bench.lock lua5.4 bench/llama_compare.lua [rounds] [qwen_rounds] [peers]
+--   (make bench-llama; peers: a comma list of stock, tuned, jemalloc, default all)
 --
 -- SmolLM2-135M's shape (training step at context 256, batch 4; batch-1
 -- KV-cache generation) for `rounds` rounds, then Qwen2.5-0.5B's shape (load
@@ -23,12 +23,16 @@ local here = arg[0]:match("^(.*)/[^/]*$") or "."
 local lua_env = string.format('LUA_PATH="%s/../lua/?.lua;%s/../lua/?/init.lua;;" LUA_CPATH="%s/../build/?.so;;"',
   here, here, here)
 local jemalloc = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
-local peers = {
-  {name = "torch stock", env = ""},
-  {name = "torch glibc tuned", env = "GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=100000000000"},
-  {name = "torch jemalloc", env = "LD_PRELOAD=" .. jemalloc},
+local all_peers = {
+  {key = "stock", name = "torch stock", env = ""},
+  {key = "tuned", name = "torch glibc tuned", env = "GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=100000000000"},
+  {key = "jemalloc", name = "torch jemalloc", env = "LD_PRELOAD=" .. jemalloc},
 }
-if not io.open(jemalloc) then table.remove(peers, 3) end
+local wanted = {}
+for k in (arg[3] or "stock,tuned,jemalloc"):gmatch("[^,]+") do wanted[k] = true end
+if not io.open(jemalloc) then wanted.jemalloc = nil end
+local peers = {}
+for _, p in ipairs(all_peers) do if wanted[p.key] then peers[#peers + 1] = p end end
 
 local function peer(p, shape, modes, extra)
   return run_json(string.format("OMP_WAIT_POLICY=PASSIVE %s /usr/bin/python3 %s/llama_torch.py %s --threads 2 --modes %s %s",
