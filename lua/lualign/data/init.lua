@@ -37,6 +37,12 @@ function M.prompts(path) return jsonl.reader("prompts", path) end
 --- All examples of a file as a list; kind is "sft", "preference" or "prompts".
 function M.load(path, kind) return jsonl.load(kind, path) end
 
+--- Sets the function told which fields of a file's lines its format ignores,
+-- once a reader has finished the file: fn(note) with note.path, note.kind,
+-- note.fields (name -> lines that have it), note.lines and note.text (one
+-- line saying all that).  A recipe's run prints them; nil turns them off.
+M.on_ignored_fields = jsonl.on_ignored_fields
+
 --- Decodes and validates one line: returns the example, or nil and a message.
 M.parse_line = function(kind, text) return jsonl.parse_line(kind, text) end
 
@@ -147,6 +153,16 @@ local function loader_opts(opts)
   return {batch_size = opts.batch_size, shuffle = opts.shuffle, seed = opts.seed, drop_last = opts.drop_last}
 end
 
+-- Names a loader after its file, and records how many of its examples the
+-- length limits cut: loader.truncated, and loader.limits ("max_len 128", or
+-- nil when no limit is set).
+local function describe(loader, source, kind, tok, encoded, opts)
+  loader.name = type(source) == "string" and source or nil
+  loader.limits = batch.limits_text(opts)
+  loader.truncated = batch.count_truncated(kind, tok, encoded, opts)
+  return loader
+end
+
 -- A collate function whose batches also carry the examples they were made from.
 local function with_examples(collate)
   return function(list)
@@ -175,9 +191,11 @@ function M.sft_loader(source, tok, opts)
   if opts.pack then
     if not opts.max_len then error("sft_loader: pack = true needs max_len", 2) end
     lopts.group = function(list) return (batch.pack(tok, list, opts)) end
-    return batch.loader(encoded, function(rows) return batch.collate_packed(tok, rows, opts) end, lopts)
+    return describe(batch.loader(encoded, function(rows) return batch.collate_packed(tok, rows, opts) end, lopts),
+                    source, "sft", tok, encoded, opts)
   end
-  return batch.loader(encoded, with_examples(function(list) return batch.collate_sft(tok, list, opts) end), lopts)
+  return describe(batch.loader(encoded, with_examples(function(list) return batch.collate_sft(tok, list, opts) end),
+                               lopts), source, "sft", tok, encoded, opts)
 end
 
 --- Preference batches (see collate_preference).  opts as sft_loader's (no packing).
@@ -187,8 +205,8 @@ function M.preference_loader(source, tok, opts)
   local examples = examples_of(source, "preference", "preference_loader")
   local encoded = {}
   for i, ex in ipairs(examples) do encoded[i] = batch.encode_preference(tok, ex, opts) end
-  return batch.loader(encoded, with_examples(function(list) return batch.collate_preference(tok, list, opts) end),
-                      loader_opts(opts))
+  return describe(batch.loader(encoded, with_examples(function(list) return batch.collate_preference(tok, list, opts) end),
+                               loader_opts(opts)), source, "preference", tok, encoded, opts)
 end
 
 --- Left-padded prompt batches for generation.  opts: batch_size, max_prompt_len
@@ -199,8 +217,8 @@ function M.prompt_loader(source, tok, opts)
   local examples = examples_of(source, "prompts", "prompt_loader")
   local encoded = {}
   for i, ex in ipairs(examples) do encoded[i] = batch.encode_prompt(tok, ex, opts) end
-  return batch.loader(encoded, with_examples(function(list) return batch.collate_prompts(tok, list, opts) end),
-                      loader_opts(opts))
+  return describe(batch.loader(encoded, with_examples(function(list) return batch.collate_prompts(tok, list, opts) end),
+                               loader_opts(opts)), source, "prompts", tok, encoded, opts)
 end
 
 --- Language-model batches from a text (string) or a list of token ids: the stream

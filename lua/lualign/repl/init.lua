@@ -175,13 +175,15 @@ local function print_results(results, output, terminal)
   end
 end
 
---- Sets the globals of an interactive session: la, nn, optim, loss, help.
+--- Sets the globals of an interactive session: la, nn, optim, loss, help;
+-- and has the data readers say which fields of a file they ignore.
 function M.preload(env)
   env = env or _G
   local la = require "lualign"
   env.la = la
   env.nn, env.optim, env.loss = la.nn, la.optim, la.loss
   env.help = require("lualign.repl.help").help
+  la.data.on_ignored_fields(function(note) print("note: " .. note.text) end)
   return env
 end
 
