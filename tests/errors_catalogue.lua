@@ -308,14 +308,34 @@ la.tokenizer.load(DIR)]],
     {what = "an unknown choice for nonfinite",
      code = [[recipe.config({"nonfinite=ignore"}, "demo", {})]],
      error = [[argument 'nonfinite=ignore': nonfinite must be 'skip' or 'stop' (got 'ignore')]]},
-    {what = "an unknown preference loss",
+    {what = "an unknown preference loss (nothing is written)",
      code = [[recipe.run_script("recipes/gdpo.lua", {out_dir = DIR, loss = "kto"})]],
-     error = [[loss must be one of dpo, cdpo, rdpo, ipo, hinge, gdpo, gipo]],
-     leaves = {"gdpo", "gdpo/config.json"}},
-    {what = "a base model that is not there",
+     error = [[loss must be one of dpo, cdpo, rdpo, ipo, hinge, gdpo, gipo (got 'kto') -- did you mean 'dpo'?]]},
+    {what = "a base model that is not there (nothing is written)",
      code = [[recipe.run_script("recipes/sft.lua", {out_dir = DIR, base = DIR .. "/nothing"})]],
-     error = [[tokenizer.load: DIR/nothing/tokenizer.json: no such file or directory]],
-     leaves = {"sft", "sft/config.json"}},
+     error = [[base: no such run folder or model file: DIR/nothing]]},
+    {what = "a data file that is not there (nothing is written)",
+     code = [[recipe.data_file(DIR .. "/mine/train.jsonl", "train")]],
+     error = [[train: no such file: DIR/mine/train.jsonl (nor a bundled dataset of that name in ]]
+       .. table.concat(require("lualign.data").search_dirs(), ", ") .. ")"},
+    {what = "a run into a folder that holds another run",
+     code = [[require("lualign.sys").mkdir(DIR .. "/sft")
+write("sft/config.json", "{}")
+recipe.run(recipe.config({"out_dir=" .. DIR}, "sft", {}))]],
+     error = [[sft: DIR/sft already holds a run (config.json); to replace it: overwrite=true; to keep it: a new name= (or resume=true to continue it)]],
+     leaves = {"sft"}},
+    {what = "resuming a run with another config",
+     code = [[require("lualign.sys").mkdir(DIR .. "/sft")
+write("sft/config.json", '{"name": "sft", "seed": 1, "lr": 0.001}')
+recipe.run(recipe.config({"out_dir=" .. DIR, "resume=true", "lr=0.01"}, "sft", {{"lr", 1e-3, "learning rate"}}))]],
+     error = [[sft: cannot resume the run in DIR/sft with another config: lr=0.01 (the run has 0.001) (resume continues a run as it was started; to replace it: overwrite=true; to keep it: a new name=)]],
+     leaves = {"sft"}},
+    {what = "training data smaller than one batch",
+     code = [[local tok = la.tokenizer.byte()
+local loader = la.data.preference_loader(write("pairs.jsonl", '{"prompt": "a", "chosen": "b", "rejected": "c"}\n'),
+  tok, {batch_size = 4, drop_last = true})
+recipe.check_batches(loader)]],
+     error = [[DIR/pairs.jsonl: 1 examples are fewer than one batch of 4 (batch_size); lower batch_size or give more data]]},
   }},
   {title = "Non-finite values in training",
    intro = "A recipe stops (nonfinite=stop, the default) or skips the step (nonfinite=skip) when the loss or the gradient norm is NaN or inf; weights holding NaN or inf are never written.",
@@ -326,7 +346,7 @@ recipe.finite_step(config, 12, 0 / 0, 1.5)]],
      error = [[run: stopped at step 12: non-finite loss nan (nonfinite=stop; nonfinite=skip skips such steps instead); the last checkpoint is left as it was]]},
     {what = "a checkpoint of weights holding NaN",
      code = [[local config = recipe.config({"out_dir=" .. DIR, "name=run"}, "demo", {})
-local run = recipe.run(config)
+local run = recipe.run(config):start()
 local model = la.nn.Linear(2, 2)
 la.no_grad(function() model.weight:fill(0 / 0) end)
 run:save_checkpoint(model, nil, 10)]],

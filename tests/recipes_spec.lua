@@ -113,9 +113,82 @@ describe("recipes on miniature configs", function()
     assert.is_number(r.last.win_rate)
   end)
 
+  it("never mixes two runs in one folder: a second run refuses, a resumed one must keep its config", function()
+    local first = read(out .. "/gdpo/config.json")
+    local args = {out_dir = out, name = "gdpo", policy = out .. "/sft", train = "vader/confident/train.jsonl",
+                  sft_steps = 10, steps = 40, batch_size = 16, lr = 1e-3, eval_every = 20, eval_samples = 4}
+    local ok, err = pcall(recipe.run_script, script("gdpo"), args)
+    assert.is_false(ok)
+    assert.matches(out:gsub("%p", "%%%0") .. "/gdpo already holds a run %(.*%); to replace it: overwrite=true; "
+      .. "to keep it: a new name=", err)
+    args.resume = true
+    ok, err = pcall(recipe.run_script, script("gdpo"), args)
+    assert.is_false(ok)
+    assert.matches("cannot resume the run in .*/gdpo with another config: train='vader/confident/train.jsonl' "
+      .. "%(the run has '.*pairs.jsonl'%)", err)
+    -- a start that fails (a missing data file) writes nothing, even with overwrite=true
+    args.resume, args.overwrite, args.train = false, true, out .. "/no_such_pairs.jsonl"
+    assert.has_error(function() recipe.run_script(script("gdpo"), args) end,
+      "train: no such file: " .. out .. "/no_such_pairs.jsonl (nor a bundled dataset of that name in "
+      .. table.concat(la.data.search_dirs(), ", ") .. ")")
+    args.train, args.policy = out .. "/pairs.jsonl", out .. "/no_such_run"
+    assert.has_error(function() recipe.run_script(script("gdpo"), args) end,
+      "policy: no such run folder or model file: " .. out .. "/no_such_run")
+    assert.are.equal(first, read(out .. "/gdpo/config.json"))
+  end)
+
+  it("computes a cached file again when what it was computed from changes", function()
+    -- the gdpo run above, resumed after its training pairs changed on disk: same config,
+    -- other data, so the fitted reference and the reference log-probs are computed again
+    local cjson = require "cjson"
+    local caches = cjson.decode(read(out .. "/gdpo/caches.json"))
+    local small = out .. "/pairs.jsonl"
+    local lines = {}
+    for line in io.lines(small) do lines[#lines + 1] = line end
+    lines[1], lines[2] = lines[2], lines[1]
+    local f = assert(io.open(small, "w"))
+    f:write(table.concat(lines, "\n"), "\n")
+    f:close()
+    recipe.run_script(script("gdpo"), {out_dir = out, name = "gdpo", policy = out .. "/sft", train = small,
+      sft_steps = 10, steps = 40, batch_size = 16, lr = 1e-3, eval_every = 20, eval_samples = 4, resume = true})
+    local now = cjson.decode(read(out .. "/gdpo/caches.json"))
+    local id = recipe.file_identity(small)
+    for _, file in ipairs({"reference.safetensors", "ref_logps.safetensors"}) do
+      assert.are_not.equal(caches[file].inputs.train or caches[file].inputs.data,
+        (now[file].inputs.train or now[file].inputs.data).digest, file)
+      assert.are.equal(id.digest, (now[file].inputs.train or now[file].inputs.data).digest, file)
+    end
+    -- the held-out pairs' log-probs depend on the reference, which changed with the data
+    assert.are_not.equal(caches["ref_logps_test.safetensors"].inputs.reference.digest,
+      now["ref_logps_test.safetensors"].inputs.reference.digest)
+  end)
+
+  it("turns evaluation off with eval_every=0 and names a dataset smaller than one batch", function()
+    local r = recipe.run_script(script("sft"), {out_dir = out, name = "sft_noeval", base = out .. "/pre", steps = 3,
+      eval_every = 0, batch_size = 4, max_len = 64, eval_examples = 8, samples = 1})
+    assert.is_nil(r.valid_loss)
+    assert.is_nil(r.base_loss)
+    assert.is_true(r.run:exists("checkpoint.safetensors"))
+    assert.is_truthy(read(r.run:path("report.md")):find("not evaluated (eval_every=0)", 1, true))
+    local tiny = out .. "/five_pairs.jsonl"
+    local f = assert(io.open(tiny, "w"))
+    local n = 0
+    for line in io.lines(la.data.path("vader/modest/train.jsonl")) do
+      n = n + 1
+      if n > 5 then break end
+      f:write(line, "\n")
+    end
+    f:close()
+    assert.has_error(function()
+      recipe.run_script(script("gdpo"), {out_dir = out, name = "five", policy = out .. "/sft", train = tiny,
+        batch_size = 16})
+    end, tiny .. ": 5 examples are fewer than one batch of 16 (batch_size); lower batch_size or give more data")
+    assert.is_nil(require("lualign.sys").listdir(out .. "/five"))   -- refused before anything was written
+  end)
+
   it("rejects unknown losses and keys", function()
-    assert.has_error(function() recipe.run_script(script("gdpo"), {out_dir = out, loss = "kto"}) end,
-      "loss must be one of dpo, cdpo, rdpo, ipo, hinge, gdpo, gipo")
+    assert.has_error(function() recipe.run_script(script("gdpo"), {out_dir = out, name = "kto", loss = "kto"}) end,
+      "loss must be one of dpo, cdpo, rdpo, ipo, hinge, gdpo, gipo (got 'kto') -- did you mean 'dpo'?")
     assert.has_error(function() recipe.run_script(script("sft"), {out_dir = out, step = 3}) end)
   end)
 end)

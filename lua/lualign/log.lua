@@ -64,6 +64,10 @@ end
 -- default: all, sorted), stage (a label printed first), quiet (no output).
 function log.open(run, opts)
   opts = opts or {}
+  if run.started == false then
+    error(string.format("%s: log.open before run:start() (a run writes nothing until its inputs are checked)",
+      run.config.name), 2)
+  end
   local path = run:path(opts.file or "metrics.jsonl")
   if opts.start_step and opts.start_step > 0 then
     truncate_metrics(path, opts.start_step)
