@@ -130,6 +130,31 @@ la.detect_anomaly(function() return x:log() end)]],
 la.detect_anomaly(function() x:sqrt():sum():backward() end)]],
      error = [[detect_anomaly: the backward of 'sqrt' produced inf (3 of 3 values) in the gradient of its input 1 (of 1), of shape (3,); the gradient of its output, of shape (3,), was finite]]},
   }},
+  {title = "Options and configs",
+   intro = "Every table of options or config keys is checked: an unknown key is an error that names it, suggests the likely one, and lists those that exist. Errors raised inside the library are reported at the line of the caller's code.",
+   entries = {
+    {what = "a misspelt loss option",
+     code = [[local x = la.zeros(2)
+la.loss.dpo(x, x, x, x, {bta = 0.5})]],
+     error = [[loss.dpo: unknown option 'bta' -- did you mean 'beta'? (known: beta, eps, label_smoothing, p)]]},
+    {what = "a misspelt model config key",
+     code = [[la.models.gpt{vocab_size = 8, n_positions = 8, n_embd = 8, n_layer = 1, n_heads = 2}]],
+     error = [[gpt: unknown config key 'n_heads' -- did you mean 'n_head'? (known: bias, dropout, layer_norm_epsilon, mlp_ratio, n_embd, n_head, n_layer, n_positions, norm, reward_head, tie_word_embeddings, value_head, vocab_size)]]},
+    {what = "a misspelt generate option",
+     code = [[local m = la.models.gpt{vocab_size = 8, n_positions = 8, n_embd = 8, n_layer = 1, n_head = 2}
+m:generate({{1, 2}}, {max_new_tokens = 2, temprature = 0})]],
+     error = [[generate: unknown option 'temprature' -- did you mean 'temperature'? (known: eos_id, max_new_tokens, pad_id, return_logprobs, temperature, top_k, top_p, use_cache)]]},
+    {what = "a misspelt optimizer option",
+     code = [[la.optim.AdamW(la.nn.Linear(2, 2), {lr = 1e-3, weight_decy = 0})]],
+     error = [[AdamW: unknown option 'weight_decy' -- did you mean 'weight_decay'? (known: betas, decay_filter, eps, lr, weight_decay)]]},
+    {what = "a misspelt data loader option",
+     code = [[la.data.sft_loader({}, la.tokenizer.byte(), {max_length = 64})]],
+     error = [[sft_loader: unknown option 'max_length' -- did you mean 'max_len'? (known: add_bos, add_eos, batch_size, chat, completion_format, drop_last, max_completion_len, max_len, max_prompt_len, min_prompt_len, pack, pad_to_max_len, pad_to_multiple_of, prompt_format, seed, shuffle)]]},
+    {what = "a token id outside a model's vocabulary",
+     code = [[local m = la.models.gpt{vocab_size = 8, n_positions = 8, n_embd = 8, n_layer = 1, n_head = 2}
+m(la.tensor({{1, 9}}))]],
+     error = [[index_select: index 9 (element 2 of the index) is out of range for dimension 1 of size 8; indices in tensors are 0-based]]},
+  }},
   {title = "Memory", intro = "", entries = {
     {what = "an allocation past la.set_memory_limit",
      code = [[la.set_memory_limit(la.memory().live_bytes + 1024)

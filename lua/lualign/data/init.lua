@@ -10,6 +10,7 @@
 
 local jsonl = require "lualign.data.jsonl"
 local batch = require "lualign.data.batch"
+local util = require "lualign.util"
 
 local M = {}
 
@@ -148,6 +149,21 @@ local function check_tok(tok, what)
   end
 end
 
+-- The options each loader takes (an unknown one is an error with a did-you-mean).
+local BATCHING = {"batch_size", "shuffle", "seed", "drop_last", "pad_to_multiple_of", "pad_to_max_len"}
+local LIMITS = {"max_len", "max_prompt_len", "max_completion_len", "min_prompt_len"}
+local function option_list(...)
+  local out = {}
+  for _, list in ipairs({...}) do table.move(list, 1, #list, #out + 1, out) end
+  return out
+end
+M.loader_options = {
+  sft = option_list(BATCHING, LIMITS, {"pack", "chat", "add_bos", "add_eos", "prompt_format", "completion_format"}),
+  preference = option_list(BATCHING, LIMITS, {"chat", "add_bos", "add_eos"}),
+  prompts = option_list(BATCHING, {"max_len", "max_prompt_len", "chat", "add_bos"}),
+  lm = {"block_size", "batch_size", "shuffle", "seed", "drop_last"},
+}
+
 -- The loader options a data loader passes through to batch.loader.
 local function loader_opts(opts)
   return {batch_size = opts.batch_size, shuffle = opts.shuffle, seed = opts.seed, drop_last = opts.drop_last}
@@ -179,7 +195,7 @@ end
 -- add_bos (false), add_eos (true), pad_to_multiple_of, pad_to_max_len.
 -- Every example is tokenised once, here.
 function M.sft_loader(source, tok, opts)
-  opts = opts or {}
+  opts = util.check_options("sft_loader", opts, M.loader_options.sft)
   check_tok(tok, "sft_loader")
   local examples = examples_of(source, "sft", "sft_loader")
   local encoded = {}
@@ -200,7 +216,7 @@ end
 
 --- Preference batches (see collate_preference).  opts as sft_loader's (no packing).
 function M.preference_loader(source, tok, opts)
-  opts = opts or {}
+  opts = util.check_options("preference_loader", opts, M.loader_options.preference)
   check_tok(tok, "preference_loader")
   local examples = examples_of(source, "preference", "preference_loader")
   local encoded = {}
@@ -212,7 +228,7 @@ end
 --- Left-padded prompt batches for generation.  opts: batch_size, max_prompt_len
 -- (or max_len), shuffle (true), seed, drop_last, chat, add_bos.
 function M.prompt_loader(source, tok, opts)
-  opts = opts or {}
+  opts = util.check_options("prompt_loader", opts, M.loader_options.prompts)
   check_tok(tok, "prompt_loader")
   local examples = examples_of(source, "prompts", "prompt_loader")
   local encoded = {}
@@ -224,10 +240,9 @@ end
 --- Language-model batches from a text (string) or a list of token ids: the stream
 -- is cut into non-overlapping blocks of block_size inputs (+1 target), shuffled
 -- per epoch.  Batches have ids and targets (B, block_size) int64.
--- opts: block_size (required), batch_size, shuffle, seed, drop_last, add_eos_between
--- (nothing is added by default).
+-- opts: block_size (required), batch_size, shuffle, seed, drop_last.
 function M.lm_loader(source, tok, opts)
-  opts = opts or {}
+  opts = util.check_options("lm_loader", opts, M.loader_options.lm)
   local bsz = opts.block_size
   if not bsz or bsz < 1 then error("lm_loader: block_size is required", 2) end
   local stream = source
