@@ -31,6 +31,22 @@ describe("AdamW", function()
     assert.is_true(near(b[1], ref_b[1], 1e-5))
   end)
 
+  it("computes 1 - beta in double: the second moment is (1 - beta2) g^2 to float precision", function()
+    -- with 1 - beta2 taken after rounding beta2 = 0.999 to float, every v would be off by 1.3e-5 relative
+    local w = la.tensor({1.0, 1.0, 1.0}, "float32"):requires_grad()
+    local opt = optim.AdamW({w}, {lr = 1e-3, betas = {0.9, 0.999}, weight_decay = 0})
+    local g = {0.37, -1.25, 3.0}
+    w.grad = la.tensor(g, "float32")
+    opt:step()
+    for i = 1, 3 do
+      local gi = la.tensor({g[i]}, "float32")[1]        -- the gradient as float32 holds it
+      local v, want = opt.v[1][i], (1 - 0.999) * gi * gi
+      assert.is_true(math.abs(v - want) <= 2e-7 * want, string.format("v %.9g vs %.9g", v, want))
+      local m, want_m = opt.m[1][i], (1 - 0.9) * gi
+      assert.is_true(math.abs(m - want_m) <= 2e-7 * math.abs(want_m), string.format("m %.9g vs %.9g", m, want_m))
+    end
+  end)
+
   it("decays only matrices by default, everything with a filter, and accepts modules and groups", function()
     local model = la.nn.Linear(3, 2)
     local opt = optim.AdamW(model, {weight_decay = 0.1})
