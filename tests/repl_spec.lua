@@ -128,6 +128,26 @@ describe("help", function()
     local text, found = help.text("la.no_such_thing")
     assert.is_false(found)
     assert.equal("help: nothing is called la.no_such_thing", text)
+    -- help(la.no_such_thing) passes nil: that is said, not answered with the guide
+    local out = {}
+    local saved = io.write
+    io.write = function(...) for _, x in ipairs({...}) do out[#out + 1] = x end end
+    help.help(la.no_such_thing)
+    io.write = saved
+    assert.equal('help: the value given is nil (a name that does not exist?); help("la.NAME") looks a name up\n',
+      table.concat(out))
+  end)
+
+  it("takes a function's entry from its own module's page only", function()
+    -- `exp` also appears in formulas of docs/bandit.md, and `la.cat` in an example on docs/data.md
+    local text = help.text(la.exp)
+    assert.truthy(text:find("Unary: neg, exp, log", 1, true), text)
+    assert.falsy(text:find("bandit", 1, true), text)
+    text = help.text(la.cat)
+    assert.truthy(text:find("la.cat({t1, t2, …} [, dim])", 1, true), text)
+    assert.falsy(text:find("docs/data.md", 1, true), text)
+    -- a function wrapped so that its errors point at the caller shows its own signature
+    assert.truthy(help.text(la.loss.dpo):find("la.loss.dpo(pc, pr, rc, rr, opts)", 1, true))
   end)
 
   it("reads docstrings above definitions and groups of one-liners", function()

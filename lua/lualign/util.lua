@@ -41,8 +41,14 @@ end
 -- library, without the library's own positions: the message points at the
 -- line of the user's code that made the call.  Errors that are not strings,
 -- or that already name a line outside the library, pass unchanged.
+local wrapped = setmetatable({}, {__mode = "k"})   -- wrapper -> the function it wraps
+
+--- The function a wrapper of raise_at_caller wraps (fn itself otherwise):
+-- help() reads the signature and documentation there.
+function util.unwrap(fn) return wrapped[fn] or fn end
+
 function util.raise_at_caller(fn)
-  return function(...)
+  local wrapper = function(...)
     local r = table.pack(pcall(fn, ...))
     if r[1] then return table.unpack(r, 2, r.n) end
     local msg = r[2]
@@ -51,6 +57,8 @@ function util.raise_at_caller(fn)
     if msg:match("^[^\n]-:%d+: ") then error(msg, 0) end
     util.error(msg)
   end
+  wrapped[wrapper] = fn
+  return wrapper
 end
 
 --- Sorted list of a table's keys.
