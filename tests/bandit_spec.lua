@@ -20,12 +20,8 @@ local function run(args)
   return summary, out, out .. "/bandit"
 end
 
-local function read(path)
-  local f = assert(io.open(path))
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local h = require "helpers"
+local read = h.read
 
 describe("the bandit recipe", function()
   it("shows the caption in its regime: DPO and GDPO above cDPO, cDPO's mode in the data", function()

@@ -84,13 +84,8 @@ local function collect(iter)
   return out
 end
 
-local function fails_with(expected, fn)
-  local ok, err = pcall(fn)
-  assert(not ok, "expected an error containing: " .. expected)
-  err = tostring(err)
-  assert(err:find(expected, 1, true), "expected an error containing:\n  " .. expected .. "\ngot:\n  " .. err)
-  return err
-end
+local h = require "helpers"
+local fails_with = h.fails_with
 
 ----------------------------------------------------------------------------
 

@@ -22,17 +22,8 @@ local function luarocks(args, dir)
     "luarocks --lua-version 5.4 " .. args)
 end
 
-local function exists(path)
-  local f = io.open(path, "r")
-  if f then f:close() end
-  return f ~= nil
-end
-
-local function write(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-end
+local h = require "helpers"
+local exists, write = h.exists, h.write
 
 -- The recipes of this checkout (none yet is fine).
 local function checkout_recipes()

@@ -6,20 +6,8 @@ local recipe = require "lualign.recipe"
 local log = require "lualign.log"
 local sys = require "lualign.sys"
 
-local function tmpdir()
-  local d = os.tmpname()
-  os.remove(d)
-  assert(sys.mkdir(d))
-  return d
-end
-
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local h = require "helpers"
+local tmpdir, read = h.tmpdir, h.read
 
 local function errmsg(fn, ...)
   local ok, err = pcall(fn, ...)

@@ -1,7 +1,8 @@
 local la = require "lualign"
 local optim = la.optim
 
-local function near(a, b, tol) return math.abs(a - b) <= (tol or 1e-6) * (1 + math.abs(b)) end
+local h = require "helpers"
+local near = h.near
 
 describe("AdamW", function()
   it("matches the update written out by hand, with bias correction and decoupled decay", function()

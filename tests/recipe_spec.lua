@@ -9,12 +9,8 @@ local specs = {
   {"pack", false, "pack examples"},
 }
 
-local function tmpdir()
-  local d = os.tmpname()
-  os.remove(d)
-  assert(require("lualign.sys").mkdir(d))
-  return d
-end
+local h = require "helpers"
+local tmpdir = h.tmpdir
 
 describe("recipe config", function()
   it("takes defaults, key=value overrides with the defaults' types, and config files", function()

@@ -30,12 +30,8 @@ local function ends(path, key, n)
   return a / n, b / n
 end
 
-local function read(path)
-  local f = assert(io.open(path))
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local h = require "helpers"
+local read = h.read
 
 describe("recipes on miniature configs", function()
   local pre
