@@ -705,6 +705,33 @@ describe("bundled data", function()
     assert.is_truthy(text:find("It is a truth universally acknowledged", 1, true))
   end)
 
+  it("keeps its held-out splits apart from the training ones", function()
+    local function set_of(rel, kind, fields)
+      local s = {}
+      for ex in data[kind](data.path(rel)) do
+        for _, f in ipairs(fields) do s[ex[f]] = true end
+      end
+      return s
+    end
+    local function shared(a, b)
+      local n = 0
+      for k in pairs(a) do if b[k] then n = n + 1 end end
+      return n
+    end
+    local pairs_fields = {"chosen", "rejected"}
+    assert.are.equal(0, shared(set_of("sentiment/prompts_train.jsonl", "prompts", {"prompt"}),
+                               set_of("sentiment/prompts_test.jsonl", "prompts", {"prompt"})))
+    assert.are.equal(0, shared(set_of("sentiment/train.jsonl", "preference", pairs_fields),
+                               set_of("sentiment/test.jsonl", "preference", pairs_fields)))
+    assert.are.equal(0, shared(set_of("vader/prompts_train.jsonl", "prompts", {"prompt"}),
+                               set_of("vader/prompts_test.jsonl", "prompts", {"prompt"})))
+    local test_words = set_of("vader/test.jsonl", "preference", pairs_fields)
+    for _, rel in ipairs({"vader/modest/train.jsonl", "vader/confident/train.jsonl"}) do
+      assert.are.equal(0, shared(set_of(rel, "preference", pairs_fields), test_words), rel)
+    end
+    assert.are.equal(0, shared(set_of("qa/train.jsonl", "sft", {"prompt"}), set_of("qa/test.jsonl", "sft", {"prompt"})))
+  end)
+
   it("has modest labels in the majority in one VADER variant and confident ones in the other", function()
     local function shares(rel)
       local n, modest, confident = 0, 0, 0
