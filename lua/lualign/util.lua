@@ -36,17 +36,17 @@ local function strip_library_positions(msg)
   return msg
 end
 
---- fn wrapped so that an error raised inside it (by the engine, or by
--- library code it calls) is raised again at the first caller outside the
--- library, without the library's own positions: the message points at the
--- line of the user's code that made the call.  Errors that are not strings,
--- or that already name a line outside the library, pass unchanged.
 local wrapped = setmetatable({}, {__mode = "k"})   -- wrapper -> the function it wraps
 
 --- The function a wrapper of raise_at_caller wraps (fn itself otherwise):
 -- help() reads the signature and documentation there.
 function util.unwrap(fn) return wrapped[fn] or fn end
 
+--- fn wrapped so that an error raised inside it (by the engine, or by
+-- library code it calls) is raised again at the first caller outside the
+-- library, without the library's own positions: the message points at the
+-- line of the user's code that made the call.  Errors that are not strings,
+-- or that already name a line outside the library, pass unchanged.
 function util.raise_at_caller(fn)
   local wrapper = function(...)
     local r = table.pack(pcall(fn, ...))
