@@ -33,6 +33,16 @@ end
 local h = require "helpers"
 local read = h.read
 
+-- The first n soft-label pairs of the bundled modest set, written to path.
+local function first_pairs(n, path)
+  local lines = {}
+  for line in io.lines(la.data.path("vader/modest/train.jsonl")) do
+    if #lines == n then break end
+    lines[#lines + 1] = line
+  end
+  return h.write(path, table.concat(lines, "\n") .. "\n")
+end
+
 describe("recipes on miniature configs", function()
   local pre
   setup(function()
@@ -105,15 +115,7 @@ describe("recipes on miniature configs", function()
 
   it("gdpo widens the margin between chosen and rejected", function()
     -- 32 soft-label pairs seen 20 times: the margin must grow as they are learned
-    local small = out .. "/pairs.jsonl"
-    local f = assert(io.open(small, "w"))
-    local n = 0
-    for line in io.lines(la.data.path("vader/modest/train.jsonl")) do
-      n = n + 1
-      if n > 32 then break end
-      f:write(line, "\n")
-    end
-    f:close()
+    local small = first_pairs(32, out .. "/pairs.jsonl")
     local r = recipe.run_script(script("gdpo"), {out_dir = out, name = "gdpo", policy = out .. "/sft", train = small,
       sft_steps = 10, steps = 40, batch_size = 16, lr = 1e-3, eval_every = 20, eval_samples = 4})
     local first, last = ends(r.run:path("metrics.jsonl"), "rewards/margins", 5)
@@ -179,15 +181,7 @@ describe("recipes on miniature configs", function()
     assert.is_nil(r.base_loss)
     assert.is_true(r.run:exists("checkpoint.safetensors"))
     assert.is_truthy(read(r.run:path("report.md")):find("not evaluated (eval_every=0)", 1, true))
-    local tiny = out .. "/five_pairs.jsonl"
-    local f = assert(io.open(tiny, "w"))
-    local n = 0
-    for line in io.lines(la.data.path("vader/modest/train.jsonl")) do
-      n = n + 1
-      if n > 5 then break end
-      f:write(line, "\n")
-    end
-    f:close()
+    local tiny = first_pairs(5, out .. "/five_pairs.jsonl")
     assert.has_error(function()
       recipe.run_script(script("gdpo"), {out_dir = out, name = "five", policy = out .. "/sft", train = tiny,
         batch_size = 16})
