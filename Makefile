@@ -1,7 +1,7 @@
 # lualign -- build, test and install.
 #
 #   make            build the engine module build/lualign/core.so
-#   make demo       the main job: recipes/pipeline.lua on the bundled data (about 10 minutes)
+#   make demo       the main job: recipes/pipeline.lua on the bundled data (about 9 minutes)
 #   make test       check prerequisites, build, run every test; ends "N passed, N failed"
 #   make bench      run the benchmarks in bench/ (not part of the tests)
 #   make install    used by LuaRocks (INST_LIBDIR, INST_LUADIR, INST_BINDIR):

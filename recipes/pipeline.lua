@@ -2,7 +2,7 @@
 -- data, from a tokenizer and a base model trained from scratch to preference
 -- optimisation with soft labels.  `make demo` runs it.
 --
---   lualign recipes/pipeline.lua                 (about 5 minutes on 2 cores)
+--   lualign recipes/pipeline.lua                 (8 minutes on 2 cores shared with other jobs)
 --   lualign recipes/pipeline.lua scale=0.25      (a quick pass with fewer steps)
 --
 --   1. pretrain  a GPT on three Jane Austen novels (and a BPE tokenizer)

@@ -10,7 +10,7 @@
 -- the other runs of that seed and set start from it.  "Matched KL" reads each run's win rate
 -- where its KL to the reference first reaches KL*, the smallest final KL of
 -- all runs on that dataset, interpolating between evaluations.  Writes
--- runs/soft_labels/results.md.  Takes about 6 minutes on 2 cores for 3 seeds.
+-- runs/soft_labels/results.md.  Took 9 minutes for 3 seeds on 2 cores shared with other jobs.
 
 local recipe = require "lualign.recipe"
 
