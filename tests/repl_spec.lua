@@ -247,6 +247,18 @@ describe("the REPL without a terminal", function()
     local out = session("la == require 'lualign', nn == la.nn, optim == la.optim, loss == la.loss, type(help)\n")
     assert.equal('> true\ttrue\ttrue\ttrue\t"function"\n> \n', out)
   end)
+
+  it("says which fields of a data file the readers ignore", function()
+    local path = os.tmpname()
+    local f = assert(io.open(path, "w"))
+    f:write('{"prompt": "a", "chosen": "b", "rejected": "c", "label": 0.7}\n')
+    f:close()
+    local out = session("#la.data.load('" .. path .. "', 'preference')\n")
+    la.data.on_ignored_fields(nil)
+    os.remove(path)
+    assert.equal("> note: " .. path .. ': fields the preference format does not use, ignored: "label" (1 of 1 lines)'
+      .. "\n1\n> \n", out)
+  end)
 end)
 
 describe("the lualign command", function()
