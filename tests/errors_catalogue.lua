@@ -358,6 +358,14 @@ write("sft/config.json", '{"name": "sft", "seed": 1, "lr": 0.001}')
 recipe.run(recipe.config({"out_dir=" .. DIR, "resume=true", "lr=0.01"}, "sft", {{"lr", 1e-3, "learning rate"}}))]],
      error = [[sft: cannot resume the run in DIR/sft with another config: lr=0.01 (the run has 0.001) (resume continues a run as it was started; to replace it: overwrite=true; to keep it: a new name=)]],
      leaves = {"sft"}},
+    {what = "resume and overwrite together",
+     code = [[recipe.run(recipe.config({"out_dir=" .. DIR, "resume=true", "overwrite=true"}, "sft", {}))]],
+     error = [[sft: resume=true and overwrite=true contradict each other (resume continues the run in DIR/sft, overwrite deletes it)]]},
+    {what = "a run folder without a model",
+     code = [[require("lualign.sys").mkdir(DIR .. "/half")
+recipe.model_file(DIR .. "/half", "policy")]],
+     error = [[policy: the run folder DIR/half holds no model.safetensors (has its run finished?)]],
+     leaves = {"half"}},
     {what = "training data smaller than one batch",
      code = [[local tok = la.tokenizer.byte()
 local loader = la.data.preference_loader(write("pairs.jsonl", '{"prompt": "a", "chosen": "b", "rejected": "c"}\n'),
