@@ -247,6 +247,10 @@ function Llama:hidden(ids, opts)
   return self.model.norm(x)
 end
 
+-- Errors inside (an id out of range, a mask of the wrong shape) are raised
+-- at the line that called the model, not inside the library.
+Llama.hidden = util.raise_at_caller(Llama.hidden)
+
 --- The LM head's weight (V, C): lm_head.weight, or embed_tokens.weight when tied.
 function Llama:head_weight()
   return self.lm_head and self.lm_head.weight or self.model.embed_tokens.weight
