@@ -42,7 +42,9 @@ int lt_checkshape(lua_State *L, int arg, const char *op, int *ndim, int64_t *sha
 void lt_open_tensor(lua_State *L);    /* builds the metatable and methods */
 void lt_open_nn(lua_State *L);        /* core.nn: fused network kernels */
 void lt_pace_gc(lua_State *L);        /* GC pacing after allocations */
+void lt_after_backward(lua_State *L); /* GC pacing after a backward pass (lua_tensor.c) */
 void lt_open_tokenizer(lua_State *L); /* adds core.bpe (lua_tokenizer.c) */
 void lt_open_checkpoint(lua_State *L); /* sets _safetensors in the table on top */
+void lt_open_dist(lua_State *L);      /* sets dist in the table on top (lua_dist.c) */
 
 #endif
