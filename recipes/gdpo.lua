@@ -80,8 +80,9 @@ end
 local ref = recipe.load_gpt(run:exists("reference.safetensors") and run:path("reference.safetensors") or config.policy)
 ref:requires_grad(false):eval()
 
-local loader = la.data.preference_loader(pairs_, tok, {batch_size = config.batch_size, seed = config.seed,
-                                                       max_len = config.max_len, drop_last = true})
+local dp = la.dist.data_parallel(policy)   -- under mpirun: rank 0's weights on every rank
+local loader = dp:shard(la.data.preference_loader(pairs_, tok, {batch_size = config.batch_size,
+  seed = config.seed, max_len = config.max_len, drop_last = true}))
 
 -- Sequence log-probs (B,) of chosen and rejected under model, in one pass.
 local function logps(model, batch)
@@ -201,10 +202,12 @@ for step, batch in recipe.batches(loader, start) do
   local loss, metrics = la.loss[config.loss](pc, pr, ref_chosen:index_select(1, index),
     ref_rejected:index_select(1, index), {beta = config.beta, p = not config.hard_labels and batch.p or nil,
     eps = config.eps, label_smoothing = config.label_smoothing})
+  loss = la.dist.global_mean(loss, #batch.examples)   -- this rank's share of the global batch's mean
+  metrics = la.dist.mean_metrics(metrics, #batch.examples)
   opt:zero_grad()
-  loss:backward()
-  if recipe.finite_step(config, step, loss, policy, logger) then opt:step() end
-  metrics.loss = loss:item()
+  dp:backward(loss)
+  metrics.loss = la.dist.sum(loss:item())
+  if recipe.finite_step(config, step, metrics.loss, policy, logger) then opt:step() end
   local save = step % config.eval_every == 0 or step == config.steps
   if save then for k, v in pairs(evaluate()) do metrics[k] = v end end
   logger:log(step, metrics)   -- before the checkpoint, so a run killed in between redoes the step

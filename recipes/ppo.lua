@@ -57,6 +57,7 @@ local config = recipe.config(arg, "ppo", {
   {"eval_batch", 150, "held-out prompts per evaluation"},
 })
 local run = recipe.run(config)
+la.dist.warn_replicated("ppo")
 local function data_file(p) return io.open(p) and p or la.data.path(p) end
 
 -- Models ------------------------------------------------------------------------

@@ -44,6 +44,7 @@ local base_dir = config.base:gsub("/model%.safetensors$", "")
 local tok = la.tokenizer.load(base_dir .. "/tokenizer.json")
 tok:save(run:path("tokenizer.json"))
 local model = recipe.load_gpt(config.base)
+local dp = la.dist.data_parallel(model)   -- under mpirun: rank 0's weights on every rank
 
 -- 2. Data ------------------------------------------------------------------------
 local fmt = {prompt_format = config.prompt_format, completion_format = config.completion_format,
@@ -68,8 +69,8 @@ for f in config.extra_train:gmatch("[^,]+") do
   end
 end
 local plain = {prompt_format = "%s", completion_format = "%s"}
-local train = loader(train_examples, {pack = config.pack, drop_last = true, prompt_format = plain.prompt_format,
-                                      completion_format = plain.completion_format})
+local train = dp:shard(loader(train_examples, {pack = config.pack, drop_last = true,
+  prompt_format = plain.prompt_format, completion_format = plain.completion_format}))
 local valid_examples = la.data.load(data_file(config.valid), "sft")
 local held_out = {table.unpack(valid_examples, 1, math.min(#valid_examples, config.eval_examples))}
 local valid = loader(held_out, {shuffle = false})
@@ -109,12 +110,14 @@ local logger = log.open(run, {total = config.steps, start_step = start, show = {
 for step, batch in recipe.batches(train, start) do
   if step > config.steps then break end
   opt.lr = schedule(step)
-  local loss = batch_loss(model, batch)
+  local loss, info = batch_loss(model, batch)
+  loss = la.dist.global_mean(loss, info.tokens)   -- this rank's share of the global batch's mean
   opt:zero_grad()
-  loss:backward()
+  dp:backward(loss)
   local norm = config.grad_clip > 0 and la.optim.clip_grad_norm(model, config.grad_clip) or nil
-  if recipe.finite_step(config, step, loss, norm or model, logger) then opt:step() end
-  local metrics = {loss = loss:item(), lr = opt.lr, grad_norm = norm}
+  local loss_value = la.dist.sum(loss:item())
+  if recipe.finite_step(config, step, loss_value, norm or model, logger) then opt:step() end
+  local metrics = {loss = loss_value, lr = opt.lr, grad_norm = norm}
   local save = step % config.eval_every == 0 or step == config.steps
   if save then metrics.valid_loss = evaluate(model) end
   logger:log(step, metrics)   -- before the checkpoint, so a run killed in between redoes the step

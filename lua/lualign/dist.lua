@@ -296,9 +296,10 @@ function dist.finalize()
 end
 
 --- Ends every process of the job with exit status `code` (after removing
--- this process's private folders): what the `lualign` command does when a
--- script fails on one rank, so that the others do not wait for it forever.
--- Returns only in a world of one.
+-- this process's private folders; those of the ranks it kills may stay in
+-- $TMPDIR): what the `lualign` command does when a script fails on one rank,
+-- so that the others do not wait for it forever.  Returns only in a world
+-- of one.
 function dist.abort(code)
   for i = #private_dirs, 1, -1 do remove_tree(private_dirs[i]) end
   C.abort(code or 1)
