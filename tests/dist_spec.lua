@@ -9,13 +9,9 @@ local dist = la.dist
 local batch = require "lualign.data.batch"
 
 local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
-
 local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
+  local f <close> = io.open(path, "rb")
+  return f and f:read("a")
 end
 
 describe("la.dist in a world of one", function()

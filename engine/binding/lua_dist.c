@@ -216,28 +216,18 @@ static int ld_reducer_sync(lua_State *L) {
   return 0;
 }
 
-static void ld_setnum(lua_State *L, const char *k, double v) {
-  lua_pushnumber(L, v);
-  lua_setfield(L, -2, k);
-}
-
-static void ld_setint(lua_State *L, const char *k, int64_t v) {
-  lua_pushinteger(L, (lua_Integer)v);
-  lua_setfield(L, -2, k);
-}
-
 static int ld_reducer_stats(lua_State *L) {
   la_reducer_stats s = la_reducer_get_stats(ld_checkreducer(L, 1));
   lua_createtable(L, 0, 10);
-  ld_setint(L, "params", s.n_params);
-  ld_setint(L, "buckets", s.n_buckets);
-  ld_setint(L, "bucket_bytes", s.bucket_bytes);
-  ld_setint(L, "bytes_per_step", s.bytes_per_step);
-  ld_setint(L, "steps", s.steps);
-  ld_setint(L, "launched_early", s.launched_early);
-  ld_setnum(L, "pass_seconds", s.pass_s);
-  ld_setnum(L, "hook_seconds", s.hook_s);
-  ld_setnum(L, "wait_seconds", s.wait_s);
+  lt_set_integer(L, "params", s.n_params);
+  lt_set_integer(L, "buckets", s.n_buckets);
+  lt_set_integer(L, "bucket_bytes", s.bucket_bytes);
+  lt_set_integer(L, "bytes_per_step", s.bytes_per_step);
+  lt_set_integer(L, "steps", s.steps);
+  lt_set_integer(L, "launched_early", s.launched_early);
+  lt_set_number(L, "pass_seconds", s.pass_s);
+  lt_set_number(L, "hook_seconds", s.hook_s);
+  lt_set_number(L, "wait_seconds", s.wait_s);
   return 1;
 }
 
@@ -274,17 +264,16 @@ static const luaL_Reg ld_funcs[] = {
   {NULL, NULL}
 };
 
+static const luaL_Reg ld_reducer_meta[] = {
+  {"__gc", ld_reducer_close}, {"__close", ld_reducer_close}, {"__tostring", ld_reducer_tostring},
+  {NULL, NULL}
+};
+
 void lt_open_dist(lua_State *L) {
   if (luaL_newmetatable(L, LD_REDUCER)) {
-    lua_newtable(L);
-    luaL_setfuncs(L, ld_reducer_methods, 0);
+    luaL_setfuncs(L, ld_reducer_meta, 0);
+    luaL_newlib(L, ld_reducer_methods);
     lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, ld_reducer_close);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, ld_reducer_close);
-    lua_setfield(L, -2, "__close");
-    lua_pushcfunction(L, ld_reducer_tostring);
-    lua_setfield(L, -2, "__tostring");
   }
   lua_pop(L, 1);
   lua_newtable(L);

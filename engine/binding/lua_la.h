@@ -29,6 +29,9 @@ int lt_result(lua_State *L, la_tensor *t);
 void lt_push(lua_State *L, la_tensor *t);
 int lt_error(lua_State *L);                        /* raises la_error() */
 int lt_check_rc(lua_State *L, int rc);             /* raises when rc < 0 */
+/* t[k] = v for the table on top of the stack (metrics, statistics). */
+void lt_set_number(lua_State *L, const char *k, double v);
+void lt_set_integer(lua_State *L, const char *k, int64_t v);
 
 /* A dimension argument: 1-based, or negative from the end; 0-based result.
 ** 'extra' widens the range by one for ops that insert a dim (unsqueeze). */

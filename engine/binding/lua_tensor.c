@@ -22,6 +22,16 @@ int lt_check_rc(lua_State *L, int rc) {
   return rc;
 }
 
+void lt_set_number(lua_State *L, const char *k, double v) {
+  lua_pushnumber(L, v);
+  lua_setfield(L, -2, k);
+}
+
+void lt_set_integer(lua_State *L, const char *k, int64_t v) {
+  lua_pushinteger(L, (lua_Integer)v);
+  lua_setfield(L, -2, k);
+}
+
 /* ---------------------------------------------------------------- GC pacing */
 /* The collector only sees the small userdata, not the tensor bytes behind
 ** them, so left alone it lets dead tensors pile up (Torch7's classic leak).
