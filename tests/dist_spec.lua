@@ -107,10 +107,12 @@ local mpirun = io.popen("command -v mpirun 2>/dev/null"):read("l")
 local with_mpi = dist.built_with_mpi() and mpirun ~= nil
 
 -- Open MPI refuses to run as root unless told; two ranks on two cores (or
--- fewer) need --oversubscribe; each rank computes on one thread.
+-- fewer) need --oversubscribe; each rank computes on one thread.  Shared
+-- memory copies without process_vm_readv, which containers often forbid.
 local function launch(np, args)
   return string.format("env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 %s --oversubscribe "
-    .. "--bind-to none -x OMP_NUM_THREADS=1 -np %d bin/lualign %s", mpirun or "mpirun", np, args)
+    .. "--bind-to none --mca btl_vader_single_copy_mechanism none -x OMP_NUM_THREADS=1 -np %d bin/lualign %s",
+    mpirun or "mpirun", np, args)
 end
 
 if not with_mpi then
