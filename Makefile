@@ -14,6 +14,7 @@
 #   make fuzz       each libFuzzer harness of tests/fuzz/ for FUZZ_SECONDS (60) s
 #   make errors-doc regenerate docs/errors.md from tests/errors_catalogue.lua
 #   make fresh-check the README's two commands in a fresh Debian root (tests/fresh_machine.sh)
+#   make bench-dist data-parallel training: 2 ranks x 1 thread against 1 process x 2 threads
 #
 # Prerequisites (Debian/Ubuntu): lua5.4 liblua5.4-dev libopenblas-dev libpcre2-dev
 # lua-cjson lua-busted pkg-config gcc make, and for the tests luarocks and tmux.
@@ -77,7 +78,7 @@ SYSMOD = $(BUILD)/lualign/sys.so
 CTEST = $(BUILD)/engine_test
 TOKTEST = $(BUILD)/tokenizer_test
 
-.PHONY: all test test-built demo demo-built ctest deps bench bench-gpt bench-loss bench-tokenizer soak install clean data check-blas check-mpi fuzzers fuzz sanitize valgrind deps-valgrind deps-fuzz errors-doc fresh-check
+.PHONY: all test test-built demo demo-built ctest deps bench bench-gpt bench-loss bench-tokenizer bench-dist soak install clean data check-blas check-mpi fuzzers fuzz sanitize valgrind deps-valgrind deps-fuzz errors-doc fresh-check
 
 all: $(MODULE) $(SYSMOD)
 
@@ -308,6 +309,9 @@ bench-loss: $(MODULE) $(SYSMOD)
 
 bench-tokenizer: $(MODULE) $(SYSMOD)
 	@bin/lualign bench/tokenizer.lua $(BENCH_ARGS)
+
+bench-dist: $(MODULE) $(SYSMOD)
+	@bin/lualign bench/dist_compare.lua $(BENCH_ARGS)
 
 soak: $(MODULE) $(SYSMOD)
 	@bin/lualign bench/soak.lua $(BENCH_ARGS)
