@@ -27,15 +27,24 @@
 
 local core = require "lualign.core"
 local sys = require "lualign.sys"
+local util = require "lualign.util"
 local C = core.dist
 
 local dist = {}
 
+-- Calls fn (of core.dist), raising its error at the first line outside
+-- lualign, as the functions taken from core.dist directly do.
+local function checked(fn, ...)
+  local r = table.pack(pcall(fn, ...))
+  if not r[1] then util.error((tostring(r[2]):gsub("^[^\n]-:%d+: ", ""))) end
+  return table.unpack(r, 2, r.n)
+end
+
 --- This process's rank: 0 to size() - 1.
-function dist.rank() return C.rank() end
+dist.rank = C.rank
 
 --- The number of processes in the job (1 when not launched by MPI).
-function dist.size() return C.size() end
+dist.size = C.size
 
 --- Whether this is rank 0, the one that writes files and prints.
 function dist.is_main() return C.rank() == 0 end
@@ -49,40 +58,41 @@ function dist.built_with_mpi() return C.built_with_mpi() end
 --- Joins the world now rather than at the first call that needs it, and
 -- returns the rank and the size.  Fails in a build without MPI that an MPI
 -- launcher started with several processes.
-function dist.init() return C.init() end
+dist.init = C.init
 
 --- Waits until every rank has called it.
-function dist.barrier() C.barrier() end
+dist.barrier = C.barrier
 
---- Copies root's values (root 0 by default) into t on every other rank, in
--- place; returns t.
-function dist.broadcast(t, root) return C.broadcast(t, root or 0) end
+--- dist.broadcast(t [, root]): copies root's values (root 0 by default) into
+-- t on every other rank, in place; returns t.
+dist.broadcast = C.broadcast
 
---- Reduces t across the ranks, in place: op "sum" (default), "mean" (float32)
--- or "max".  Returns t.
-function dist.all_reduce(t, op) return C.all_reduce(t, op or "sum") end
+--- dist.all_reduce(t [, op]): reduces t across the ranks, in place: op "sum"
+-- (default), "mean" (float32) or "max".  Returns t.
+dist.all_reduce = C.all_reduce
 
---- Every rank's t, stacked: a new tensor of shape (size, t's shape...).
-function dist.all_gather(t) return C.all_gather(t) end
+--- dist.all_gather(t): every rank's t, stacked in a new tensor of shape
+-- (size, t's shape...).
+dist.all_gather = C.all_gather
 
 --- The sum over the ranks of a number, or of each number of a list (in
 -- double precision): counts, losses and metrics for the log.
 function dist.sum(x)
   if C.size() == 1 then return x end
-  if type(x) == "table" then return C.all_reduce_numbers(x, "sum") end
-  return C.all_reduce_numbers({x}, "sum")[1]
+  if type(x) == "table" then return checked(C.all_reduce_numbers, x, "sum") end
+  return checked(C.all_reduce_numbers, {x}, "sum")[1]
 end
 
 --- The maximum over the ranks of a number.
 function dist.max(x)
   if C.size() == 1 then return x end
-  return C.all_reduce_numbers({x}, "max")[1]
+  return checked(C.all_reduce_numbers, {x}, "max")[1]
 end
 
 --- Root's string (root 0 by default) on every rank; the others pass nil.
 function dist.broadcast_string(s, root)
   if C.size() == 1 then return s end
-  return C.broadcast_string(s, root or 0)
+  return checked(C.broadcast_string, s, root or 0)
 end
 
 ----------------------------------------------------------------------------
@@ -116,7 +126,7 @@ function dist.mean_metrics(metrics, n)
   table.sort(names)
   local values = {n}
   for i, k in ipairs(names) do values[i + 1] = metrics[k] * n end
-  local sums = C.all_reduce_numbers(values, "sum")
+  local sums = checked(C.all_reduce_numbers, values, "sum")
   local out = {}
   for k, v in pairs(metrics) do out[k] = v end
   for i, k in ipairs(names) do out[k] = sums[1] > 0 and sums[i + 1] / sums[1] or 0 / 0 end
@@ -146,7 +156,7 @@ function dist.broadcast_state(tensors, meta, root)
     end
     header = cjson.encode({present = tensors ~= nil, tensors = list, meta = meta or {}})
   end
-  local h = cjson.decode(C.broadcast_string(header, root))
+  local h = cjson.decode(checked(C.broadcast_string, header, root))
   if not h.present then return nil, nil end
   local out = {}
   for _, d in ipairs(h.tensors) do
@@ -158,7 +168,7 @@ function dist.broadcast_state(tensors, meta, root)
       for i, s in ipairs(d.shape) do shape[i] = math.tointeger(s) end
       t = core.empty(shape, d.dtype)
     end
-    C.broadcast(t, root)
+    checked(C.broadcast, t, root)
     out[d.name] = t
   end
   if C.rank() == root then return tensors, meta end
@@ -196,17 +206,17 @@ function dist.data_parallel(model, opts)
     local names = {}
     for name in pairs(state) do names[#names + 1] = name end
     table.sort(names, function(a, b) return tostring(a) < tostring(b) end)
-    local counts = C.all_reduce_numbers({#names, -#names}, "max")
+    local counts = checked(C.all_reduce_numbers, {#names, -#names}, "max")
     if counts[1] ~= -counts[2] then
       error(string.format("data_parallel on rank %d of %d: the ranks' models differ (from %d to %d tensors)",
         C.rank(), C.size(), -counts[2], counts[1]), 2)
     end
     require("lualign").no_grad(function()
-      for _, name in ipairs(names) do C.broadcast(state[name], 0) end
+      for _, name in ipairs(names) do checked(C.broadcast, state[name], 0) end
     end)
     local mb = opts.bucket_mb or 4
-    self.reducer = C.Reducer(self.params, {bucket_bytes = math.max(4, math.floor(mb * 1048576)),
-                                           op = opts.op or "sum"})
+    self.reducer = checked(C.Reducer, self.params, {bucket_bytes = math.max(4, math.floor(mb * 1048576)),
+                                                    op = opts.op or "sum"})
   end
   return self
 end
@@ -231,7 +241,8 @@ function DataParallel:backward(loss, opts)
     if loss:needs_grad() or not self.reducer then loss:backward() end
     return
   end
-  if loss:needs_grad() then self.reducer:backward(loss) else self.reducer:sync() end
+  if loss:needs_grad() then checked(self.reducer.backward, self.reducer, loss)
+  else checked(self.reducer.sync, self.reducer) end
 end
 
 --- The exchange's counters: params, buckets, bytes_per_step, steps,
