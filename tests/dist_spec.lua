@@ -8,11 +8,10 @@ local sys = require "lualign.sys"
 local dist = la.dist
 local batch = require "lualign.data.batch"
 
+local h = require "helpers"
+
 local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
-local function read(path)
-  local f <close> = io.open(path, "rb")
-  return f and f:read("a")
-end
+local read = h.read
 
 describe("la.dist in a world of one", function()
   it("is rank 0 of 1, and its collectives are the identity", function()
@@ -134,21 +133,16 @@ require("c_tests")(_ENV, "la.dist across 2 processes (mpirun -np 2)", "tests/dis
   launch(2, "tests/dist/collectives.lua"))
 
 describe("a job of two processes", function()
-  local out = os.tmpname()
-  os.remove(out)
-  assert(sys.mkdir(out))
+  local out = h.tmpdir()
   teardown(function() os.execute("rm -rf " .. q(out)) end)
 
   it("ends promptly with the failing rank's message when one rank fails", function()
-    local script = out .. "/fail.lua"
-    local f = assert(io.open(script, "w"))
-    f:write([[
+    local script = h.write(out .. "/fail.lua", [[
 local dist = require("lualign").dist
 if dist.rank() == 1 then error("the data on this rank is bad", 0) end
 dist.barrier()          -- rank 0 waits here for rank 1, which never comes
 print("rank 0 went past the barrier")
 ]])
-    f:close()
     local t0 = la.clock()
     local p = io.popen("timeout 60 " .. launch(2, q(script)) .. " 2>&1; echo \"exit $?\"")
     local output = p:read("a")
@@ -198,9 +192,7 @@ local function weights_diff(a_path, b_path)
 end
 
 describe("data-parallel recipes against one process (same global batch)", function()
-  local out = os.tmpname()
-  os.remove(out)
-  assert(sys.mkdir(out))
+  local out = h.tmpdir()
   local private = out .. "/tmp"     -- TMPDIR of the ranks: their private folders
   assert(sys.mkdir(private))
   teardown(function() os.execute("rm -rf " .. q(out)) end)
@@ -260,7 +252,7 @@ describe("data-parallel recipes against one process (same global batch)", functi
     local log2 = run(2, "sft", with(a, {name = "sft2"}), out .. "/sft2.log")
     same_run("sft1", "sft2", 2e-5, 2e-5)
     -- one report on the terminal, the same files as one process's, no private folder left
-    local _, reports = log2:gsub("sft: held%-out loss", "")
+    local _, reports = log2:gsub("sft: held%-out loss [%d.]+ %->", "")
     assert.are.equal(1, reports, log2)
     assert.are.same(sys.listdir(out .. "/sft1"), sys.listdir(out .. "/sft2"))
     assert.are.same({}, sys.listdir(private))
@@ -277,10 +269,8 @@ describe("data-parallel recipes against one process (same global batch)", functi
   it("DPO: the same metrics and weights", function()
     local a = with(sft, {out_dir = out, base = out .. "/pre", name = "sftp", steps = 4})
     run(1, "sft", a, out .. "/sftp.log")
-    local prompts = out .. "/prompts.jsonl"
-    local f = assert(io.open(prompts, "w"))
-    f:write('{"prompt": "I think it was"}\n{"prompt": "The film is"}\n{"prompt": "She felt"}\n')
-    f:close()
+    local prompts = h.write(out .. "/prompts.jsonl",
+      '{"prompt": "I think it was"}\n{"prompt": "The film is"}\n{"prompt": "She felt"}\n')
     local g = {out_dir = out, policy = out .. "/sftp", loss = "dpo", sft_steps = 4, steps = 10, batch_size = 16,
                eval_every = 5, eval_samples = 2, eval_prompts = prompts, threads = 1}
     run(1, "gdpo", with(g, {name = "dpo1"}), out .. "/dpo1.log")

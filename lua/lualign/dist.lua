@@ -181,6 +181,27 @@ end
 local DataParallel = {}
 DataParallel.__index = DataParallel
 
+--- Copies root's (rank 0's by default) weights and buffers of model (a
+-- module, or a list of tensors) to every other rank: what
+-- la.dist.data_parallel does first, for a model that is not trained (a
+-- frozen reference).  Every rank must pass the same model.
+function dist.broadcast_parameters(model, root)
+  if C.size() == 1 then return model end
+  local state = type(model.state_dict) == "function" and model:state_dict() or model
+  local names = {}
+  for name in pairs(state) do names[#names + 1] = name end
+  table.sort(names, function(a, b) return tostring(a) < tostring(b) end)
+  local counts = checked(C.all_reduce_numbers, {#names, -#names}, "max")
+  if counts[1] ~= -counts[2] then
+    util.error(string.format("broadcast_parameters on rank %d of %d: the ranks' models differ (from %d to %d tensors)",
+      C.rank(), C.size(), -counts[2], counts[1]))
+  end
+  require("lualign").no_grad(function()
+    for _, name in ipairs(names) do checked(C.broadcast, state[name], root or 0) end
+  end)
+  return model
+end
+
 local function trained_parameters(model)
   local list = type(model.parameters) == "function" and model:parameters() or model
   local out = {}
@@ -202,18 +223,7 @@ function dist.data_parallel(model, opts)
   local self = setmetatable({model = model, params = trained_parameters(model)}, DataParallel)
   if #self.params == 0 then error("data_parallel: the model has no parameter that requires grad", 2) end
   if C.size() > 1 then
-    local state = type(model.state_dict) == "function" and model:state_dict() or self.params
-    local names = {}
-    for name in pairs(state) do names[#names + 1] = name end
-    table.sort(names, function(a, b) return tostring(a) < tostring(b) end)
-    local counts = checked(C.all_reduce_numbers, {#names, -#names}, "max")
-    if counts[1] ~= -counts[2] then
-      error(string.format("data_parallel on rank %d of %d: the ranks' models differ (from %d to %d tensors)",
-        C.rank(), C.size(), -counts[2], counts[1]), 2)
-    end
-    require("lualign").no_grad(function()
-      for _, name in ipairs(names) do checked(C.broadcast, state[name], 0) end
-    end)
+    dist.broadcast_parameters(type(model.state_dict) == "function" and model or self.params)
     local mb = opts.bucket_mb or 4
     self.reducer = checked(C.Reducer, self.params, {bucket_bytes = math.max(4, math.floor(mb * 1048576)),
                                                     op = opts.op or "sum"})

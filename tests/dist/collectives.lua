@@ -2,9 +2,11 @@
 -- tests/dist_spec.lua.  Every rank runs every test; rank 0 prints, for each,
 -- "ok NAME" or "FAIL NAME: rank R: why" (the format of tests/c_tests.lua) and
 -- a final "N passed, N failed".
+package.path = "tests/?.lua;" .. package.path
 local la = require "lualign"
 local dist = la.dist
 local batch = require "lualign.data.batch"
+local fails_with = require("helpers").fails_with
 
 local rank, size = dist.rank(), dist.size()
 la.set_num_threads(1)
@@ -20,13 +22,6 @@ local function check(cond, fmt, ...)
 end
 
 local function max_diff(a, b) return (a - b):abs():max():item() end
-
--- Runs fn expecting an error that contains `text`.
-local function fails_with(text, fn)
-  local ok, err = pcall(fn)
-  check(not ok, "no error (expected one containing %q)", text)
-  check(tostring(err):find(text, 1, true), "error %q does not contain %q", tostring(err), text)
-end
 
 ----------------------------------------------------------------------------
 
@@ -203,7 +198,7 @@ test("different_models_fail_on_every_rank", function()
   local p = {la.ones(2):requires_grad()}
   if rank == 1 then p[2] = la.ones(2):requires_grad() end
   fails_with("the ranks' parameter lists differ", function() require("lualign.core").dist.Reducer(p) end)
-  fails_with("data_parallel on rank " .. rank .. " of 2: the ranks' models differ (from 1 to 2 tensors)",
+  fails_with("broadcast_parameters on rank " .. rank .. " of 2: the ranks' models differ (from 1 to 2 tensors)",
     function() dist.data_parallel(p) end)
 end)
 
