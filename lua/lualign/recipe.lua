@@ -25,6 +25,7 @@ local core = require "lualign.core"
 local sys = require "lualign.sys"
 local cjson = require "cjson"
 local util = require "lualign.util"
+local dist = require "lualign.dist"
 
 local recipe = {}
 
@@ -257,8 +258,13 @@ end
 -- overwrite, stop_at, threads, nonfinite).  The recipe then checks its
 -- inputs and calls run:start().  While the run exists, JSONL fields that the
 -- data readers ignore are printed, once per file (see lualign.data).
+-- In a data-parallel job only rank 0 writes the run folder: the other ranks'
+-- run folder is a private one of their own (la.dist.private_dir), so a recipe
+-- that reads back a file it wrote behaves the same on every rank; they write
+-- no checkpoint and resume from rank 0's.
 function recipe.run(config)
   local dir = config.out_dir .. "/" .. config.name
+  if not dist.is_main() then dir = dist.private_dir(config.name) end
   check_folder(dir, config)
   local self = setmetatable({dir = dir, config = config, started = false}, Run)
   local seen = {}
@@ -438,7 +444,12 @@ end
 -- that a run killed between the two files resumes from the older checkpoint
 -- and writes both again, rather than keeping a model file older than the
 -- checkpoint it resumed from.
+--
+-- In a data-parallel job rank 0 writes the job's checkpoint, and every rank
+-- returns once it is on disk, so that a rank stopping right after (stop_at,
+-- an error) cannot end the job while the file is being written.
 function Run:save_checkpoint(model, optimizer, step, extra)
+  if not dist.is_main() then dist.barrier() return end
   local checkpoint = require "lualign.checkpoint"
   local tensors = {}
   for name, t in pairs(model:state_dict()) do tensors["model." .. name] = t end
@@ -455,6 +466,7 @@ function Run:save_checkpoint(model, optimizer, step, extra)
     step = tostring(step), optimizer = recipe.json(scalars),
     rng = recipe.json(core.get_rng_state()), extra = recipe.json(extra or {}),
   })
+  dist.barrier()
 end
 
 --- Writes the model's weights to <run>/<file> (default model.safetensors)
@@ -557,11 +569,15 @@ recipe.MAX_SKIPS = 20
 
 --- Restores a checkpoint written by save_checkpoint into model and
 -- optimizer (and the generator).  Returns the step and the extra table, or
--- nil when the run folder has no checkpoint.
+-- nil when the run folder has no checkpoint.  In a data-parallel job rank 0
+-- reads it and every rank gets its tensors and metadata.
 function Run:restore_checkpoint(model, optimizer)
-  if not self:exists("checkpoint.safetensors") then return nil end
-  local checkpoint = require "lualign.checkpoint"
-  local tensors, meta = checkpoint.load(self:path("checkpoint.safetensors"))
+  local tensors, meta
+  if dist.is_main() and self:exists("checkpoint.safetensors") then
+    tensors, meta = require("lualign.checkpoint").load(self:path("checkpoint.safetensors"))
+  end
+  tensors, meta = dist.broadcast_state(tensors, meta)
+  if not tensors then return nil end
   local model_part, optim_part = {}, {}
   for name, t in pairs(tensors) do
     local m = name:match("^model%.(.*)$")
