@@ -83,9 +83,15 @@ function Block:init(cfg)
   self.mlp = nn.MLP(cfg.n_embd, cfg.mlp_ratio * cfg.n_embd, {bias = cfg.bias, dropout = cfg.dropout})
 end
 
+--- A pre-norm decoder block's two residual steps, for both model families:
+-- x + attn(norm1(x), opts), then that plus mlp(norm2(it)).
+function gpt.pre_norm_block(x, opts, norm1, attn, norm2, mlp)
+  x = x + attn(norm1(x), opts)
+  return x + mlp(norm2(x))
+end
+
 function Block:forward(x, opts)
-  x = x + self.attn(self.ln_1(x), opts)
-  return x + self.mlp(self.ln_2(x))
+  return gpt.pre_norm_block(x, opts, self.ln_1, self.attn, self.ln_2, self.mlp)
 end
 
 ----------------------------------------------------------------------------

@@ -144,8 +144,7 @@ function Layer:init(cfg)
 end
 
 function Layer:forward(x, o)
-  x = x + self.self_attn(self.input_layernorm(x), o)
-  return x + self.mlp(self.post_attention_layernorm(x))
+  return gpt.pre_norm_block(x, o, self.input_layernorm, self.self_attn, self.post_attention_layernorm, self.mlp)
 end
 
 --- The trunk, named as Hugging Face's LlamaModel: embed_tokens, layers, norm.
