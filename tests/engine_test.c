@@ -281,7 +281,7 @@ static int test_safetensors_roundtrip(void) {
   float v[] = {1, 2, 3, 4, 5, 6};
   la_tensor *a = from(v, 2, (int64_t[]){2, 3}), *at = la_transpose(a, 0, 1);
   la_tensor *b = la_full(LA_INT64, 1, (int64_t[]){2}, 9);
-  la_st_named named[2] = {{"a.t", 3, at}, {"b", 1, b}};
+  la_st_named named[2] = {{.name = "a.t", .name_len = 3, .tensor = at}, {.name = "b", .name_len = 1, .tensor = b}};
   la_st_pair meta[1] = {{"k", "v", 1, 1}};
   int rc = la_st_save(path, 2, named, 1, meta);
   la_st_file *f = rc == 0 ? la_st_open(path) : NULL;
