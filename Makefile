@@ -298,12 +298,12 @@ $(SGEMM_DIRECT): bench/sgemm_direct.c
 
 # The benchmarks; bench/README.md has their figures and what they mean.
 # BENCH_ARGS passes options to the driver, e.g. make bench BENCH_ARGS="--rounds 3",
-# make bench-gpt BENCH_ARGS="3 gpt2".  `make bench` is the engine ops.
+# make bench-gpt BENCH_ARGS="rounds=3 configs=gpt2".  `make bench` is the engine ops.
 bench: $(MODULE) $(SYSMOD) $(SGEMM_DIRECT)
 	@$(LUA_ENV) $(LUA) bench/ops.lua $(BENCH_ARGS)
 
 bench-gpt: $(MODULE) $(SYSMOD)
-	@$(LUA) bench/gpt_compare.lua $(BENCH_ARGS)
+	@flock /tmp/lualign-bench.lock $(LUA) bench/gpt_compare.lua $(BENCH_ARGS)
 
 bench-llama: $(MODULE) $(SYSMOD)
 	@flock /tmp/lualign-bench.lock $(LUA) bench/llama_compare.lua $(BENCH_ARGS)

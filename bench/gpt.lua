@@ -1,7 +1,7 @@
 -- bench/gpt.lua -- lualign's side of the GPT training-step benchmark.
 --
 -- The same model, data and measurements as the PyTorch peer
--- (../shared/bench/torch_gpt.py): a pre-LayerNorm GPT-2-style decoder with a
+-- (bench/torch_gpt.py): a pre-LayerNorm GPT-2-style decoder with a
 -- tied head, random tokens from a fixed seed, AdamW (lr 3e-4, betas 0.9/0.95,
 -- weight decay 0.1), fp32.  Prints one JSON object per run.
 --

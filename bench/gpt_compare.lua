@@ -1,50 +1,40 @@
--- bench/gpt_compare.lua -- lualign against the PyTorch CPU peer on GPT training
+-- bench/gpt_compare.lua -- lualign against the PyTorch peer on GPT training
 -- steps, forward passes and KV-cache generation, in one command.
 --
---   make bench-gpt [BENCH_ARGS="rounds configs..."]   (default: 3 rounds of all)
---   lua5.4 bench/gpt_compare.lua [rounds] [configs...]
+--   make bench-gpt [BENCH_ARGS="rounds=3 configs=tiny,small,gpt2 peers=all"]
+--   = flock /tmp/lualign-bench.lock lua5.4 bench/gpt_compare.lua rounds=3 configs=tiny,small,gpt2 peers=all
 --
--- Each round runs the peer (../shared/bench/torch_gpt.py, copied to a temp
--- directory because it writes results next to itself) and then lualign
--- (bench/gpt.lua), each config in its own process so peak RSS is per config.
--- Rounds alternate the two so that the machine's noise hits both; the table
--- shows medians over rounds and lualign/peer ratios.  The sgemm ceiling is
--- measured in the same command with lualign's own matmul of 2048x2048
--- matrices (which runs within a few percent of calling OpenBLAS directly;
--- see bench/README.md).
+-- Options: rounds (3), configs (tiny,small,gpt2), peers (the peer settings of
+-- bench/peer.lua: stock, passive, glibc, jemalloc or all).  Each round first
+-- measures the sgemm ceiling (lualign's own 2048^3 matmul, which runs within a
+-- few percent of calling OpenBLAS directly; see bench/README.md), then, per
+-- config, runs every contender once in a process of its own -- the peer
+-- (bench/torch_gpt.py) under each setting and lualign (bench/gpt.lua) -- in an
+-- order that reverses every other round.  The tables give medians over the
+-- rounds; lualign's ratios are against the peer's best setting for each
+-- figure, named beside it.
 
 package.path = (arg[0]:match("^(.*)/") or ".") .. "/?.lua;" .. package.path
-local cjson = require "cjson"
 local common = require "common"
+local peer = require "peer"
 local run_json, median = common.run_json, common.median
 
-local rounds = tonumber(arg[1]) or 3
+local opts = common.options(arg, {rounds = "3", configs = "tiny,small,gpt2", peers = "all"}, "bench/gpt_compare.lua")
+local rounds = math.tointeger(tonumber(opts.rounds)) or error("rounds must be a whole number, got " .. opts.rounds, 0)
 local configs = {}
-for i = 2, #arg do configs[#configs + 1] = arg[i] end
-if #configs == 0 then configs = {"tiny", "small", "gpt2"} end
+for c in opts.configs:gmatch("[^,]+") do
+  if c ~= "tiny" and c ~= "small" and c ~= "gpt2" then error("unknown config " .. c .. " (tiny, small, gpt2)", 0) end
+  configs[#configs + 1] = c
+end
+local settings = peer.select(opts.peers)
 
 local here = arg[0]:match("^(.*)/[^/]*$") or "."
-local peer_src = os.getenv("LUALIGN_PEER") or (here .. "/../../shared/bench/torch_gpt.py")
-local lua_env = string.format('LUA_PATH="%s/../lua/?.lua;%s/../lua/?/init.lua;;" LUA_CPATH="%s/../build/?.so;;"',
-  here, here, here)
+local lua_env = common.lua_env(here)
+local LUALIGN = {key = "lualign", name = "lualign"}
 
-local tmp = os.tmpname()
-os.remove(tmp)
-assert(os.execute("mkdir -p " .. tmp .. " && cp " .. peer_src .. " " .. tmp .. "/torch_gpt.py"),
-  "cannot copy the peer from " .. peer_src)
-
-local function run_peer(config)
-  local json = tmp .. "/torch_" .. config .. ".json"
-  local cmd = string.format("cd %s && OMP_WAIT_POLICY=PASSIVE /usr/bin/python3 torch_gpt.py --config %s --threads 2 --json %s > /dev/null && cat %s",
-    tmp, config, json, json)
-  local p = assert(io.popen(cmd))
-  local out = p:read("a")
-  p:close()
-  return cjson.decode(out)
-end
-
-local function run_lualign(config)
-  return run_json(string.format("%s lua5.4 %s/gpt.lua %s", lua_env, here, config))
+local function run(who, config)
+  if who == LUALIGN then return run_json(string.format("%s lua5.4 %s/gpt.lua %s", lua_env, here, config)) end
+  return run_json(peer.command(who, string.format("%s/torch_gpt.py %s --threads 2", here, config)))
 end
 
 local function sgemm_ceiling()
@@ -61,52 +51,88 @@ local function sgemm_ceiling()
     print(string.format("{\"gflops\": %%.1f}", best))']], lua_env)).gflops
 end
 
-local samples = {}   -- samples[config][side][metric] = {...}
-local function record(config, side, metric, value)
-  samples[config] = samples[config] or {peer = {}, lualign = {}}
-  local t = samples[config][side]
+-- samples[config][contender key][metric] = list over rounds
+local samples = {}
+local function record(config, key, metric, value)
+  samples[config] = samples[config] or {}
+  samples[config][key] = samples[config][key] or {}
+  local t = samples[config][key]
   t[metric] = t[metric] or {}
-  if value then table.insert(t[metric], value) end
+  t[metric][#t[metric] + 1] = value
+end
+local function med(config, key, metric)
+  local t = samples[config] and samples[config][key]
+  return median(t and t[metric] or {})
 end
 
-local ceilings = {}
+local ceilings, loads = {}, {}
 for r = 1, rounds do
+  loads[#loads + 1] = common.load_average()
   ceilings[#ceilings + 1] = sgemm_ceiling()
   for _, config in ipairs(configs) do
-    local p = run_peer(config)
-    record(config, "peer", "tok_s", p.train.tokens_per_s)
-    record(config, "peer", "ms_step", p.train.ms_per_step.median)
-    record(config, "peer", "gflops", p.train.gflops_per_s)
-    record(config, "peer", "rss", p.peak_rss_MiB)
-    record(config, "peer", "fwd_ms", p.forward.ms.median)
-    record(config, "peer", "gen_cache", p.generate.kv_cache.ms_per_token)
-    record(config, "peer", "gen_nocache", p.generate.no_cache.ms_per_token)
-    local l = run_lualign(config)
-    record(config, "lualign", "tok_s", l.train.tokens_per_s)
-    record(config, "lualign", "ms_step", l.train.ms_per_step)
-    record(config, "lualign", "gflops", l.train.gflops_per_s)
-    record(config, "lualign", "rss", l.peak_rss_MiB)
-    record(config, "lualign", "fwd_ms", l.forward.ms)
-    record(config, "lualign", "gen_cache", l.generate.kv_cache.ms_per_token)
-    record(config, "lualign", "gen_nocache", l.generate.no_cache.ms_per_token)
-    io.stderr:write(string.format("round %d %s: peer %.0f tok/s, lualign %.0f tok/s\n", r, config,
-      p.train.tokens_per_s, l.train.tokens_per_s))
+    for _, who in ipairs(peer.order(settings, LUALIGN, r)) do
+      local res = run(who, config)
+      record(config, who.key, "tok_s", res.train.tokens_per_s)
+      record(config, who.key, "gflops", res.train.gflops_per_s)
+      record(config, who.key, "rss", res.peak_rss_MiB)
+      record(config, who.key, "fwd_ms", res.forward.ms)
+      record(config, who.key, "gen_cache", res.generate.kv_cache.ms_per_token)
+      record(config, who.key, "gen_nocache", res.generate.no_cache.ms_per_token)
+      if not res.generate.outputs_match then
+        error(string.format("%s %s: greedy generation with and without the KV cache gave different tokens", who.name, config), 0)
+      end
+      io.stderr:write(string.format("round %d %-5s %-24s %8.0f tok/s  peak %6.0f MiB  KV-cache %6.2f ms/token\n",
+        r, config, who.name, res.train.tokens_per_s, res.peak_rss_MiB, res.generate.kv_cache.ms_per_token))
+    end
   end
 end
-os.execute("rm -rf " .. tmp)
+loads[#loads + 1] = common.load_average()
 
 local ceiling = median(ceilings)
-print(string.format("sgemm ceiling (lualign matmul 2048^3, 2 threads, best of 5, median of %d rounds): %.1f GFLOP/s", rounds, ceiling))
-print()
-print("| config | peer tok/s | lualign tok/s | ratio | peer share of ceiling | lualign share | peer peak RSS | lualign peak RSS | RSS ratio | fwd ms peer / lualign | KV-cache ms/token peer / lualign (speed-up) | no-cache ms/token lualign |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+print(string.format("sgemm ceiling (lualign matmul 2048^3, 2 threads, best of 5, median of %d rounds): %.1f GFLOP/s",
+  rounds, ceiling))
+print(string.format("load average (1 min) at the start of each round and at the end: %s",
+  table.concat(loads, ", ")))
+for _, line in ipairs(peer.describe(settings)) do print("peer " .. line) end
+
+local contenders = {}
+for _, s in ipairs(settings) do contenders[#contenders + 1] = s end
+contenders[#contenders + 1] = LUALIGN
+
 for _, config in ipairs(configs) do
-  local p, l = samples[config].peer, samples[config].lualign
-  local m = function(t, k) return median(t[k]) end
-  print(string.format("| %s | %.0f | %.0f | %.2fx | %.0f%% | %.0f%% | %.0f MiB | %.0f MiB | %.2f | %.1f / %.1f | %.2f / %.2f (%.2fx) | %.2f |",
-    config, m(p, "tok_s"), m(l, "tok_s"), m(l, "tok_s") / m(p, "tok_s"),
-    100 * m(p, "gflops") / ceiling, 100 * m(l, "gflops") / ceiling,
-    m(p, "rss"), m(l, "rss"), m(l, "rss") / m(p, "rss"),
-    m(p, "fwd_ms"), m(l, "fwd_ms"),
-    m(p, "gen_cache"), m(l, "gen_cache"), m(p, "gen_cache") / m(l, "gen_cache"), m(l, "gen_nocache")))
+  print()
+  print(string.format("%s, medians of %d rounds:", config, rounds))
+  print()
+  print("| contender | train tok/s | share of sgemm ceiling | peak RSS MiB | forward ms | KV-cache ms/token | no-cache ms/token |")
+  print("|---|---|---|---|---|---|---|")
+  for _, who in ipairs(contenders) do
+    local m = function(k) return med(config, who.key, k) end
+    print(string.format("| %s | %.0f | %.0f%% | %.0f | %.1f | %.2f | %.2f |", who.name, m("tok_s"),
+      100 * m("gflops") / ceiling, m("rss"), m("fwd_ms"), m("gen_cache"), m("gen_nocache")))
+  end
+end
+
+-- Against the peer's best setting, figure by figure.
+local function best(config, metric, higher)
+  return peer.best(settings, function(s) return med(config, s.key, metric) end, higher)
+end
+print()
+print(string.format("lualign against the peer's best setting (medians of %d rounds; per round: lualign's figure over that round's best peer figure):", rounds))
+print()
+print("| config | training tok/s: best peer, lualign, ratio (per round) | lualign share of sgemm ceiling | peak RSS: best peer, lualign, ratio | KV-cache ms/token: best peer, lualign, speed-up |")
+print("|---|---|---|---|---|")
+for _, config in ipairs(configs) do
+  local tok, tok_who = best(config, "tok_s", true)
+  local rss, rss_who = best(config, "rss", false)
+  local gen, gen_who = best(config, "gen_cache", false)
+  local per_round = {}
+  for r = 1, rounds do
+    local round_best = peer.best(settings, function(s) return samples[config][s.key].tok_s[r] end, true)
+    per_round[r] = string.format("%.2f", samples[config].lualign.tok_s[r] / round_best)
+  end
+  print(string.format("| %s | %.0f (%s), %.0f, **%.2fx** (%s) | %.0f%% | %.0f MiB (%s), %.0f MiB, **%.2f** | %.2f (%s), %.2f, **%.2fx** |",
+    config, tok, tok_who.key, med(config, "lualign", "tok_s"), med(config, "lualign", "tok_s") / tok,
+    table.concat(per_round, ", "), 100 * med(config, "lualign", "gflops") / ceiling,
+    rss, rss_who.key, med(config, "lualign", "rss"), med(config, "lualign", "rss") / rss,
+    gen, gen_who.key, med(config, "lualign", "gen_cache"), gen / med(config, "lualign", "gen_cache")))
 end
