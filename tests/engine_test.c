@@ -172,6 +172,32 @@ static int test_memory_limit(void) {
   return 1;
 }
 
+/* Freed blocks are kept for reuse up to the most bytes ever live at once (not
+** just up to what is live when they are freed: the end of a training step
+** frees a whole step's activations while little else is live). */
+static int test_cache_keeps_up_to_high_water(void) {
+  enum { N = 80 };   /* 80 x 4 MiB: more than the cache's 256 MiB floor */
+  la_tensor *t[N];
+  la_empty_cache();
+  size_t base = la_memory_stats().live_bytes;
+  for (int i = 0; i < N; i++) {
+    t[i] = la_empty(LA_FLOAT32, 1, (int64_t[]){1 << 20});
+    if (!t[i]) { while (i--) la_release(t[i]); CHECK(0, "allocation failed: %s", la_error()); }
+  }
+  size_t block = la_memory_stats().live_bytes - base;
+  for (int i = 0; i < N; i++) la_release(t[i]);
+  la_memstats kept = la_memory_stats();
+  la_tensor *again = la_empty(LA_FLOAT32, 1, (int64_t[]){1 << 20});
+  la_memstats reused = la_memory_stats();
+  la_release(again);
+  la_empty_cache();
+  la_memstats emptied = la_memory_stats();
+  CHECK(kept.cached_bytes == block, "cached %zu of the %zu bytes freed", kept.cached_bytes, block);
+  CHECK(reused.cached_bytes == block - block / N, "a block of the same size was not taken from the cache");
+  CHECK(emptied.cached_bytes == 0, "la_empty_cache left %zu bytes", emptied.cached_bytes);
+  return 1;
+}
+
 static int test_index_range_error(void) {
   la_tensor *w = la_full(LA_FLOAT32, 2, (int64_t[]){4, 2}, 1);
   la_tensor *idx = la_full(LA_INT64, 1, (int64_t[]){2}, 4);
@@ -427,6 +453,7 @@ int main(void) {
   run("inplace_on_saved_detected", test_inplace_on_saved_detected);
   run("view_shares_storage", test_view_shares_storage);
   run("memory_limit", test_memory_limit);
+  run("cache_keeps_up_to_high_water", test_cache_keeps_up_to_high_water);
   run("index_range_error", test_index_range_error);
   run("seed_reproducible", test_seed_reproducible);
   run("all_finite", test_all_finite);

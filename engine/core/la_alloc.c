@@ -8,8 +8,14 @@
 ** to get them again -- a fifth of a small model's step time.  Blocks of 16 KiB
 ** or more are therefore kept after they are freed, by size, and handed out
 ** again for the same size.  The cache holds at most as many bytes as live
-** tensors do (and at least 256 MiB), is emptied before an allocation is
-** reported as failed, and by la_empty_cache().  Under AddressSanitizer (and
+** tensors have ever held at once (the high-water mark; at least 256 MiB).
+** A bound by the bytes live now would not do: the collector frees the old
+** gradients and a step's activations around the end of the backward pass,
+** when few bytes are live, and blocks dropped then were page-faulted in
+** again by the next step (a training step of the small benchmark GPT took
+** 10-25k faults every other step).  It is emptied before an allocation is
+** reported as failed, and by la_empty_cache(), which also lowers the
+** high-water mark to what is live.  Under AddressSanitizer (and
 ** valgrind, built with -DLA_VALGRIND) a cached block is marked inaccessible
 ** past its two-word header until it is handed out again, so a use after free
 ** is caught even when the block was not given back to malloc.  Live bytes (what the Lua
@@ -47,6 +53,7 @@
 #endif
 
 static la_memstats la_mem;
+static size_t la_high_water;   /* the most live bytes so far (la_empty_cache lowers it) */
 static la_oom_handler la_oom_fn;
 static void *la_oom_ctx;
 
@@ -100,7 +107,7 @@ static void *la_cache_take(size_t size) {
 }
 
 static bool la_cache_put(void *p, size_t size) {
-  size_t cap = la_mem.live_bytes > LA_CACHE_FLOOR ? la_mem.live_bytes : LA_CACHE_FLOOR;
+  size_t cap = la_high_water > LA_CACHE_FLOOR ? la_high_water : LA_CACHE_FLOOR;
   if (size < LA_CACHE_MIN || la_mem.cached_bytes + size > cap) return false;
   la_free_block *b = p;
   unsigned k = la_bucket(size);
@@ -121,6 +128,7 @@ void la_empty_cache(void) {
     }
   }
   la_mem.cached_bytes = 0;
+  la_high_water = la_mem.live_bytes;
 }
 
 /* ---------------------------------------------------------------- allocation */
@@ -166,6 +174,7 @@ static void la_account(size_t nbytes) {
   la_mem.live_bytes += nbytes;
   la_mem.allocations++;
   if (la_mem.live_bytes > la_mem.peak_bytes) la_mem.peak_bytes = la_mem.live_bytes;
+  if (la_mem.live_bytes > la_high_water) la_high_water = la_mem.live_bytes;
 }
 
 static la_storage *la_storage_init(la_storage *s, void *data, size_t nbytes) {
