@@ -114,8 +114,9 @@ local float_keys = {rms_norm_eps = true, rope_theta = true, initializer_range = 
                     summary_first_dropout = true, temperature = true, top_p = true,
                     repetition_penalty = true, length_penalty = true}
 
--- cjson reads every number as a float: integral values of integer keys
--- become Lua integers again (in lists and nested tables too).
+--- A copy of a decoded JSON value (a config) with integral numbers as Lua
+-- integers, except under keys that hold floats (rms_norm_eps, rope_theta,
+-- ...), which stay floats: cjson reads every number as a float.
 local function integers(v, key)
   if type(v) == "number" then
     if not float_keys[key] and math.type(v) == "float" then return math.tointeger(v) or v end

@@ -198,8 +198,8 @@ end
 --- The longest sequence the model takes (max_position_embeddings).
 function Llama:max_positions() return self.config.max_position_embeddings end
 
--- The cos/sin table covering positions [0, n), rebuilt (doubling) when a
--- longer one is needed; kept outside the module's tensors.
+--- The rotary embedding's cos/sin table covering positions [0, n), rebuilt
+-- (doubling) when a longer one is needed; kept outside the module's tensors.
 function Llama:rope_table(n)
   local t = rawget(self, "_rope")
   if not t or t:size(2) < n then
