@@ -64,8 +64,8 @@ return {
      code = [[la.ones(2, 2, "int64"):matmul(la.ones(2, 2, "int64"))]],
      error = [[matmul: needs float32 tensors (got int64 and int64)]]},
     {what = "an unknown dtype name",
-     code = [[la.zeros(2, "float16")]],
-     error = [[bad argument #2 to 'zeros' (unknown dtype 'float16' (use float32, int32, int64 or bool))]]},
+     code = [[la.zeros(2, "float64")]],
+     error = [[bad argument #2 to 'zeros' (unknown dtype 'float64' (use float32, int32, int64, bool, bfloat16 or float16))]]},
     {what = "booleans mixed with numbers",
      code = [[la.tensor({true, 1})]],
      error = [[tensor: cannot mix booleans and numbers]]},
@@ -129,6 +129,17 @@ la.detect_anomaly(function() return x:log() end)]],
      code = [[local x = la.zeros(3):requires_grad()
 la.detect_anomaly(function() x:sqrt():sum():backward() end)]],
      error = [[detect_anomaly: the backward of 'sqrt' produced inf (3 of 3 values) in the gradient of its input 1 (of 1), of shape (3,); the gradient of its output, of shape (3,), was finite]]},
+    {what = "a checkpointed function that captures a tensor with gradient history",
+     code = [[local h = la.ones(2):requires_grad() * 2
+local y = la.nn.functional.checkpoint(function(x) return x + h end, la.ones(2):requires_grad())
+y:sum():backward()]],
+     error = [[backward of 'checkpoint': code:2: add: an input carries gradient history from outside the checkpointed function; pass such tensors to the function as arguments]]},
+  }},
+  {title = "16-bit weights", intro = "bfloat16 and float16 tensors hold frozen weights.", entries = {
+    {what = "arithmetic on a bfloat16 tensor",
+     code = [[local w = la.ones(2, 2):bfloat16()
+local y = w * 2]],
+     error = [[mul: bfloat16 tensors are storage only (frozen weights); mul computes in float32 and int types: convert with :float() first]]},
   }},
   {title = "Memory", intro = "", entries = {
     {what = "an allocation past la.set_memory_limit",

@@ -70,6 +70,18 @@ static void lt_collect_after_backward(lua_State *L) {
   if (lt_collect(L)) lt_gc_step_base = la_memory_stats().live_bytes;
 }
 
+/* A checkpointed block, run without recording in the forward pass and
+** recomputed in the backward pass (lua_recompute.c), leaves its activations
+** to the Lua handles of its intermediates, dead once it has returned (or its
+** gradient is through), and the next block would stack its own on top.  So when they amount to a share of what was alive before
+** (an eighth), a collection frees them before the next block; smaller ones
+** are left to the threshold. */
+void lt_collect_after_recompute(lua_State *L, size_t live_before) {
+  size_t live = la_memory_stats().live_bytes;
+  if (live > live_before && live - live_before > live_before / 8 && live - live_before > ((size_t)1 << 20))
+    lt_collect(L);
+}
+
 /* The bytes above count only tensor data, so a loop of ops on tiny tensors
 ** (a few dozen bytes of data each) would pass the 64 MiB floor only after a
 ** million dead tensors.  Meanwhile Lua's own collector sees a 48-byte
@@ -162,6 +174,7 @@ la_tensor *lt_check(lua_State *L, int i) {
 }
 
 static void lt_new_handle(lua_State *L, la_tensor *t) {
+  lt_release_checkpoints(L);   /* what freed checkpoint nodes left in the registry */
   lt_box *b = lua_newuserdatauv(L, sizeof *b, 0);
   b->t = t;
   lt_push_mt(L);
@@ -245,7 +258,7 @@ la_dtype lt_optdtype(lua_State *L, int arg, la_dtype def) {
   const char *name = luaL_checkstring(L, arg);
   la_dtype dt;
   if (la_dtype_from_name(name, &dt) < 0)
-    luaL_argerror(L, arg, lua_pushfstring(L, "unknown dtype '%s' (use float32, int32, int64 or bool)", name));
+    luaL_argerror(L, arg, lua_pushfstring(L, "unknown dtype '%s' (use float32, int32, int64, bool, bfloat16 or float16)", name));
   return dt;
 }
 
@@ -362,7 +375,7 @@ static int lt_shares_storage(lua_State *L) {
 }
 
 static void lt_push_value(lua_State *L, la_dtype dt, double v) {
-  if (dt == LA_FLOAT32) lua_pushnumber(L, v);
+  if (la_dtype_is_float(dt)) lua_pushnumber(L, v);
   else if (dt == LA_BOOL) lua_pushboolean(L, v != 0);
   else lua_pushinteger(L, (lua_Integer)v);
 }
@@ -441,7 +454,11 @@ static int lt_backward(lua_State *L) {
     retain = lua_toboolean(L, -1);
     lua_pop(L, 1);
   }
-  lt_check_rc(L, la_backward(t, g, retain));
+  lua_State *outer = lt_set_backward_state(L);
+  int rc = la_backward(t, g, retain);
+  lt_set_backward_state(outer);
+  lt_release_checkpoints(L);
+  lt_check_rc(L, rc);
   if (!retain) lt_collect_after_backward(L);
   return 0;
 }
@@ -983,6 +1000,8 @@ static void lt_fill_methods(lua_State *L) {
   lt_set_closure(L, "int", lt_to, LA_INT32);
   lt_set_closure(L, "long", lt_to, LA_INT64);
   lt_set_closure(L, "bool", lt_to, LA_BOOL);
+  lt_set_closure(L, "bfloat16", lt_to, LA_BFLOAT16);
+  lt_set_closure(L, "half", lt_to, LA_FLOAT16);
 }
 
 static int lt_meta_add(lua_State *L) { return lt_binary_at(L, LA_ADD); }

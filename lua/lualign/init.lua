@@ -28,6 +28,7 @@ la.Tensor = core.Tensor
 
 la.float32, la.int32, la.int64, la.bool = "float32", "int32", "int64", "bool"
 la.float, la.int, la.long = "float32", "int32", "int64"
+la.bfloat16, la.float16, la.half = "bfloat16", "float16", "float16"
 
 la.version = "0.1.0"
 

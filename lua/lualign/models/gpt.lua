@@ -156,13 +156,13 @@ function GPT:hidden(ids, opts)
   end
   x = F.dropout(x, cfg.dropout, self.training)
   local block_opts = {key_mask = opts.attention_mask, segments = opts.segments}
-  for i, block in ipairs(self.h._list) do
+  x = nn.run_blocks(self, self.h._list, x, function(i, block, h)
     if cache then
       block_opts.cache = cache.layers[i]
       cache.layers[i].len = pos0
     end
-    x = block(x, block_opts)
-  end
+    return block(h, block_opts)
+  end)
   if cache then cache.len = pos0 + T end
   return self.ln_f(x)
 end

@@ -527,7 +527,7 @@ end
 function hf.save_pretrained(model, dir, opts)
   opts = util.check_options("save_pretrained", opts, {"dtype", "max_shard_size", "tokenizer"})
   if type(dir) ~= "string" or dir == "" then util.error("save_pretrained: expected a folder path") end
-  local float_type = checkpoint.float_type("save_pretrained", {dtype = opts.dtype})
+  local float_type = checkpoint.float_type("save_pretrained", {dtype = opts.dtype or "f32"})
   local limit = shard_bytes(opts.max_shard_size)
   local made, merr = require("lualign.sys").mkdir(dir)
   if not made then util.error("save_pretrained: " .. tostring(merr)) end
@@ -549,12 +549,12 @@ function hf.save_pretrained(model, dir, opts)
   local stale = {dir .. "/model.safetensors", dir .. "/model.safetensors.index.json"}
   if #shards == 1 then
     os.remove(dir .. "/model.safetensors.index.json")
-    checkpoint.save(dir .. "/model.safetensors", shards[1], meta, {dtype = opts.dtype})
+    checkpoint.save(dir .. "/model.safetensors", shards[1], meta, {dtype = opts.dtype or "f32"})
   else
     local map = {}
     for i, shard in ipairs(shards) do
       local file = string.format("model-%05d-of-%05d.safetensors", i, #shards)
-      checkpoint.save(dir .. "/" .. file, shard, meta, {dtype = opts.dtype})
+      checkpoint.save(dir .. "/" .. file, shard, meta, {dtype = opts.dtype or "f32"})
       for name in pairs(shard) do map[name] = file end
     end
     os.remove(stale[1])

@@ -240,14 +240,14 @@ function Llama:hidden(ids, opts)
   end
   local o = {positions = positions, rope = self:rope_table(last + 1), key_mask = opts.attention_mask,
              segments = opts.segments, window = cfg.model_type == "mistral" and cfg.sliding_window or nil}
-  local x = F.embedding(ids, self.model.embed_tokens.weight)
-  for i, layer in ipairs(self.model.layers._list) do
-    if cache then
-      o.cache = cache.layers[i]
-      cache.layers[i].len = pos0
-    end
-    x = layer(x, o)
-  end
+  local x = nn.run_blocks(self, self.model.layers._list, F.embedding(ids, self.model.embed_tokens.weight),
+    function(i, layer, h)
+      if cache then
+        o.cache = cache.layers[i]
+        cache.layers[i].len = pos0
+      end
+      return layer(h, o)
+    end)
   if cache then cache.len = pos0 + T end
   return self.model.norm(x)
 end
