@@ -135,6 +135,15 @@ describe("model:set_checkpointing", function()
     same_grads(g0, g1, 0)
   end)
 
+  it("with LoRA on a frozen base, checkpointed adapters get the plain gradients", function()
+    local model = llama()
+    la.lora.apply(model, {r = 4, alpha = 8, target_modules = "all-linear", init_lora_weights = false})
+    local function loss() return model:loss(ids, targets, {attention_mask = mask}) end
+    local plain = grads_of(model, loss)
+    model:set_checkpointing(true)
+    same_grads(plain, grads_of(model, loss), 0)
+  end)
+
   it("keeps fewer activations alive", function()
     la.manual_seed(3)
     local model = la.models.from_config{model_type = "llama", vocab_size = 64, hidden_size = 64,

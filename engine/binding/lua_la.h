@@ -44,6 +44,7 @@ void lt_open_nn(lua_State *L);        /* core.nn: fused network kernels */
 void lt_pace_gc(lua_State *L);        /* GC pacing after allocations */
 void lt_open_tokenizer(lua_State *L); /* adds core.bpe (lua_tokenizer.c) */
 void lt_open_checkpoint(lua_State *L); /* sets _safetensors in the table on top */
+void lt_open_regex(lua_State *L);      /* sets regex_fullmatch in the table on top */
 void lt_open_recompute(lua_State *L);  /* sets checkpoint in the table on top (core.nn) */
 /* Activation checkpointing (lua_recompute.c): the state whose backward()
 ** is running, for the nodes that call back into Lua (returns the previous

@@ -8,6 +8,9 @@
 --
 -- Parameters may be given as a module, a list of tensors, a list of {name,
 -- tensor} pairs, or a list of groups {params = ..., weight_decay = ...}.
+-- Those that do not require gradients (frozen: a LoRA model's base, a
+-- reference model) are left out: the optimizer holds no state for them and
+-- never changes them.
 -- Weight decay applies by default only to tensors of two or more dims (weight
 -- matrices and embeddings), not to biases or norm weights.
 
@@ -35,7 +38,14 @@ local function collect(params)
     add_list(params, nil)
   end
   if #entries == 0 then error("optimizer: no parameters given", 3) end
-  return entries
+  local trainable = {}
+  for _, e in ipairs(entries) do
+    if e.tensor:needs_grad() then trainable[#trainable + 1] = e end
+  end
+  if #trainable == 0 then
+    require("lualign.util").error(string.format("optimizer: none of the %d parameters requires gradients (all are frozen)", #entries))
+  end
+  return trainable
 end
 
 local function decays_by_default(t) return t:dim() >= 2 end

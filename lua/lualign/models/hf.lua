@@ -366,11 +366,11 @@ local gpt_conv1d = {["attn.c_attn.weight"] = true, ["attn.c_proj.weight"] = true
 local function is_gpt(model) return model.config.model_type == nil end
 
 -- The model's tensors under their Hugging Face names (GPT's Conv1D weights as
--- transposed views), without the value and reward heads.
+-- transposed views), without the value and reward heads and LoRA adapters.
 local function hf_tensors(model)
   local out = {}
   for name, t in pairs(model:state_dict()) do
-    if not name:match("^value_head%.") and not name:match("^reward_head%.") then
+    if not name:match("^value_head%.") and not name:match("^reward_head%.") and not name:match("%.lora_[AB]%.weight$") then
       if is_gpt(model) then
         local suffix = name:match("^h%.%d+%.(.*)$")
         if name ~= "lm_head.weight" then
@@ -527,6 +527,10 @@ end
 function hf.save_pretrained(model, dir, opts)
   opts = util.check_options("save_pretrained", opts, {"dtype", "max_shard_size", "tokenizer"})
   if type(dir) ~= "string" or dir == "" then util.error("save_pretrained: expected a folder path") end
+  if rawget(model, "_lora") and not require("lualign.lora").is_merged(model) then
+    util.error("save_pretrained: the model has LoRA adapters that are not merged; la.lora.merge(model) "
+      .. "writes the merged model, la.lora.save(model, dir) the adapter alone")
+  end
   local float_type = checkpoint.float_type("save_pretrained", {dtype = opts.dtype or "f32"})
   local limit = shard_bytes(opts.max_shard_size)
   local made, merr = require("lualign.sys").mkdir(dir)
