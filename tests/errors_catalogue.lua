@@ -160,6 +160,9 @@ la.lora.load(m, DIR)]],
 la.lora.apply(m, {})
 m:save_pretrained(DIR .. "/merged")]],
      error = [[save_pretrained: the model has LoRA adapters that are not merged; la.lora.merge(model) writes the merged model, la.lora.save(model, dir) the adapter alone]]},
+    {what = "splitting a batch into more micro-batches than rows",
+     code = [[la.accumulate.split({ids = la.zeros(2, 4)}, 3)]],
+     error = [[accumulate.split: a batch of 2 rows cannot make 3 micro-batches (grad_accum > batch size)]]},
   }},
   {title = "Memory", intro = "", entries = {
     {what = "an allocation past la.set_memory_limit",
