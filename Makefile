@@ -61,7 +61,7 @@ SYSMOD = $(BUILD)/lualign/sys.so
 CTEST = $(BUILD)/engine_test
 TOKTEST = $(BUILD)/tokenizer_test
 
-.PHONY: all test test-built demo demo-built ctest deps bench bench-gpt bench-loss bench-tokenizer soak install clean data check-blas fuzzers fuzz sanitize valgrind deps-valgrind deps-fuzz errors-doc fresh-check
+.PHONY: all test test-built demo demo-built ctest deps bench bench-gpt bench-llama bench-loss bench-tokenizer soak install clean data check-blas fuzzers fuzz sanitize valgrind deps-valgrind deps-fuzz errors-doc fresh-check
 
 all: $(MODULE) $(SYSMOD)
 
@@ -276,6 +276,9 @@ bench: $(MODULE) $(SYSMOD) $(SGEMM_DIRECT)
 
 bench-gpt: $(MODULE) $(SYSMOD)
 	@$(LUA) bench/gpt_compare.lua $(BENCH_ARGS)
+
+bench-llama: $(MODULE) $(SYSMOD)
+	@flock /tmp/lualign-bench.lock $(LUA) bench/llama_compare.lua $(BENCH_ARGS)
 
 bench-loss: $(MODULE) $(SYSMOD)
 	@$(LUA) bench/loss_compare.lua $(BENCH_ARGS)

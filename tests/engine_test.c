@@ -297,6 +297,27 @@ static int test_safetensors_roundtrip(void) {
   return 1;
 }
 
+/* Every 16-bit pattern widens to float32 and narrows back to itself (NaNs
+** to a NaN), and float32 values half way between two halves go to the even one. */
+static int test_half_conversions(void) {
+  int bad = 0;
+  for (uint32_t h = 0; h < 65536; h++) {
+    float f = la_f16_to_f32((uint16_t)h), b = la_bf16_to_f32((uint16_t)h);
+    uint16_t h2 = la_f32_to_f16(f), b2 = la_f32_to_bf16(b);
+    if (f == f ? h2 != h : la_f16_to_f32(h2) == la_f16_to_f32(h2)) bad++;
+    if (b == b ? b2 != h : la_bf16_to_f32(b2) == la_bf16_to_f32(b2)) bad++;
+  }
+  CHECK(bad == 0, "%d 16-bit values did not survive the round trip", bad);
+  /* 1 + 2^-11 lies half way between 1 and 1 + 2^-10: to even (1); 1 + 3 * 2^-11 up */
+  CHECK(la_f32_to_f16(1.0f + 0x1p-11f) == 0x3C00 && la_f32_to_f16(1.0f + 3 * 0x1p-11f) == 0x3C02,
+        "F16 ties do not round to even");
+  CHECK(la_f32_to_bf16(1.0f + 0x1p-8f) == 0x3F80 && la_f32_to_bf16(1.0f + 3 * 0x1p-8f) == 0x3F82,
+        "BF16 ties do not round to even");
+  CHECK(la_f32_to_f16(65520.0f) == 0x7C00 && la_f32_to_f16(65519.0f) == 0x7BFF && la_f32_to_f16(0x1p-25f) == 0,
+        "F16 overflow or underflow rounding is wrong");
+  return 1;
+}
+
 int main(void) {
   run("broadcast_add", test_broadcast_add);
   run("broadcast_error", test_broadcast_error);
@@ -316,6 +337,7 @@ int main(void) {
   run("anomaly_backward", test_anomaly_backward);
   run("anomaly_skips_views", test_anomaly_skips_views);
   run("safetensors_roundtrip", test_safetensors_roundtrip);
+  run("half_conversions", test_half_conversions);
   printf("%d passed, %d failed\n", passed, failed);
   return failed ? 1 : 0;
 }

@@ -367,4 +367,34 @@ run:save_checkpoint(model, nil, 10)]],
      error = [[save_checkpoint: refusing to write DIR/run/checkpoint.safetensors: tensor 'model.weight' holds NaN or inf (the run has diverged; the file on disk, if any, is left as it was)]],
      leaves = {"run", "run/config.json"}},
   }},
+  {title = "Model folders and configs",
+   intro = "A Hugging Face config key that would change the computation and that lualign does not implement is an error naming the key and its value; a folder's weights are checked against the model tensor by tensor.",
+   entries = {
+    {what = "an activation the Llama family does not use",
+     code = [[la.models.from_config{model_type = "llama", vocab_size = 16, hidden_size = 8, intermediate_size = 8,
+  num_hidden_layers = 1, num_attention_heads = 2, hidden_act = "gelu"}]],
+     error = [[config: hidden_act = "gelu" is not supported by lualign (the MLP is SwiGLU with silu)]]},
+    {what = "a config key lualign does not know",
+     code = [[la.models.from_config{model_type = "qwen2", vocab_size = 16, hidden_size = 8, intermediate_size = 8,
+  num_hidden_layers = 1, num_attention_heads = 2, rope_thetta = 1e6}]],
+     error = [[config: key 'rope_thetta' (= 1000000) is not one lualign knows for model_type qwen2 -- did you mean 'rope_theta'?; it may change the computation, so it is not ignored]]},
+    {what = "a rope scaling type that is not implemented",
+     code = [[la.models.from_config{model_type = "llama", vocab_size = 16, hidden_size = 8, intermediate_size = 8,
+  num_hidden_layers = 1, num_attention_heads = 2, rope_scaling = {rope_type = "dynamic", factor = 2}}]],
+     error = [[config: rope_scaling = { "factor": 2.0, "rope_type": "dynamic" } is not supported by lualign (rope_type 'dynamic'; lualign implements default, linear and llama3)]]},
+    {what = "a folder with PyTorch pickle weights only",
+     code = [[write("config.json", '{"model_type": "llama", "vocab_size": 16, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2}')
+write("pytorch_model.bin", "")
+la.models.from_pretrained(DIR)]],
+     error = [[DIR: holds pytorch_model.bin (PyTorch pickle) weights; lualign reads safetensors. Convert them once with Python: model = AutoModelForCausalLM.from_pretrained(dir); model.save_pretrained(dir, safe_serialization=True)]]},
+    {what = "weights of another shape than the config says",
+     code = [[write("config.json", '{"model_type": "llama", "vocab_size": 16, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2}')
+local w = la.models.from_config{model_type = "llama", vocab_size = 16, hidden_size = 8, intermediate_size = 8,
+  num_hidden_layers = 1, num_attention_heads = 2}:state_dict()
+w["model.norm.weight"] = la.ones(9)
+la.checkpoint.save(DIR .. "/model.safetensors", w)
+la.models.from_pretrained(DIR)]],
+     error = [[checkpoint.read_into: DIR/model.safetensors: tensor 'model.norm.weight' has shape (9,) in the file and (8,) in the model]],
+     leaves = {"model.safetensors"}},
+  }},
 }

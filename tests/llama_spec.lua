@@ -78,6 +78,16 @@ describe("Llama-family decoders against the float64 reference", function()
     end)
   end
 
+  it("adds freshly initialised heads to a loaded model when asked", function()
+    local m = la.models.from_pretrained(FIXTURES .. "/qwen2", {value_head = true, reward_head = true})
+    local w = m.value_head.weight
+    assert.is_true(w:all_finite() and w:abs():max():item() > 0 and w:abs():max():item() < 0.2)
+    assert.are.equal(0, m.reward_head.bias:abs():max():item())
+    local plain = la.models.from_pretrained(FIXTURES .. "/qwen2")
+    local ids = ints({{1, 2, 3}})
+    assert.are.equal(0, (m(ids) - plain(ids)):abs():max():item())
+  end)
+
   it("hold norm weights away from 1 and non-zero biases, so a wrong convention shows", function()
     local model = la.models.from_pretrained(FIXTURES .. "/qwen2")
     local norm = model.model.layers[1].input_layernorm.weight
@@ -184,6 +194,80 @@ describe("Hugging Face folders", function()
       'config: model_type "gemma" is not one lualign builds (gpt2, llama, mistral, qwen2, qwen3)')
   end)
 
+  it("saves the tokenizer's files with the model", function()
+    local src, dst = tmpdir(), tmpdir()
+    os.execute("cp -r " .. FIXTURES .. "/qwen2 " .. src)
+    local f = assert(io.open(src .. "/tokenizer_config.json", "w"))
+    f:write('{"model_max_length": 64}')
+    f:close()
+    local model = la.models.from_pretrained(src)
+    model:save_pretrained(dst, {tokenizer = la.tokenizer.byte()})
+    local copied = assert(io.open(dst .. "/tokenizer_config.json")):read("a")
+    assert.are.equal('{"model_max_length": 64}', copied)
+    local tok = la.tokenizer.load(dst .. "/tokenizer.json")   -- written by tok:save(dir)
+    assert.are.same({72, 105}, tok:encode("Hi"))
+    os.execute("rm -rf " .. src .. " " .. dst)
+  end)
+
+  it("accepts the keys of the small models' config.json files on the Hub", function()
+    local hf = require "lualign.models.hf"
+    local configs = {
+      -- SmolLM2-135M
+      [[{"architectures": ["LlamaForCausalLM"], "attention_bias": false, "attention_dropout": 0.0, "bos_token_id": 0,
+        "eos_token_id": 0, "hidden_act": "silu", "hidden_size": 576, "initializer_range": 0.041666666666666664,
+        "intermediate_size": 1536, "is_llama_config": true, "max_position_embeddings": 8192, "mlp_bias": false,
+        "model_type": "llama", "num_attention_heads": 9, "num_hidden_layers": 30, "num_key_value_heads": 3,
+        "pad_token_id": null, "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_interleaved": false,
+        "rope_scaling": null, "rope_theta": 100000, "tie_word_embeddings": true, "torch_dtype": "bfloat16",
+        "transformers.js_config": {"kv_cache_dtype": {"q4f16": "float16", "fp16": "float16"}},
+        "transformers_version": "4.42.3", "use_cache": true, "vocab_size": 49152}]],
+      -- Qwen2.5-0.5B-Instruct
+      [[{"architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643, "eos_token_id": 151645,
+        "hidden_act": "silu", "hidden_size": 896, "initializer_range": 0.02, "intermediate_size": 4864,
+        "max_position_embeddings": 32768, "max_window_layers": 21, "model_type": "qwen2", "num_attention_heads": 14,
+        "num_hidden_layers": 24, "num_key_value_heads": 2, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
+        "sliding_window": 32768, "tie_word_embeddings": true, "torch_dtype": "bfloat16", "transformers_version": "4.43.1",
+        "use_cache": true, "use_sliding_window": false, "vocab_size": 151936}]],
+      -- Qwen3-0.6B
+      [[{"architectures": ["Qwen3ForCausalLM"], "attention_bias": false, "attention_dropout": 0.0, "bos_token_id": 151643,
+        "eos_token_id": 151645, "head_dim": 128, "hidden_act": "silu", "hidden_size": 1024, "initializer_range": 0.02,
+        "intermediate_size": 3072, "max_position_embeddings": 40960, "max_window_layers": 28, "model_type": "qwen3",
+        "num_attention_heads": 16, "num_hidden_layers": 28, "num_key_value_heads": 8, "rms_norm_eps": 1e-06,
+        "rope_scaling": null, "rope_theta": 1000000, "sliding_window": null, "tie_word_embeddings": true,
+        "torch_dtype": "bfloat16", "transformers_version": "4.51.0", "use_cache": true, "use_sliding_window": false,
+        "vocab_size": 151936}]],
+      -- Llama-3.2-1B
+      [[{"architectures": ["LlamaForCausalLM"], "attention_bias": false, "attention_dropout": 0.0, "bos_token_id": 128000,
+        "eos_token_id": [128001, 128008, 128009], "head_dim": 64, "hidden_act": "silu", "hidden_size": 2048,
+        "initializer_range": 0.02, "intermediate_size": 8192, "max_position_embeddings": 131072, "mlp_bias": false,
+        "model_type": "llama", "num_attention_heads": 32, "num_hidden_layers": 16, "num_key_value_heads": 8,
+        "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0,
+        "low_freq_factor": 1.0, "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+        "rope_theta": 500000.0, "tie_word_embeddings": true, "torch_dtype": "bfloat16",
+        "transformers_version": "4.45.0.dev0", "use_cache": true, "vocab_size": 128256}]],
+      -- TinyLlama-1.1B-Chat-v1.0
+      [[{"architectures": ["LlamaForCausalLM"], "attention_bias": false, "bos_token_id": 1, "eos_token_id": 2,
+        "hidden_act": "silu", "hidden_size": 2048, "initializer_range": 0.02, "intermediate_size": 5632,
+        "max_position_embeddings": 2048, "model_type": "llama", "num_attention_heads": 32, "num_hidden_layers": 22,
+        "num_key_value_heads": 4, "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_scaling": null,
+        "rope_theta": 10000.0, "tie_word_embeddings": false, "torch_dtype": "bfloat16",
+        "transformers_version": "4.35.0", "use_cache": true, "vocab_size": 32000}]],
+      -- Mistral-7B-v0.1
+      [[{"architectures": ["MistralForCausalLM"], "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu",
+        "hidden_size": 4096, "initializer_range": 0.02, "intermediate_size": 14336, "max_position_embeddings": 32768,
+        "model_type": "mistral", "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 8,
+        "rms_norm_eps": 1e-05, "rope_theta": 10000.0, "sliding_window": 4096, "tie_word_embeddings": false,
+        "torch_dtype": "bfloat16", "transformers_version": "4.34.0.dev0", "use_cache": true, "vocab_size": 32000}]],
+    }
+    local head_dims = {64, 64, 128, 64, 64, 128}
+    for i, text in ipairs(configs) do
+      local cfg = hf.check_config(cjson.decode(text))
+      assert.are.equal(head_dims[i], cfg.head_dim)
+      assert.are.equal("integer", math.type(cfg.num_hidden_layers))
+      assert.are.equal("float", math.type(cfg.rope_theta))
+    end
+  end)
+
   it("tells a folder of pytorch_model.bin how to convert it, and names missing tensors", function()
     local dir = tmpdir()
     os.execute("mkdir -p " .. dir .. " && cp " .. FIXTURES .. "/qwen2/config.json " .. dir .. " && touch " .. dir .. "/pytorch_model.bin")
@@ -232,10 +316,18 @@ describe("Llama-family kernels", function()
     assert.has_error(function() F.rope_(la.randn(1, 2, 1, 6):requires_grad(), ints({{0, 1}}), tab) end)
   end)
 
-  it("SwiGLU: value and gradient", function()
+  it("SwiGLU and SwiGLU into a projection: values and gradients", function()
     local g, u = la.randn(3, 5), la.randn(3, 5)
     assert.is_true((F.swiglu(g, u) - g:silu() * u):abs():max():item() < 1e-6)
     check(function(a, b) return F.swiglu(a, b) end, {la.randn(3, 5):requires_grad(), la.randn(3, 5):requires_grad()})
+    -- into a projection, with and without a bias
+    local w, b = la.randn(4, 5), la.randn(4)
+    assert.is_true((F.swiglu_linear(g, u, w, b) - F.linear(g:silu() * u, w, b)):abs():max():item() < 1e-5)
+    check(function(a, c, d, e) return F.swiglu_linear(a, c, d, e) end,
+      {la.randn(2, 3, 5):requires_grad(), la.randn(2, 3, 5):requires_grad(), la.randn(4, 5):requires_grad(),
+       la.randn(4):requires_grad()})
+    check(function(a, c, d) return F.swiglu_linear(a, c, d) end,
+      {la.randn(3, 5):requires_grad(), la.randn(3, 5):requires_grad(), la.randn(4, 5):requires_grad()})
     assert.has_error(function() F.swiglu(la.randn(2), la.randn(3)) end,
       "swiglu: gate of shape (2,) and up of shape (3,) must have the same shape")
   end)

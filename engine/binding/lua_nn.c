@@ -94,6 +94,11 @@ static int ln_swiglu(lua_State *L) {
   return lt_result(L, la_swiglu(lt_check(L, 1), lt_check(L, 2)));
 }
 
+/* swiglu_linear(gate, up, weight [, bias]) -> swiglu(gate, up) weight^T + bias */
+static int ln_swiglu_linear(lua_State *L) {
+  return lt_result(L, la_swiglu_linear(lt_check(L, 1), lt_check(L, 2), lt_check(L, 3), lt_opttensor(L, 4)));
+}
+
 /* rope_table(inv_freq (a Lua list of numbers), length) -> (2, length, #inv_freq) */
 static int ln_rope_table(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -214,6 +219,7 @@ static const luaL_Reg ln_funcs[] = {
   {"dropout", ln_dropout}, {"attention", ln_attention}, {"attention_qkv", ln_attention_qkv},
   {"cross_entropy", ln_cross_entropy}, {"adamw_step", ln_adamw_step}, {"sgd_step", ln_sgd_step},
   {"clip_grad_norm", ln_clip_grad_norm}, {"sample", ln_sample}, {"swiglu", ln_swiglu},
+  {"swiglu_linear", ln_swiglu_linear},
   {"rope_table", ln_rope_table}, {"rope_", ln_rope_},
   {NULL, NULL}
 };

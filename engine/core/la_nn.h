@@ -26,6 +26,9 @@ la_tensor *la_rms_norm(la_tensor *x, la_tensor *w, double eps);
 la_tensor *la_dropout(la_tensor *x, double p);
 /* silu(gate) * up for two tensors of one shape (the Llama-family MLP). */
 la_tensor *la_swiglu(la_tensor *gate, la_tensor *up);
+/* swiglu(gate, up) W^T + b (b may be NULL) as one op that keeps gate, up and
+** W for its backward pass, not the product (made again there). */
+la_tensor *la_swiglu_linear(la_tensor *gate, la_tensor *up, la_tensor *w, la_tensor *b);
 
 /* ---------------------------------------------------------------- la_rope.c */
 

@@ -52,7 +52,7 @@ end
 -- keeps its own dtype.  Integer and bool tensors are unaffected.
 function M.save(path, named_tensors, metadata, opts)
   check_path("save", path)
-  local float_type = M.float_type("save", opts)
+  local float_type = M.float_type("checkpoint.save", opts)
   if opts == nil or opts.dtype == nil then float_type = nil end
   if type(named_tensors) ~= "table" or core.is_tensor(named_tensors) then
     fail("save", "expected a table of name = tensor (got a " .. type(named_tensors) .. ")")
@@ -91,15 +91,14 @@ local float_types = {f32 = "F32", float32 = "F32", bf16 = "BF16", bfloat16 = "BF
                      f16 = "F16", float16 = "F16"}
 
 --- The safetensors type ("F32", "BF16" or "F16") that `opts.dtype` names
--- for float32 tensors; errors name `fn` and the accepted spellings.
-function M.float_type(fn, opts)
+-- for float32 tensors; errors start with `where` and list the accepted spellings.
+function M.float_type(where, opts)
   local util = require "lualign.util"
-  opts = util.check_options("checkpoint." .. fn, opts, {"dtype"})
+  opts = util.check_options(where, opts, {"dtype"})
   if opts.dtype == nil then return "F32" end
   local t = float_types[opts.dtype]
   if not t then
-    util.error(string.format("checkpoint.%s: dtype '%s' is not one lualign writes (f32, bf16, f16)",
-      fn, tostring(opts.dtype)))
+    util.error(string.format("%s: dtype '%s' is not one lualign writes (f32, bf16, f16)", where, tostring(opts.dtype)))
   end
   return t
 end

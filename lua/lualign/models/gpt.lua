@@ -118,6 +118,7 @@ end
 --- GPT-2's initialisation: weights N(0, 0.02), the residual projections
 -- (attn.c_proj, mlp.c_proj) N(0, 0.02 / sqrt(2 n_layer)), biases 0, norms 1.
 function GPT:reset_parameters()
+  if nn.init_skipped() then return end
   local std, residual_std = 0.02, 0.02 / math.sqrt(2 * self.config.n_layer)
   local previous = core.set_grad_enabled(false)
   for _, p in ipairs(self:named_parameters()) do
@@ -155,16 +156,25 @@ function GPT:hidden(ids, opts)
     x = x + self.wpe.weight:narrow(1, pos0 + 1, T)
   end
   x = F.dropout(x, cfg.dropout, self.training)
-  local block_opts = {key_mask = opts.attention_mask, segments = opts.segments}
-  x = nn.run_blocks(self, self.h._list, x, function(i, block, h)
+  x = gpt.run_blocks(self, self.h, x, {key_mask = opts.attention_mask, segments = opts.segments}, cache, pos0)
+  return self.ln_f(x)
+end
+
+--- Runs x (B, T, C) through a list of blocks, each called as block(x, o); with
+-- a KV cache, block i gets o.cache = cache.layers[i] starting at position
+-- pos0, and the cache's length grows by T.  The model's activation
+-- checkpointing (set_checkpointing) applies: see nn.run_blocks.
+function gpt.run_blocks(model, blocks, x, o, cache, pos0)
+  local T = x:size(2)
+  x = nn.run_blocks(model, blocks._list, x, function(i, block, h)
     if cache then
-      block_opts.cache = cache.layers[i]
+      o.cache = cache.layers[i]
       cache.layers[i].len = pos0
     end
-    return block(h, block_opts)
+    return block(h, o)
   end)
   if cache then cache.len = pos0 + T end
-  return self.ln_f(x)
+  return x
 end
 
 --- Logits (..., V) from hidden states (..., C): the LM head (head_weight()).
@@ -291,24 +301,12 @@ function gpt.from_hf_state_dict(sd, cfg)
   return out, dropped
 end
 
---- Loads a Hugging Face GPT-2 directory (config.json + model.safetensors).
+--- Loads a Hugging Face GPT-2 directory (config.json + model.safetensors);
+-- the same as la.models.from_pretrained for a gpt2 folder (lualign.models.hf:
+-- config checks, weights read straight into the parameters, generation_config).
+-- overrides change config keys (dropout, value_head, reward_head).
 function gpt.from_pretrained(dir, overrides)
-  local cjson = require "cjson"
-  local f, err = io.open(dir .. "/config.json")
-  if not f then error("gpt.from_pretrained: " .. tostring(err), 2) end
-  local ok, hf = pcall(cjson.decode, f:read("a"))
-  f:close()
-  if not ok then error("gpt.from_pretrained: " .. dir .. "/config.json: " .. tostring(hf), 2) end
-  local cfg = {}
-  for k in pairs(defaults) do
-    if hf[k] ~= nil and hf[k] ~= cjson.null then cfg[k] = hf[k] end
-  end
-  if type(hf.n_inner) == "number" and hf.n_embd then cfg.mlp_ratio = hf.n_inner / hf.n_embd end
-  for k, v in pairs(overrides or {}) do cfg[k] = v end
-  local model = GPT(cfg)
-  local sd = require("lualign.checkpoint").load(dir .. "/model.safetensors")
-  model:load_state_dict((gpt.from_hf_state_dict(sd, model.config)))
-  return model
+  return require("lualign.models.hf").from_pretrained(dir, overrides)
 end
 
 return setmetatable(gpt, {__call = function(_, cfg) return GPT(cfg) end})

@@ -49,7 +49,7 @@ local function json_float(v)
 end
 
 local function is_list(v)
-  if next(v) == nil then return true end
+  if next(v) == nil then return false end   -- {} : Hugging Face's files hold empty objects, not lists
   local n = 0
   for _ in pairs(v) do n = n + 1 end
   return n == #v
@@ -58,7 +58,7 @@ end
 --- A JSON text for a Lua value: keys sorted, two-space indentation as
 -- Hugging Face writes its files, Lua integers as integers and floats with a
 -- fraction or exponent (so 1.0 stays a float and 576 an integer), cjson.null
--- as null.
+-- as null; an empty table as {}.
 function hf.json(v, indent)
   indent = indent or ""
   local t = type(v)
@@ -70,10 +70,10 @@ function hf.json(v, indent)
   end
   if t == "string" then return (cjson.encode(v)) end
   if t ~= "table" then util.error("json: cannot write a " .. t) end
+  if next(v) == nil then return "{}" end
   local inner = indent .. "  "
   local parts = {}
   if is_list(v) then
-    if #v == 0 then return "[]" end
     for i, x in ipairs(v) do parts[i] = inner .. hf.json(x, inner) end
     return "[\n" .. table.concat(parts, ",\n") .. "\n" .. indent .. "]"
   end
@@ -323,18 +323,22 @@ end
 ----------------------------------------------------------------------------
 -- Folders
 
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() return true end
-  return false
+-- The set of file names in a folder.
+local function listing(dir)
+  local names, err = require("lualign.sys").listdir(dir)
+  if not names then util.error("from_pretrained: " .. tostring(err)) end
+  local set = {}
+  for _, n in ipairs(names) do set[n] = true end
+  return set
 end
 
 -- file -> list of tensor names in the file, for a folder's weights.
 local function weight_files(dir)
+  local here = listing(dir)
   local single = dir .. "/model.safetensors"
-  if exists(single) then return {[single] = checkpoint.header(single).names} end
+  if here["model.safetensors"] then return {[single] = checkpoint.header(single).names} end
   local index_path = dir .. "/model.safetensors.index.json"
-  if exists(index_path) then
+  if here["model.safetensors.index.json"] then
     local index = hf.read_json(index_path)
     if type(index) ~= "table" or type(index.weight_map) ~= "table" then
       util.error(index_path .. ": has no weight_map object")
@@ -350,7 +354,7 @@ local function weight_files(dir)
     end
     return files
   end
-  if exists(dir .. "/pytorch_model.bin") or exists(dir .. "/pytorch_model.bin.index.json") then
+  if here["pytorch_model.bin"] or here["pytorch_model.bin.index.json"] then
     util.error(dir .. ": holds pytorch_model.bin (PyTorch pickle) weights; lualign reads safetensors. "
       .. "Convert them once with Python: model = AutoModelForCausalLM.from_pretrained(dir); "
       .. "model.save_pretrained(dir, safe_serialization=True)")
@@ -417,7 +421,8 @@ function hf.load_weights(model, dir)
           path, name, model.config.model_type or "gpt2"))
       end
     end
-    checkpoint.read_into(path, into)
+    local ok, err = pcall(checkpoint.read_into, path, into)
+    if not ok then util.error((tostring(err):gsub("^[^:]*:%d+: ", ""))) end   -- at the user's line
   end
   local missing = {}
   for name in pairs(targets) do if not seen[name] then missing[#missing + 1] = name end end
@@ -426,6 +431,20 @@ function hf.load_weights(model, dir)
     util.error(string.format("%s: the weights lack %d tensor(s) the model needs: %s", dir, #missing,
       table.concat(missing, ", ", 1, math.min(#missing, 8)) .. (#missing > 8 and ", ..." or "")))
   end
+end
+
+-- Fresh value and reward heads: weights N(0, initializer_range), bias 0.
+local function init_heads(model)
+  local std = model.config.initializer_range or 0.02
+  local previous = core.set_grad_enabled(false)
+  for _, name in ipairs({"value_head", "reward_head"}) do
+    local head = rawget(model, name)
+    if head then
+      head.weight:copy(core.randn(head.weight:shape()) * std)
+      head.bias:fill(0)
+    end
+  end
+  core.set_grad_enabled(previous)
 end
 
 local generation_defaults_from_config = {"bos_token_id", "eos_token_id", "pad_token_id"}
@@ -442,8 +461,12 @@ function hf.from_pretrained(dir, opts)
   local raw, err = hf.read_json(dir .. "/config.json")
   if not raw then util.error("from_pretrained: " .. dir .. "/config.json: " .. tostring(err)) end
   for k, v in pairs(opts or {}) do raw[k] = v end
-  local model = hf.from_config(raw)
+  -- Built without drawing random weights: every parameter is read from the
+  -- folder (or its absence is an error), except scalar heads asked for in
+  -- opts, initialised afterwards.
+  local model = require("lualign.nn").without_init(hf.from_config, raw)
   hf.load_weights(model, dir)
+  init_heads(model)
   local gen = hf.read_json(dir .. "/generation_config.json")
   if not gen then
     gen = {}

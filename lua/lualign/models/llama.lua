@@ -127,7 +127,11 @@ function MLP:init(cfg)
 end
 
 function MLP:forward(x)
-  return self.down_proj(F.swiglu(self.gate_proj(x), self.up_proj(x)))
+  local down = self.down_proj
+  if getmetatable(down) ~= nn.Linear then   -- an adapted layer (LoRA) computes itself
+    return down(F.swiglu(self.gate_proj(x), self.up_proj(x)))
+  end
+  return F.swiglu_linear(self.gate_proj(x), self.up_proj(x), down.weight, down.bias)
 end
 
 --- A decoder layer: x + self_attn(input_layernorm(x)), then
@@ -180,6 +184,7 @@ end
 --- Hugging Face's initialisation: linear and embedding weights
 -- N(0, initializer_range), biases 0, norm weights 1.
 function Llama:reset_parameters()
+  if nn.init_skipped() then return end
   local std = self.config.initializer_range
   local previous = core.set_grad_enabled(false)
   for _, p in ipairs(self:named_parameters()) do
@@ -240,15 +245,8 @@ function Llama:hidden(ids, opts)
   end
   local o = {positions = positions, rope = self:rope_table(last + 1), key_mask = opts.attention_mask,
              segments = opts.segments, window = cfg.model_type == "mistral" and cfg.sliding_window or nil}
-  local x = nn.run_blocks(self, self.model.layers._list, F.embedding(ids, self.model.embed_tokens.weight),
-    function(i, layer, h)
-      if cache then
-        o.cache = cache.layers[i]
-        cache.layers[i].len = pos0
-      end
-      return layer(h, o)
-    end)
-  if cache then cache.len = pos0 + T end
+  local x = F.embedding(ids, self.model.embed_tokens.weight)
+  x = gpt.run_blocks(self, self.model.layers, x, o, cache, pos0)
   return self.model.norm(x)
 end
 
@@ -284,9 +282,26 @@ function Llama:extra_repr()
     c.max_position_embeddings, tostring(c.tie_word_embeddings), self:num_parameters() / 1e6)
 end
 
+--- Mean cross-entropy of the next-token predictions for ids against targets
+-- (B, T) (-100, or opts.ignore_index, = ignore), and the number of counted
+-- tokens.  Logits-free: rows of logits are made in chunks and recomputed in
+-- the backward pass (lualign.loss.sequence_logprobs_hidden), so the (B, T, V)
+-- logits and their gradient never exist -- two buffers of 200 MB each at a
+-- 49152-token vocabulary and 1024 tokens.  opts: as for hidden(), plus
+-- ignore_index and label_smoothing (which takes the logits path).
+function Llama:loss(ids, targets, opts)
+  opts = opts or {}
+  if opts.label_smoothing and opts.label_smoothing ~= 0 then return gpt.GPT.loss(self, ids, targets, opts) end
+  local loss = require "lualign.loss"
+  local mask = targets:ne(opts.ignore_index or -100):float()
+  local count = math.tointeger(mask:sum():item())
+  local sums = loss.sequence_logprobs_hidden(self:hidden(ids, opts), self:head_weight(), targets, mask)
+  return -sums:sum() / math.max(count, 1), count
+end
+
 -- The rest of the call protocol is the GPT's, written against hidden() and
--- head_weight(): forward, logits, loss, log-probs, heads, generation.
-for _, name in ipairs({"forward", "logits", "loss", "sequence_logprobs", "token_logprobs",
+-- head_weight(): forward, logits, log-probs, heads, generation.
+for _, name in ipairs({"forward", "logits", "sequence_logprobs", "token_logprobs",
                        "values", "rewards", "generate"}) do
   Llama[name] = gpt.GPT[name]
 end

@@ -43,6 +43,10 @@ function F.attention(q, k, v, opts) return K.attention(q, k, v, opts) end
 --- silu(gate) * up in one op (the Llama-family MLP), for tensors of one shape.
 F.swiglu = K.swiglu
 
+--- swiglu(gate, up) weight^T + bias as one op: the product is not kept for
+-- the backward pass but made again there (saves a hidden-wide tensor per layer).
+F.swiglu_linear = K.swiglu_linear
+
 --- Rotary position embedding (rotate-half convention) applied in place to x
 -- (B, T, H, D) at positions (B, T), reading cos and sin from a table made by
 -- F.rope_table; returns x's memory as a new tensor that carries the gradient.
