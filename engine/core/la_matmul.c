@@ -172,8 +172,11 @@ static bool la_fits_int(int64_t v) { return v >= 0 && v <= 0x7fffffff; }
 ** its own scratch. */
 
 /* Bytes of one thread's float32 panel: large enough that a panel's sgemm
-** amortises packing A again, small enough to stay in L2 (bench/half_gemm.c). */
+** amortises packing A again, small enough to stay in L2 (bench/half_gemm.c
+** builds this file with other sizes to measure the choice). */
+#ifndef LA_HALF_PANEL_BYTES
 #define LA_HALF_PANEL_BYTES ((size_t)512 * 1024)
+#endif
 
 typedef struct {
   const la_mat *a;
