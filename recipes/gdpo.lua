@@ -21,7 +21,7 @@ local recipe = require "lualign.recipe"
 local plot = require "lualign.plot"
 local log = require "lualign.log"
 
-local config = recipe.config(arg, "gdpo", {
+local config = recipe.config(arg, "gdpo", recipe.with_memory_keys{
   {"policy", "runs/sft", "starting policy: run folder or .safetensors (tokenizer.json from its folder)"},
   {"tokenizer", "", "tokenizer.json (default: the policy's folder)"},
   {"train", "vader/modest/train.jsonl", "soft-label preference pairs"},
@@ -51,7 +51,11 @@ if not losses[config.loss] then error("loss must be one of dpo, cdpo, rdpo, ipo,
 local policy_dir = config.policy:match("^(.*)/[^/]+%.safetensors$") or config.policy
 local tok = la.tokenizer.load(config.tokenizer ~= "" and config.tokenizer or (policy_dir .. "/tokenizer.json"))
 tok:save(run:path("tokenizer.json"))
-local policy = recipe.load_gpt(config.policy)
+if config.lora and config.sft_steps > 0 then
+  error("gdpo: sft_steps with lora: fine-tune the reference first with recipes/sft.lua lora=true (its "
+    .. "model.safetensors holds the merged weights) and start from it", 0)
+end
+local policy = recipe.prepare_model(recipe.load_gpt(config.policy), config)   -- lora, weights_dtype, checkpoint
 local pairs_ = la.data.load(data_file(config.train), "preference")
 for i, ex in ipairs(pairs_) do ex.index = i end
 local judge = la.data.judge()
@@ -77,8 +81,10 @@ if config.sft_steps > 0 and not (config.resume and run:exists("reference.safeten
 elseif run:exists("reference.safetensors") then
   recipe.load_weights(policy, run:path("reference.safetensors"))
 end
-local ref = recipe.load_gpt(run:exists("reference.safetensors") and run:path("reference.safetensors") or config.policy)
-ref:requires_grad(false):eval()
+-- The reference: with lora the policy with its adapters off, else a frozen copy.
+local with_ref = recipe.reference(policy, config, function()
+  return recipe.load_gpt(run:exists("reference.safetensors") and run:path("reference.safetensors") or config.policy)
+end)
 
 local loader = la.data.preference_loader(pairs_, tok, {batch_size = config.batch_size, seed = config.seed,
                                                        max_len = config.max_len, drop_last = true})
@@ -104,7 +110,7 @@ else
   la.no_grad(function()
     local all = la.data.preference_loader(pairs_, tok, {batch_size = 128, shuffle = false, max_len = config.max_len})
     for batch in all:epoch(1) do
-      local lc, lr = logps(ref, batch)
+      local lc, lr = with_ref(function(ref) return logps(ref, batch) end)
       for i, ex in ipairs(batch.examples) do c[ex.index], r[ex.index] = lc[i], lr[i] end
     end
   end)
@@ -136,8 +142,10 @@ end
 -- Log-probs under ref of the sequences model sampled (for the KL estimate).
 local function ref_logps_of(s)
   local b = s.out.batch
-  return ref:sequence_logprobs(b.ids, b.targets, b.target_mask,
-    {attention_mask = b.attention_mask, position_ids = b.position_ids}):totable()
+  return with_ref(function(ref)
+    return ref:sequence_logprobs(b.ids, b.targets, b.target_mask,
+      {attention_mask = b.attention_mask, position_ids = b.position_ids}):totable()
+  end)
 end
 
 local ref_samples
@@ -145,7 +153,7 @@ local function evaluate()
   local state = la.get_rng_state()
   la.manual_seed(config.seed + 7919)          -- the same draws at every evaluation
   local result = la.no_grad(function()
-    ref_samples = ref_samples or sample(ref)
+    ref_samples = ref_samples or with_ref(sample)
     la.manual_seed(config.seed + 7919)        -- so the policy's draws do not depend on whether ref's were cached
     local s = sample(policy)
     local rl = ref_logps_of(s)
@@ -173,17 +181,19 @@ if start == 0 then logger:log(0, evaluate()) end
 for step, batch in recipe.batches(loader, start) do
   if step > config.steps then break end
   opt.lr = schedule(step)
-  local idx = {}
-  for i, ex in ipairs(batch.examples) do idx[i] = ex.index - 1 end
-  local index = la.tensor(idx, "int64")
-  local pc, pr = logps(policy, batch)
-  local loss, metrics = la.loss[config.loss](pc, pr, ref_chosen:index_select(1, index),
-    ref_rejected:index_select(1, index), {beta = config.beta, p = not config.hard_labels and batch.p or nil,
-    eps = config.eps, label_smoothing = config.label_smoothing})
   opt:zero_grad()
-  loss:backward()
+  -- grad_accum micro-batches; the loss is the mean over the whole batch's pairs
+  local loss, metrics = recipe.accumulate(config, batch, la.accumulate.pairs, function(mb)
+    local idx = {}
+    for i, ex in ipairs(mb.examples) do idx[i] = ex.index - 1 end
+    local index = la.tensor(idx, "int64")
+    local pc, pr = logps(policy, mb)
+    return la.loss[config.loss](pc, pr, ref_chosen:index_select(1, index),
+      ref_rejected:index_select(1, index), {beta = config.beta, p = not config.hard_labels and mb.p or nil,
+      eps = config.eps, label_smoothing = config.label_smoothing})
+  end)
   if recipe.finite_step(config, step, loss, policy, logger) then opt:step() end
-  metrics.loss = loss:item()
+  metrics.loss = loss
   local save = step % config.eval_every == 0 or step == config.steps
   if save then for k, v in pairs(evaluate()) do metrics[k] = v end end
   logger:log(step, metrics)   -- before the checkpoint, so a run killed in between redoes the step
@@ -217,6 +227,7 @@ run:write("report.md", table.concat({
     {"last", last.step, string.format("%.3f", last.win_rate), string.format("%.3f", last.judge), string.format("%.3f", last.kl)},
   }), "", "![curves](curves.svg)", "",
 }, "\n"))
+recipe.save_adapter(run, policy, config)   -- with lora: adapter/ (and merged/ with save_merged)
 print(string.format("%s: win rate vs reference %.3f (best %.3f at step %d), judge %.3f, KL %.3f; report in %s",
   config.loss, last.win_rate, best and best.win_rate or 0 / 0, best and best.step or 0, last.judge, last.kl,
   run:path("report.md")))

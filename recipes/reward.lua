@@ -15,7 +15,7 @@ local recipe = require "lualign.recipe"
 local plot = require "lualign.plot"
 local log = require "lualign.log"
 
-local config = recipe.config(arg, "reward", {
+local config = recipe.config(arg, "reward", recipe.with_memory_keys{
   {"base", "runs/pretrain", "run folder (or model.safetensors) whose trunk starts the reward model"},
   {"train", "sentiment/train.jsonl", "preference pairs: a bundled file or a path"},
   {"valid", "sentiment/validation.jsonl", "held-out pairs, for accuracy during training"},
@@ -39,7 +39,8 @@ local function data_file(p) return io.open(p) and p or la.data.path(p) end
 local base_dir = config.base:gsub("/model%.safetensors$", "")
 local tok = la.tokenizer.load(base_dir .. "/tokenizer.json")
 tok:save(run:path("tokenizer.json"))
-local model = recipe.load_gpt(config.base, {reward_head = true})
+local model = recipe.prepare_model(recipe.load_gpt(config.base, {reward_head = true}), config,
+                                   {modules_to_save = {"reward_head"}})
 
 -- 2. Data ----------------------------------------------------------------------
 local function loader(path, opts)
@@ -93,12 +94,11 @@ local logger = log.open(run, {total = config.steps, start_step = start, show = {
 for step, batch in recipe.batches(train, start) do
   if step > config.steps then break end
   opt.lr = schedule(step)
-  local loss, m = pair_loss(batch)
   opt:zero_grad()
-  loss:backward()
+  local loss, m = recipe.accumulate(config, batch, la.accumulate.pairs, pair_loss)   -- grad_accum micro-batches
   if config.grad_clip > 0 then la.optim.clip_grad_norm(model, config.grad_clip) end
   if recipe.finite_step(config, step, loss, model, logger) then opt:step() end
-  local metrics = {loss = loss:item(), accuracy = m.accuracy, margin = m.margin, lr = opt.lr}
+  local metrics = {loss = loss, accuracy = m.accuracy, margin = m.margin, lr = opt.lr}
   local save = step % config.eval_every == 0 or step == config.steps
   if save then metrics.valid_accuracy = accuracy(valid) end
   logger:log(step, metrics)   -- before the checkpoint, so a run killed in between redoes the step
@@ -125,6 +125,7 @@ run:write("report.md", table.concat({
     {"training pairs", #train},
   }), "", "![curves](curves.svg)", "",
 }, "\n"))
+recipe.save_adapter(run, model, config)   -- with lora: adapter/ (and merged/ with save_merged)
 print(string.format("reward: held-out pairwise accuracy %.1f%% (test), %.1f%% (validation); report in %s",
   100 * test_accuracy, 100 * vacc[#vacc], run:path("report.md")))
 return {accuracy = test_accuracy, run = run}

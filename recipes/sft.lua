@@ -16,7 +16,7 @@ local recipe = require "lualign.recipe"
 local plot = require "lualign.plot"
 local log = require "lualign.log"
 
-local config = recipe.config(arg, "sft", {
+local config = recipe.config(arg, "sft", recipe.with_memory_keys{
   {"base", "runs/pretrain", "run folder (or model.safetensors) of the base model; its tokenizer.json is used"},
   {"train", "qa/train.jsonl", "SFT examples: a bundled file or a path"},
   {"extra_train", "", "preference files whose chosen and rejected responses join the training " ..
@@ -43,7 +43,7 @@ local function data_file(p) return io.open(p) and p or la.data.path(p) end
 local base_dir = config.base:gsub("/model%.safetensors$", "")
 local tok = la.tokenizer.load(base_dir .. "/tokenizer.json")
 tok:save(run:path("tokenizer.json"))
-local model = recipe.load_gpt(config.base)
+local model = recipe.prepare_model(recipe.load_gpt(config.base), config)   -- lora, weights_dtype, checkpoint
 
 -- 2. Data ------------------------------------------------------------------------
 local fmt = {prompt_format = config.prompt_format, completion_format = config.completion_format,
@@ -109,12 +109,12 @@ local logger = log.open(run, {total = config.steps, start_step = start, show = {
 for step, batch in recipe.batches(train, start) do
   if step > config.steps then break end
   opt.lr = schedule(step)
-  local loss = batch_loss(model, batch)
   opt:zero_grad()
-  loss:backward()
+  -- grad_accum micro-batches; the loss is the mean over the whole batch's completion tokens
+  local loss = recipe.accumulate(config, batch, la.accumulate.tokens, function(mb) return batch_loss(model, mb) end)
   local norm = config.grad_clip > 0 and la.optim.clip_grad_norm(model, config.grad_clip) or nil
   if recipe.finite_step(config, step, loss, norm or model, logger) then opt:step() end
-  local metrics = {loss = loss:item(), lr = opt.lr, grad_norm = norm}
+  local metrics = {loss = loss, lr = opt.lr, grad_norm = norm}
   local save = step % config.eval_every == 0 or step == config.steps
   if save then metrics.valid_loss = evaluate(model) end
   logger:log(step, metrics)   -- before the checkpoint, so a run killed in between redoes the step
@@ -155,6 +155,7 @@ run:write("report.md", table.concat({
   }), "", "![loss](loss.svg)", "", "Greedy answers to held-out questions:", "",
   recipe.md_table({"prompt", "model", "reference"}, sample_rows), "",
 }, "\n"))
+recipe.save_adapter(run, model, config)   -- with lora: adapter/ (and merged/ with save_merged)
 print(string.format("sft: held-out loss %.3f -> %.3f; report in %s", base_loss, final_loss, run:path("report.md")))
 for i = 1, #prompts do print(string.format("  Q: %s\n  A: %s", held_out[i].prompt, answers[i])) end
 return {base_loss = base_loss, valid_loss = final_loss, run = run}

@@ -348,6 +348,26 @@ function lora.is_merged(model)
   return rawget(mods[1], "merged") == true
 end
 
+--- The state dict of the model as a plain one (what a model without adapters
+-- has): each adapted weight with its update (alpha/r) B A folded in -- a new
+-- tensor in the weight's dtype, the model itself unchanged -- and no adapter
+-- tensors.  Merged adapters are already in their weights.
+function lora.merged_state_dict(model)
+  local mods, s = adapted(model, "lora.merged_state_dict")
+  local sd = model:state_dict()
+  local previous = core.set_grad_enabled(false)
+  for i, m in ipairs(mods) do
+    local name = s.names[i]
+    sd[name .. ".lora_A.weight"], sd[name .. ".lora_B.weight"] = nil, nil
+    if not rawget(m, "merged") then
+      local w = m.weight
+      sd[name .. ".weight"] = (w:float() + m.lora_B.weight:matmul(m.lora_A.weight) * m.scaling):to(w:dtype())
+    end
+  end
+  core.set_grad_enabled(previous)
+  return sd
+end
+
 --- Turns the adapters off until the returned handle is closed: the model
 -- computes as its base model (the reference of DPO and the SFT model of PPO's
 -- KL, without a second copy in memory).

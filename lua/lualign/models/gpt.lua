@@ -153,7 +153,7 @@ function GPT:hidden(ids, opts)
   if opts.position_ids then
     x = x + F.embedding(opts.position_ids, self.wpe.weight)
   else
-    x = x + self.wpe.weight:narrow(1, pos0 + 1, T)
+    x = x + self.wpe.weight:narrow(1, pos0 + 1, T):float()   -- float32 also when frozen in 16 bits
   end
   x = F.dropout(x, cfg.dropout, self.training)
   x = gpt.run_blocks(self, self.h, x, {key_mask = opts.attention_mask, segments = opts.segments}, cache, pos0)
