@@ -20,15 +20,9 @@ local run_json, median = common.run_json, common.median
 local rounds = tonumber(arg[1]) or 3
 local qwen_rounds = tonumber(arg[2]) or 1
 local here = arg[0]:match("^(.*)/[^/]*$") or "."
-local lua_env = string.format('LUA_PATH="%s/../lua/?.lua;%s/../lua/?/init.lua;;" LUA_CPATH="%s/../build/?.so;;"',
-  here, here, here)
-local jemalloc = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
-local peers = {
-  {name = "torch stock", env = ""},
-  {name = "torch glibc tuned", env = "GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=100000000000"},
-  {name = "torch jemalloc", env = "LD_PRELOAD=" .. jemalloc},
-}
-if not io.open(jemalloc) then table.remove(peers, 3) end
+local lua_env = common.lua_env(here)
+local peers = common.allocators()
+for _, p in ipairs(peers) do p.name = "torch " .. p.name end
 
 local function peer(p, shape, modes, extra)
   return run_json(string.format("OMP_WAIT_POLICY=PASSIVE %s /usr/bin/python3 %s/llama_torch.py %s --threads 2 --modes %s %s",

@@ -18,24 +18,15 @@
 -- the same command; a step's model FLOPs are 3 forward passes' worth (see
 -- bench/README.md).
 
-local cjson = require "cjson"
 
 local rounds = tonumber(arg[1]) or 2
 local steps = tonumber(arg[2]) or 3
 local here = arg[0]:match("^(.*)/[^/]*$") or "."
-local lua_env = string.format('LUA_PATH="%s/../lua/?.lua;%s/../lua/?/init.lua;;" LUA_CPATH="%s/../build/?.so;;"',
-  here, here, here)
-local jemalloc = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
-local allocators = {
-  {name = "stock", env = ""},
-  {name = "glibc tuned", env = "GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=100000000000"},
-  {name = "jemalloc", env = "LD_PRELOAD=" .. jemalloc},
-}
-if not io.open(jemalloc) then table.remove(allocators, 3) end
-
 package.path = here .. "/?.lua;" .. package.path
 local common = require "common"
 local median = common.median
+local lua_env = common.lua_env(here)
+local allocators = common.allocators()
 
 local function run_json(cmd)
   io.stderr:write("$ " .. cmd .. "\n")

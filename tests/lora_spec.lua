@@ -10,11 +10,7 @@ local LORA = "tests/fixtures/lora"
 
 local function ints(rows) return la.tensor(rows, "int64") end
 
-local function tmpdir()
-  local d = os.tmpname()
-  os.remove(d)
-  return d
-end
+local function tmpdir() local d = os.tmpname(); os.remove(d); return d end   -- save creates it
 
 local function read_json(path)
   local f = assert(io.open(path))

@@ -6,15 +6,13 @@ local la = require "lualign"
 local recipe = require "lualign.recipe"
 local log = require "lualign.log"
 
-local out = os.tmpname()
-os.remove(out)
+local out = os.tmpname() .. ".runs"
 assert(require("lualign.sys").mkdir(out))
 
-local function script(name) return "recipes/" .. name .. ".lua" end
-
+-- Runs recipes/<name>.lua with args in the folder of this spec's runs.
 local function run(name, args)
   args.out_dir = out
-  return recipe.run_script(script(name), args)
+  return recipe.run_script("recipes/" .. name .. ".lua", args)
 end
 
 local function series(r, key)
@@ -94,16 +92,14 @@ describe("recipes with memory keys", function()
   end)
 
   it("gdpo with lora uses the policy with its adapters off as the reference", function()
-    local small = out .. "/pairs.jsonl"
-    local f = assert(io.open(small, "w"))
-    local n = 0
+    -- 32 soft-label pairs seen 10 times
+    local lines, pairs_file = {}, out .. "/pairs.jsonl"
     for line in io.lines(la.data.path("vader/modest/train.jsonl")) do
-      n = n + 1
-      if n > 32 then break end
-      f:write(line, "\n")
+      lines[#lines + 1] = line
+      if #lines == 32 then break end
     end
-    f:close()
-    local r = run("gdpo", {name = "gdpo_lora", policy = out .. "/sft_lora", train = small, steps = 20,
+    recipe.write_atomic(pairs_file, table.concat(lines, "\n") .. "\n")
+    local r = run("gdpo", {name = "gdpo_lora", policy = out .. "/sft_lora", train = pairs_file, steps = 20,
                            batch_size = 16, lr = 5e-3, eval_every = 20, eval_samples = 2, lora = true, lora_r = 4,
                            grad_accum = 2, weights_dtype = "bfloat16", checkpoint = true})
     local margins = series(r, "rewards/margins")
@@ -115,15 +111,13 @@ describe("recipes with memory keys", function()
     assert.is_true(math.abs(rows[#rows].kl) > 1e-3, "KL at the end " .. rows[#rows].kl)
     assert.is_true(r.run:exists("adapter/adapter_model.safetensors"))
     assert.has_error(function()
-      run("gdpo", {name = "gdpo_bad", policy = out .. "/sft_lora", train = small, lora = true, sft_steps = 5})
+      run("gdpo", {name = "gdpo_bad", policy = out .. "/sft_lora", train = pairs_file, lora = true, sft_steps = 5})
     end)
   end)
 
   it("ppo with lora: the KL is taken against the policy with its adapters off", function()
-    local rf = out .. "/reward_e.lua"
-    local f = assert(io.open(rf, "w"))
-    f:write("return function(prompt, response) local _, n = response:gsub('e', '') return n / 4 end\n")
-    f:close()
+    local rf = out .. "/reward_e.lua"     -- the letter e pays
+    recipe.write_atomic(rf, "return function(prompt, response) return select(2, response:gsub('e', '')) / 4 end\n")
     local r = run("ppo", {name = "ppo_lora", policy = out .. "/sft_lora", reward = "script", reward_script = rf,
                           advantage = "rloo", rloo_k = 4, iterations = 4, batch_size = 16, mini_batch_size = 16,
                           max_new_tokens = 6, lr = 5e-3, eval_every = 4, eval_batch = 8, target_kl = 0,
