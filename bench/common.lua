@@ -31,14 +31,14 @@ function common.lua_env(here)
     here, here, here)
 end
 
---- The allocators a PyTorch peer runs with, each {name, env}: the stock one,
--- glibc's malloc tuned (no mmap, no trimming) and jemalloc when installed.
+--- The allocators a PyTorch peer runs with, each {key, name, env}: the stock
+-- one, glibc's malloc tuned (no mmap, no trimming) and jemalloc when installed.
 function common.allocators()
   local jemalloc = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
   local list = {
-    {name = "stock", env = ""},
-    {name = "glibc tuned", env = "GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=100000000000"},
-    {name = "jemalloc", env = "LD_PRELOAD=" .. jemalloc},
+    {key = "stock", name = "stock", env = ""},
+    {key = "tuned", name = "glibc tuned", env = "GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=100000000000"},
+    {key = "jemalloc", name = "jemalloc", env = "LD_PRELOAD=" .. jemalloc},
   }
   if not io.open(jemalloc) then table.remove(list, 3) end
   return list

@@ -1,8 +1,8 @@
 -- bench/llama_compare.lua -- the Llama-family benchmark: lualign against the
 -- PyTorch peer (bench/llama_torch.py) in one command, alternating rounds.
 --
---   flock /tmp/lualign-bench.lock lua5.4 bench/llama_compare.lua [rounds] [qwen_rounds]
---   (make bench-llama)
+--   flock /tmp/lualign-bench.lock lua5.4 bench/llama_compare.lua [rounds] [qwen_rounds] [peers]
+--   (make bench-llama; peers: a comma list of stock, tuned, jemalloc, default all)
 --
 -- SmolLM2-135M's shape (training step at context 256, batch 4; batch-1
 -- KV-cache generation) for `rounds` rounds, then Qwen2.5-0.5B's shape (load
@@ -21,8 +21,12 @@ local rounds = tonumber(arg[1]) or 3
 local qwen_rounds = tonumber(arg[2]) or 1
 local here = arg[0]:match("^(.*)/[^/]*$") or "."
 local lua_env = common.lua_env(here)
-local peers = common.allocators()
-for _, p in ipairs(peers) do p.name = "torch " .. p.name end
+local wanted = {}
+for k in (arg[3] or "stock,tuned,jemalloc"):gmatch("[^,]+") do wanted[k] = true end
+local peers = {}
+for _, p in ipairs(common.allocators()) do
+  if wanted[p.key] then peers[#peers + 1] = {key = p.key, name = "torch " .. p.name, env = p.env} end
+end
 
 local function peer(p, shape, modes, extra)
   return run_json(string.format("OMP_WAIT_POLICY=PASSIVE %s /usr/bin/python3 %s/llama_torch.py %s --threads 2 --modes %s %s",

@@ -808,18 +808,17 @@ static int st_read_converted(la_st_file *f, const la_st_entry *e, float *out, ui
   for (size_t done = 0; done < total && rc == 0;) {
     size_t chunk = total - done < ST_BOUNCE ? total - done : ST_BOUNCE;
     rc = st_read_at(f->fd, buf, chunk, offset + done);
-    for (size_t k = 0; rc == 0 && k < chunk / esize; k++) {
-      const unsigned char *src = buf + k * esize;
-      if (e->dtype == LA_ST_F64) {
+    size_t n = chunk / esize;
+    if (rc == 0 && e->dtype == LA_ST_F64) {
+      for (size_t k = 0; k < n; k++) {
         double d;
-        memcpy(&d, src, sizeof d);
-        *out++ = st_f64(d);
-      } else {
-        uint16_t h;
-        memcpy(&h, src, sizeof h);
-        *out++ = e->dtype == LA_ST_F16 ? la_f16_to_f32(h) : la_bf16_to_f32(h);
+        memcpy(&d, buf + k * esize, sizeof d);
+        out[k] = st_f64(d);
       }
+    } else if (rc == 0) {   /* the buffer is malloc's, aligned for uint16_t */
+      la_half_to_f32_n((const uint16_t *)(void *)buf, out, n, e->dtype == LA_ST_BF16);
     }
+    out += n;
     done += chunk;
   }
   free(buf);
