@@ -285,7 +285,7 @@ bench-loss: $(MODULE) $(SYSMOD)
 
 # bench/half_gemm.c on the engine's objects, with la_matmul.c built for each
 # panel size of HALF_GEMM_PANELS (bytes); BENCH_ARGS: threads and repetitions.
-HALF_GEMM_PANELS ?= 131072 524288 2097152
+HALF_GEMM_PANELS ?= 524288 4194304 16777216
 bench-half-gemm: $(CORE_OBJ)
 	@mkdir -p $(BUILD)/bench
 	@for p in $(HALF_GEMM_PANELS); do \

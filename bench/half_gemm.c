@@ -25,7 +25,7 @@
 
 /* The panel size la_matmul.c was built with (the Makefile passes both the same). */
 #ifndef LA_HALF_PANEL_BYTES
-#define LA_HALF_PANEL_BYTES ((size_t)512 * 1024)
+#define LA_HALF_PANEL_BYTES ((size_t)4 << 20)
 #endif
 
 static double now(void) {

@@ -47,8 +47,13 @@ local function record(key, res)
   table.insert(samples[key].loss, res.loss[#res.loss])
 end
 
+-- The BF16 Hugging Face folder every lualign run loads, written once.
+local folder = os.tmpname()
+os.remove(folder)
+run_json(string.format("%s lua5.4 %s/memory.lua prepare %s", lua_env, here, folder))
+
 local function lualign(config)
-  return run_json(string.format("%s lua5.4 %s/memory.lua %s %d", lua_env, here, config, steps))
+  return run_json(string.format("%s lua5.4 %s/memory.lua %s %s %d", lua_env, here, config, folder, steps))
 end
 
 local function peer(config, alloc, extra)
@@ -82,6 +87,8 @@ for r = 1, rounds do
       res.peak_rss_MiB))
   end
 end
+
+os.execute("rm -rf '" .. folder .. "'")
 
 -- Model FLOPs of a step: three forward passes' worth (policy forward,
 -- backward of twice a forward, and for LoRA a reference forward in place of

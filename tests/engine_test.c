@@ -330,16 +330,16 @@ static float max_diff(la_tensor *a, la_tensor *b) {
 }
 
 /* A product with a bfloat16 weight equals sgemm on the weight widened, both
-** ways and over several panels; arithmetic on the 16-bit tensor is refused. */
+** ways and over several 4 MiB panels; arithmetic on the 16-bit tensor is refused. */
 static int test_half_weight_gemm(void) {
   la_manual_seed(3);
-  la_tensor *x = la_randn(2, (int64_t[]){40, 300}), *w = la_randn(2, (int64_t[]){700, 300});
+  la_tensor *x = la_randn(2, (int64_t[]){40, 700}), *w = la_randn(2, (int64_t[]){3200, 700});
   la_tensor *wh = la_to_dtype(w, LA_BFLOAT16), *ww = la_to_dtype(wh, LA_FLOAT32);
-  la_tensor *c16 = la_empty(LA_FLOAT32, 2, (int64_t[]){40, 700}), *c32 = la_empty(LA_FLOAT32, 2, (int64_t[]){40, 700});
+  la_tensor *c16 = la_empty(LA_FLOAT32, 2, (int64_t[]){40, 3200}), *c32 = la_empty(LA_FLOAT32, 2, (int64_t[]){40, 3200});
   int ok = la_gemm(false, true, 1.0f, x, wh, 0.0f, c16) == 0 && la_gemm(false, true, 1.0f, x, ww, 0.0f, c32) == 0 &&
            max_diff(c16, c32) < 1e-4f;
-  la_tensor *g = la_randn(2, (int64_t[]){40, 700});
-  la_tensor *d16 = la_empty(LA_FLOAT32, 2, (int64_t[]){40, 300}), *d32 = la_empty(LA_FLOAT32, 2, (int64_t[]){40, 300});
+  la_tensor *g = la_randn(2, (int64_t[]){40, 3200});
+  la_tensor *d16 = la_empty(LA_FLOAT32, 2, (int64_t[]){40, 700}), *d32 = la_empty(LA_FLOAT32, 2, (int64_t[]){40, 700});
   ok = ok && la_gemm(false, false, 1.0f, g, wh, 0.0f, d16) == 0 && la_gemm(false, false, 1.0f, g, ww, 0.0f, d32) == 0 &&
        max_diff(d16, d32) < 1e-4f;
   la_tensor *bad = la_unary(LA_EXP, wh);

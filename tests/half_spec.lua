@@ -53,15 +53,15 @@ describe("bfloat16 and float16 tensors", function()
   it("linear with a 16-bit weight equals linear with its float32 widening, forward and backward", function()
     la.set_num_threads(2)
     for _, dt in ipairs({"bfloat16", "float16"}) do
-      -- sizes that need several panels in both directions and both threads
+      -- sizes that need several 4 MiB panels in both directions on each of two threads
       la.manual_seed(11)
-      local x = la.randn(96, 700):requires_grad()
-      local w16 = (la.randn(300, 700) * 0.05):to(dt)
+      local x = la.randn(48, 700):requires_grad()
+      local w16 = (la.randn(3200, 700) * 0.05):to(dt)
       local w32 = w16:float()
-      local b = la.randn(300)
+      local b = la.randn(3200)
       local y16, y32 = F.linear(x, w16, b), F.linear(x, w32, b)
       assert.is_true(max_diff(y16, y32) < 1e-4, dt .. " forward")
-      local g = la.randn(96, 300)
+      local g = la.randn(48, 3200)
       y16:backward(g)
       local gx16 = x.grad:clone()
       x.grad = nil

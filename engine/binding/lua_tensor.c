@@ -34,10 +34,15 @@ static size_t lt_gc_threshold = LT_GC_FLOOR;
 static size_t lt_gc_step_base;   /* live bytes after the last collection between steps */
 static uint64_t lt_gc_collections;
 
+static size_t lt_gc_limit_for(size_t live) {
+  size_t slack = live / 4;
+  return live + (slack > LT_GC_FLOOR ? slack : LT_GC_FLOOR);
+}
+
 static void lt_gc_reset_threshold(void) {
-  size_t live = la_memory_stats().live_bytes, slack = live / 4;
+  size_t live = la_memory_stats().live_bytes;
   if (live < lt_gc_step_base) lt_gc_step_base = live;
-  lt_gc_threshold = live + (slack > LT_GC_FLOOR ? slack : LT_GC_FLOOR);
+  lt_gc_threshold = lt_gc_limit_for(live);
 }
 
 /* Whether it collected: it respects collectgarbage("stop"). */
@@ -52,7 +57,16 @@ static bool lt_collect(lua_State *L) {
 }
 
 void lt_pace_gc(lua_State *L) {
-  if (la_memory_stats().live_bytes > lt_gc_threshold) lt_collect(L);
+  size_t live = la_memory_stats().live_bytes;
+  if (live > lt_gc_threshold) {
+    lt_collect(L);
+  } else if (lt_gc_limit_for(live) < lt_gc_threshold) {
+    /* Live bytes fell (a collection of the user's or of Lua's own, tensors
+    ** closed, a model's float32 weights dropped for 16-bit ones): the limit
+    ** follows them down, so that garbage stays bounded by a quarter of what
+    ** is alive now rather than of what was alive once. */
+    lt_gc_threshold = lt_gc_limit_for(live);
+  }
 }
 
 /* A backward pass frees its graph, and with it the last references to the
@@ -348,6 +362,10 @@ static int lt_dtype(lua_State *L) { lua_pushstring(L, la_dtype_name(lt_check(L, 
 static int lt_is_contiguous(lua_State *L) { lua_pushboolean(L, la_is_contiguous(lt_check(L, 1))); return 1; }
 static int lt_is_leaf(lua_State *L) { lua_pushboolean(L, lt_check(L, 1)->grad_fn == NULL); return 1; }
 static int lt_needs_grad(lua_State *L) { lua_pushboolean(L, la_tracks_grad(lt_check(L, 1))); return 1; }
+
+/* Whether t.grad is set, without making a handle for it (a handle keeps the
+** gradient alive until it is collected, after zero_grad has dropped it). */
+static int lt_has_grad(lua_State *L) { lua_pushboolean(L, lt_check(L, 1)->grad != NULL); return 1; }
 
 static int lt_grad_fn(lua_State *L) {
   la_tensor *t = lt_check(L, 1);
@@ -945,7 +963,7 @@ static int lt_where_method(lua_State *L) {
 static const luaL_Reg lt_methods[] = {
   {"shape", lt_shape}, {"size", lt_size}, {"stride", lt_stride}, {"dim", lt_dim},
   {"numel", lt_numel}, {"dtype", lt_dtype}, {"is_contiguous", lt_is_contiguous},
-  {"is_leaf", lt_is_leaf}, {"needs_grad", lt_needs_grad}, {"grad_fn", lt_grad_fn},
+  {"is_leaf", lt_is_leaf}, {"needs_grad", lt_needs_grad}, {"has_grad", lt_has_grad}, {"grad_fn", lt_grad_fn},
   {"storage_offset", lt_storage_offset}, {"shares_storage", lt_shares_storage},
   {"all_finite", lt_all_finite},
   {"item", lt_item}, {"totable", lt_totable}, {"get", lt_get}, {"set", lt_set},

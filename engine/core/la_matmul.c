@@ -171,12 +171,16 @@ static bool la_fits_int(int64_t v) { return v >= 0 && v <= 0x7fffffff; }
 ** float32 weights.  Threads take contiguous ranges of C's columns, each with
 ** its own scratch. */
 
-/* Bytes of one thread's float32 panel: large enough that a panel's sgemm
-** amortises packing A again, small enough to stay in L2 (bench/half_gemm.c
-** builds this file with other sizes to measure the choice). */
+/* Each panel's sgemm packs the other operand (the activations) again, so
+** panels are wide: at least LA_HALF_MIN_PANEL rows of the weight (or of its
+** reduction dim), up to LA_HALF_PANEL_BYTES of float32 per thread -- a whole
+** projection's share of a thread in one panel for the usual sizes, and a
+** bounded scratch for an LM head's 150k rows.  bench/half_gemm.c builds this
+** file with other sizes to measure the choice (bench/README.md). */
 #ifndef LA_HALF_PANEL_BYTES
-#define LA_HALF_PANEL_BYTES ((size_t)512 * 1024)
+#define LA_HALF_PANEL_BYTES ((size_t)4 << 20)
 #endif
+#define LA_HALF_MIN_PANEL 256
 
 typedef struct {
   const la_mat *a;
@@ -199,7 +203,7 @@ static void la_half_cols(la_half_ctx *h, int c0, int c1) {
     /* C[:, n] = A B[n, :]^T: panels of whole rows of B (= columns of C). */
     int K = h->K;
     int p = (int)(panel_floats / (size_t)(K > 0 ? K : 1));
-    p = p < 16 ? 16 : p & ~15;
+    p = p < LA_HALF_MIN_PANEL ? LA_HALF_MIN_PANEL : p & ~15;
     if (p > w) p = w;
     float *scratch = malloc((size_t)p * (size_t)K * sizeof(float));
     if (!scratch) {
@@ -219,7 +223,7 @@ static void la_half_cols(la_half_ctx *h, int c0, int c1) {
     /* C[:, c0:c1] = sum over row panels k of A[:, k] B[k, c0:c1]. */
     int K = h->K;
     int q = (int)(panel_floats / (size_t)w);
-    q = q < 16 ? 16 : q & ~15;
+    q = q < LA_HALF_MIN_PANEL ? LA_HALF_MIN_PANEL : q & ~15;
     if (q > K) q = K;
     float *scratch = malloc((size_t)(q > 0 ? q : 1) * (size_t)w * sizeof(float));
     if (!scratch) {

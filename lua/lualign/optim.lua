@@ -91,7 +91,7 @@ end
 function AdamW:step()
   self.step_count = self.step_count + 1
   for i, p in ipairs(self.params) do
-    if p.grad and not self.m[i] then
+    if not self.m[i] and p:has_grad() then   -- (p.grad would make a handle that outlives zero_grad)
       self.m[i] = core.zeros(p:shape())
       self.v[i] = core.zeros(p:shape())
     end
@@ -145,7 +145,7 @@ end
 function SGD:step()
   if self.momentum ~= 0 then
     for i, p in ipairs(self.params) do
-      if p.grad and not self.buffers[i] then self.buffers[i] = core.zeros(p:shape()) end
+      if not self.buffers[i] and p:has_grad() then self.buffers[i] = core.zeros(p:shape()) end
     end
   end
   K.sgd_step(self.params, self.buffers, self.decay,

@@ -452,7 +452,9 @@ local generation_defaults_from_config = {"bos_token_id", "eos_token_id", "pad_to
 --- A model for a Hugging Face folder (config.json, generation_config.json,
 -- model.safetensors or sharded files with model.safetensors.index.json).
 -- opts: overrides of config keys (value_head = true, reward_head = true, or
--- dropout for GPT-2).  Returns a model of lualign.models.llama, or a GPT for
+-- dropout for GPT-2), and weights_dtype ("bfloat16" or "float16": a frozen
+-- model whose weight matrices are read straight into 16-bit tensors -- the
+-- base for LoRA, a reward or reference model).  Returns a model of lualign.models.llama, or a GPT for
 -- gpt2 folders; model.generation_config holds generation_config.json (or
 -- the token ids of config.json when there is none) and model.source_dir the folder.
 function hf.from_pretrained(dir, opts)
@@ -460,11 +462,20 @@ function hf.from_pretrained(dir, opts)
   dir = dir:gsub("/+$", "")
   local raw, err = hf.read_json(dir .. "/config.json")
   if not raw then util.error("from_pretrained: " .. dir .. "/config.json: " .. tostring(err)) end
-  for k, v in pairs(opts or {}) do raw[k] = v end
+  local weights_dtype
+  for k, v in pairs(opts or {}) do
+    if k == "weights_dtype" then weights_dtype = v else raw[k] = v end
+  end
   -- Built without drawing random weights: every parameter is read from the
   -- folder (or its absence is an error), except scalar heads asked for in
-  -- opts, initialised afterwards.
-  local model = require("lualign.nn").without_init(hf.from_config, raw)
+  -- opts, initialised afterwards.  With weights_dtype (bfloat16, float16)
+  -- the model is frozen and its weight matrices are read into 16-bit tensors
+  -- (lualign.lora.apply then adds trainable adapters): never float32 whole.
+  local model = require("lualign.nn").without_init(function()
+    local m = hf.from_config(raw)
+    if weights_dtype and weights_dtype ~= "float32" then m:requires_grad(false):frozen_weights_to(weights_dtype) end
+    return m
+  end)
   hf.load_weights(model, dir)
   init_heads(model)
   local gen = hf.read_json(dir .. "/generation_config.json")

@@ -218,7 +218,10 @@ end
 -- "bfloat16" or "float16" halve their memory (products still compute in
 -- float32, see docs/memory.md), "float32" widens them back.  Trainable
 -- tensors and 1-d ones (norms, biases) stay float32.  Tied weights stay tied
--- (they are read through the module that owns them).  Returns self.
+-- (they are read through the module that owns them).  The old tensors are
+-- collected as it goes, so the model is never held twice.  Under
+-- nn.without_init the new tensors are allocated, not filled (a loader fills
+-- them).  Returns self.
 function Module:frozen_weights_to(dtype)
   if dtype ~= "bfloat16" and dtype ~= "float16" and dtype ~= "float32" then
     error("frozen_weights_to: dtype must be 'bfloat16', 'float16' or 'float32' (got " .. tostring(dtype) .. ")", 2)
@@ -226,17 +229,25 @@ function Module:frozen_weights_to(dtype)
   local modules = {self}
   for _, m in ipairs(self:named_modules()) do modules[#modules + 1] = m[2] end
   local previous = core.set_grad_enabled(false)
+  local dropped = 0
   for _, m in ipairs(modules) do
     for _, key in ipairs(m._order) do
       local t = rawget(m, key)
       if m._kinds[key] == "param" and core.is_tensor(t) and t:dim() >= 2 and not t:needs_grad()
           and t:dtype() ~= dtype then
-        rawset(m, key, t:to(dtype))
+        rawset(m, key, nn.init_skipped() and core.empty(t:shape(), dtype) or t:to(dtype))
+        dropped = dropped + t:numel() * (t:dtype() == "float32" and 4 or 2)
+        t = nil
+        if dropped > 256 << 20 then   -- the old tensors' memory back before it adds up
+          collectgarbage()
+          core.empty_cache()
+          dropped = 0
+        end
       end
     end
   end
   core.set_grad_enabled(previous)
-  collectgarbage()     -- the float32 copies go now, and their memory back to the system
+  collectgarbage()
   core.empty_cache()
   return self
 end
