@@ -29,6 +29,11 @@ int lt_check_rc(lua_State *L, int rc) {
 ** full collection runs, and the limit is set again from what survived. */
 
 #define LT_GC_FLOOR ((size_t)64 << 20)
+/* The slack stops growing here: a run whose live bytes are mostly state that
+** lives for the whole run (a full fine-tune's weights, gradients and optimizer
+** moments: 8 GiB for 0.5B parameters) would otherwise let a quarter of that
+** pile up as dead activations before a collection. */
+#define LT_GC_SLACK_CAP ((size_t)512 << 20)
 
 static size_t lt_gc_threshold = LT_GC_FLOOR;
 static size_t lt_gc_step_base;   /* live bytes after the last collection between steps */
@@ -36,6 +41,7 @@ static uint64_t lt_gc_collections;
 
 static size_t lt_gc_limit_for(size_t live) {
   size_t slack = live / 4;
+  if (slack > LT_GC_SLACK_CAP) slack = LT_GC_SLACK_CAP;
   return live + (slack > LT_GC_FLOOR ? slack : LT_GC_FLOOR);
 }
 
@@ -87,12 +93,14 @@ static void lt_collect_after_backward(lua_State *L) {
 /* A checkpointed block, run without recording in the forward pass and
 ** recomputed in the backward pass (lua_recompute.c), leaves its activations
 ** to the Lua handles of its intermediates, dead once it has returned (or its
-** gradient is through), and the next block would stack its own on top.  So when they amount to a share of what was alive before
-** (an eighth), a collection frees them before the next block; smaller ones
-** are left to the threshold. */
+** gradient is through), and the next block would stack its own on top.  So
+** when they amount to a share of what was alive before (an eighth, or 64 MiB
+** when that is less), a collection frees them before the next block; smaller
+** ones are left to the threshold. */
 void lt_collect_after_recompute(lua_State *L, size_t live_before) {
-  size_t live = la_memory_stats().live_bytes;
-  if (live > live_before && live - live_before > live_before / 8 && live - live_before > ((size_t)1 << 20))
+  size_t live = la_memory_stats().live_bytes, share = live_before / 8;
+  if (share > LT_GC_FLOOR) share = LT_GC_FLOOR;
+  if (live > live_before && live - live_before > share && live - live_before > ((size_t)1 << 20))
     lt_collect(L);
 }
 
