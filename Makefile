@@ -15,7 +15,7 @@
 #   make errors-doc regenerate docs/errors.md from tests/errors_catalogue.lua
 #   make fresh-check the README's two commands in a fresh Debian root (tests/fresh_machine.sh)
 #
-# Prerequisites (Debian/Ubuntu): lua5.4 liblua5.4-dev libopenblas-dev libpcre2-dev
+# Prerequisites (Debian/Ubuntu): lua5.4 liblua5.4-dev libopenblas-dev libpcre2-dev libutf8proc-dev
 # lua-cjson lua-busted pkg-config gcc make, and for the tests luarocks and tmux.
 # `make deps` installs them when run as root.
 
@@ -34,13 +34,16 @@ BLAS_LIBS := $(shell $(PKG_CONFIG) --libs openblas 2>/dev/null || echo -lopenbla
 # PCRE2 (8-bit, UTF + Unicode properties) for the tokenizer's pre-tokenisation.
 PCRE2_CFLAGS := $(shell $(PKG_CONFIG) --cflags libpcre2-8 2>/dev/null)
 PCRE2_LIBS := $(shell $(PKG_CONFIG) --libs libpcre2-8 2>/dev/null || echo -lpcre2-8)
+# utf8proc for the tokenizer's Unicode normalizers (NFC, NFKC, ...) and character classes.
+UTF8PROC_CFLAGS := $(shell $(PKG_CONFIG) --cflags libutf8proc 2>/dev/null)
+UTF8PROC_LIBS := $(shell $(PKG_CONFIG) --libs libutf8proc 2>/dev/null || echo -lutf8proc)
 BLAS_FOUND := $(shell $(PKG_CONFIG) --exists openblas 2>/dev/null && echo yes)
 
 OPTFLAGS ?= -O3 -march=native
 WARNFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-format-truncation
 BASEFLAGS = -std=c11 -D_POSIX_C_SOURCE=200809L -fPIC -fopenmp -fno-math-errno $(WARNFLAGS)
-ALL_CFLAGS = $(BASEFLAGS) $(OPTFLAGS) $(BLAS_CFLAGS) $(PCRE2_CFLAGS) $(EXTRA_CFLAGS)
-LIBS = $(BLAS_LIBS) $(PCRE2_LIBS) -lm
+ALL_CFLAGS = $(BASEFLAGS) $(OPTFLAGS) $(BLAS_CFLAGS) $(PCRE2_CFLAGS) $(UTF8PROC_CFLAGS) $(EXTRA_CFLAGS)
+LIBS = $(BLAS_LIBS) $(PCRE2_LIBS) $(UTF8PROC_LIBS) -lm
 
 BUILD = build
 # engine/: core/ (tensors, kernels, autograd), formats/ (safetensors),
@@ -234,7 +237,7 @@ demo-built: $(MODULE) $(SYSMOD)
 	bin/lualign recipes/pipeline.lua $(ARGS)
 
 # Checks the prerequisites; installs the missing ones when run as root.
-DEB_PKGS = lua5.4 liblua5.4-dev libopenblas-dev libpcre2-dev lua-cjson lua-busted pkg-config gcc make luarocks tmux
+DEB_PKGS = lua5.4 liblua5.4-dev libopenblas-dev libpcre2-dev libutf8proc-dev lua-cjson lua-busted pkg-config gcc make luarocks tmux
 # and for the checking targets: sanitize (gcc's libasan and libubsan come
 # with gcc), valgrind and fuzz (clang and its libFuzzer runtime).
 deps-valgrind: ; @$(MAKE) --no-print-directory deps DEB_PKGS="$(DEB_PKGS) valgrind"
