@@ -511,11 +511,8 @@ local function chat_check(self, messages, opts)
   return marker
 end
 
---- Applies the chat template; returns ids and assistant_mask (lists of the
--- same length).  opts.add_generation_prompt appends the assistant header;
--- opts.split_special_tokens keeps special tokens inside contents as text.
-function Tokenizer:apply_chat_template(messages, opts)
-  opts = opts or {}
+-- The built-in layout: ids and mask, pieces encoded one by one.
+local function builtin_chat(self, messages, opts)
   local marker = chat_check(self, messages, opts)
   local end_id = marker("end", "every message")
   local nl = self:encode("\n")
@@ -543,9 +540,81 @@ function Tokenizer:apply_chat_template(messages, opts)
   return ids, mask
 end
 
---- The chat template's text (what decode(apply_chat_template(...)) gives).
+local CHAT_OPTIONS = {"add_generation_prompt", "tokenize", "split_special_tokens", "chat_template", "tools",
+  "documents", "variables"}
+
+-- The template source to use: opts.chat_template names one of the
+-- tokenizer's templates or is a template text itself; else the default.
+local function pick_template(self, choice)
+  if choice == nil then return self.chat_template end
+  if type(choice) ~= "string" then util.error("apply_chat_template: chat_template must be a string (a name or a template)") end
+  if self.chat_templates and self.chat_templates[choice] then return self.chat_templates[choice] end
+  if choice:find("{[{%%]") then return choice end
+  local names = self.chat_templates and util.sorted_keys(self.chat_templates) or {}
+  util.error(string.format("apply_chat_template: no chat template named %q (this tokenizer has: %s)", choice,
+    #names > 0 and table.concat(names, ", ") or "none"))
+end
+
+-- The variables a template sees besides messages, as transformers passes them.
+local function template_context(self, opts)
+  local ctx = {}
+  for _, role in ipairs({"bos", "eos", "pad", "unk"}) do
+    local id = self[role .. "_id"]
+    if id then ctx[role .. "_token"] = bpe.token_bytes(self._bpe, id) end
+  end
+  ctx.tools, ctx.documents = opts.tools, opts.documents
+  for k, v in pairs(opts.variables or {}) do ctx[k] = v end
+  return ctx
+end
+
+--- Applies the chat template to messages (a list of {role = ..., content =
+-- ...}; other fields reach the template too).  With the tokenizer's own
+-- Jinja template (a Hugging Face folder's chat_template, or
+-- opts.chat_template) the rendering is transformers'; lualign's own
+-- tokenizers use the built-in layout (docs/tokenizer.md).
+-- opts: add_generation_prompt (default false); tokenize (default true):
+-- return ids and the assistant mask (1 on the tokens the assistant wrote),
+-- or with false the text; chat_template (a template's name, or a template);
+-- tools, documents, variables (more template variables, e.g.
+-- {enable_thinking = false}); split_special_tokens (built-in layout only).
+function Tokenizer:apply_chat_template(messages, opts)
+  opts = util.check_options("apply_chat_template", opts, CHAT_OPTIONS)
+  if type(messages) ~= "table" then util.error("apply_chat_template: messages must be a list of {role, content}") end
+  for i, m in ipairs(messages) do
+    if type(m) ~= "table" or type(m.role) ~= "string" then
+      util.error(string.format("apply_chat_template: message %d must be a table with a string field role", i))
+    end
+  end
+  local src = pick_template(self, opts.chat_template)
+  if not src then
+    if opts.tokenize == false then return self:chat_text(messages, opts) end
+    return builtin_chat(self, messages, opts)
+  end
+  if opts.split_special_tokens then
+    util.error("apply_chat_template: split_special_tokens applies to the built-in layout only; a model's template "
+      .. "writes its special tokens as text")
+  end
+  local chat = require "lualign.chat_template"
+  local ctx = template_context(self, opts)
+  local ok, text = pcall(chat.render, src, messages, opts.add_generation_prompt, ctx)
+  if not ok then util.error("apply_chat_template: " .. tostring(text)) end
+  if opts.tokenize == false then return text end
+  local ids = self:encode(text)
+  local ok2, spans = pcall(chat.assistant_spans, src, messages, text, opts.add_generation_prompt, ctx)
+  if not ok2 then util.error(tostring(spans)) end
+  local mask = chat.mask(text, ids, spans, function(s) return self:encode(s) end)
+  return ids, mask
+end
+
+--- The chat template's text (apply_chat_template with tokenize = false).
 function Tokenizer:chat_text(messages, opts)
   opts = opts or {}
+  if self.chat_template or opts.chat_template then
+    local o = {}
+    for k, v in pairs(opts) do o[k] = v end
+    o.tokenize = false
+    return self:apply_chat_template(messages, o)
+  end
   chat_check(self, messages, opts)
   local parts = {}
   for _, msg in ipairs(messages) do
