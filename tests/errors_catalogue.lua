@@ -209,7 +209,7 @@ recipe.load_weights(la.nn.Linear(2, 4), DIR .. "/w.safetensors")]],
      error = [[tokenizer.load: DIR/tokenizer.json: no "model" object; is this a tokenizer.json?]]},
     {what = "a model type other than BPE",
      code = [[la.tokenizer.load(write("tokenizer.json", '{"model": {"type": "WordPiece", "vocab": {}}}'))]],
-     error = [[tokenizer.load: DIR/tokenizer.json: model type WordPiece is not supported (only BPE)]]},
+     error = [[tokenizer.load: DIR/tokenizer.json: model type WordPiece is not supported (only BPE; Unigram, WordPiece and WordLevel are not)]]},
     {what = "vocabulary ids with a gap",
      code = [[la.tokenizer.load(write("tokenizer.json", '{"pre_tokenizer": {"type": "ByteLevel"}, '
   .. '"model": {"type": "BPE", "vocab": {"a": 0, "b": 2}, "merges": []}}'))]],
@@ -226,10 +226,10 @@ recipe.load_weights(la.nn.Linear(2, 4), DIR .. "/w.safetensors")]],
      code = [[la.tokenizer.load(write("tokenizer.json", '{"pre_tokenizer": {"type": "ByteLevel"}, '
   .. '"model": {"type": "BPE", "vocab": {"a": 0}, "merges": "a b"}}'))]],
      error = [[tokenizer.load: DIR/tokenizer.json: model.merges is not a list]]},
-    {what = "an added token that leaves a gap in the ids",
+    {what = "an added token whose id does not follow the vocabulary",
      code = [[la.tokenizer.load(write("tokenizer.json", '{"pre_tokenizer": {"type": "ByteLevel"}, '
   .. '"added_tokens": [{"id": 5, "content": "<|end|>"}], "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}}'))]],
-     error = [[tokenizer.load: DIR/tokenizer.json: added token "<|end|>": tokenizer: special token '<|end|>' has id 5, but the vocabulary ends at 1 (ids must not leave gaps)]]},
+     error = [[tokenizer.load: DIR/tokenizer.json: added_tokens[1] "<|end|>" has id 5, but takes id 1 (a content already in the vocabulary keeps its id, any other takes the next one): the file is inconsistent]]},
     {what = "encoder.json that is not an object of ids",
      code = [[write("encoder.json", '["a", "b"]')
 write("vocab.bpe", "#version: 0.2\n")

@@ -512,12 +512,13 @@ static int lb_set_pretokenizer(lua_State *L) {
 
 /* bpe.set_decoder(tok, steps): steps a list of {kind = "ByteLevel" |
 ** "Metaspace" (replacement, scheme) | "ByteFallback" | "Fuse" | "Strip"
-** (content, start, stop) | "Replace" (pattern, literal, text)}; an empty
+** (content, start, stop) | "Replace" (pattern, literal, text) | "Join"}; an empty
 ** list removes it (decode then joins the tokens' bytes). */
 static int lb_set_decoder(lua_State *L) {
   la_bpe *t = lb_check(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
-  static const char *const kinds[] = {"ByteLevel", "Metaspace", "ByteFallback", "Fuse", "Strip", "Replace", NULL};
+  static const char *const kinds[] = {"ByteLevel", "Metaspace", "ByteFallback", "Fuse", "Strip", "Replace", "Join",
+                                      NULL};
   static const char *const scheme = "scheme";
   static const char *const *keys[] = {&scheme, NULL};
   static const char *const *const names[] = {lb_schemes};

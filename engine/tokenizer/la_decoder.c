@@ -144,12 +144,14 @@ static int dc_step_run(dc_step *st, const dc_list *in, dc_list *out) {
   const char *base = in->bytes.p;
   switch (st->kind) {
     case LA_DEC_FUSE:
+    case LA_DEC_JOIN:
     case LA_DEC_BYTELEVEL:
       if (dc_begin(out) < 0) return -1;
       for (size_t i = 0; i < in->n; i++) {
         const char *s = base + in->off[i];
         size_t n = in->len[i];
-        if (st->kind == LA_DEC_FUSE) {
+        if (st->kind == LA_DEC_JOIN && i > 0 && dc_put(out, " ", 1) < 0) return -1;
+        if (st->kind != LA_DEC_BYTELEVEL) {
           if (dc_put(out, s, n) < 0) return -1;
           continue;
         }

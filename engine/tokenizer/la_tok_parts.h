@@ -86,7 +86,8 @@ typedef enum {
   LA_DEC_BYTEFALLBACK,  /* runs of <0xXX> tokens -> their bytes (U+FFFD each when not UTF-8) */
   LA_DEC_FUSE,          /* all tokens joined into one */
   LA_DEC_STRIP,         /* text[0] = the character; a, b = how many to strip at start, end */
-  LA_DEC_REPLACE        /* pattern (regex, or literal when literal) -> text, in each token */
+  LA_DEC_REPLACE,       /* pattern (regex, or literal when literal) -> text, in each token */
+  LA_DEC_JOIN           /* all tokens joined with spaces (what a tokenizer.json without a decoder does) */
 } la_dec_kind;
 
 typedef struct la_decoder la_decoder;

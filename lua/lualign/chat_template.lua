@@ -59,7 +59,7 @@ local function trim(s) return (s:gsub("^%s+", ""):gsub("%s+$", "")) end
 --- The character spans (0-based start, exclusive stop) of the assistant's
 -- messages in full (the render of all messages with add_generation_prompt).
 function M.assistant_spans(src, messages, full, add_generation_prompt, base)
-  if src:find("{%-?%s*generation%s*%-?%}") then
+  if src:find("{%%[-+]?%s*generation%s*[-+]?%%}") then
     local _, gen = M.render(src, messages, add_generation_prompt, base)
     local spans = {}
     for i, g in ipairs(gen) do spans[i] = {g[1], g[2]} end

@@ -16,7 +16,10 @@ local function fail(where, fmt, ...)
 end
 
 local function check_type(v, where)
-  if type(v) ~= "table" then fail(where, "must be an object, not %s", v == cjson.null and "null" or type(v)) end
+  if type(v) ~= "table" then
+    error(string.format("tokenizer.load: %s must be an object, not %s", where,
+      v == cjson.null and "null" or ("a " .. type(v))), 0)
+  end
   if type(v.type) ~= "string" then fail(where, "has no \"type\"") end
   return v.type
 end
@@ -208,7 +211,7 @@ end
 --  decoder (steps or nil: joining the tokens' bytes is the same),
 --  model = {byte_fallback, unk_token, fuse_unk, ignore_merges},
 --  post (a template or nil), added (list of {id, content, special, lstrip,
---  rstrip, single_word, normalized}, by id).
+--  rstrip, single_word, normalized}, in the file's order).
 function M.read(j, path)
   if type(j) ~= "table" or type(j.model) ~= "table" then
     fail(path, "no \"model\" object; is this a tokenizer.json?")
@@ -256,6 +259,8 @@ function M.read(j, path)
   if not is_null(j.decoder) then
     r.decoder = read_decoder(j.decoder, path .. ": decoder", {})
     if #r.decoder == 1 and r.decoder[1].kind == "ByteLevel" and byte_level then r.decoder = nil end
+  else
+    r.decoder = {{kind = "Join"}}   -- without a decoder, Hugging Face joins the tokens with spaces
   end
   r.model = {byte_fallback = m.byte_fallback == true, fuse_unk = m.fuse_unk == true,
     ignore_merges = m.ignore_merges == true, unk_token = not is_null(m.unk_token) and m.unk_token or nil}
@@ -274,7 +279,6 @@ function M.read(j, path)
         rstrip = t.rstrip == true, single_word = t.single_word == true,
         normalized = t.normalized == true or (is_null(t.normalized) and t.special ~= true)}
     end
-    table.sort(r.added, function(a, b) return a.id < b.id end)
   end
   return r
 end

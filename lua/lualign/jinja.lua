@@ -143,7 +143,7 @@ local function repr(v)
   return tostr(v)
 end
 
--- What {{ v }} prints (Python's str()).
+--- What {{ v }} prints: Python's str() of a template value.
 tostr = function(v)
   local ty = type(v)
   if ty == "string" then return v end
@@ -967,7 +967,6 @@ local function binop(self, op, a, b, line)
 end
 
 local FILTERS, TESTS, GLOBALS = {}, {}, {}
-M.filters, M.tests = FILTERS, TESTS
 
 function Renderer:eval(e, f)
   local k = e.k

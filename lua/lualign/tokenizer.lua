@@ -266,9 +266,18 @@ local function load_tokenizer_json(path, dir, opts)
   end
   step(bpe.set_model, m.byte_fallback, unk_id, m.fuse_unk, m.ignore_merges)
   local self = wrap(ud, "bpe", #spellings)
-  for _, t in ipairs(r.added) do
-    local ok2, e2 = pcall(bpe.add_added, ud, t.content, t.id, t)
-    if not ok2 then error(string.format("tokenizer.load: %s: added token %q: %s", path, t.content, tostring(e2)), 2) end
+  -- Ids as Hugging Face gives them, in the file's order: a content already
+  -- in the vocabulary keeps that id, any other takes the next one.  A file
+  -- whose "id" says otherwise is inconsistent (Hugging Face warns and uses
+  -- its own id): refused, naming both.
+  for i, t in ipairs(r.added) do
+    local ok2, id = pcall(bpe.add_added, ud, t.content, nil, t)
+    if not ok2 then error(string.format("tokenizer.load: %s: added token %q: %s", path, t.content, tostring(id)), 2) end
+    if id ~= t.id then
+      error(string.format("tokenizer.load: %s: added_tokens[%d] %q has id %d, but takes id %d (a content already in "
+        .. "the vocabulary keeps its id, any other takes the next one): the file is inconsistent", path, i, t.content,
+        t.id, id), 2)
+    end
   end
   self.vocab_size = bpe.vocab_size(ud)
   self._post = r.post
