@@ -135,30 +135,9 @@ end
 
 -- Log-probs under ref of the sequences model sampled (for the KL estimate).
 local function ref_logps_of(s)
-  local B, P, N = #s.prompts, s.out.prompt_length, s.out.tokens:size(2)
-  local ids, mask, tmask = {}, {}, {}
-  for b = 1, B do
-    local row, m, lm = {}, {}, {}
-    local n = #s.prompts[b]
-    for t = 1, P do
-      local src = t - (P - n)
-      row[t], m[t] = src >= 1 and s.prompts[b][src] or (tok.pad_id or tok.eos_id), src >= 1 and 1 or 0
-    end
-    for t = 1, N do row[P + t], m[P + t] = s.out.tokens[b][t], t <= s.out.lengths[b] and 1 or 0 end
-    for t = 1, P + N - 1 do lm[t] = (t >= P and m[t + 1] == 1) and 1 or 0 end
-    lm[P + N] = 0
-    ids[b], mask[b], tmask[b] = row, m, lm
-  end
-  local ids_t = la.tensor(ids, "int64")
-  local targets = la.cat({ids_t:narrow(2, 2, P + N - 1), la.zeros(B, 1, "int64")}, 2)
-  local pos = {}
-  for b = 1, B do
-    local c, row = -1, {}
-    for t = 1, P + N do if mask[b][t] == 1 then c = c + 1 end; row[t] = math.max(c, 0) end
-    pos[b] = row
-  end
-  return ref:sequence_logprobs(ids_t, targets, la.tensor(tmask, "float32"),
-    {attention_mask = la.tensor(mask, "float32"), position_ids = la.tensor(pos, "int64")}):totable()
+  local b = s.out.batch
+  return ref:sequence_logprobs(b.ids, b.targets, b.target_mask,
+    {attention_mask = b.attention_mask, position_ids = b.position_ids}):totable()
 end
 
 local ref_samples

@@ -95,36 +95,19 @@ local train_prompts, eval_prompts = prompt_ids(config.prompts), prompt_ids(confi
 local order = la.data.permutation(#train_prompts, config.seed, 1)
 
 -- Rollouts ---------------------------------------------------------------------------
--- Generates responses and lays out prompt + response as one left-padded row:
--- ids (B, P+N), attention mask, position ids, and the response's mask (B, N).
+-- Generates responses; generate lays out prompt + response as one left-padded
+-- row: ids (B, P+N), attention mask, position ids, and the response's mask (B, N).
 local function rollout(model, prompts, opts)
   local lists = {}
   for i, p in ipairs(prompts) do lists[i] = p.ids end
   local out = model:generate(lists, {max_new_tokens = config.max_new_tokens, temperature = opts.temperature,
                                      eos_id = tok.eos_id, pad_id = tok.pad_id or tok.eos_id})
-  local P, N, B = out.prompt_length, out.tokens:size(2), #prompts
-  local ids, mask, rmask, pos, texts = {}, {}, {}, {}, {}
-  for b = 1, B do
-    local row, m, rm_, ps = {}, {}, {}, {}
-    local n_prompt = #prompts[b].ids
-    for t = 1, P do
-      local src = t - (P - n_prompt)
-      row[t] = src >= 1 and prompts[b].ids[src] or (tok.pad_id or tok.eos_id)
-      m[t] = src >= 1 and 1 or 0
-    end
-    for t = 1, N do
-      row[P + t] = out.tokens[b][t]
-      m[P + t] = t <= out.lengths[b] and 1 or 0
-      rm_[t] = m[P + t]
-    end
-    local c = -1
-    for t = 1, P + N do if m[t] == 1 then c = c + 1 end; ps[t] = math.max(c, 0) end
-    ids[b], mask[b], rmask[b], pos[b] = row, m, rm_, ps
-    texts[b] = tok:decode(out.sequences[b], {skip_special_tokens = true})
-  end
-  return {ids = la.tensor(ids, "int64"), mask = la.tensor(mask, "float32"), position_ids = la.tensor(pos, "int64"),
-          response_mask = la.tensor(rmask, "float32"), tokens = out.tokens, texts = texts, P = P, N = N,
-          has_eos = out.finished, prompts = prompts}
+  local texts = {}
+  for b = 1, #prompts do texts[b] = tok:decode(out.sequences[b], {skip_special_tokens = true}) end
+  local batch = out.batch
+  return {ids = batch.ids, mask = batch.attention_mask, position_ids = batch.position_ids,
+          response_mask = batch.response_mask, tokens = out.tokens, texts = texts,
+          P = batch.prompt_length, N = batch.response_length, has_eos = out.finished, prompts = prompts}
 end
 
 -- Log-probs (B, N) of the response tokens under model, and the hidden states.

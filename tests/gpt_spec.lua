@@ -161,6 +161,40 @@ describe("generation", function()
     if out.lengths[1] < 6 then assert.are.equal(0, out.tokens[1][out.lengths[1] + 1]) end
   end)
 
+  it("returns prompt and response as one left-padded batch that scores what was sampled", function()
+    local m = tiny()
+    local free = m:generate({{1, 2, 3}, {4}}, {max_new_tokens = 6, temperature = 0})
+    local eos = free.sequences[2][2]            -- row 2 stops after two tokens
+    local out = m:generate({{1, 2, 3}, {4}}, {max_new_tokens = 6, temperature = 1, eos_id = eos,
+                                             return_logprobs = true})
+    local b, P, N = out.batch, out.prompt_length, out.tokens:size(2)
+    assert.are.same({P, N}, {b.prompt_length, b.response_length})
+    assert.are.same({2, P + N}, b.ids:shape())
+    assert.are.same({2, N}, b.response_mask:shape())
+    for r = 1, 2 do
+      local n_prompt = r == 1 and 3 or 1
+      for t = 1, P + N do
+        local real = (t > P - n_prompt and t <= P) or (t > P and t - P <= out.lengths[r])
+        assert.are.equal(real and 1 or 0, b.attention_mask[r][t], r .. "," .. t)
+        if t > P and real then assert.are.equal(out.sequences[r][t - P], b.ids[r][t]) end
+      end
+      -- positions count real tokens from 0 at the prompt's first one
+      assert.are.equal(0, b.position_ids[r][P - n_prompt + 1])
+      assert.are.equal(n_prompt, b.position_ids[r][P + 1])
+      for t = 1, N do assert.are.equal(t <= out.lengths[r] and 1 or 0, b.response_mask[r][t]) end
+    end
+    -- the response's log-prob from one forward pass over the batch is the sum of
+    -- the log-probs the sampler reported, token by token
+    local lp = m:sequence_logprobs(b.ids, b.targets, b.target_mask,
+      {attention_mask = b.attention_mask, position_ids = b.position_ids})
+    for r = 1, 2 do
+      local sum = 0
+      for t = 1, out.lengths[r] do sum = sum + out.logprobs[r][t] end
+      assert.is_true(math.abs(lp[r] - sum) < 1e-4, r)
+    end
+    assert.are.equal(out.lengths[2], b.target_mask[2]:sum():item())
+  end)
+
   it("samples reproducibly from the seed; top_k = 1 is greedy", function()
     local m = tiny()
     la.manual_seed(5)

@@ -14,7 +14,9 @@
 --   softmax(logits / temperature).
 -- Returns a table: tokens (B, N) int64, logprobs (B, N) float32 (0 after a
 -- row ended) when asked, lengths (tokens per row, EOS included),
--- sequences (Lua lists of each row's tokens), finished (whether EOS came).
+-- sequences (Lua lists of each row's tokens), finished (whether EOS came),
+-- prompt_length P, and batch: each prompt and its response as one left-padded
+-- row, ready for a forward pass over what was generated (see prompt_response).
 
 local core = require "lualign.core"
 local util = require "lualign.util"
@@ -59,6 +61,34 @@ local function positions_of(mask)
     pos[b] = row
   end
   return pos
+end
+
+-- The prompts and what was generated as one batch of left-padded rows of
+-- P + N tokens: ids, attention_mask (0 on padding and after a row's end),
+-- position_ids (counting real tokens, as generation did), response_mask (B, N)
+-- (1 on the tokens a row generated, EOS included), and for sequence log-probs
+-- of the responses targets (ids shifted left by one) with target_mask (1 where
+-- the target is a generated token).  The hidden states that predict the
+-- response tokens are columns P .. P + N - 1.
+local function prompt_response(prompt_ids, prompt_mask, tokens, lengths, P, N)
+  local ids, mask, response, targets, target_mask = {}, {}, {}, {}, {}
+  for b = 1, #prompt_ids do
+    local row, m, r = table.move(prompt_ids[b], 1, P, 1, {}), table.move(prompt_mask[b], 1, P, 1, {}), {}
+    for t = 1, N do
+      row[P + t], r[t] = tokens[b][t], t <= lengths[b] and 1 or 0
+      m[P + t] = r[t]
+    end
+    local tgt, tm = {}, {}
+    for t = 1, P + N do
+      tgt[t] = row[t + 1] or 0
+      tm[t] = (t >= P and t < P + N and r[t - P + 1] == 1) and 1 or 0
+    end
+    ids[b], mask[b], response[b], targets[b], target_mask[b] = row, m, r, tgt, tm
+  end
+  return {ids = core.tensor(ids, "int64"), attention_mask = core.tensor(mask, "float32"),
+          position_ids = core.tensor(positions_of(mask), "int64"), response_mask = core.tensor(response, "float32"),
+          targets = core.tensor(targets, "int64"), target_mask = core.tensor(target_mask, "float32"),
+          prompt_length = P, response_length = N}
 end
 
 local function generate(model, prompts, opts)
@@ -133,6 +163,7 @@ local function generate(model, prompts, opts)
     tokens = core.tensor(tokens, "int64"),
     lengths = lengths, finished = finished, sequences = sequences,
     prompt_length = P,
+    batch = prompt_response(ids, mask, tokens, lengths, P, #tokens[1]),
   }
   if opts.return_logprobs then out.logprobs = core.tensor(logprobs, "float32") end
   return out
