@@ -271,6 +271,9 @@ struct la_bpe {
   int32_t unk_id;              /* -1: none */
   int32_t fallback_id[256];    /* <0xXX> tokens */
   tk_smap bymap;               /* bytes -> id (ignore_merges on a byte-level vocabulary) */
+  bool ms_split;               /* long char-level words are merged between U+2581 runs (tk_word_chars) */
+  struct { char c[4]; size_t len; } ms_block[32];
+  int ms_nblock;
 
   /* the pipeline around it; NULL parts are skipped (and GPT-2's regex used) */
   la_norm *norm;
@@ -877,8 +880,43 @@ typedef struct {
   la_ids *out;
 } tk_enc_ctx;
 
+/* SentencePiece-style vocabularies mark word starts with U+2581 and their
+** tokens hold it only at the start (or in runs of it): no token holds a
+** character X followed by it, for most X.  A merge can then never join the
+** symbols on the two sides of the place where a run of U+2581 follows such
+** an X, so a long pre-token (a whole text, when there is no pre-tokenizer)
+** is merged piece by piece between those places -- the same result, with
+** short pieces the word cache can hold.  t->ms_split says whether the
+** vocabulary allows it; t->ms_block lists the X that do occur before it. */
+#define TK_MS "\xE2\x96\x81"
+#define TK_MS_LEN 3
+#define TK_MS_BLOCK_MAX 32
+
+static bool tk_ms_blocked(const la_bpe *t, const char *w, size_t end) {
+  size_t st = end - 1;   /* the start of the character before end */
+  while (st > 0 && ((unsigned char)w[st] & 0xC0) == 0x80 && end - st < 4) st--;
+  for (int i = 0; i < t->ms_nblock; i++)
+    if (t->ms_block[i].len == end - st && memcmp(t->ms_block[i].c, w + st, end - st) == 0) return true;
+  return false;
+}
+
+/* Merges a char-level word piece by piece (see above) or whole. */
+static int tk_word_chars(la_bpe *t, const char *w, size_t n, la_ids *out) {
+  if (!t->ms_split || n <= TK_CACHE_MAX_WORD) return tk_word(t, w, n, out);
+  size_t start = 0;
+  for (size_t i = 1; i + TK_MS_LEN <= n; i++) {
+    if (memcmp(w + i, TK_MS, TK_MS_LEN) != 0) continue;
+    bool after_ms = i >= TK_MS_LEN && memcmp(w + i - TK_MS_LEN, TK_MS, TK_MS_LEN) == 0;
+    if (after_ms || tk_ms_blocked(t, w, i)) continue;
+    if (tk_word(t, w + start, i - start, out) < 0) return -1;
+    start = i;
+  }
+  return tk_word(t, w + start, n - start, out);
+}
+
 static int tk_piece_encode(void *ctx, const char *p, size_t n) {
   tk_enc_ctx *c = ctx;
+  if (c->t->char_level) return tk_word_chars(c->t, p, n, c->out);
   return tk_word(c->t, p, n, c->out);
 }
 
@@ -1020,7 +1058,7 @@ static int tk_gap_pretok(la_bpe *t, const char *s, size_t n, bool at_start, bool
     tk_enc_ctx c = {t, out};
     return la_pretok_run(t->pretok, s, n, at_start, tk_piece_encode, &c);
   }
-  if (t->char_level) return tk_word(t, s, n, out);   /* no pre-tokenizer: one word */
+  if (t->char_level) return tk_word_chars(t, s, n, out);   /* no pre-tokenizer: one word */
   return tk_segment(t, s, n, out);
 }
 
@@ -1067,6 +1105,30 @@ void la_bpe_set_decoder(la_bpe *t, la_decoder *d) {
   t->dec = d;
 }
 
+/* Whether the vocabulary allows tk_word_chars's split: U+2581 is a token,
+** and at most TK_MS_BLOCK_MAX characters X occur in a token as X + U+2581
+** (X not U+2581 itself); those are kept in ms_block. */
+static void tk_ms_check(la_bpe *t) {
+  t->ms_split = false;
+  t->ms_nblock = 0;
+  if (!t->char_level || la_bpe_token_to_id(t, TK_MS, TK_MS_LEN) < 0) return;
+  for (size_t id = 0; id < t->ntok; id++) {
+    const tk_token *k = &t->tok[id];
+    const char *sp = t->arena + k->soff;
+    for (size_t i = 1; i + TK_MS_LEN <= k->slen; i++) {
+      if (memcmp(sp + i, TK_MS, TK_MS_LEN) != 0) continue;
+      if (i >= TK_MS_LEN && memcmp(sp + i - TK_MS_LEN, TK_MS, TK_MS_LEN) == 0) continue;
+      size_t st = i - 1;
+      while (st > 0 && ((unsigned char)sp[st] & 0xC0) == 0x80 && i - st < 4) st--;
+      if (tk_ms_blocked(t, sp, i)) continue;
+      if (t->ms_nblock == TK_MS_BLOCK_MAX) return;   /* too many: merge whole words */
+      memcpy(t->ms_block[t->ms_nblock].c, sp + st, i - st);
+      t->ms_block[t->ms_nblock++].len = i - st;
+    }
+  }
+  t->ms_split = true;
+}
+
 int la_bpe_set_char_level(la_bpe *t) {
   if (t->ntok) return la_failn("tokenizer: a character-level vocabulary must be chosen before adding tokens");
   t->char_level = true;
@@ -1085,6 +1147,7 @@ int la_bpe_set_model(la_bpe *t, bool byte_fallback, int32_t unk_id, bool fuse_un
     snprintf(sp, sizeof sp, "<0x%02X>", b);
     t->fallback_id[b] = byte_fallback ? la_bpe_token_to_id(t, sp, 6) : -1;
   }
+  tk_ms_check(t);
   tk_smap_free(&t->bymap);
   if (ignore_merges && !t->char_level) {
     for (size_t id = 0; id < t->ntok; id++) {
