@@ -446,13 +446,13 @@ static int lb_set_normalizer(lua_State *L) {
     lua_geti(L, 2, i);
     int top = lua_gettop(L);
     size_t plen, tlen;
-    int kind = lb_fenum(L, top, "kind", kinds, -1, "normalizer");
+    int kind = lb_fenum(L, top, "kind", kinds, -1, "normalizer");   /* checked above */
     const char *pat = lb_fstr(L, top, "pattern", &plen), *text = lb_fstr(L, top, "text", &tlen);
     bool a = kind == LA_NORM_REPLACE ? lb_fbool(L, top, "literal") : lb_fbool(L, top, "left");
     bool bb = lb_fbool(L, top, "right");
-    if (kind < 0 || la_norm_add(nm, (la_norm_kind)kind, pat, plen, text, tlen, a, bb) < 0) {
+    if (la_norm_add(nm, (la_norm_kind)kind, pat, plen, text, tlen, a, bb) < 0) {
       la_norm_free(nm);
-      return kind < 0 ? luaL_error(L, "normalizer step %d has no kind", (int)i) : lb_fail(L);
+      return lb_fail(L);
     }
     lua_pop(L, 1);
   }
@@ -485,11 +485,7 @@ static int lb_set_pretokenizer(lua_State *L) {
     int top = lua_gettop(L);
     la_pre_step st;
     memset(&st, 0, sizeof st);
-    int kind = lb_fenum(L, top, "kind", kinds, -1, "pre-tokenizer");
-    if (kind < 0) {
-      la_pretok_free(p);
-      return luaL_error(L, "pre-tokenizer step %d has no kind", (int)i);
-    }
+    int kind = lb_fenum(L, top, "kind", kinds, -1, "pre-tokenizer");   /* checked above */
     st.kind = (la_pre_kind)kind;
     st.behavior = (la_split_behavior)lb_fenum(L, top, "behavior", lb_behaviors, LA_SPLIT_ISOLATED, "pre-tokenizer");
     st.scheme = (la_prepend_scheme)lb_fenum(L, top, "scheme", lb_schemes, LA_PREPEND_ALWAYS, "Metaspace");
@@ -529,11 +525,7 @@ static int lb_set_decoder(lua_State *L) {
   for (lua_Integer i = 1; i <= n; i++) {
     lua_geti(L, 2, i);
     int top = lua_gettop(L);
-    int kind = lb_fenum(L, top, "kind", kinds, -1, "decoder");
-    if (kind < 0) {
-      la_decoder_free(d);
-      return luaL_error(L, "decoder step %d has no kind", (int)i);
-    }
+    int kind = lb_fenum(L, top, "kind", kinds, -1, "decoder");   /* checked above */
     size_t plen = 0, tlen = 0;
     const char *pat = lb_fstr(L, top, "pattern", &plen), *text = NULL;
     int a = 0, bb = 0;

@@ -12,8 +12,8 @@
 
 typedef struct {
   la_dec_kind kind;
-  tk_regex re;
-  char *text;
+  tk_replace rep;      /* REPLACE */
+  char *text;          /* METASPACE, STRIP: the character */
   size_t tlen;
   int a, b;
 } dc_step;
@@ -38,7 +38,7 @@ la_decoder *la_decoder_new(void) {
 void la_decoder_free(la_decoder *d) {
   if (!d) return;
   for (size_t i = 0; i < d->n; i++) {
-    tk_regex_free(&d->steps[i].re);
+    tk_replace_free(&d->steps[i].rep);
     free(d->steps[i].text);
   }
   free(d->steps);
@@ -53,26 +53,15 @@ int la_decoder_add(la_decoder *d, la_dec_kind kind, const char *pattern, size_t 
   s->kind = kind;
   s->a = a;
   s->b = b;
-  if (text) {
-    s->text = malloc(tlen + 1);
-    if (!s->text) return la_failn("tokenizer: out of memory");
-    memcpy(s->text, text, tlen);
-    s->tlen = tlen;
-  }
   if (kind == LA_DEC_REPLACE) {
-    if (!pattern || plen == 0) {
-      free(s->text);
-      return la_failn("tokenizer: the Replace decoder needs a non-empty pattern");
-    }
-    if (tk_regex_compile(&s->re, pattern, plen, literal, "Replace decoder") < 0) {
-      free(s->text);
-      return -1;
-    }
+    if (tk_replace_init(&s->rep, pattern, plen, literal, text, tlen, "Replace decoder") < 0) return -1;
+    d->n++;
+    return 0;
   }
-  if ((kind == LA_DEC_METASPACE || kind == LA_DEC_STRIP) && (!text || tlen == 0)) {
-    free(s->text);
+  if ((kind == LA_DEC_METASPACE || kind == LA_DEC_STRIP) && (!text || tlen == 0))
     return la_failn("tokenizer: the %s decoder needs its character", kind == LA_DEC_STRIP ? "Strip" : "Metaspace");
-  }
+  if (text && !(s->text = tk_memdup(text, tlen))) return -1;
+  s->tlen = text ? tlen : 0;
   d->n++;
   return 0;
 }
@@ -216,18 +205,10 @@ static int dc_step_run(dc_step *st, const dc_list *in, dc_list *out) {
       return 0;
     case LA_DEC_REPLACE:
       for (size_t i = 0; i < in->n; i++) {
-        const char *s = base + in->off[i];
-        size_t n = in->len[i], off = 0;
         if (dc_begin(out) < 0) return -1;
-        for (;;) {
-          size_t ms = 0, me = 0;
-          int rc = tk_regex_next(&st->re, s, n, off, &ms, &me);
-          if (rc < 0) return -1;
-          if (rc == 0) break;
-          if (dc_put(out, s + off, ms - off) < 0 || dc_put(out, st->text, st->tlen) < 0) return -1;
-          off = me;
-        }
-        if (dc_put(out, s + off, n - off) < 0) return -1;
+        size_t before = out->bytes.n;
+        if (tk_replace_run(&st->rep, base + in->off[i], in->len[i], &out->bytes) < 0) return -1;
+        out->len[out->n - 1] += out->bytes.n - before;
       }
       return 0;
   }

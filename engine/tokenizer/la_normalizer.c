@@ -12,9 +12,9 @@
 
 typedef struct {
   la_norm_kind kind;
-  char *text;
+  char *text;          /* PREPEND */
   size_t tlen;
-  tk_regex re;
+  tk_replace rep;      /* REPLACE */
   bool a, b;
 } nm_step;
 
@@ -33,7 +33,7 @@ void la_norm_free(la_norm *n) {
   if (!n) return;
   for (size_t i = 0; i < n->n; i++) {
     free(n->steps[i].text);
-    tk_regex_free(&n->steps[i].re);
+    tk_replace_free(&n->steps[i].rep);
   }
   free(n->steps);
   free(n);
@@ -47,22 +47,13 @@ int la_norm_add(la_norm *n, la_norm_kind kind, const char *pattern, size_t plen,
   s->kind = kind;
   s->a = a;
   s->b = b;
-  if (text) {
-    s->text = malloc(tlen + 1);
-    if (!s->text) return la_failn("tokenizer: out of memory");
-    memcpy(s->text, text, tlen);
-    s->tlen = tlen;
-  }
   if (kind == LA_NORM_REPLACE) {
-    if (!pattern || plen == 0) {
-      free(s->text);
-      return la_failn("tokenizer: the Replace normalizer needs a non-empty pattern");
-    }
-    if (tk_regex_compile(&s->re, pattern, plen, a, "Replace normalizer") < 0) {
-      free(s->text);
-      return -1;
-    }
+    if (tk_replace_init(&s->rep, pattern, plen, a, text, tlen, "Replace normalizer") < 0) return -1;
+    n->n++;
+    return 0;
   }
+  if (text && !(s->text = tk_memdup(text, tlen))) return -1;
+  s->tlen = text ? tlen : 0;
   n->n++;
   return 0;
 }
@@ -137,19 +128,6 @@ static int nm_strip(const char *s, size_t len, bool left, bool right, tk_buf *ou
   return tk_buf_put(out, s + a, b - a);
 }
 
-static int nm_replace(nm_step *st, const char *s, size_t len, tk_buf *out) {
-  size_t off = 0;
-  for (;;) {
-    size_t ms = 0, me = 0;
-    int rc = tk_regex_next(&st->re, s, len, off, &ms, &me);
-    if (rc < 0) return -1;
-    if (rc == 0) break;
-    if (tk_buf_put(out, s + off, ms - off) < 0 || tk_buf_put(out, st->text, st->tlen) < 0) return -1;
-    off = me;
-  }
-  return tk_buf_put(out, s + off, len - off);
-}
-
 static int nm_step_run(nm_step *st, const char *s, size_t len, tk_buf *out) {
   switch (st->kind) {
     case LA_NORM_NFC: return nm_form(s, len, UTF8PROC_STABLE | UTF8PROC_COMPOSE, out);
@@ -161,7 +139,7 @@ static int nm_step_run(nm_step *st, const char *s, size_t len, tk_buf *out) {
     case LA_NORM_PREPEND:
       if (len > 0 && tk_buf_put(out, st->text, st->tlen) < 0) return -1;
       return tk_buf_put(out, s, len);
-    case LA_NORM_REPLACE: return nm_replace(st, s, len, out);
+    case LA_NORM_REPLACE: return tk_replace_run(&st->rep, s, len, out);
   }
   return la_failn("tokenizer: unknown normalizer step %d", (int)st->kind);
 }

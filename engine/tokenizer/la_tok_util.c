@@ -30,3 +30,44 @@ void tk_regex_free(tk_regex *r) {
   r->md = NULL;
   r->re = NULL;
 }
+
+char *tk_memdup(const char *s, size_t n) {
+  char *p = malloc(n + 1);
+  if (!p) return la_fail("tokenizer: out of memory");
+  memcpy(p, s, n);
+  p[n] = 0;
+  return p;
+}
+
+int tk_replace_init(tk_replace *r, const char *pattern, size_t plen, bool literal, const char *text, size_t tlen,
+                    const char *what) {
+  memset(r, 0, sizeof *r);
+  if (!pattern || plen == 0) return la_failn("tokenizer: the %s needs a non-empty pattern", what);
+  if (!(r->text = tk_memdup(text ? text : "", text ? tlen : 0))) return -1;
+  r->tlen = text ? tlen : 0;
+  if (tk_regex_compile(&r->re, pattern, plen, literal, what) < 0) {
+    free(r->text);
+    r->text = NULL;
+    return -1;
+  }
+  return 0;
+}
+
+void tk_replace_free(tk_replace *r) {
+  tk_regex_free(&r->re);
+  free(r->text);
+  r->text = NULL;
+}
+
+int tk_replace_run(tk_replace *r, const char *s, size_t n, tk_buf *out) {
+  size_t off = 0;
+  for (;;) {
+    size_t ms = 0, me = 0;
+    int rc = tk_regex_next(&r->re, s, n, off, &ms, &me);
+    if (rc < 0) return -1;
+    if (rc == 0) break;
+    if (tk_buf_put(out, s + off, ms - off) < 0 || tk_buf_put(out, r->text, r->tlen) < 0) return -1;
+    off = me;
+  }
+  return tk_buf_put(out, s + off, n - off);
+}

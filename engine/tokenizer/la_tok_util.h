@@ -138,4 +138,21 @@ static inline int tk_regex_next(tk_regex *r, const char *s, size_t n, size_t off
   return 0;
 }
 
+/* A copy of s[0, n) with a NUL after it (malloc'd), or NULL with the error set. */
+char *tk_memdup(const char *s, size_t n);
+
+/* Replace: every non-empty match of a pattern (a regex, or literal text)
+** becomes `text` -- the Replace normalizer's and decoder's rule. */
+typedef struct {
+  tk_regex re;
+  char *text;
+  size_t tlen;
+} tk_replace;
+
+int tk_replace_init(tk_replace *r, const char *pattern, size_t plen, bool literal, const char *text, size_t tlen,
+                    const char *what);
+void tk_replace_free(tk_replace *r);
+/* Appends s with the replacements made to out. */
+int tk_replace_run(tk_replace *r, const char *s, size_t n, tk_buf *out);
+
 #endif
