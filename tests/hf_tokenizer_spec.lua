@@ -295,6 +295,13 @@ describe("apply_chat_template", function()
   end)
 end)
 
+describe("saving", function()
+  it("refuses a tokenizer whose pipeline tokenizer.json of GPT-2's scheme cannot hold", function()
+    local mistral = load("tests/fixtures/tokenizers/mistral")
+    assert.truthy(errmsg(mistral.save, mistral, os.tmpname()):find("copy its folder instead", 1, true))
+  end)
+end)
+
 describe("encode with add_special_tokens", function()
   it("follows the post-processor: Mistral's BOS, nothing for Qwen3", function()
     local mistral = load("tests/fixtures/tokenizers/mistral")

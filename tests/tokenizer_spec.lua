@@ -560,7 +560,8 @@ describe("Hugging Face tokenizer.json", function()
     vocab[#vocab + 1] = '"he": 257'
     vocab[#vocab + 1] = '"Ġthe": 258'
     return '{"version": "1.0", "added_tokens": [{"id": 259, "content": "<|im_end|>", "special": true}], '
-      .. '"normalizer": null, ' .. (extra or '"pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false}')
+      .. '"normalizer": null, "decoder": {"type": "ByteLevel"}, '
+      .. (extra or '"pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false}')
       .. ', "model": {"type": "BPE", "vocab": {' .. table.concat(vocab, ", ") .. '}, "merges": ' .. merges_json .. '}}'
   end
 

@@ -297,6 +297,9 @@ local function load_tokenizer_json(path, dir, opts)
   if cfg.roles.unk_token then self.unk_id = self:token_to_id(cfg.roles.unk_token) end
   self.eos_ids = cfg.eos_token_ids or (self.eos_id and {self.eos_id}) or nil
   self._hf = true
+  -- save() writes GPT-2's scheme only: anything beyond it is noted here
+  self._pipeline = (r.normalizer or r.pretokenizer or r.decoder or r.char_level or m.byte_fallback or m.ignore_merges
+    or m.unk_token or r.post) and path or nil
   return self
 end
 
@@ -658,6 +661,11 @@ end
 -- naming them is written beside it.
 function Tokenizer:save(path)
   if type(path) ~= "string" then error("save: expected a path", 2) end
+  if self._pipeline then
+    error(string.format("save: writes byte-level BPE with GPT-2's scheme; this tokenizer (from %s) has more "
+      .. "(normalizer, pre-tokenizer, decoder, model options or post-processor): copy its folder instead",
+      self._pipeline), 2)
+  end
   if is_dir(path) then path = path .. "/tokenizer.json" end
   local ud = self._bpe
   local spellings = bpe.spellings(ud)
