@@ -178,7 +178,11 @@ describe("the chat templates of chat_templates.json", function()
   for _, name in ipairs(tnames) do
     it(name .. " (" .. templates[name].model .. ") renders as @huggingface/jinja does", function()
       for _, r in ipairs(refs.templates[name].renders) do
-        local ctx = {messages = refs.conversations[r.conversation + 1], add_generation_prompt = r.add_generation_prompt}
+        local ctx = {messages = refs.conversations[(r.conversation or 0) + 1],
+          add_generation_prompt = r.add_generation_prompt}
+        if r.tools then
+          ctx = {messages = {{role = "user", content = "Weather in Paris?"}}, tools = refs.tools, add_generation_prompt = true}
+        end
         for k, v in pairs(refs.templates[name].tokens) do ctx[k] = v end
         for k, v in pairs(refs.templates_context) do ctx[k] = v end
         if r.error then
