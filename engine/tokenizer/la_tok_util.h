@@ -92,7 +92,7 @@ typedef struct {
 
 static inline int tk_buf_put(tk_buf *b, const char *s, size_t n) {
   if (tk_grow(&b->p, &b->cap, b->n + n + 1, 1) < 0) return -1;
-  memcpy(b->p + b->n, s, n);
+  if (n) memcpy(b->p + b->n, s, n);   /* s may be NULL when n is 0 */
   b->n += n;
   return 0;
 }
