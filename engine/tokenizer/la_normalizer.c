@@ -58,8 +58,9 @@ int la_norm_add(la_norm *n, la_norm_kind kind, const char *pattern, size_t plen,
   return 0;
 }
 
-/* A Unicode normal form of the valid UTF-8 runs of s, appended to out. */
-static int nm_form(const char *s, size_t len, utf8proc_option_t opts, tk_buf *out) {
+/* A normal form of s[0, n) with utf8proc: each maximal run of valid UTF-8
+** mapped, bytes that are not UTF-8 kept. */
+static int nm_form_chunk(const char *s, size_t len, utf8proc_option_t opts, tk_buf *out) {
   size_t i = 0;
   while (i < len) {
     size_t j = i;
@@ -82,6 +83,27 @@ static int nm_form(const char *s, size_t len, utf8proc_option_t opts, tk_buf *ou
       j++;
     }
     i = j;
+  }
+  return 0;
+}
+
+/* A Unicode normal form of s, appended to out.  ASCII is its own normal
+** form in all four, and a boundary between two ASCII characters is one no
+** normalization crosses (an ASCII character is a starter that never
+** combines with what precedes it), so runs of ASCII are copied and only
+** the stretches around other characters -- each with the ASCII character
+** before it, which a combining mark may join -- go through utf8proc. */
+static int nm_form(const char *s, size_t len, utf8proc_option_t opts, tk_buf *out) {
+  size_t i = 0;
+  while (i < len) {
+    size_t j = i;
+    while (j < len && (unsigned char)s[j] < 0x80 && (j + 1 == len || (unsigned char)s[j + 1] < 0x80)) j++;
+    if (tk_buf_put(out, s + i, j - i) < 0) return -1;
+    if (j == len) break;
+    size_t k = j + 1;
+    while (k < len && (unsigned char)s[k] >= 0x80) k++;
+    if (nm_form_chunk(s + j, k - j, opts, out) < 0) return -1;
+    i = k;
   }
   return 0;
 }

@@ -45,9 +45,16 @@ int tk_replace_init(tk_replace *r, const char *pattern, size_t plen, bool litera
   if (!pattern || plen == 0) return la_failn("tokenizer: the %s needs a non-empty pattern", what);
   if (!(r->text = tk_memdup(text ? text : "", text ? tlen : 0))) return -1;
   r->tlen = text ? tlen : 0;
-  if (tk_regex_compile(&r->re, pattern, plen, literal, what) < 0) {
-    free(r->text);
-    r->text = NULL;
+  if (literal) {
+    if (!(r->lit = tk_memdup(pattern, plen))) {
+      tk_replace_free(r);
+      return -1;
+    }
+    r->llen = plen;
+    return 0;
+  }
+  if (tk_regex_compile(&r->re, pattern, plen, false, what) < 0) {
+    tk_replace_free(r);
     return -1;
   }
   return 0;
@@ -56,14 +63,31 @@ int tk_replace_init(tk_replace *r, const char *pattern, size_t plen, bool litera
 void tk_replace_free(tk_replace *r) {
   tk_regex_free(&r->re);
   free(r->text);
-  r->text = NULL;
+  free(r->lit);
+  r->text = r->lit = NULL;
+}
+
+/* The next occurrence of the literal pattern in s[off, n): 1 with *ms, *me. */
+static int tk_literal_next(const tk_replace *r, const char *s, size_t n, size_t off, size_t *ms, size_t *me) {
+  while (off + r->llen <= n) {
+    const char *q = memchr(s + off, r->lit[0], n - off - r->llen + 1);
+    if (!q) return 0;
+    size_t at = (size_t)(q - s);
+    if (memcmp(q, r->lit, r->llen) == 0) {
+      *ms = at;
+      *me = at + r->llen;
+      return 1;
+    }
+    off = at + 1;
+  }
+  return 0;
 }
 
 int tk_replace_run(tk_replace *r, const char *s, size_t n, tk_buf *out) {
   size_t off = 0;
   for (;;) {
     size_t ms = 0, me = 0;
-    int rc = tk_regex_next(&r->re, s, n, off, &ms, &me);
+    int rc = r->lit ? tk_literal_next(r, s, n, off, &ms, &me) : tk_regex_next(&r->re, s, n, off, &ms, &me);
     if (rc < 0) return -1;
     if (rc == 0) break;
     if (tk_buf_put(out, s + off, ms - off) < 0 || tk_buf_put(out, r->text, r->tlen) < 0) return -1;

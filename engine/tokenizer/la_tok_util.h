@@ -147,6 +147,8 @@ typedef struct {
   tk_regex re;
   char *text;
   size_t tlen;
+  char *lit;       /* the pattern when literal: found with memchr, not PCRE2 */
+  size_t llen;
 } tk_replace;
 
 int tk_replace_init(tk_replace *r, const char *pattern, size_t plen, bool literal, const char *text, size_t tlen,

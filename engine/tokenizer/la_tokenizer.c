@@ -239,6 +239,7 @@ typedef struct {
   uint32_t bstart[257];
   bool dirty;
   size_t nplain;   /* how many are not special */
+  int first;       /* the first byte of every text when they share one, else -1 */
 } tk_addlist;
 
 #define TK_CACHE_MAX_WORD 256          /* longer pre-tokens are not cached */
@@ -448,6 +449,12 @@ static int tk_addlist_index(la_bpe *t, tk_addlist *l) {
   uint32_t fill[256];
   memcpy(fill, l->bstart, sizeof fill);
   for (size_t i = 0; i < l->n; i++) l->bids[fill[(unsigned char)t->arena[t->tok[l->ids[i]].moff]]++] = l->ids[i];
+  l->first = -1;
+  for (int b = 0; b < 256; b++) {
+    if (l->bstart[b + 1] == l->bstart[b]) continue;
+    l->first = l->first == -1 ? b : -2;
+  }
+  if (l->first < 0) l->first = -1;
   l->dirty = false;
   return 0;
 }
@@ -799,31 +806,9 @@ static int32_t tk_whole_word(la_bpe *t, const char *w, size_t n) {
   return v ? (int32_t)*v : -1;
 }
 
-/* Appends the ids of one pre-token. */
-static int tk_word(la_bpe *t, const char *w, size_t n, la_ids *out) {
-  if (n == 0) return 0;
-  if (n == 1 && !t->char_level) {
-    int32_t id = t->byte_id[(unsigned char)w[0]];
-    if (id < 0) return la_failn("tokenizer: the vocabulary has no token for byte 0x%02X", (unsigned char)w[0]);
-    return tk_push_id(out, id);
-  }
-  if (t->ignore_merges) {
-    int32_t id = tk_whole_word(t, w, n);
-    if (id >= 0) return tk_push_id(out, id);
-  }
-  uint64_t h = 0;
-  if (n <= TK_CACHE_MAX_WORD) {
-    h = tk_hash(w, n);
-    int64_t *v = tk_smap_find(&t->cache, w, n, h);
-    if (v) {
-      size_t off = (size_t)(*v >> 16), cnt = (size_t)(*v & 0xFFFF);
-      if (out->n + cnt > out->cap && tk_grow(&out->ids, &out->cap, out->n + cnt, sizeof *out->ids) < 0)
-        return -1;
-      memcpy(out->ids + out->n, t->cids + off, cnt * sizeof *t->cids);
-      out->n += cnt;
-      return 0;
-    }
-  }
+/* A pre-token not in the cache: its symbols merged, appended to out, and
+** cached (h: its hash when short enough to cache). */
+static int tk_word_merge(la_bpe *t, const char *w, size_t n, uint64_t h, la_ids *out) {
   if (n > (size_t)INT32_MAX / 4)
     return la_failn("tokenizer: a pre-token of %zu bytes is too long (the limit is %d)", n, INT32_MAX / 4);
   if (tk_scratch(t, n) < 0) return -1;
@@ -848,6 +833,36 @@ static int tk_word(la_bpe *t, const char *w, size_t n, la_ids *out) {
     t->cn += m;
   }
   return 0;
+}
+
+/* Appends the ids of one pre-token: the cases that need no merging here
+** (inlined into the pre-tokenizers' callbacks: this is the hot path), the
+** rest in tk_word_merge. */
+static inline int tk_word(la_bpe *t, const char *w, size_t n, la_ids *out) {
+  if (n == 0) return 0;
+  if (n == 1 && !t->char_level) {
+    int32_t id = t->byte_id[(unsigned char)w[0]];
+    if (id < 0) return la_failn("tokenizer: the vocabulary has no token for byte 0x%02X", (unsigned char)w[0]);
+    return tk_push_id(out, id);
+  }
+  if (t->ignore_merges) {
+    int32_t id = tk_whole_word(t, w, n);
+    if (id >= 0) return tk_push_id(out, id);
+  }
+  uint64_t h = 0;
+  if (n <= TK_CACHE_MAX_WORD) {
+    h = tk_hash(w, n);
+    int64_t *v = tk_smap_find(&t->cache, w, n, h);
+    if (v) {
+      size_t off = (size_t)(*v >> 16), cnt = (size_t)(*v & 0xFFFF);
+      if (out->n + cnt > out->cap && tk_grow(&out->ids, &out->cap, out->n + cnt, sizeof *out->ids) < 0)
+        return -1;
+      memcpy(out->ids + out->n, t->cids + off, cnt * sizeof *t->cids);
+      out->n += cnt;
+      return 0;
+    }
+  }
+  return tk_word_merge(t, w, n, h, out);
 }
 
 /* ---------------------------------------------------------------- pre-tokenisation */
@@ -920,6 +935,12 @@ static int tk_piece_encode(void *ctx, const char *p, size_t n) {
   return tk_word(c->t, p, n, c->out);
 }
 
+/* GPT-2's path (tk_segment): byte-level words only. */
+static int tk_piece_encode_bytes(void *ctx, const char *p, size_t n) {
+  tk_enc_ctx *c = ctx;
+  return tk_word(c->t, p, n, c->out);
+}
+
 /* One stretch free of added tokens, GPT-2's way: the prefix space, then
 ** the regex. */
 static int tk_segment(la_bpe *t, const char *s, size_t n, la_ids *out) {
@@ -941,7 +962,7 @@ static int tk_segment(la_bpe *t, const char *s, size_t n, la_ids *out) {
     return 0;
   }
   tk_enc_ctx c = {t, out};
-  return tk_pieces(t, s, n, tk_piece_encode, &c);
+  return tk_pieces(t, s, n, tk_piece_encode_bytes, &c);
 }
 
 /* First occurrence of pat in s[from, n), or n. */
@@ -1004,6 +1025,11 @@ static size_t tk_skip_ws(const char *s, size_t n, size_t i, int dir) {
 ** its list entry in *which and position, or n. */
 static size_t tk_added_next(la_bpe *t, tk_addlist *l, const char *s, size_t n, size_t from, int32_t *which) {
   for (size_t p = from; p < n; p++) {
+    if (l->first >= 0) {   /* one first byte (GPT-2's, Qwen's, Llama's "<"): memchr to it */
+      const char *q = memchr(s + p, l->first, n - p);
+      if (!q) return n;
+      p = (size_t)(q - s);
+    }
     unsigned char b = (unsigned char)s[p];
     for (uint32_t j = l->bstart[b]; j < l->bstart[b + 1]; j++) {
       const tk_token *k = &t->tok[l->bids[j]];
