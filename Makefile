@@ -1,7 +1,7 @@
 # lualign -- build, test and install.
 #
 #   make            build the engine module build/lualign/core.so
-#   make demo       the main job: recipes/pipeline.lua on the bundled data (about 10 minutes)
+#   make demo       the main job: recipes/pipeline.lua on the bundled data (about 9 minutes)
 #   make test       check prerequisites, build, run every test; ends "N passed, N failed"
 #   make bench      run the benchmarks in bench/ (not part of the tests)
 #   make install    used by LuaRocks (INST_LIBDIR, INST_LUADIR, INST_BINDIR):
@@ -40,7 +40,8 @@ UTF8PROC_LIBS := $(shell $(PKG_CONFIG) --libs libutf8proc 2>/dev/null || echo -l
 BLAS_FOUND := $(shell $(PKG_CONFIG) --exists openblas 2>/dev/null && echo yes)
 
 OPTFLAGS ?= -O3 -march=native
-WARNFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-format-truncation
+# WERROR=1 (CI sets it: .ci/run) turns every warning into an error.
+WARNFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-format-truncation $(if $(WERROR),-Werror)
 BASEFLAGS = -std=c11 -D_POSIX_C_SOURCE=200809L -fPIC -fopenmp -fno-math-errno $(WARNFLAGS)
 ALL_CFLAGS = $(BASEFLAGS) $(OPTFLAGS) $(BLAS_CFLAGS) $(PCRE2_CFLAGS) $(UTF8PROC_CFLAGS) $(EXTRA_CFLAGS)
 LIBS = $(BLAS_LIBS) $(PCRE2_LIBS) $(UTF8PROC_LIBS) -lm

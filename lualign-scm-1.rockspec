@@ -18,8 +18,14 @@ interactive prompt (the `lualign` command).
   homepage = "https://lualign.invalid",
 }
 
+-- lua-cjson: LuaRocks installs it from the rocks server.  Debian's package
+-- (apt-get install lua-cjson, which `make test` installs) does not register
+-- with LuaRocks; say once that it is there, and LuaRocks uses it instead of
+-- downloading another copy:
+--   luarocks --lua-version 5.4 config rocks_provided.lua-cjson 2.1.0-1
 dependencies = {
   "lua >= 5.4, < 5.5",
+  "lua-cjson >= 2.1.0",
 }
 
 -- OpenBLAS, PCRE2, utf8proc and the Lua headers come from the system (Debian: libopenblas-dev,

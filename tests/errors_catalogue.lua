@@ -97,6 +97,9 @@ return {
     {what = "a dimension the tensor does not have",
      code = [[la.zeros(2, 3):sum(3)]],
      error = [[sum: dimension 3 out of range for a 2-d tensor (use 1..2 or -2..-1)]]},
+    {what = "a dimension that is not an integer (2.0 is dimension 2; the elementwise forms are maximum and minimum)",
+     code = [[la.zeros(2, 3):max(1.5)]],
+     error = [[max: a dimension must be an integer (got 1.5); the elementwise maximum with a number is t:maximum(x)]]},
     {what = "a class target outside the vocabulary",
      code = [[la.loss.cross_entropy(la.zeros(2, 4), la.tensor({1, 4}))]],
      error = [[cross_entropy: target 4 at row 2 is out of range for 4 classes (targets are 0-based; use ignore_index -100 to skip a row)]]},
@@ -129,6 +132,31 @@ la.detect_anomaly(function() return x:log() end)]],
      code = [[local x = la.zeros(3):requires_grad()
 la.detect_anomaly(function() x:sqrt():sum():backward() end)]],
      error = [[detect_anomaly: the backward of 'sqrt' produced inf (3 of 3 values) in the gradient of its input 1 (of 1), of shape (3,); the gradient of its output, of shape (3,), was finite]]},
+  }},
+  {title = "Options and configs",
+   intro = "Every table of options or config keys is checked: an unknown key is an error that names it, suggests the likely one, and lists those that exist. Errors raised inside the library are reported at the line of the caller's code.",
+   entries = {
+    {what = "a misspelt loss option",
+     code = [[local x = la.zeros(2)
+la.loss.dpo(x, x, x, x, {bta = 0.5})]],
+     error = [[loss.dpo: unknown option 'bta' -- did you mean 'beta'? (known: beta, eps, label_smoothing, p)]]},
+    {what = "a misspelt model config key",
+     code = [[la.models.gpt{vocab_size = 8, n_positions = 8, n_embd = 8, n_layer = 1, n_heads = 2}]],
+     error = [[gpt: unknown config key 'n_heads' -- did you mean 'n_head'? (known: bias, dropout, layer_norm_epsilon, mlp_ratio, n_embd, n_head, n_layer, n_positions, norm, reward_head, tie_word_embeddings, value_head, vocab_size)]]},
+    {what = "a misspelt generate option",
+     code = [[local m = la.models.gpt{vocab_size = 8, n_positions = 8, n_embd = 8, n_layer = 1, n_head = 2}
+m:generate({{1, 2}}, {max_new_tokens = 2, temprature = 0})]],
+     error = [[generate: unknown option 'temprature' -- did you mean 'temperature'? (known: eos_id, max_new_tokens, pad_id, return_logprobs, temperature, top_k, top_p, use_cache)]]},
+    {what = "a misspelt optimizer option",
+     code = [[la.optim.AdamW(la.nn.Linear(2, 2), {lr = 1e-3, weight_decy = 0})]],
+     error = [[AdamW: unknown option 'weight_decy' -- did you mean 'weight_decay'? (known: betas, decay_filter, eps, lr, weight_decay)]]},
+    {what = "a misspelt data loader option",
+     code = [[la.data.sft_loader({}, la.tokenizer.byte(), {max_length = 64})]],
+     error = [[sft_loader: unknown option 'max_length' -- did you mean 'max_len'? (known: add_bos, add_eos, batch_size, chat, completion_format, drop_last, max_completion_len, max_len, max_prompt_len, min_prompt_len, pack, pad_to_max_len, pad_to_multiple_of, prompt_format, seed, shuffle)]]},
+    {what = "a token id outside a model's vocabulary",
+     code = [[local m = la.models.gpt{vocab_size = 8, n_positions = 8, n_embd = 8, n_layer = 1, n_head = 2}
+m(la.tensor({{1, 9}}))]],
+     error = [[index_select: index 9 (element 2 of the index) is out of range for dimension 1 of size 8; indices in tensors are 0-based]]},
   }},
   {title = "Memory", intro = "", entries = {
     {what = "an allocation past la.set_memory_limit",
@@ -308,14 +336,42 @@ la.tokenizer.load(DIR)]],
     {what = "an unknown choice for nonfinite",
      code = [[recipe.config({"nonfinite=ignore"}, "demo", {})]],
      error = [[argument 'nonfinite=ignore': nonfinite must be 'skip' or 'stop' (got 'ignore')]]},
-    {what = "an unknown preference loss",
+    {what = "an unknown preference loss (nothing is written)",
      code = [[recipe.run_script("recipes/gdpo.lua", {out_dir = DIR, loss = "kto"})]],
-     error = [[loss must be one of dpo, cdpo, rdpo, ipo, hinge, gdpo, gipo]],
-     leaves = {"gdpo", "gdpo/config.json"}},
-    {what = "a base model that is not there",
+     error = [[loss must be one of dpo, cdpo, rdpo, ipo, hinge, gdpo, gipo (got 'kto') -- did you mean 'dpo'?]]},
+    {what = "a base model that is not there (nothing is written)",
      code = [[recipe.run_script("recipes/sft.lua", {out_dir = DIR, base = DIR .. "/nothing"})]],
-     error = [[tokenizer.load: DIR/nothing/tokenizer.json: no such file or directory]],
-     leaves = {"sft", "sft/config.json"}},
+     error = [[base: no such run folder or model file: DIR/nothing]]},
+    {what = "a data file that is not there (nothing is written)",
+     code = [[recipe.data_file(DIR .. "/mine/train.jsonl", "train")]],
+     error = [[train: no such file: DIR/mine/train.jsonl (nor a bundled dataset of that name in ]]
+       .. table.concat(require("lualign.data").search_dirs(), ", ") .. ")"},
+    {what = "a run into a folder that holds another run",
+     code = [[require("lualign.sys").mkdir(DIR .. "/sft")
+write("sft/config.json", "{}")
+recipe.run(recipe.config({"out_dir=" .. DIR}, "sft", {}))]],
+     error = [[sft: DIR/sft already holds a run (config.json); to replace it: overwrite=true; to keep it: a new name= (or resume=true to continue it)]],
+     leaves = {"sft"}},
+    {what = "resuming a run with another config",
+     code = [[require("lualign.sys").mkdir(DIR .. "/sft")
+write("sft/config.json", '{"name": "sft", "seed": 1, "lr": 0.001}')
+recipe.run(recipe.config({"out_dir=" .. DIR, "resume=true", "lr=0.01"}, "sft", {{"lr", 1e-3, "learning rate"}}))]],
+     error = [[sft: cannot resume the run in DIR/sft with another config: lr=0.01 (the run has 0.001) (resume continues a run as it was started; to replace it: overwrite=true; to keep it: a new name=)]],
+     leaves = {"sft"}},
+    {what = "resume and overwrite together",
+     code = [[recipe.run(recipe.config({"out_dir=" .. DIR, "resume=true", "overwrite=true"}, "sft", {}))]],
+     error = [[sft: resume=true and overwrite=true contradict each other (resume continues the run in DIR/sft, overwrite deletes it)]]},
+    {what = "a run folder without a model",
+     code = [[require("lualign.sys").mkdir(DIR .. "/half")
+recipe.model_file(DIR .. "/half", "policy")]],
+     error = [[policy: the run folder DIR/half holds no model.safetensors (has its run finished?)]],
+     leaves = {"half"}},
+    {what = "training data smaller than one batch",
+     code = [[local tok = la.tokenizer.byte()
+local loader = la.data.preference_loader(write("pairs.jsonl", '{"prompt": "a", "chosen": "b", "rejected": "c"}\n'),
+  tok, {batch_size = 4, drop_last = true})
+recipe.check_batches(loader)]],
+     error = [[DIR/pairs.jsonl: 1 examples are fewer than one batch of 4 (batch_size); lower batch_size or give more data]]},
   }},
   {title = "Non-finite values in training",
    intro = "A recipe stops (nonfinite=stop, the default) or skips the step (nonfinite=skip) when the loss or the gradient norm is NaN or inf; weights holding NaN or inf are never written.",
@@ -326,7 +382,7 @@ recipe.finite_step(config, 12, 0 / 0, 1.5)]],
      error = [[run: stopped at step 12: non-finite loss nan (nonfinite=stop; nonfinite=skip skips such steps instead); the last checkpoint is left as it was]]},
     {what = "a checkpoint of weights holding NaN",
      code = [[local config = recipe.config({"out_dir=" .. DIR, "name=run"}, "demo", {})
-local run = recipe.run(config)
+local run = recipe.run(config):start()
 local model = la.nn.Linear(2, 2)
 la.no_grad(function() model.weight:fill(0 / 0) end)
 run:save_checkpoint(model, nil, 10)]],

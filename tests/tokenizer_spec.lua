@@ -14,25 +14,8 @@ local function ints(list)
   return out
 end
 
-local function tmpdir()
-  local d = os.tmpname()
-  os.remove(d)
-  assert(os.execute("mkdir -p '" .. d .. "'"))
-  return d
-end
-
-local function write(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-end
-
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local h = require "helpers"
+local tmpdir, write, read = h.tmpdir, h.write, h.read
 
 -- A deterministic generator for random bytes.
 local function lcg(seed)

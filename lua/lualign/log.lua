@@ -13,6 +13,7 @@
 local core = require "lualign.core"
 local sys = require "lualign.sys"
 local recipe = require "lualign.recipe"
+local util = require "lualign.util"
 
 local log = {}
 
@@ -63,7 +64,11 @@ end
 -- later lines are dropped), show (list of metric names for the bar/lines;
 -- default: all, sorted), stage (a label printed first), quiet (no output).
 function log.open(run, opts)
-  opts = opts or {}
+  opts = util.check_options("log.open", opts, {"file", "total", "every", "start_step", "show", "stage", "quiet"})
+  if run.started == false then
+    error(string.format("%s: log.open before run:start() (a run writes nothing until its inputs are checked)",
+      run.config.name), 2)
+  end
   local path = run:path(opts.file or "metrics.jsonl")
   if opts.start_step and opts.start_step > 0 then
     truncate_metrics(path, opts.start_step)

@@ -318,7 +318,7 @@ function M.pack(tok, encoded, opts)
       rows[#rows + 1] = row
       used = 0
     end
-    row[#row + 1] = {ids, lmask}
+    row[#row + 1] = {ids, lmask, cut}
     used = used + #ids
   end
   return rows, truncated
@@ -332,10 +332,11 @@ function M.collate_packed(tok, rows, opts)
   local T = opts.max_len
   local R = {ids = {}, attention_mask = {}, labels = {}, targets = {}, loss_mask = {},
              position_ids = {}, segment_ids = {}}
-  local n_loss, counts = 0, {}
+  local n_loss, counts, truncated = 0, {}, 0
   for i, row in ipairs(rows) do
     local ids, lmask, seg, pos = {}, {}, {}, {}
     for s, seq in ipairs(row) do
+      if seq[3] then truncated = truncated + 1 end
       for t = 1, #seq[1] do
         ids[#ids + 1] = seq[1][t]
         lmask[#lmask + 1] = seq[2][t]
@@ -361,7 +362,7 @@ function M.collate_packed(tok, rows, opts)
     labels = matrix(R.labels, "int64"), targets = matrix(R.targets, "int64"),
     loss_mask = matrix(R.loss_mask, "float32"), position_ids = matrix(R.position_ids, "int64"),
     segment_ids = matrix(R.segment_ids, "int64"), segments_per_row = counts,
-    n_loss_tokens = math.tointeger(n_loss),
+    n_loss_tokens = math.tointeger(n_loss), truncated = truncated,
   }
 end
 
@@ -559,6 +560,41 @@ function M.collate_lm(stream, starts, block_size)
     y[b] = table.move(stream, s + 1, s + block_size, 1, {})
   end
   return {ids = matrix(x, "int64"), targets = matrix(y, "int64")}
+end
+
+----------------------------------------------------------------------------
+-- How many examples the length limits cut
+
+local LIMITS = {"max_len", "max_prompt_len", "max_completion_len"}
+
+--- The length limits in opts as text ("max_len 128"), or nil when none is set.
+function M.limits_text(opts)
+  local parts = {}
+  for _, k in ipairs(LIMITS) do
+    if opts[k] then parts[#parts + 1] = k .. " " .. tostring(opts[k]) end
+  end
+  return #parts > 0 and table.concat(parts, ", ") or nil
+end
+
+--- The number of encoded examples of a kind ("sft", "preference" or
+-- "prompts") that the truncation rule cuts under opts.
+function M.count_truncated(kind, tok, encoded, opts)
+  if not M.limits_text(opts) then return 0 end
+  local n_bos, n = #bos_list(tok, opts), 0
+  for _, enc in ipairs(encoded) do
+    local cut
+    if kind == "sft" then
+      cut = select(3, sft_sequence(tok, enc, opts))
+    elseif kind == "preference" then
+      cut = select(3, M.truncate(enc.prompt, {{enc.chosen, ones(#enc.chosen)}, {enc.rejected, ones(#enc.rejected)}},
+                                 opts, n_bos))
+    else
+      local limit = opts.max_prompt_len or opts.max_len
+      cut = limit ~= nil and n_bos + #enc.prompt > limit
+    end
+    if cut then n = n + 1 end
+  end
+  return n
 end
 
 ----------------------------------------------------------------------------

@@ -92,7 +92,8 @@ local function prompt_response(prompt_ids, prompt_mask, tokens, lengths, P, N)
 end
 
 local function generate(model, prompts, opts)
-  opts = opts or {}
+  opts = util.check_options("generate", opts, {"max_new_tokens", "temperature", "top_k", "top_p", "eos_id",
+                                               "pad_id", "use_cache", "return_logprobs"})
   local max_new = opts.max_new_tokens or 32
   local temperature = opts.temperature or 1.0
   local eos = opts.eos_id

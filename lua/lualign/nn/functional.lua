@@ -2,7 +2,10 @@
 -- The heavy ones are fused C kernels with their own backward passes.
 
 local core = require "lualign.core"
+local util = require "lualign.util"
 local K = core.nn
+
+local ATTENTION_OPTS = {"causal", "offset", "scale", "key_mask", "segments"}
 
 local F = {}
 
@@ -22,25 +25,32 @@ function F.dropout(x, p, training)
   return K.dropout(x, p)
 end
 
---- Rows of weight picked by 0-based ids of any shape: (..., dim).
-function F.embedding(ids, weight)
+--- Rows of weight picked by 0-based ids of any shape: (..., dim).  An id out
+-- of range is an error at the line that called (model(ids), or this).
+F.embedding = util.raise_at_caller(function(ids, weight)
   local shape = ids:shape()
   shape[#shape + 1] = weight:size(2)
   return weight:index_select(1, ids:reshape(-1)):view(shape)
-end
+end)
 
 --- softmax(q k^T * scale + masks) v for q (B, H, T, D), k and v (B, H, S, D).
 -- opts: causal, offset (query i sits at key position i + offset), scale
 -- (default 1/sqrt(D)), key_mask (B, S) (0 = never attend), segments (B, S)
 -- integer ids (attend only within a segment: packed sequences).
-function F.attention(q, k, v, opts) return K.attention(q, k, v, opts) end
+function F.attention(q, k, v, opts)
+  return K.attention(q, k, v, util.check_options("attention", opts, ATTENTION_OPTS))
+end
 
 --- Attention from a fused projection qkv (B, T, 3 * C) with n_head heads; returns (B, T, C).
-function F.attention_qkv(qkv, n_head, opts) return K.attention_qkv(qkv, n_head, opts) end
+function F.attention_qkv(qkv, n_head, opts)
+  return K.attention_qkv(qkv, n_head, util.check_options("attention_qkv", opts, ATTENTION_OPTS))
+end
 
 --- Mean cross-entropy of logits (N, V) against 0-based targets (N,).
 -- opts: ignore_index (default -100), label_smoothing.  Returns loss, counted rows.
-function F.cross_entropy(logits, targets, opts) return K.cross_entropy(logits, targets, opts) end
+function F.cross_entropy(logits, targets, opts)
+  return K.cross_entropy(logits, targets, util.check_options("cross_entropy", opts, {"ignore_index", "label_smoothing"}))
+end
 
 --- Activations and softmax as functions of a tensor: F.relu(x) is x:relu(),
 -- F.gelu(x [, approximate]), F.softmax(x [, dim]), ...
