@@ -125,21 +125,25 @@ static int lb_add_merges_list(lua_State *L) {
   return 0;
 }
 
-/* bpe.add_special(tok, text [, id]) -> id */
-static int lb_add_special(lua_State *L) {
+/* Adds the added token text (argument 2) with id (argument 3, nil for the
+** next or its own) and flags; pushes the id. */
+static int lb_add_with_flags(lua_State *L, unsigned flags) {
   la_bpe *t = lb_check(L, 1);
   size_t len;
   const char *s = luaL_checklstring(L, 2, &len);
   int32_t id = -1;
   if (!lua_isnoneornil(L, 3)) {
     id = lb_checkid(L, 3);
-    if (id < 0) return luaL_argerror(L, 3, "special token id out of range");
+    if (id < 0) return luaL_argerror(L, 3, "token id out of range");
   }
-  id = la_bpe_add_special(t, s, len, id);
+  id = la_bpe_add_added(t, s, len, id, flags);
   if (id < 0) return lb_fail(L);
   lua_pushinteger(L, id);
   return 1;
 }
+
+/* bpe.add_special(tok, text [, id]) -> id */
+static int lb_add_special(lua_State *L) { return lb_add_with_flags(L, LA_ADDED_SPECIAL); }
 
 /* bpe.train(texts, specials, n_tokens, min_frequency, pattern|nil) -> tok */
 static int lb_train(lua_State *L) {
@@ -431,36 +435,66 @@ static const char *const lb_behaviors[] = {"Removed", "Isolated", "MergedWithPre
                                            "Contiguous", NULL};
 static const char *const lb_schemes[] = {"always", "first", "never", NULL};
 
+/* Adds one step (the table at index top, of kind `kind`) to a part; 0 or -1. */
+typedef int (*lb_add_step)(lua_State *L, int top, int kind, void *part);
+
+/* Calls add on each step of the list at index 2, which lb_check_steps has
+** checked (so reading its names raises nothing); -1 at the first failure. */
+static int lb_each_step(lua_State *L, const char *what, const char *const kinds[], lb_add_step add, void *part) {
+  lua_Integer n = luaL_len(L, 2);
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_geti(L, 2, i);
+    int top = lua_gettop(L);
+    int rc = add(L, top, lb_fenum(L, top, "kind", kinds, -1, what), part);
+    lua_pop(L, 1);
+    if (rc < 0) return -1;
+  }
+  return 0;
+}
+
+static const char *const lb_norm_kinds[] = {"NFC", "NFD", "NFKC", "NFKD", "Lowercase", "Strip", "Prepend", "Replace",
+                                            NULL};
+
+static int lb_norm_step(lua_State *L, int top, int kind, void *part) {
+  size_t plen, tlen;
+  const char *pat = lb_fstr(L, top, "pattern", &plen), *text = lb_fstr(L, top, "text", &tlen);
+  bool a = kind == LA_NORM_REPLACE ? lb_fbool(L, top, "literal") : lb_fbool(L, top, "left");
+  return la_norm_add(part, (la_norm_kind)kind, pat, plen, text, tlen, a, lb_fbool(L, top, "right"));
+}
+
 /* bpe.set_normalizer(tok, steps): steps a list of {kind = "NFC" | "NFD" |
 ** "NFKC" | "NFKD" | "Lowercase" | "Strip" (left, right) | "Prepend" (text) |
 ** "Replace" (pattern, literal, text)}; an empty list removes it. */
 static int lb_set_normalizer(lua_State *L) {
   la_bpe *t = lb_check(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
-  static const char *const kinds[] = {"NFC", "NFD", "NFKC", "NFKD", "Lowercase", "Strip", "Prepend", "Replace", NULL};
-  lb_check_steps(L, 2, "normalizer", kinds, NULL, NULL);
-  lua_Integer n = luaL_len(L, 2);
-  la_norm *nm = n ? la_norm_new() : NULL;
-  if (n && !nm) return lb_fail(L);
-  for (lua_Integer i = 1; i <= n; i++) {
-    lua_geti(L, 2, i);
-    int top = lua_gettop(L);
-    size_t plen, tlen;
-    int kind = lb_fenum(L, top, "kind", kinds, -1, "normalizer");   /* checked above */
-    const char *pat = lb_fstr(L, top, "pattern", &plen), *text = lb_fstr(L, top, "text", &tlen);
-    bool a = kind == LA_NORM_REPLACE ? lb_fbool(L, top, "literal") : lb_fbool(L, top, "left");
-    bool bb = lb_fbool(L, top, "right");
-    if (la_norm_add(nm, (la_norm_kind)kind, pat, plen, text, tlen, a, bb) < 0) {
-      la_norm_free(nm);
-      return lb_fail(L);
-    }
-    lua_pop(L, 1);
-  }
-  if (la_bpe_set_normalizer(t, nm) < 0) {
+  lb_check_steps(L, 2, "normalizer", lb_norm_kinds, NULL, NULL);
+  la_norm *nm = NULL;
+  if (luaL_len(L, 2) > 0 && !(nm = la_norm_new())) return lb_fail(L);
+  if ((nm && lb_each_step(L, "normalizer", lb_norm_kinds, lb_norm_step, nm) < 0) || la_bpe_set_normalizer(t, nm) < 0) {
     la_norm_free(nm);
     return lb_fail(L);
   }
   return 0;
+}
+
+static const char *const lb_pre_kinds[] = {"Split", "Digits", "Punctuation", "Whitespace", "WhitespaceSplit",
+                                           "Metaspace", "ByteLevel", NULL};
+
+static int lb_pre_step(lua_State *L, int top, int kind, void *part) {
+  la_pre_step st;
+  memset(&st, 0, sizeof st);
+  st.kind = (la_pre_kind)kind;
+  st.behavior = (la_split_behavior)lb_fenum(L, top, "behavior", lb_behaviors, LA_SPLIT_ISOLATED, "pre-tokenizer");
+  st.scheme = (la_prepend_scheme)lb_fenum(L, top, "scheme", lb_schemes, LA_PREPEND_ALWAYS, "Metaspace");
+  st.literal = lb_fbool(L, top, "literal");
+  st.invert = lb_fbool(L, top, "invert");
+  st.use_regex = lb_fbool(L, top, "use_regex");
+  if (kind == LA_PRE_SPLIT) st.pattern = lb_fstr(L, top, "pattern", &st.plen);
+  if (kind == LA_PRE_METASPACE) st.pattern = lb_fstr(L, top, "replacement", &st.plen);
+  st.flag = lb_fbool(L, top, kind == LA_PRE_DIGITS ? "individual" : kind == LA_PRE_METASPACE ? "split"
+                                                                                              : "add_prefix_space");
+  return la_pretok_add(part, &st);
 }
 
 /* bpe.set_pretokenizer(tok, steps): steps a list of {kind = "Split"
@@ -471,79 +505,56 @@ static int lb_set_normalizer(lua_State *L) {
 static int lb_set_pretokenizer(lua_State *L) {
   la_bpe *t = lb_check(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
-  static const char *const kinds[] = {"Split", "Digits", "Punctuation", "Whitespace", "WhitespaceSplit",
-                                      "Metaspace", "ByteLevel", NULL};
   static const char *const behavior = "behavior", *const scheme = "scheme";
   static const char *const *keys[] = {&behavior, &scheme, NULL};
   static const char *const *const names[] = {lb_behaviors, lb_schemes};
-  lb_check_steps(L, 2, "pre-tokenizer", kinds, keys, names);
-  lua_Integer n = luaL_len(L, 2);
-  la_pretok *p = n ? la_pretok_new() : NULL;
-  if (n && !p) return lb_fail(L);
-  for (lua_Integer i = 1; i <= n; i++) {
-    lua_geti(L, 2, i);
-    int top = lua_gettop(L);
-    la_pre_step st;
-    memset(&st, 0, sizeof st);
-    int kind = lb_fenum(L, top, "kind", kinds, -1, "pre-tokenizer");   /* checked above */
-    st.kind = (la_pre_kind)kind;
-    st.behavior = (la_split_behavior)lb_fenum(L, top, "behavior", lb_behaviors, LA_SPLIT_ISOLATED, "pre-tokenizer");
-    st.scheme = (la_prepend_scheme)lb_fenum(L, top, "scheme", lb_schemes, LA_PREPEND_ALWAYS, "Metaspace");
-    st.literal = lb_fbool(L, top, "literal");
-    st.invert = lb_fbool(L, top, "invert");
-    st.use_regex = lb_fbool(L, top, "use_regex");
-    if (kind == LA_PRE_SPLIT) st.pattern = lb_fstr(L, top, "pattern", &st.plen);
-    if (kind == LA_PRE_METASPACE) st.pattern = lb_fstr(L, top, "replacement", &st.plen);
-    st.flag = lb_fbool(L, top, kind == LA_PRE_DIGITS ? "individual" : kind == LA_PRE_METASPACE ? "split"
-                                                                                                : "add_prefix_space");
-    if (la_pretok_add(p, &st) < 0) {
-      la_pretok_free(p);
-      return lb_fail(L);
-    }
-    lua_pop(L, 1);
+  lb_check_steps(L, 2, "pre-tokenizer", lb_pre_kinds, keys, names);
+  la_pretok *p = NULL;
+  if (luaL_len(L, 2) > 0 && !(p = la_pretok_new())) return lb_fail(L);
+  if (p && lb_each_step(L, "pre-tokenizer", lb_pre_kinds, lb_pre_step, p) < 0) {
+    la_pretok_free(p);
+    return lb_fail(L);
   }
   la_bpe_set_pretokenizer(t, p);
   return 0;
 }
 
+static const char *const lb_dec_kinds[] = {"ByteLevel", "Metaspace", "ByteFallback", "Fuse", "Strip", "Replace",
+                                           "Join", NULL};
+
+static int lb_dec_step(lua_State *L, int top, int kind, void *part) {
+  size_t plen = 0, tlen = 0;
+  const char *pat = lb_fstr(L, top, "pattern", &plen), *text;
+  int a = 0, b = 0;
+  if (kind == LA_DEC_METASPACE) {
+    text = lb_fstr(L, top, "replacement", &tlen);
+    a = lb_fenum(L, top, "scheme", lb_schemes, LA_PREPEND_ALWAYS, "Metaspace");
+  } else if (kind == LA_DEC_STRIP) {
+    text = lb_fstr(L, top, "content", &tlen);
+    a = lb_fint(L, top, "start", 0);
+    b = lb_fint(L, top, "stop", 0);
+  } else {
+    text = lb_fstr(L, top, "text", &tlen);
+  }
+  return la_decoder_add(part, (la_dec_kind)kind, pat, plen, lb_fbool(L, top, "literal"), text, tlen, a, b);
+}
+
 /* bpe.set_decoder(tok, steps): steps a list of {kind = "ByteLevel" |
 ** "Metaspace" (replacement, scheme) | "ByteFallback" | "Fuse" | "Strip"
-** (content, start, stop) | "Replace" (pattern, literal, text) | "Join"}; an empty
-** list removes it (decode then joins the tokens' bytes). */
+** (content, start, stop) | "Replace" (pattern, literal, text) | "Join"}; an
+** empty list removes it (decode then joins the tokens' bytes). */
 static int lb_set_decoder(lua_State *L) {
   la_bpe *t = lb_check(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
-  static const char *const kinds[] = {"ByteLevel", "Metaspace", "ByteFallback", "Fuse", "Strip", "Replace", "Join",
-                                      NULL};
   static const char *const scheme = "scheme";
   static const char *const *keys[] = {&scheme, NULL};
   static const char *const *const names[] = {lb_schemes};
-  lb_check_steps(L, 2, "decoder", kinds, keys, names);
-  lua_Integer n = luaL_len(L, 2);
-  la_decoder *d = n ? la_decoder_new() : NULL;
-  if (n && !d) return lb_fail(L);
-  for (lua_Integer i = 1; i <= n; i++) {
-    lua_geti(L, 2, i);
-    int top = lua_gettop(L);
-    int kind = lb_fenum(L, top, "kind", kinds, -1, "decoder");   /* checked above */
-    size_t plen = 0, tlen = 0;
-    const char *pat = lb_fstr(L, top, "pattern", &plen), *text = NULL;
-    int a = 0, bb = 0;
-    if (kind == LA_DEC_METASPACE) {
-      text = lb_fstr(L, top, "replacement", &tlen);
-      a = lb_fenum(L, top, "scheme", lb_schemes, LA_PREPEND_ALWAYS, "Metaspace");
-    } else if (kind == LA_DEC_STRIP) {
-      text = lb_fstr(L, top, "content", &tlen);
-      a = lb_fint(L, top, "start", 0);
-      bb = lb_fint(L, top, "stop", 0);
-    } else {
-      text = lb_fstr(L, top, "text", &tlen);
-    }
-    if (la_decoder_add(d, (la_dec_kind)kind, pat, plen, lb_fbool(L, top, "literal"), text, tlen, a, bb) < 0) {
-      la_decoder_free(d);
-      return lb_fail(L);
-    }
-    lua_pop(L, 1);
+  lb_check_steps(L, 2, "decoder", lb_dec_kinds, keys, names);
+  la_decoder *d = NULL;
+  if (luaL_len(L, 2) > 0 && !(d = la_decoder_new())) return lb_fail(L);
+  if (d && lb_each_step(L, "decoder", lb_dec_kinds, lb_dec_step, d) < 0) {
+    la_decoder_free(d);
+    return lb_fail(L);
   }
   la_bpe_set_decoder(t, d);
   return 0;
@@ -559,23 +570,12 @@ static int lb_set_model(lua_State *L) {
 
 /* bpe.add_added(tok, text, id|nil, {special, lstrip, rstrip, single_word, normalized}) -> id */
 static int lb_add_added(lua_State *L) {
-  la_bpe *t = lb_check(L, 1);
-  size_t len;
-  const char *s = luaL_checklstring(L, 2, &len);
-  int32_t id = -1;
-  if (!lua_isnoneornil(L, 3)) {
-    id = lb_checkid(L, 3);
-    if (id < 0) return luaL_argerror(L, 3, "added token id out of range");
-  }
   luaL_checktype(L, 4, LUA_TTABLE);
   unsigned flags = (lb_fbool(L, 4, "special") ? LA_ADDED_SPECIAL : 0) | (lb_fbool(L, 4, "lstrip") ? LA_ADDED_LSTRIP : 0) |
                    (lb_fbool(L, 4, "rstrip") ? LA_ADDED_RSTRIP : 0) |
                    (lb_fbool(L, 4, "single_word") ? LA_ADDED_SINGLE_WORD : 0) |
                    (lb_fbool(L, 4, "normalized") ? LA_ADDED_NORMALIZED : 0);
-  id = la_bpe_add_added(t, s, len, id, flags);
-  if (id < 0) return lb_fail(L);
-  lua_pushinteger(L, id);
-  return 1;
+  return lb_add_with_flags(L, flags);
 }
 
 static const luaL_Reg lb_funcs[] = {
