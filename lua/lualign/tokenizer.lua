@@ -340,6 +340,7 @@ end
 -- tokenizer.json or encoder.json + vocab.bpe, or "gpt2" for the bundled
 -- GPT-2 files.  opts: bos_token, eos_token, pad_token (names; false unsets).
 function M.load(path, opts)
+  util.check_options("tokenizer.load", opts, {"bos_token", "eos_token", "pad_token"})
   local ok, tok = pcall(load_any, path, opts)
   if ok then return tok end
   -- Errors are raised at the caller's line, and always start with
