@@ -34,6 +34,11 @@ dependencies = {
 -- header files ...").  OpenBLAS is declared by its library only: Debian keeps cblas.h in a
 -- multiarch folder (include/x86_64-linux-gnu/openblas-pthread) that LuaRocks'
 -- header check does not search; the Makefile finds it with pkg-config.
+-- Open MPI is optional (Debian: libopenmpi-dev openmpi-bin): the Makefile builds the
+-- engine with it when pkg-config knows `ompi` or `mpicc` is on PATH, and then
+-- `mpirun -np N lualign ...` trains across processes (docs/distributed.md).  Set MPI=1
+-- in the environment to insist on it (the build stops when it is missing), MPI=0 to
+-- leave it out: `MPI=1 luarocks --lua-version 5.4 make`.
 external_dependencies = {
   OPENBLAS = { library = "openblas" },
   PCRE2 = { header = "pcre2.h", library = "pcre2-8" },

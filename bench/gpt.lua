@@ -10,8 +10,11 @@
 --
 -- Run through bench/gpt_compare.lua, which alternates it with the peer.
 
+package.path = (arg[0]:match("^(.*)/") or ".") .. "/?.lua;" .. package.path
 local la = require "lualign"
 local cjson = require "cjson"
+local common = require "common"
+local median, peak_rss_mib = common.median, common.peak_rss_mib
 
 local configs = {
   tiny = {n_layer = 4, d_model = 128, n_head = 4, ctx = 128, vocab = 256, batch = 8},
@@ -28,20 +31,6 @@ local warmup = tonumber(arg[3]) or default_warmup[name]
 local modes = {}
 for m in (arg[4] or "train,forward,generate"):gmatch("[^,]+") do modes[m] = true end
 la.set_num_threads(tonumber(os.getenv("LUALIGN_THREADS") or "2"))
-
-local function median(xs)
-  local s = {table.unpack(xs)}
-  table.sort(s)
-  local n = #s
-  return n % 2 == 1 and s[(n + 1) // 2] or (s[n // 2] + s[n // 2 + 1]) / 2
-end
-
-local function peak_rss_mib()
-  for line in io.lines("/proc/self/status") do
-    local kb = line:match("^VmHWM:%s+(%d+)")
-    if kb then return tonumber(kb) / 1024 end
-  end
-end
 
 la.manual_seed(1234)
 local model = la.models.gpt{vocab_size = c.vocab, n_positions = c.ctx, n_embd = c.d_model,

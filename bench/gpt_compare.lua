@@ -13,7 +13,10 @@
 -- matrices (which runs within a few percent of calling OpenBLAS directly;
 -- see bench/README.md).
 
+package.path = (arg[0]:match("^(.*)/") or ".") .. "/?.lua;" .. package.path
 local cjson = require "cjson"
+local common = require "common"
+local run_json, median = common.run_json, common.median
 
 local rounds = tonumber(arg[1]) or 3
 local configs = {}
@@ -29,16 +32,6 @@ local tmp = os.tmpname()
 os.remove(tmp)
 assert(os.execute("mkdir -p " .. tmp .. " && cp " .. peer_src .. " " .. tmp .. "/torch_gpt.py"),
   "cannot copy the peer from " .. peer_src)
-
-local function run_json(cmd)
-  local p = assert(io.popen(cmd))
-  local out = p:read("a")
-  p:close()
-  local last
-  for line in out:gmatch("[^\n]+") do if line:sub(1, 1) == "{" then last = line end end
-  if not last then error("no JSON from: " .. cmd .. "\n" .. out) end
-  return cjson.decode(last)
-end
 
 local function run_peer(config)
   local json = tmp .. "/torch_" .. config .. ".json"
@@ -66,13 +59,6 @@ local function sgemm_ceiling()
       best = math.max(best, 2 * 2048 ^ 3 / dt / 1e9)
     end
     print(string.format("{\"gflops\": %%.1f}", best))']], lua_env)).gflops
-end
-
-local function median(xs)
-  table.sort(xs)
-  local n = #xs
-  if n == 0 then return 0 / 0 end
-  return n % 2 == 1 and xs[(n + 1) // 2] or (xs[n // 2] + xs[n // 2 + 1]) / 2
 end
 
 local samples = {}   -- samples[config][side][metric] = {...}

@@ -111,6 +111,9 @@ if config.sft_steps > 0 then
 end
 local ref = recipe.load_gpt(reference_file)
 ref:requires_grad(false):eval()
+la.dist.broadcast_parameters(ref)          -- under mpirun: rank 0's policy and reference on every rank
+local dp = la.dist.data_parallel(policy)
+dp:shard(loader)                            -- this rank's share of every batch
 
 -- Sequence log-probs (B,) of chosen and rejected under model, in one pass.
 local function logps(model, batch)
@@ -236,10 +239,12 @@ for step, batch in recipe.batches(loader, start) do
   local loss, metrics = la.loss[config.loss](pc, pr, ref_chosen:index_select(1, index),
     ref_rejected:index_select(1, index), {beta = config.beta, p = not config.hard_labels and batch.p or nil,
     eps = config.eps, label_smoothing = config.label_smoothing})
+  loss = la.dist.global_mean(loss, #batch.examples)   -- this rank's share of the global batch's mean
+  metrics = la.dist.mean_metrics(metrics, #batch.examples)
   opt:zero_grad()
-  loss:backward()
-  if recipe.finite_step(config, step, loss, policy, logger) then opt:step() end
-  metrics.loss = loss:item()
+  dp:backward(loss)
+  metrics.loss = la.dist.sum(loss:item())
+  if recipe.finite_step(config, step, metrics.loss, policy, logger) then opt:step() end
   local evaluated = recipe.eval_due(config, step, config.steps)
   if evaluated then for k, v in pairs(evaluate()) do metrics[k] = v end end
   logger:log(step, metrics)   -- before the checkpoint, so a run killed in between redoes the step

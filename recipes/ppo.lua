@@ -57,6 +57,7 @@ local config = recipe.config(arg, "ppo", {
   {"eval_batch", 150, "held-out prompts per evaluation"},
 })
 local run = recipe.run(config)   -- refuses a folder holding another run; writes nothing yet
+la.dist.warn_replicated("ppo")
 recipe.check_choice(config, "reward", {"model", "script"})
 recipe.check_choice(config, "advantage", {"gae", "rloo"})
 recipe.check_choice(config, "kl_estimator", {"k1", "k2", "k3"})

@@ -71,6 +71,8 @@ local valid = la.data.lm_loader(valid_text, tok, {block_size = config.context,
 -- 3. Model and optimizer ----------------------------------------------------------
 local model = la.models.gpt{vocab_size = tok.vocab_size, n_positions = config.context,
   n_embd = config.n_embd, n_layer = config.n_layer, n_head = config.n_head, dropout = config.dropout}
+local dp = la.dist.data_parallel(model)   -- under mpirun: rank 0's weights on every rank
+dp:shard(train)
 local opt = la.optim.AdamW(model, {lr = config.lr, betas = {0.9, 0.95}, weight_decay = config.weight_decay})
 local schedule = la.optim.schedule.cosine{lr = config.lr, warmup = config.warmup,
   total = config.steps, min_lr = config.min_lr}
@@ -100,12 +102,13 @@ local first_valid = start == 0 and config.eval_every > 0 and evaluate() or nil
 for step, batch in recipe.batches(train, start) do
   if step > config.steps then break end
   opt.lr = schedule(step)
-  local loss = model:loss(batch.ids, batch.targets)
+  local loss = la.dist.global_mean(model:loss(batch.ids, batch.targets), batch.ids:numel())
   opt:zero_grad()
-  loss:backward()
+  dp:backward(loss)
   local norm = config.grad_clip > 0 and la.optim.clip_grad_norm(model, config.grad_clip) or nil
-  if recipe.finite_step(config, step, loss, norm or model, logger) then opt:step() end
-  local metrics = {loss = loss:item(), lr = opt.lr, grad_norm = norm}
+  local loss_value = la.dist.sum(loss:item())
+  if recipe.finite_step(config, step, loss_value, norm or model, logger) then opt:step() end
+  local metrics = {loss = loss_value, lr = opt.lr, grad_norm = norm}
   if recipe.eval_due(config, step, config.steps) then metrics.valid_loss = evaluate() end
   logger:log(step, metrics)   -- before the checkpoint, so a run killed in between redoes the step
   if metrics.valid_loss or step == config.steps then run:save_checkpoint(model, opt, step) end

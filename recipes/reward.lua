@@ -45,7 +45,8 @@ local function loader(key, opts)
   for k, v in pairs(opts or {}) do o[k] = v end
   return la.data.preference_loader(recipe.data_file(config[key], key), tok, o)
 end
-local train = loader("train", {drop_last = true})
+local dp = la.dist.data_parallel(model)   -- under mpirun: rank 0's weights (and fresh head) everywhere
+local train = dp:shard(loader("train", {drop_last = true}))
 local valid = loader("valid", {shuffle = false})
 local test = loader("test", {shuffle = false})
 recipe.check_batches(train)
@@ -100,11 +101,14 @@ for step, batch in recipe.batches(train, start) do
   if step > config.steps then break end
   opt.lr = schedule(step)
   local loss, m = pair_loss(batch)
+  loss = la.dist.global_mean(loss, #batch.examples)   -- this rank's share of the global batch's mean
+  m = la.dist.mean_metrics(m, #batch.examples)
   opt:zero_grad()
-  loss:backward()
+  dp:backward(loss)
   if config.grad_clip > 0 then la.optim.clip_grad_norm(model, config.grad_clip) end
-  if recipe.finite_step(config, step, loss, model, logger) then opt:step() end
-  local metrics = {loss = loss:item(), accuracy = m.accuracy, margin = m.margin, lr = opt.lr}
+  local loss_value = la.dist.sum(loss:item())
+  if recipe.finite_step(config, step, loss_value, model, logger) then opt:step() end
+  local metrics = {loss = loss_value, accuracy = m.accuracy, margin = m.margin, lr = opt.lr}
   if recipe.eval_due(config, step, config.steps) then metrics.valid_accuracy = accuracy(valid) end
   logger:log(step, metrics)   -- before the checkpoint, so a run killed in between redoes the step
   if metrics.valid_accuracy or step == config.steps then run:save_checkpoint(model, opt, step) end

@@ -42,6 +42,7 @@ local run = recipe.run(config)   -- refuses a folder holding another run; writes
 local base_file, base_dir = recipe.model_file(config.base, "base")
 local tok = la.tokenizer.load(base_dir .. "/tokenizer.json")
 local model = recipe.load_gpt(base_file)
+local dp = la.dist.data_parallel(model)   -- under mpirun: rank 0's weights on every rank
 
 -- 2. Data ------------------------------------------------------------------------
 local fmt = {prompt_format = config.prompt_format, completion_format = config.completion_format,
@@ -66,8 +67,8 @@ for f in config.extra_train:gmatch("[^,]+") do
   end
 end
 local plain = {prompt_format = "%s", completion_format = "%s"}
-local train = loader(train_examples, {pack = config.pack, drop_last = true, prompt_format = plain.prompt_format,
-                                      completion_format = plain.completion_format})
+local train = dp:shard(loader(train_examples, {pack = config.pack, drop_last = true,
+  prompt_format = plain.prompt_format, completion_format = plain.completion_format}))
 train.name = config.train .. (config.extra_train ~= "" and (" + " .. config.extra_train) or "")
 local valid_examples = la.data.load(recipe.data_file(config.valid, "valid"), "sft")
 local held_out = {table.unpack(valid_examples, 1, math.min(#valid_examples, config.eval_examples))}
@@ -114,12 +115,14 @@ if start == 0 then logger:log(0, data_metrics) end
 for step, batch in recipe.batches(train, start) do
   if step > config.steps then break end
   opt.lr = schedule(step)
-  local loss = batch_loss(model, batch)
+  local loss, info = batch_loss(model, batch)
+  loss = la.dist.global_mean(loss, info.tokens)   -- this rank's share of the global batch's mean
   opt:zero_grad()
-  loss:backward()
+  dp:backward(loss)
   local norm = config.grad_clip > 0 and la.optim.clip_grad_norm(model, config.grad_clip) or nil
-  if recipe.finite_step(config, step, loss, norm or model, logger) then opt:step() end
-  local metrics = {loss = loss:item(), lr = opt.lr, grad_norm = norm}
+  local loss_value = la.dist.sum(loss:item())
+  if recipe.finite_step(config, step, loss_value, norm or model, logger) then opt:step() end
+  local metrics = {loss = loss_value, lr = opt.lr, grad_norm = norm}
   if recipe.eval_due(config, step, config.steps) then metrics.valid_loss = evaluate(model) end
   logger:log(step, metrics)   -- before the checkpoint, so a run killed in between redoes the step
   if metrics.valid_loss or step == config.steps then run:save_checkpoint(model, opt, step, {base_loss = base_loss}) end

@@ -209,7 +209,7 @@ describe("generation", function()
 
   it("refuses prompts that do not fit the context", function()
     assert.has_error(function() tiny():generate({{1, 2, 3}}, {max_new_tokens = 30}) end,
-      "generate: prompt (3) + max_new_tokens (30) exceeds n_positions (32)")
+      "generate: prompt (3) + max_new_tokens (30) exceeds the model's 32 positions")
   end)
 end)
 

@@ -4,8 +4,9 @@
 ** position to errors):
 **
 **   core._safetensors.read(path [, names])  -> {name = tensor}, {key = value}
+**   core._safetensors.read_into(path, {name = tensor})   reads into existing tensors
 **   core._safetensors.header(path)          -> the header as a table
-**   core._safetensors.write(path, {name = tensor}, {key = value})
+**   core._safetensors.write(path, {name = tensor}, {key = value} [, float_type])
 **
 ** Errors are raised with the engine's message alone (it starts with the
 ** file's path), without a position: the Lua layer adds the caller's.
@@ -38,6 +39,15 @@ static int st_raise(lua_State *L, st_box *b) {
     b->f = NULL;
   }
   lua_pushstring(L, la_error());
+  return lua_error(L);
+}
+
+/* Closes the file and raises the message on top of the stack. */
+static int st_raise_msg(lua_State *L, st_box *b) {
+  if (b->f) {
+    la_st_close(b->f);
+    b->f = NULL;
+  }
   return lua_error(L);
 }
 
@@ -107,6 +117,43 @@ static int st_read(lua_State *L) {
   la_st_close(b->f);
   b->f = NULL;
   return 2;
+}
+
+/* read_into(path, {name = tensor}): reads each named tensor of the file into
+** the given tensor (same shape), opening the file once. */
+static int st_read_into_l(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_settop(L, 2);
+  st_box *b = st_open(L, path);                         /* 3 */
+  const la_st_header *h = la_st_file_header(b->f);
+  lua_pushnil(L);
+  while (lua_next(L, 2)) {
+    if (lua_type(L, -2) != LUA_TSTRING) {
+      lua_pushstring(L, "read_into: tensor names must be strings");
+      return st_raise_msg(L, b);
+    }
+    size_t len;
+    const char *name = lua_tolstring(L, -2, &len);
+    la_tensor *dst = lt_test(L, -1);
+    if (!dst) {
+      lua_pushfstring(L, "read_into: the destination for '%s' is not a tensor", name);
+      return st_raise_msg(L, b);
+    }
+    ptrdiff_t i = la_st_find(h, name, len);
+    if (i < 0) {
+      lua_pushfstring(L, "%s: has no tensor named '%s'", path, name);
+      return st_raise_msg(L, b);
+    }
+    bool previous = la_set_grad_enabled(false);
+    int rc = la_st_read_into(b->f, (size_t)i, dst);
+    la_set_grad_enabled(previous);
+    if (rc < 0) return st_raise(L, b);
+    lua_pop(L, 1);
+  }
+  la_st_close(b->f);
+  b->f = NULL;
+  return 0;
 }
 
 static void st_push_u64(lua_State *L, uint64_t v) { lua_pushinteger(L, (lua_Integer)v); }
@@ -179,11 +226,15 @@ static int st_write_error(lua_State *L, const char *fmt, const char *key, const 
   return lua_error(L);
 }
 
-/* write(path, {name = tensor}, {key = value}); the arrays handed to the
-** engine are userdata, so an error on the way frees them. */
+/* write(path, {name = tensor}, {key = value} [, "F32" | "F16" | "BF16"]):
+** the last argument is the type float32 tensors are stored as.  The arrays
+** handed to the engine are userdata, so an error on the way frees them. */
 static int st_write(lua_State *L) {
+  static const char *const float_types[] = {"F32", "F16", "BF16", NULL};
+  static const la_st_dtype float_as[] = {LA_ST_F32, LA_ST_F16, LA_ST_BF16};
   const char *path = luaL_checkstring(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
+  la_st_dtype as = float_as[luaL_checkoption(L, 4, "F32", float_types)];
   if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
   else { lua_settop(L, 2); lua_newtable(L); }
   lua_settop(L, 3);
@@ -200,6 +251,7 @@ static int st_write(lua_State *L) {
     const char *name = lua_tolstring(L, -2, &ts[k].name_len);
     ts[k].name = name;
     ts[k].tensor = lt_test(L, -1);
+    ts[k].as = as;
     if (!ts[k].tensor)
       return st_write_error(L, "the value for '%s' is a %s, not a tensor", name,
                             lua_isuserdata(L, -1) && luaL_testudata(L, -1, LT_NAME) ? "closed tensor"
@@ -225,7 +277,8 @@ static int st_write(lua_State *L) {
 }
 
 static const luaL_Reg st_funcs[] = {
-  {"read", st_read}, {"header", st_header}, {"write", st_write}, {NULL, NULL}
+  {"read", st_read}, {"read_into", st_read_into_l}, {"header", st_header}, {"write", st_write},
+  {NULL, NULL}
 };
 
 void lt_open_checkpoint(lua_State *L) {

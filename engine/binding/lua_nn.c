@@ -65,6 +65,7 @@ static la_attn_opts lt_attn_opts(lua_State *L, int t) {
   o.scale = lt_field_number(L, t, "scale", 0);
   o.key_mask = lt_field_tensor(L, t, "key_mask");
   o.segments = lt_field_tensor(L, t, "segments");
+  o.window = (int64_t)lt_field_number(L, t, "window", 0);
   return o;
 }
 
@@ -80,6 +81,38 @@ static int ln_attention_qkv(lua_State *L) {
   lua_Integer h = luaL_checkinteger(L, 2);
   if (h < 1 || h > 1 << 20) return luaL_argerror(L, 2, "the number of heads must be positive");
   return lt_result(L, la_attention_qkv(lt_check(L, 1), (int)h, &o));
+}
+
+/* swiglu(gate, up) -> silu(gate) * up */
+static int ln_swiglu(lua_State *L) {
+  return lt_result(L, la_swiglu(lt_check(L, 1), lt_check(L, 2)));
+}
+
+/* swiglu_linear(gate, up, weight [, bias]) -> swiglu(gate, up) weight^T + bias */
+static int ln_swiglu_linear(lua_State *L) {
+  return lt_result(L, la_swiglu_linear(lt_check(L, 1), lt_check(L, 2), lt_check(L, 3), lt_opttensor(L, 4)));
+}
+
+/* rope_table(inv_freq (a Lua list of numbers), length) -> (2, length, #inv_freq) */
+static int ln_rope_table(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_Integer half = luaL_len(L, 1), length = luaL_checkinteger(L, 2);
+  if (half < 1 || half > 1 << 20) return luaL_argerror(L, 1, "expected a non-empty list of frequencies");
+  if (length < 1 || length > (lua_Integer)1 << 30) return luaL_argerror(L, 2, "the length must be positive");
+  double *f = lua_newuserdatauv(L, (size_t)half * sizeof *f, 0);
+  for (lua_Integer i = 0; i < half; i++) {
+    lua_geti(L, 1, i + 1);
+    int isnum;
+    f[i] = lua_tonumberx(L, -1, &isnum);
+    if (!isnum) return luaL_error(L, "rope_table: frequency %d is not a number", (int)i + 1);
+    lua_pop(L, 1);
+  }
+  return lt_result(L, la_rope_table(f, (int64_t)half, (int64_t)length));
+}
+
+/* rope_(x (B, T, H, D), positions (B, T), table) -> x rotated in place, with its gradient */
+static int ln_rope_(lua_State *L) {
+  return lt_result(L, la_rope_(lt_check(L, 1), lt_check(L, 2), lt_check(L, 3)));
 }
 
 /* cross_entropy(logits, targets [, {ignore_index = -100, label_smoothing = 0}]) -> loss, count */
@@ -179,7 +212,9 @@ static const luaL_Reg ln_funcs[] = {
   {"linear", ln_linear}, {"layer_norm", ln_layer_norm}, {"rms_norm", ln_rms_norm},
   {"dropout", ln_dropout}, {"attention", ln_attention}, {"attention_qkv", ln_attention_qkv},
   {"cross_entropy", ln_cross_entropy}, {"adamw_step", ln_adamw_step}, {"sgd_step", ln_sgd_step},
-  {"clip_grad_norm", ln_clip_grad_norm}, {"sample", ln_sample},
+  {"clip_grad_norm", ln_clip_grad_norm}, {"sample", ln_sample}, {"swiglu", ln_swiglu},
+  {"swiglu_linear", ln_swiglu_linear},
+  {"rope_table", ln_rope_table}, {"rope_", ln_rope_},
   {NULL, NULL}
 };
 
@@ -243,11 +278,6 @@ static int ln_entropy_hidden(lua_State *L) {
   return lt_result(L, la_entropy_hidden(lt_check(L, 1), lt_check(L, 2), lt_opttensor(L, 3),
                                         lt_reduce(L, 4), lt_field_number(L, 4, "temperature", 1),
                                         lt_chunk(L, 4)));
-}
-
-static void lt_set_number(lua_State *L, const char *k, double v) {
-  lua_pushnumber(L, v);
-  lua_setfield(L, -2, k);
 }
 
 /* pref_loss(kind, policy_chosen, policy_rejected, ref_chosen, ref_rejected

@@ -22,6 +22,16 @@ int lt_check_rc(lua_State *L, int rc) {
   return rc;
 }
 
+void lt_set_number(lua_State *L, const char *k, double v) {
+  lua_pushnumber(L, v);
+  lua_setfield(L, -2, k);
+}
+
+void lt_set_integer(lua_State *L, const char *k, int64_t v) {
+  lua_pushinteger(L, (lua_Integer)v);
+  lua_setfield(L, -2, k);
+}
+
 /* ---------------------------------------------------------------- GC pacing */
 /* The collector only sees the small userdata, not the tensor bytes behind
 ** them, so left alone it lets dead tensors pile up (Torch7's classic leak).
@@ -65,7 +75,7 @@ void lt_pace_gc(lua_State *L) {
 ** less); a collection in the middle of a step is no baseline, as it finds the
 ** step's activations alive.  Steps smaller than the floor cost the collector
 ** more than they hold, and are left to the threshold. */
-static void lt_collect_after_backward(lua_State *L) {
+void lt_after_backward(lua_State *L) {
   if (la_memory_stats().live_bytes <= lt_gc_step_base + LT_GC_FLOOR) return;
   if (lt_collect(L)) lt_gc_step_base = la_memory_stats().live_bytes;
 }
@@ -455,7 +465,7 @@ static int lt_backward(lua_State *L) {
     lua_pop(L, 1);
   }
   lt_check_rc(L, la_backward(t, g, retain));
-  if (!retain) lt_collect_after_backward(L);
+  if (!retain) lt_after_backward(L);
   return 0;
 }
 

@@ -52,6 +52,18 @@ static inline int64_t la_to_i64(double v) {
   return (int64_t)v;
 }
 
+/* ---------------------------------------------------------------- 16-bit floats (la_half.c) */
+
+/* IEEE half (F16) and bfloat16 (BF16) to and from float32.  Narrowing rounds
+** to nearest even; NaN stays NaN; out-of-range values become infinities. */
+float la_f16_to_f32(uint16_t h);
+float la_bf16_to_f32(uint16_t b);
+uint16_t la_f32_to_f16(float f);
+uint16_t la_f32_to_bf16(float f);
+/* The same over n values; bf16 picks the format. */
+void la_f32_to_half_n(const float *src, uint16_t *dst, size_t n, bool bf16);
+void la_half_to_f32_n(const uint16_t *src, float *dst, size_t n, bool bf16);
+
 /* ---------------------------------------------------------------- errors */
 
 /* The last error message of this thread (empty when none). */
@@ -120,6 +132,9 @@ typedef struct la_tensor {
   bool requires_grad;           /* leaves only: accumulate into grad */
   struct la_tensor *grad;       /* accumulated gradient of a leaf */
   la_node *grad_fn;             /* the op that produced it (NULL for leaves) */
+  /* scratch state of a hooked backward pass (la_backward_hooked) */
+  int grad_pending;             /* edges of the pass still to deliver to this leaf */
+  unsigned grad_visit;
 } la_tensor;
 
 la_tensor *la_retain(la_tensor *t);
@@ -355,6 +370,16 @@ void la_count_nonfinite(const la_tensor *t, int64_t *nan, int64_t *inf);
 
 /* Runs the backward pass from root.  grad may be NULL for a one-element root. */
 int la_backward(la_tensor *root, la_tensor *grad, bool retain_graph);
+/* A leaf's gradient is final: no node still to run in this pass can add to
+** leaf->grad (which is NULL when nothing in the pass gave it one).  Returns 0,
+** or -1 with an error, which stops the pass. */
+typedef int (*la_grad_ready_fn)(void *ctx, la_tensor *leaf);
+/* la_backward that calls ready(ctx, leaf) once for every leaf requiring grad
+** in the graph, as soon as its gradient is final -- while the nodes nearer
+** the inputs still run -- so that work on finished gradients (sending them to
+** other processes, say) overlaps the rest of the pass. */
+int la_backward_hooked(la_tensor *root, la_tensor *grad, bool retain_graph,
+                       la_grad_ready_fn ready, void *ctx);
 /* Adds g into t->grad (t a leaf); takes no reference from g. */
 int la_accumulate_grad(la_tensor *t, la_tensor *g);
 

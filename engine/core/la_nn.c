@@ -1,12 +1,14 @@
 /*
-** la_nn.c -- linear layers, layer and RMS normalisation, dropout: forward and
-** backward side by side, each over rows of the last dim.
+** la_nn.c -- linear layers, layer and RMS normalisation, dropout and the
+** SwiGLU activation: forward and backward side by side, each over rows of
+** the last dim.
 */
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "la_math.h"
 #include "la_nn.h"
 
 /* Rows of a tensor: (M, C) with C the last dim. */
@@ -349,5 +351,168 @@ la_tensor *la_dropout(la_tensor *x, double p) {
     if (la_node_save(n, 0, mask) < 0) { la_release(out); out = NULL; }
   }
   la_release(mask);
+  return out;
+}
+
+/* ---------------------------------------------------------------- SwiGLU */
+
+/* y = silu(gate) * up, with silu(g) = g * sigmoid(g) (s below):
+**   dgate = dy * up * s * (1 + g (1 - s)),   dup = dy * g * s
+** One pass each way over the two inputs; the (.., hidden) products of the
+** two projections are read once and nothing but y is written. */
+typedef struct {
+  const float *g, *u, *dy;
+  float *y, *dg, *du;
+} la_swiglu_job;
+
+static void la_swiglu_fwd_range(void *ctx, int64_t lo, int64_t hi) {
+  const la_swiglu_job *j = ctx;
+  for (int64_t i = lo; i < hi; i++) j->y[i] = j->g[i] * la_sigmoidf_fast(j->g[i]) * j->u[i];
+}
+
+static void la_swiglu_bwd_range(void *ctx, int64_t lo, int64_t hi) {
+  const la_swiglu_job *j = ctx;
+  for (int64_t i = lo; i < hi; i++) {
+    float g = j->g[i], s = la_sigmoidf_fast(g), d = j->dy[i];
+    if (j->dg) j->dg[i] = d * j->u[i] * s * (1.0f + g * (1.0f - s));
+    if (j->du) j->du[i] = d * g * s;
+  }
+}
+
+static int la_swiglu_backward(la_node *n, la_tensor *gout, la_tensor **gin) {
+  la_tensor *g = n->saved[0], *u = n->saved[1];
+  la_tensor *dy = la_contiguous(gout);
+  if (!dy) return -1;
+  bool need_g = LA_NEEDS_GRAD(n, 0), need_u = LA_NEEDS_GRAD(n, 1);
+  la_tensor *dg = need_g ? la_empty(LA_FLOAT32, g->ndim, g->shape) : NULL;
+  la_tensor *du = need_u ? la_empty(LA_FLOAT32, u->ndim, u->shape) : NULL;
+  if ((need_g && !dg) || (need_u && !du)) {
+    la_release(dy); la_release(dg); la_release(du);
+    return -1;
+  }
+  la_swiglu_job j = {la_fdata(g), la_fdata(u), la_fdata(dy), NULL, dg ? la_fdata(dg) : NULL,
+                     du ? la_fdata(du) : NULL};
+  int64_t total = la_numel(g);
+  la_parallel_range(total, total >= LA_PARALLEL_GRAIN, la_swiglu_bwd_range, &j);
+  la_release(dy);
+  gin[0] = dg;
+  gin[1] = du;
+  return 0;
+}
+
+la_tensor *la_swiglu(la_tensor *gate, la_tensor *up) {
+  char b1[LA_SHAPE_BUF], b2[LA_SHAPE_BUF];
+  if (la_check_f32("swiglu", gate, "gate") < 0 || la_check_f32("swiglu", up, "up") < 0) return NULL;
+  if (!la_same_shape(gate, up))
+    return la_fail("swiglu: gate of shape %s and up of shape %s must have the same shape",
+                   la_shape_str(b1, sizeof b1, gate->ndim, gate->shape),
+                   la_shape_str(b2, sizeof b2, up->ndim, up->shape));
+  la_tensor *g = la_contiguous(gate), *u = g ? la_contiguous(up) : NULL;
+  la_tensor *out = u ? la_empty(LA_FLOAT32, gate->ndim, gate->shape) : NULL;
+  if (!out) { la_release(g); la_release(u); return NULL; }
+  la_swiglu_job j = {la_fdata(g), la_fdata(u), NULL, la_fdata(out), NULL, NULL};
+  int64_t total = la_numel(g);
+  la_parallel_range(total, total >= LA_PARALLEL_GRAIN, la_swiglu_fwd_range, &j);
+  la_tensor *in[2] = {gate, up};
+  la_node *n;
+  out = la_record(out, "swiglu", la_swiglu_backward, 2, in, 2, &n);
+  if (n && (la_node_save(n, 0, g) < 0 || la_node_save(n, 1, u) < 0)) {
+    la_release(out);
+    out = NULL;
+  }
+  la_release(g);
+  la_release(u);
+  return out;
+}
+
+/* ---------------------------------------------------------------- SwiGLU into a projection */
+
+/* y = swiglu(gate, up) W^T + b: the end of the Llama-family MLP as one op.
+** swiglu(gate, up) (hidden wide) is made in a temporary, projected, and
+** dropped; the backward pass makes it again from the saved gate and up.  Kept
+** for the backward pass: gate, up and W -- not the product, which a separate
+** linear layer would keep (a third hidden-wide tensor per layer).
+**   dW = dy^T h,  db = column sums of dy,  dh = dy W,  then dgate, dup as SwiGLU's. */
+static la_tensor *la_swiglu_product(la_tensor *g, la_tensor *u) {
+  la_tensor *h = la_empty(LA_FLOAT32, g->ndim, g->shape);
+  if (!h) return NULL;
+  la_swiglu_job j = {la_fdata(g), la_fdata(u), NULL, la_fdata(h), NULL, NULL};
+  int64_t total = la_numel(g);
+  la_parallel_range(total, total >= LA_PARALLEL_GRAIN, la_swiglu_fwd_range, &j);
+  return h;
+}
+
+static int la_swiglu_linear_backward(la_node *n, la_tensor *gout, la_tensor **gin) {
+  la_tensor *g = n->saved[0], *u = n->saved[1], *w = n->saved[2];
+  int64_t O = w->shape[0];
+  la_tensor *dy = la_as_rows(gout), *h = dy ? la_swiglu_product(g, u) : NULL;
+  la_tensor *h2 = h ? la_as_rows(h) : NULL;
+  int rc = h2 ? 0 : -1;
+  if (rc == 0 && LA_NEEDS_GRAD(n, 2)) {            /* dW = dy^T h */
+    la_tensor *dw = la_empty(LA_FLOAT32, 2, w->shape);
+    rc = dw ? la_gemm(true, false, 1.0f, dy, h2, 0.0f, dw) : -1;
+    if (rc == 0) gin[2] = dw; else la_release(dw);
+  }
+  if (rc == 0 && n->n_in > 3 && LA_NEEDS_GRAD(n, 3)) {   /* db */
+    la_tensor *db = la_empty(LA_FLOAT32, 1, &O);
+    if (db) { la_colsum(la_fdata(dy), dy->shape[0], O, la_fdata(db)); gin[3] = db; }
+    else rc = -1;
+  }
+  la_release(h2);
+  if (rc == 0 && (LA_NEEDS_GRAD(n, 0) || LA_NEEDS_GRAD(n, 1))) {   /* dh = dy W, into h's memory */
+    la_tensor *dh2 = la_as_rows(h);
+    rc = dh2 ? la_gemm(false, false, 1.0f, dy, w, 0.0f, dh2) : -1;
+    la_release(dh2);
+    bool need_g = LA_NEEDS_GRAD(n, 0), need_u = LA_NEEDS_GRAD(n, 1);
+    la_tensor *dg = rc == 0 && need_g ? la_empty(LA_FLOAT32, g->ndim, g->shape) : NULL;
+    la_tensor *du = rc == 0 && need_u ? la_empty(LA_FLOAT32, u->ndim, u->shape) : NULL;
+    if (rc == 0 && ((need_g && !dg) || (need_u && !du))) rc = -1;
+    if (rc == 0) {
+      la_swiglu_job j = {la_fdata(g), la_fdata(u), la_fdata(h), NULL, dg ? la_fdata(dg) : NULL,
+                         du ? la_fdata(du) : NULL};
+      int64_t total = la_numel(g);
+      la_parallel_range(total, total >= LA_PARALLEL_GRAIN, la_swiglu_bwd_range, &j);
+      gin[0] = dg;
+      gin[1] = du;
+    } else {
+      la_release(dg);
+      la_release(du);
+    }
+  }
+  la_release(h);
+  la_release(dy);
+  return rc;
+}
+
+la_tensor *la_swiglu_linear(la_tensor *gate, la_tensor *up, la_tensor *w, la_tensor *b) {
+  char b1[LA_SHAPE_BUF], b2[LA_SHAPE_BUF];
+  if (la_check_f32("swiglu_linear", gate, "gate") < 0 || la_check_f32("swiglu_linear", up, "up") < 0)
+    return NULL;
+  if (!la_same_shape(gate, up))
+    return la_fail("swiglu_linear: gate of shape %s and up of shape %s must have the same shape",
+                   la_shape_str(b1, sizeof b1, gate->ndim, gate->shape),
+                   la_shape_str(b2, sizeof b2, up->ndim, up->shape));
+  la_tensor *g = la_contiguous(gate), *u = g ? la_contiguous(up) : NULL;
+  la_tensor *h = u ? la_swiglu_product(g, u) : NULL;
+  if (!h) { la_release(g); la_release(u); return NULL; }
+  /* the projection itself, unrecorded: this op records one node for all of it */
+  bool previous = la_set_grad_enabled(false);
+  la_tensor *out = la_linear(h, w, b);
+  la_set_grad_enabled(previous);
+  la_release(h);
+  if (!out) {
+    la_release(g); la_release(u);
+    la_error_prefix("swiglu_linear: ");
+    return NULL;
+  }
+  la_tensor *in[4] = {gate, up, w, b};
+  la_node *n;
+  out = la_record(out, "swiglu_linear", la_swiglu_linear_backward, b ? 4 : 3, in, 3, &n);
+  if (n && (la_node_save(n, 0, g) < 0 || la_node_save(n, 1, u) < 0 || la_node_save(n, 2, w) < 0)) {
+    la_release(out);
+    out = NULL;
+  }
+  la_release(g);
+  la_release(u);
   return out;
 }

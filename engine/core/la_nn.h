@@ -18,6 +18,22 @@ la_tensor *la_layer_norm(la_tensor *x, la_tensor *w, la_tensor *b, double eps);
 la_tensor *la_rms_norm(la_tensor *x, la_tensor *w, double eps);
 /* Zeroes each element with probability p and scales the rest by 1/(1-p). */
 la_tensor *la_dropout(la_tensor *x, double p);
+/* silu(gate) * up for two tensors of one shape (the Llama-family MLP). */
+la_tensor *la_swiglu(la_tensor *gate, la_tensor *up);
+/* swiglu(gate, up) W^T + b (b may be NULL) as one op that keeps gate, up and
+** W for its backward pass, not the product (made again there). */
+la_tensor *la_swiglu_linear(la_tensor *gate, la_tensor *up, la_tensor *w, la_tensor *b);
+
+/* ---------------------------------------------------------------- la_rope.c */
+
+/* cos and sin of p * inv_freq[i] for positions p < length: a contiguous
+** (2, length, half) float32 table, computed in double precision. */
+la_tensor *la_rope_table(const double *inv_freq, int64_t half, int64_t length);
+/* Rotary position embedding, rotate-half convention, applied in place to x
+** (B, T, H, D) (unit stride along D) at positions (B, T) (integers indexing
+** the table's rows).  Returns x's storage under a new header that carries the
+** gradient (the inverse rotation); x must not be a leaf that requires grad. */
+la_tensor *la_rope_(la_tensor *x, la_tensor *positions, la_tensor *table);
 
 /* ---------------------------------------------------------------- la_attention.c */
 
@@ -27,11 +43,14 @@ typedef struct la_attn_opts {
   double scale;            /* 0: 1/sqrt(head_dim) */
   la_tensor *key_mask;     /* (B, S): zero/false keys are never attended; or NULL */
   la_tensor *segments;     /* (B, S) integer ids: attend only within a segment (packing); or NULL */
+  int64_t window;          /* > 0: a sliding window; query i sees only keys j > i + offset - window */
 } la_attn_opts;
 
-/* softmax(q k^T * scale + masks) v for q (B, H, T, D), k and v (B, H, S, D),
-** any strides with unit stride along D.  Returns (B, H, T, D) (a view of a
-** (B, T, H, D) buffer, so transposing back to (B, T, H*D) is free). */
+/* softmax(q k^T * scale + masks) v for q (B, H, T, D), k and v (B, Hkv, S, D)
+** with H a multiple of Hkv (grouped-query attention: query head h uses
+** key/value head h / (H / Hkv), never copied), any strides with unit stride
+** along D.  Returns (B, H, T, D) (a view of a (B, T, H, D) buffer, so
+** transposing back to (B, T, H*D) is free). */
 la_tensor *la_attention(la_tensor *q, la_tensor *k, la_tensor *v, const la_attn_opts *o);
 /* The same from a fused projection qkv (B, T, 3*H*D); returns (B, T, H*D).
 ** Its gradient is written straight into one (B, T, 3*H*D) buffer. */

@@ -787,26 +787,6 @@ void la_st_close(la_st_file *f) {
   free(f);
 }
 
-static float st_f16(uint16_t h) {
-  uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1F, man = h & 0x3FF, bits;
-  if (exp == 0) {                        /* zero or subnormal: man * 2^-24 */
-    float v = (float)man * 0x1p-24f;
-    return sign ? -v : v;
-  }
-  if (exp == 31) bits = sign | 0x7F800000u | (man << 13);      /* inf, NaN */
-  else bits = sign | ((exp + 112) << 23) | (man << 13);        /* rebias 15 -> 127 */
-  float f;
-  memcpy(&f, &bits, sizeof f);
-  return f;
-}
-
-static float st_bf16(uint16_t b) {
-  uint32_t bits = (uint32_t)b << 16;
-  float f;
-  memcpy(&f, &bits, sizeof f);
-  return f;
-}
-
 /* Round to nearest as the hardware does, saturating to infinity explicitly
 ** so that no out-of-range conversion is left to the compiler. */
 static float st_f64(double d) {
@@ -828,18 +808,17 @@ static int st_read_converted(la_st_file *f, const la_st_entry *e, float *out, ui
   for (size_t done = 0; done < total && rc == 0;) {
     size_t chunk = total - done < ST_BOUNCE ? total - done : ST_BOUNCE;
     rc = st_read_at(f->fd, buf, chunk, offset + done);
-    for (size_t k = 0; rc == 0 && k < chunk / esize; k++) {
-      const unsigned char *src = buf + k * esize;
-      if (e->dtype == LA_ST_F64) {
+    size_t n = chunk / esize;
+    if (rc == 0 && e->dtype == LA_ST_F64) {
+      for (size_t k = 0; k < n; k++) {
         double d;
-        memcpy(&d, src, sizeof d);
-        *out++ = st_f64(d);
-      } else {
-        uint16_t h;
-        memcpy(&h, src, sizeof h);
-        *out++ = e->dtype == LA_ST_F16 ? st_f16(h) : st_bf16(h);
+        memcpy(&d, buf + k * esize, sizeof d);
+        out[k] = st_f64(d);
       }
+    } else if (rc == 0) {   /* the buffer is malloc's, aligned for uint16_t */
+      la_half_to_f32_n((const uint16_t *)(void *)buf, out, n, e->dtype == LA_ST_BF16);
     }
+    out += n;
     done += chunk;
   }
   free(buf);
@@ -877,6 +856,40 @@ la_tensor *la_st_read(la_st_file *f, size_t i) {
     return NULL;
   }
   return t;
+}
+
+int la_st_read_into(la_st_file *f, size_t i, la_tensor *dst) {
+  char b1[LA_SHAPE_BUF], b2[LA_SHAPE_BUF];
+  if (i >= f->h->n_tensors) return la_failn("%s: no tensor number %zu", f->path, i + 1);
+  const la_st_entry *e = &f->h->tensors[i];
+  bool same = dst->ndim == e->ndim;
+  for (int d = 0; same && d < e->ndim; d++) same = dst->shape[d] == e->shape[d];
+  if (!same)
+    return la_failn("%s: tensor " NAMEF " has shape %s in the file and %s in the model", f->path,
+                    NAMEA(e->name, e->name_len), la_shape_str(b1, sizeof b1, e->ndim, e->shape),
+                    la_shape_str(b2, sizeof b2, dst->ndim, dst->shape));
+  la_dtype dt;
+  if (la_st_load_dtype(e->dtype, &dt) == 0 && dt == dst->dtype && la_is_contiguous(dst)) {
+    /* Straight into the destination's memory: no temporary tensor. */
+    uint64_t offset = 8 + f->h->header_len + e->begin;
+    int rc = dt == LA_FLOAT32 && e->dtype != LA_ST_F32
+                 ? st_read_converted(f, e, la_fdata(dst), offset)
+                 : st_read_at(f->fd, la_data(dst), (size_t)(e->end - e->begin), offset);
+    if (rc == 0 && e->dtype == LA_ST_BOOL) {
+      unsigned char *b = la_data(dst);
+      for (size_t k = 0; k < (size_t)(e->end - e->begin); k++) b[k] = b[k] != 0;
+    }
+    if (rc < 0) la_error_prefix("%s: tensor " NAMEF ": ", f->path, NAMEA(e->name, e->name_len));
+    if (rc == 0) dst->storage->version++;
+    return rc;
+  }
+  /* A view (a transposed weight) or another dtype: read, then copy across. */
+  la_tensor *t = la_st_read(f, i);
+  if (!t) return -1;
+  int rc = la_copy_(dst, t);
+  la_release(t);
+  if (rc < 0) la_error_prefix("%s: tensor " NAMEF ": ", f->path, NAMEA(e->name, e->name_len));
+  return rc;
 }
 
 /* ---------------------------------------------------------------- writing */
@@ -938,6 +951,8 @@ static void sb_json(st_buf *b, const char *s, size_t n) {
   sb_put(b, "\"", 1);
 }
 
+static bool st_is_half(la_st_dtype dt) { return dt == LA_ST_F16 || dt == LA_ST_BF16; }
+
 typedef struct st_out {
   const la_st_named *src;
   la_st_dtype dtype;
@@ -973,6 +988,19 @@ static int st_write_all(int fd, const void *data, size_t n) {
   return 0;
 }
 
+/* Writes n float32 values as F16 or BF16, converted through a bounce buffer
+** so that no half-precision copy of the whole tensor is ever made. */
+static int st_write_half(int fd, const float *src, size_t n, bool bf16) {
+  uint16_t buf[ST_BOUNCE / sizeof(uint16_t)];
+  size_t per = sizeof buf / sizeof buf[0];
+  for (size_t done = 0; done < n; done += per) {
+    size_t k = n - done < per ? n - done : per;
+    la_f32_to_half_n(src + done, buf, k, bf16);
+    if (st_write_all(fd, buf, k * sizeof(uint16_t)) < 0) return -1;
+  }
+  return 0;
+}
+
 /* Builds and checks the header: returns it (padded so that the data starts
 ** at a multiple of 8 bytes from the start of the file) or NULL. */
 static char *st_build_header(const char *path, size_t n, const la_st_named *tensors, size_t n_meta,
@@ -986,13 +1014,13 @@ static char *st_build_header(const char *path, size_t n, const la_st_named *tens
     if (!t->tensor) return la_fail("%s: tensor " NAMEF " is missing", path, NAMEA(t->name, t->name_len));
     outs[i].src = t;
     switch (t->tensor->dtype) {
-      case LA_FLOAT32: outs[i].dtype = LA_ST_F32; break;
+      case LA_FLOAT32: outs[i].dtype = st_is_half(t->as) ? t->as : LA_ST_F32; break;
       case LA_INT32: outs[i].dtype = LA_ST_I32; break;
       case LA_INT64: outs[i].dtype = LA_ST_I64; break;
       case LA_BOOL: outs[i].dtype = LA_ST_BOOL; break;
       default: return la_fail("%s: tensor " NAMEF " has a dtype safetensors cannot hold", path, NAMEA(t->name, t->name_len));
     }
-    outs[i].nbytes = (uint64_t)la_numel(t->tensor) * la_dtype_size(t->tensor->dtype);
+    outs[i].nbytes = (uint64_t)la_numel(t->tensor) * la_st_dtype_size(outs[i].dtype);
   }
   qsort(outs, n, sizeof *outs, st_cmp_named);
   for (size_t i = 1; i < n; i++)
@@ -1164,7 +1192,9 @@ int la_st_save(const char *path, size_t n, const la_st_named *tensors, size_t n_
       free(order);
       goto fail;
     }
-    int rc = st_write_all(fd, la_data(c), (size_t)order[i]->nbytes);
+    int rc = st_is_half(order[i]->dtype)
+                 ? st_write_half(fd, la_fdata(c), (size_t)la_numel(c), order[i]->dtype == LA_ST_BF16)
+                 : st_write_all(fd, la_data(c), (size_t)order[i]->nbytes);
     la_release(c);
     if (rc < 0) {
       la_failn("%s: cannot write tensor " NAMEF ": %s", path, NAMEA(src->name, src->name_len), strerror(errno));

@@ -85,6 +85,12 @@ la_st_file *la_st_open(const char *path);
 const la_st_header *la_st_file_header(const la_st_file *f);
 /* Reads tensor i of the header into a new tensor (one reference). */
 la_tensor *la_st_read(la_st_file *f, size_t i);
+/* Reads tensor i into dst, an existing tensor of the same shape: straight
+** into its memory when it is contiguous and of the type the tensor loads as
+** (F16/BF16/F64 converted on the way through a small buffer), otherwise read
+** and copied across (dst a view, or another dtype).  No autograd checks: the
+** caller writes model parameters under no-grad. */
+int la_st_read_into(la_st_file *f, size_t i, la_tensor *dst);
 void la_st_close(la_st_file *f);
 
 /* ---------------------------------------------------------------- writing */
@@ -93,6 +99,9 @@ typedef struct la_st_named {
   const char *name;
   size_t name_len;
   la_tensor *tensor;        /* float32, int32, int64 or bool; any strides */
+  la_st_dtype as;           /* LA_ST_F16 or LA_ST_BF16: a float32 tensor stored in half
+                            ** precision (rounded to nearest even); any other value
+                            ** (zero-initialised included): stored as its own dtype */
 } la_st_named;
 
 /* Writes the tensors and the metadata to path atomically: into a temporary

@@ -46,8 +46,12 @@ end
 -- `path` holds either its old contents or the complete new file, never a
 -- part; on any error the old file is left as it was and the temporary one
 -- removed.  Header keys are sorted, so the same tensors give the same bytes.
-function M.save(path, named_tensors, metadata)
+-- `opts.dtype` stores the float32 tensors in half precision: "bf16"
+-- (bfloat16) or "f16" (IEEE half), rounded to nearest even; "f32" (the
+-- default) keeps them as they are.  Integer and bool tensors are unaffected.
+function M.save(path, named_tensors, metadata, opts)
   check_path("save", path)
+  local float_type = M.float_type("checkpoint.save", opts)
   if type(named_tensors) ~= "table" or core.is_tensor(named_tensors) then
     fail("save", "expected a table of name = tensor (got a " .. type(named_tensors) .. ")")
   end
@@ -78,7 +82,23 @@ function M.save(path, named_tensors, metadata)
       end
     end
   end
-  call("save", st.write, path, named_tensors, meta)
+  call("save", st.write, path, named_tensors, meta, float_type)
+end
+
+local float_types = {f32 = "F32", float32 = "F32", bf16 = "BF16", bfloat16 = "BF16",
+                     f16 = "F16", float16 = "F16"}
+
+--- The safetensors type ("F32", "BF16" or "F16") that `opts.dtype` names
+-- for float32 tensors; errors start with `where` and list the accepted spellings.
+function M.float_type(where, opts)
+  local util = require "lualign.util"
+  opts = util.check_options(where, opts, {"dtype"})
+  if opts.dtype == nil then return "F32" end
+  local t = float_types[opts.dtype]
+  if not t then
+    util.error(string.format("%s: dtype '%s' is not one lualign writes (f32, bf16, f16)", where, tostring(opts.dtype)))
+  end
+  return t
 end
 
 local load_options = {names = true}
@@ -108,6 +128,18 @@ function M.load(path, opts)
   end
   local tensors, metadata = call("load", st.read, path, names)   -- no tail call: keeps the
   return tensors, metadata                                        -- caller's level for errors
+end
+
+--- Reads tensors of a safetensors file into existing tensors: `into` maps
+-- names in the file to tensors of the same shape (a model's parameters, or
+-- views of them).  A contiguous float32 destination receives the data
+-- directly (F16, BF16 and F64 converted on the way), so loading a model this
+-- way never holds a second copy of its weights.  Runs without recording
+-- gradients; errors name the file and the tensor.
+function M.read_into(path, into)
+  check_path("read_into", path)
+  if type(into) ~= "table" then fail("read_into", "expected a table of name = tensor (got a " .. type(into) .. ")") end
+  call("read_into", st.read_into, path, into)
 end
 
 --- Reads and validates the header of a safetensors file without reading

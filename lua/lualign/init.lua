@@ -160,7 +160,7 @@ local submodules = {
   gradcheck = "lualign.gradcheck", nn = "lualign.nn", optim = "lualign.optim",
   loss = "lualign.loss", data = "lualign.data", tokenizer = "lualign.tokenizer",
   checkpoint = "lualign.checkpoint", models = "lualign.models", plot = "lualign.plot",
-  recipe = "lualign.recipe",
+  recipe = "lualign.recipe", dist = "lualign.dist",
 }
 -- (lualign.log, the training log, is reached with require: la.log is the logarithm.)
 

@@ -25,6 +25,7 @@ local core = require "lualign.core"
 local sys = require "lualign.sys"
 local cjson = require "cjson"
 local util = require "lualign.util"
+local dist = require "lualign.dist"
 
 local recipe = {}
 
@@ -257,8 +258,13 @@ end
 -- overwrite, stop_at, threads, nonfinite).  The recipe then checks its
 -- inputs and calls run:start().  While the run exists, JSONL fields that the
 -- data readers ignore are printed, once per file (see lualign.data).
+-- In a data-parallel job only rank 0 writes the run folder: the other ranks'
+-- run folder is a private one of their own (la.dist.private_dir), so a recipe
+-- that reads back a file it wrote behaves the same on every rank; they write
+-- no checkpoint and resume from rank 0's.
 function recipe.run(config)
   local dir = config.out_dir .. "/" .. config.name
+  if not dist.is_main() then dir = dist.private_dir(config.name) end
   check_folder(dir, config)
   local self = setmetatable({dir = dir, config = config, started = false}, Run)
   local seen = {}
@@ -438,7 +444,12 @@ end
 -- that a run killed between the two files resumes from the older checkpoint
 -- and writes both again, rather than keeping a model file older than the
 -- checkpoint it resumed from.
+--
+-- In a data-parallel job rank 0 writes the job's checkpoint, and every rank
+-- returns once it is on disk, so that a rank stopping right after (stop_at,
+-- an error) cannot end the job while the file is being written.
 function Run:save_checkpoint(model, optimizer, step, extra)
+  if not dist.is_main() then dist.barrier() return end
   local checkpoint = require "lualign.checkpoint"
   local tensors = {}
   for name, t in pairs(model:state_dict()) do tensors["model." .. name] = t end
@@ -455,6 +466,7 @@ function Run:save_checkpoint(model, optimizer, step, extra)
     step = tostring(step), optimizer = recipe.json(scalars),
     rng = recipe.json(core.get_rng_state()), extra = recipe.json(extra or {}),
   })
+  dist.barrier()
 end
 
 --- Writes the model's weights to <run>/<file> (default model.safetensors)
@@ -557,11 +569,15 @@ recipe.MAX_SKIPS = 20
 
 --- Restores a checkpoint written by save_checkpoint into model and
 -- optimizer (and the generator).  Returns the step and the extra table, or
--- nil when the run folder has no checkpoint.
+-- nil when the run folder has no checkpoint.  In a data-parallel job rank 0
+-- reads it and every rank gets its tensors and metadata.
 function Run:restore_checkpoint(model, optimizer)
-  if not self:exists("checkpoint.safetensors") then return nil end
-  local checkpoint = require "lualign.checkpoint"
-  local tensors, meta = checkpoint.load(self:path("checkpoint.safetensors"))
+  local tensors, meta
+  if dist.is_main() and self:exists("checkpoint.safetensors") then
+    tensors, meta = require("lualign.checkpoint").load(self:path("checkpoint.safetensors"))
+  end
+  tensors, meta = dist.broadcast_state(tensors, meta)
+  if not tensors then return nil end
   local model_part, optim_part = {}, {}
   for name, t in pairs(tensors) do
     local m = name:match("^model%.(.*)$")
@@ -588,26 +604,31 @@ function recipe.load_weights(model, path)
   return model
 end
 
---- A GPT rebuilt from a model.safetensors that lualign wrote (its config is
--- in the metadata), or from a run folder holding one.  overrides change
--- config keys (e.g. {value_head = true} adds a freshly initialised head).
-function recipe.load_gpt(path, overrides)
+--- A model rebuilt from a model.safetensors that lualign wrote (its config
+-- is in the metadata: a GPT's keys, or a Hugging Face config's with
+-- model_type for the Llama family), or from a run folder holding one.
+-- overrides change config keys (e.g. {value_head = true} adds a freshly
+-- initialised head).  recipe.load_gpt is the same function.
+function recipe.load_model(path, overrides)
   local checkpoint = require "lualign.checkpoint"
   if not path:match("%.safetensors$") then path = path .. "/model.safetensors" end
   local tensors, meta = checkpoint.load(path)
   if not meta.model_config then
     error(path .. ": no model_config in the metadata (was it written by a lualign recipe?)", 2)
   end
-  local cfg = cjson.decode(meta.model_config)
-  for _, k in ipairs({"vocab_size", "n_positions", "n_embd", "n_layer", "n_head"}) do
-    cfg[k] = math.tointeger(cfg[k])
-  end
+  local cfg = require("lualign.models.hf").integers(cjson.decode(meta.model_config))
   for k, v in pairs(overrides or {}) do cfg[k] = v end
-  local model = require("lualign.models.gpt")(cfg)
+  local model
+  if cfg.model_type then
+    model = require("lualign.models").from_config(cfg)
+  else
+    model = require("lualign.models.gpt")(cfg)
+  end
   -- Heads added by overrides keep their fresh initialisation.
   model:load_state_dict(tensors, {strict = not overrides})
   return model, meta
 end
+recipe.load_gpt = recipe.load_model
 
 --- Raises an error saying both numbers when a loader's data is smaller than
 -- one batch (so it would yield nothing): a recipe checks its training data

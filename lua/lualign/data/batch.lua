@@ -645,6 +645,33 @@ end
 --- Number of batches in an epoch.
 function Loader:num_batches(epoch) return #self:plan(epoch) end
 
+--- Makes this loader yield process `rank`'s share (0-based, of `size`
+-- processes) of every batch: its units (examples, or packed rows) split into
+-- `size` contiguous parts as evenly as they go, part `rank` collated.  The
+-- plan -- which units form each batch, and in which order -- stays that of one
+-- process, so the processes together see exactly its batches.  Returns self.
+function Loader:shard(rank, size)
+  if math.type(rank) ~= "integer" or math.type(size) ~= "integer" or size < 1 or rank < 0 or rank >= size then
+    error(string.format("shard: rank must be 0 to size - 1 and size at least 1 (got rank %s of %s)",
+      tostring(rank), tostring(size)), 2)
+  end
+  self.shard_rank, self.shard_size = rank, size
+  return self
+end
+
+-- The units of this loader's share of a batch (all of them when not sharded).
+local function share(self, units, k, epoch)
+  local size = self.shard_size
+  if not size or size == 1 then return units end
+  local n = #units
+  if n < size then
+    error(string.format("loader: batch %d of epoch %d has %d unit(s), fewer than the %d processes "
+      .. "sharing it; use batches of at least %d (or drop_last = true)", k, epoch, n, size, size), 0)
+  end
+  local first, last = self.shard_rank * n // size + 1, (self.shard_rank + 1) * n // size
+  return table.move(units, first, last, 1, {})
+end
+
 --- Iterates over the batches of one epoch: for batch in loader:epoch(e) do ... end
 function Loader:epoch(epoch)
   local batches = self:plan(epoch)
@@ -653,7 +680,7 @@ function Loader:epoch(epoch)
     k = k + 1
     local units = batches[k]
     if units == nil then return nil end
-    local batch = self.collate(units)
+    local batch = self.collate(share(self, units, k, epoch or 1))
     batch.index, batch.epoch = k, epoch or 1
     return batch
   end

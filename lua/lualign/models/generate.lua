@@ -5,13 +5,23 @@
 --
 -- prompts: a list of Lua lists of 0-based ids (lengths may differ), or a
 -- (B, T) integer tensor.  Rows are left-padded, with an attention mask and
--- per-row positions so that padding changes nothing.  opts:
+-- per-row positions counted from each row's first real token, so that
+-- padding changes nothing.  opts:
 --   max_new_tokens (32); temperature (1; 0 = greedy); top_k (0 = off);
---   top_p (1 = off); eos_id (stop a row when it is produced); pad_id (what
---   finished rows get; default eos_id or 0); use_cache (true): keys and values
---   of earlier positions are kept, so each step runs one position;
---   return_logprobs: log-probabilities of the chosen tokens under
---   softmax(logits / temperature).
+--   top_p (1 = off); eos_id (an id or a list of ids: stop a row when one is
+--   produced); pad_id (what finished rows get; default the first EOS id or
+--   0); repetition_penalty (1 = off; Hugging Face's rule: the logit of every
+--   id already in the row, prompt included, is divided by it when positive
+--   and multiplied by it when negative); stop_strings (a list of strings:
+--   stop a row once its generated text contains one, ending within the last
+--   token; needs tokenizer, whose decode turns ids into text); use_cache
+--   (true): keys and values of earlier positions are kept, so each step runs
+--   one position; return_logprobs: log-probabilities of the chosen tokens
+--   under softmax(logits / temperature) after the repetition penalty.
+-- A model loaded from a Hugging Face folder has model.generation_config:
+-- options not given come from it as Hugging Face's generate takes them
+-- (eos_token_id, pad_token_id; do_sample false or absent = greedy, else
+-- temperature, top_k (default 50), top_p, repetition_penalty).
 -- Returns a table: tokens (B, N) int64, logprobs (B, N) float32 (0 after a
 -- row ended) when asked, lengths (tokens per row, EOS included),
 -- sequences (Lua lists of each row's tokens), finished (whether EOS came),
@@ -63,6 +73,69 @@ local function positions_of(mask)
   return pos
 end
 
+local known_options = {"max_new_tokens", "temperature", "top_k", "top_p", "eos_id", "pad_id",
+                       "use_cache", "return_logprobs", "repetition_penalty", "stop_strings", "tokenizer"}
+
+-- The options not given, from the model's generation_config.json when it
+-- has one (as Hugging Face's generate reads it), else lualign's defaults.
+local function with_defaults(model, opts)
+  local o = {}
+  for k, v in pairs(opts) do o[k] = v end
+  local gc = rawget(model, "generation_config")
+  if gc then
+    if o.eos_id == nil then o.eos_id = gc.eos_token_id end
+    if o.pad_id == nil then o.pad_id = gc.pad_token_id end
+    if o.temperature == nil then o.temperature = gc.do_sample and (gc.temperature or 1.0) or 0 end
+    if o.top_k == nil then o.top_k = gc.top_k or 50 end
+    if o.top_p == nil then o.top_p = gc.top_p end
+    if o.repetition_penalty == nil then o.repetition_penalty = gc.repetition_penalty end
+  end
+  return o
+end
+
+-- A set of EOS ids from a number, a list of numbers or nil; and the first.
+local function eos_set(eos)
+  local set, first = {}, nil
+  if type(eos) == "number" then eos = {eos} end
+  if eos ~= nil and type(eos) ~= "table" then
+    util.error("generate: eos_id must be an id or a list of ids (got " .. type(eos) .. ")")
+  end
+  for _, id in ipairs(eos or {}) do
+    local i = math.tointeger(id)
+    if not i then util.error("generate: eos_id holds " .. tostring(id) .. ", not an integer id") end
+    set[i] = true
+    first = first or i
+  end
+  return set, first
+end
+
+-- Hugging Face's repetition penalty, in place on logits (B, V): for every
+-- id seen in a row, a positive logit is divided by the penalty and a
+-- negative one multiplied by it.
+local function penalise(logits, seen, penalty)
+  local previous = core.set_grad_enabled(false)
+  for b, ids in ipairs(seen) do
+    local row = logits[b]
+    for id in pairs(ids) do
+      local x = row[id + 1]
+      row[id + 1] = x > 0 and x / penalty or x * penalty
+    end
+  end
+  core.set_grad_enabled(previous)
+end
+
+-- Whether the text of a row's new tokens contains a stop string that ends
+-- within its last token (so a stop string is matched once, when completed).
+local function hits_stop(tokenizer, tokens, stops)
+  local text = tokenizer:decode(tokens)
+  local before = #tokens > 1 and #tokenizer:decode({table.unpack(tokens, 1, #tokens - 1)}) or 0
+  for _, s in ipairs(stops) do
+    local from = math.max(1, before - #s + 2)
+    if text:find(s, from, true) then return true end
+  end
+  return false
+end
+
 -- The prompts and what was generated as one batch of left-padded rows of
 -- P + N tokens: ids, attention_mask (0 on padding and after a row's end),
 -- position_ids (counting real tokens, as generation did), response_mask (B, N)
@@ -92,20 +165,40 @@ local function prompt_response(prompt_ids, prompt_mask, tokens, lengths, P, N)
 end
 
 local function generate(model, prompts, opts)
-  opts = util.check_options("generate", opts, {"max_new_tokens", "temperature", "top_k", "top_p", "eos_id",
-                                               "pad_id", "use_cache", "return_logprobs"})
+  opts = with_defaults(model, util.check_options("generate", opts, known_options))
   local max_new = opts.max_new_tokens or 32
   local temperature = opts.temperature or 1.0
-  local eos = opts.eos_id
-  local pad = opts.pad_id or eos or 0
+  local eos_ids, first_eos = eos_set(opts.eos_id)
+  local pad = opts.pad_id or first_eos or 0
   local use_cache = opts.use_cache ~= false
+  local penalty = opts.repetition_penalty or 1.0
+  if type(penalty) ~= "number" or not (penalty > 0) then
+    util.error("generate: repetition_penalty must be a positive number (got " .. tostring(penalty) .. ")")
+  end
+  local stops = opts.stop_strings
+  if stops ~= nil then
+    if type(stops) == "string" then stops = {stops} end
+    if type(stops) ~= "table" or #stops == 0 then util.error("generate: stop_strings must be a list of strings") end
+    for _, s in ipairs(stops) do
+      if type(s) ~= "string" or s == "" then util.error("generate: stop_strings must hold non-empty strings") end
+    end
+    if not opts.tokenizer then util.error("generate: stop_strings need opts.tokenizer to turn tokens into text") end
+  end
   local ids, mask, B, P = left_pad(prompts, pad)
-  local n_positions = model.config.n_positions
+  local n_positions = model:max_positions()
   if P + max_new > n_positions then
-    util.error(string.format("generate: prompt (%d) + max_new_tokens (%d) exceeds n_positions (%d)",
+    util.error(string.format("generate: prompt (%d) + max_new_tokens (%d) exceeds the model's %d positions",
       P, max_new, n_positions))
   end
   local sample_opts = {temperature = temperature, top_k = opts.top_k or 0, top_p = opts.top_p or 1.0}
+  -- The ids each row holds so far, for the repetition penalty (padding excluded).
+  local seen = {}
+  if penalty ~= 1 then
+    for b = 1, B do
+      seen[b] = {}
+      for t = 1, P do if mask[b][t] == 1 then seen[b][ids[b][t]] = true end end
+    end
+  end
   local _ <close> = require("lualign").no_grad()
   local was_training = model.training
   model:eval()
@@ -136,6 +229,10 @@ local function generate(model, prompts, opts)
   local logits = last_logits(seq_ids, core.tensor(pos, "int64"), P)
   local n_done = 0
   for step = 1, max_new do
+    if penalty ~= 1 then
+      logits = logits:contiguous()
+      penalise(logits, seen, penalty)
+    end
     local next_ids, lp = core.nn.sample(logits, sample_opts)
     local chosen, chosen_lp = next_ids:totable(), lp:totable()
     for b = 1, B do
@@ -144,7 +241,11 @@ local function generate(model, prompts, opts)
       else
         lengths[b] = lengths[b] + 1
         sequences[b][#sequences[b] + 1] = chosen[b]
-        if eos and chosen[b] == eos then finished[b] = true; n_done = n_done + 1 end
+        if penalty ~= 1 then seen[b][chosen[b]] = true end
+        if eos_ids[chosen[b]] or (stops and hits_stop(opts.tokenizer, sequences[b], stops)) then
+          finished[b] = true
+          n_done = n_done + 1
+        end
       end
       tokens[b][step], logprobs[b][step] = chosen[b], chosen_lp[b]
     end

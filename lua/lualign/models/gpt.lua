@@ -83,9 +83,15 @@ function Block:init(cfg)
   self.mlp = nn.MLP(cfg.n_embd, cfg.mlp_ratio * cfg.n_embd, {bias = cfg.bias, dropout = cfg.dropout})
 end
 
+--- A pre-norm decoder block's two residual steps, for both model families:
+-- x + attn(norm1(x), opts), then that plus mlp(norm2(it)).
+function gpt.pre_norm_block(x, opts, norm1, attn, norm2, mlp)
+  x = x + attn(norm1(x), opts)
+  return x + mlp(norm2(x))
+end
+
 function Block:forward(x, opts)
-  x = x + self.attn(self.ln_1(x), opts)
-  return x + self.mlp(self.ln_2(x))
+  return gpt.pre_norm_block(x, opts, self.ln_1, self.attn, self.ln_2, self.mlp)
 end
 
 ----------------------------------------------------------------------------
@@ -113,6 +119,7 @@ end
 --- GPT-2's initialisation: weights N(0, 0.02), the residual projections
 -- (attn.c_proj, mlp.c_proj) N(0, 0.02 / sqrt(2 n_layer)), biases 0, norms 1.
 function GPT:reset_parameters()
+  if nn.init_skipped() then return end
   local std, residual_std = 0.02, 0.02 / math.sqrt(2 * self.config.n_layer)
   local previous = core.set_grad_enabled(false)
   for _, p in ipairs(self:named_parameters()) do
@@ -164,26 +171,32 @@ function GPT:hidden(ids, opts)
     x = x + self.wpe.weight:narrow(1, pos0 + 1, T)
   end
   x = F.dropout(x, cfg.dropout, self.training)
-  local block_opts = {key_mask = opts.attention_mask, segments = opts.segments}
-  for i, block in ipairs(self.h._list) do
+  x = gpt.run_blocks(self.h, x, {key_mask = opts.attention_mask, segments = opts.segments}, cache, pos0)
+  return self.ln_f(x)
+end
+
+--- Runs x (B, T, C) through a list of blocks, each called as block(x, o); with
+-- a KV cache, block i gets o.cache = cache.layers[i] starting at position
+-- pos0, and the cache's length grows by T.
+function gpt.run_blocks(blocks, x, o, cache, pos0)
+  for i, block in ipairs(blocks._list) do
     if cache then
-      block_opts.cache = cache.layers[i]
+      o.cache = cache.layers[i]
       cache.layers[i].len = pos0
     end
-    x = block(x, block_opts)
+    x = block(x, o)
   end
-  if cache then cache.len = pos0 + T end
-  return self.ln_f(x)
+  if cache then cache.len = pos0 + x:size(2) end
+  return x
 end
 
 -- Errors inside (an id out of range, a mask of the wrong shape) are raised
 -- at the line that called the model, not inside the library.
 GPT.hidden = util.raise_at_caller(GPT.hidden)
 
---- Logits (..., V) from hidden states (..., C).
+--- Logits (..., V) from hidden states (..., C): the LM head (head_weight()).
 function GPT:logits(hidden)
-  if self.lm_head then return self.lm_head(hidden) end
-  return F.linear(hidden, self.wte.weight)
+  return F.linear(hidden, self:head_weight())
 end
 
 --- ids (B, T) -> logits (B, T, V).  opts as for hidden().
@@ -229,7 +242,7 @@ end
 
 --- Per-token values (B, T) from the value head.
 function GPT:values(hidden)
-  if not self.value_head then util.error("gpt: this model has no value head (config value_head = true)") end
+  if not self.value_head then util.error("model: this model has no value head (config value_head = true)") end
   return self.value_head(hidden):squeeze(-1)
 end
 
@@ -243,7 +256,7 @@ end
 --- One reward per sequence (B,), read at the last non-padding token of
 -- attention_mask (B, T) (every position when nil).
 function GPT:rewards(hidden, attention_mask)
-  if not self.reward_head then util.error("gpt: this model has no reward head (config reward_head = true)") end
+  if not self.reward_head then util.error("model: this model has no reward head (config reward_head = true)") end
   local r = self.reward_head(hidden):squeeze(-1)
   if not attention_mask then return r:select(2, -1) end
   return r:gather(2, last_positions(attention_mask):unsqueeze(2)):squeeze(2)
@@ -260,6 +273,14 @@ function GPT:new_cache(B, length)
     layers[i] = {k = core.zeros(B, H, length, D), v = core.zeros(B, H, length, D), len = 0}
   end
   return {len = 0, layers = layers}
+end
+
+--- The longest sequence the model takes (n_positions).
+function GPT:max_positions() return self.config.n_positions end
+
+--- Writes the model as a Hugging Face GPT-2 folder; see lualign.models.hf.save_pretrained.
+function GPT:save_pretrained(dir, opts)
+  return require("lualign.models.hf").save_pretrained(self, dir, opts)
 end
 
 --- Generation; see lualign.models.generate.
@@ -303,24 +324,12 @@ function gpt.from_hf_state_dict(sd, cfg)
   return out, dropped
 end
 
---- Loads a Hugging Face GPT-2 directory (config.json + model.safetensors).
+--- Loads a Hugging Face GPT-2 directory (config.json + model.safetensors);
+-- the same as la.models.from_pretrained for a gpt2 folder (lualign.models.hf:
+-- config checks, weights read straight into the parameters, generation_config).
+-- overrides change config keys (dropout, value_head, reward_head).
 function gpt.from_pretrained(dir, overrides)
-  local cjson = require "cjson"
-  local f, err = io.open(dir .. "/config.json")
-  if not f then error("gpt.from_pretrained: " .. tostring(err), 2) end
-  local ok, hf = pcall(cjson.decode, f:read("a"))
-  f:close()
-  if not ok then error("gpt.from_pretrained: " .. dir .. "/config.json: " .. tostring(hf), 2) end
-  local cfg = {}
-  for k in pairs(defaults) do
-    if hf[k] ~= nil and hf[k] ~= cjson.null then cfg[k] = hf[k] end
-  end
-  if type(hf.n_inner) == "number" and hf.n_embd then cfg.mlp_ratio = hf.n_inner / hf.n_embd end
-  for k, v in pairs(overrides or {}) do cfg[k] = v end
-  local model = GPT(cfg)
-  local sd = require("lualign.checkpoint").load(dir .. "/model.safetensors")
-  model:load_state_dict((gpt.from_hf_state_dict(sd, model.config)))
-  return model
+  return require("lualign.models.hf").from_pretrained(dir, overrides)
 end
 
 return setmetatable(gpt, {__call = function(_, cfg) return GPT(cfg) end})

@@ -5,7 +5,7 @@ local core = require "lualign.core"
 local util = require "lualign.util"
 local K = core.nn
 
-local ATTENTION_OPTS = {"causal", "offset", "scale", "key_mask", "segments"}
+local ATTENTION_OPTS = {"causal", "offset", "scale", "key_mask", "segments", "window"}
 
 local F = {}
 
@@ -36,10 +36,28 @@ end)
 --- softmax(q k^T * scale + masks) v for q (B, H, T, D), k and v (B, H, S, D).
 -- opts: causal, offset (query i sits at key position i + offset), scale
 -- (default 1/sqrt(D)), key_mask (B, S) (0 = never attend), segments (B, S)
--- integer ids (attend only within a segment: packed sequences).
+-- integer ids (attend only within a segment: packed sequences), window (a
+-- sliding window: query i sees keys j > i + offset - window).  k and v may
+-- have fewer heads than q (grouped-query attention: a divisor of q's heads).
 function F.attention(q, k, v, opts)
   return K.attention(q, k, v, util.check_options("attention", opts, ATTENTION_OPTS))
 end
+
+--- silu(gate) * up in one op (the Llama-family MLP), for tensors of one shape.
+F.swiglu = K.swiglu
+
+--- swiglu(gate, up) weight^T + bias as one op: the product is not kept for
+-- the backward pass but made again there (saves a hidden-wide tensor per layer).
+F.swiglu_linear = K.swiglu_linear
+
+--- Rotary position embedding (rotate-half convention) applied in place to x
+-- (B, T, H, D) at positions (B, T), reading cos and sin from a table made by
+-- F.rope_table; returns x's memory as a new tensor that carries the gradient.
+F.rope_ = K.rope_
+
+--- cos and sin of p * inv_freq[i] for p = 0 .. length - 1: a (2, length,
+-- #inv_freq) table for F.rope_ (inv_freq: a Lua list of numbers).
+F.rope_table = K.rope_table
 
 --- Attention from a fused projection qkv (B, T, 3 * C) with n_head heads; returns (B, T, C).
 function F.attention_qkv(qkv, n_head, opts)

@@ -284,7 +284,29 @@ end
 ----------------------------------------------------------------------------
 -- Layers
 
+-- While a loader that overwrites every parameter builds a model, weights
+-- are allocated without drawing their random values (see nn.without_init).
+local skip_init = false
+
+--- Runs fn(...) with the random initialisation of Linear and Embedding
+-- weights (and of models' reset_parameters) skipped: their tensors are
+-- allocated but not filled.  For loaders that then overwrite every
+-- parameter (la.models.from_pretrained), so that loading does not first draw
+-- hundreds of millions of random numbers.  Returns fn's results.
+function nn.without_init(fn, ...)
+  local previous = skip_init
+  skip_init = true
+  local results = table.pack(pcall(fn, ...))
+  skip_init = previous
+  if not results[1] then error(results[2], 0) end
+  return table.unpack(results, 2, results.n)
+end
+
+--- Whether nn.without_init is in force (models' reset_parameters checks it).
+function nn.init_skipped() return skip_init end
+
 local function uniform(shape, bound)
+  if skip_init then return core.empty(shape) end
   return (core.rand(shape) * (2 * bound) - bound):detach()
 end
 
@@ -312,7 +334,7 @@ nn.Embedding = Embedding
 
 function Embedding:init(num, dim)
   self.num, self.dim = num, dim
-  self.weight = core.randn(num, dim):requires_grad()
+  self.weight = (skip_init and core.empty(num, dim) or core.randn(num, dim)):requires_grad()
 end
 
 function Embedding:forward(ids) return F.embedding(ids, self.weight) end
