@@ -1,7 +1,7 @@
 # lualign -- build, test and install.
 #
 #   make            build the engine module build/lualign/core.so
-#   make demo       the main job: recipes/pipeline.lua on the bundled data (about 10 minutes)
+#   make demo       the main job: recipes/pipeline.lua on the bundled data (about 9 minutes)
 #   make test       check prerequisites, build, run every test; ends "N passed, N failed"
 #   make bench      run the benchmarks in bench/ (not part of the tests)
 #   make install    used by LuaRocks (INST_LIBDIR, INST_LUADIR, INST_BINDIR):
@@ -14,10 +14,13 @@
 #   make fuzz       each libFuzzer harness of tests/fuzz/ for FUZZ_SECONDS (60) s
 #   make errors-doc regenerate docs/errors.md from tests/errors_catalogue.lua
 #   make fresh-check the README's two commands in a fresh Debian root (tests/fresh_machine.sh)
+#   make bench-dist data-parallel training: 2 ranks x 1 thread against 1 process x 2 threads
 #
-# Prerequisites (Debian/Ubuntu): lua5.4 liblua5.4-dev libopenblas-dev libpcre2-dev
+# Prerequisites (Debian/Ubuntu): lua5.4 liblua5.4-dev libopenblas-dev libpcre2-dev libutf8proc-dev
 # lua-cjson lua-busted pkg-config gcc make, and for the tests luarocks and tmux.
-# `make deps` installs them when run as root.
+# Open MPI (libopenmpi-dev openmpi-bin) is optional: with it the engine can
+# train across processes (docs/distributed.md); MPI=1 insists on it, MPI=0
+# builds without it.  `make deps` installs them all when run as root.
 
 LUA ?= lua5.4
 PKG_CONFIG ?= pkg-config
@@ -34,21 +37,39 @@ BLAS_LIBS := $(shell $(PKG_CONFIG) --libs openblas 2>/dev/null || echo -lopenbla
 # PCRE2 (8-bit, UTF + Unicode properties) for the tokenizer's pre-tokenisation.
 PCRE2_CFLAGS := $(shell $(PKG_CONFIG) --cflags libpcre2-8 2>/dev/null)
 PCRE2_LIBS := $(shell $(PKG_CONFIG) --libs libpcre2-8 2>/dev/null || echo -lpcre2-8)
+# utf8proc for the tokenizer's Unicode normalizers (NFC, NFKC, ...) and character classes.
+UTF8PROC_CFLAGS := $(shell $(PKG_CONFIG) --cflags libutf8proc 2>/dev/null)
+UTF8PROC_LIBS := $(shell $(PKG_CONFIG) --libs libutf8proc 2>/dev/null || echo -lutf8proc)
 BLAS_FOUND := $(shell $(PKG_CONFIG) --exists openblas 2>/dev/null && echo yes)
+# Open MPI, by pkg-config or its compiler wrapper; without it the engine's
+# world is one process (engine/dist/la_dist_single.c).
+MPI ?=
+ifneq ($(MPI),0)
+MPI_CFLAGS := $(shell $(PKG_CONFIG) --cflags ompi 2>/dev/null)
+MPI_LIBS := $(shell $(PKG_CONFIG) --libs ompi 2>/dev/null)
+ifeq ($(strip $(MPI_LIBS)),)
+MPI_CFLAGS := $(shell mpicc --showme:compile 2>/dev/null)
+MPI_LIBS := $(shell mpicc --showme:link 2>/dev/null)
+endif
+endif
+DIST_WORLD := $(if $(strip $(MPI_LIBS)),mpi,single)
+DIST_UNUSED := $(if $(filter mpi,$(DIST_WORLD)),single,mpi)
 
 OPTFLAGS ?= -O3 -march=native
-WARNFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-format-truncation
+# WERROR=1 (CI sets it: .ci/run) turns every warning into an error.
+WARNFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-format-truncation $(if $(WERROR),-Werror)
 BASEFLAGS = -std=c11 -D_POSIX_C_SOURCE=200809L -fPIC -fopenmp -fno-math-errno $(WARNFLAGS)
-ALL_CFLAGS = $(BASEFLAGS) $(OPTFLAGS) $(BLAS_CFLAGS) $(PCRE2_CFLAGS) $(EXTRA_CFLAGS)
-LIBS = $(BLAS_LIBS) $(PCRE2_LIBS) -lm
+ALL_CFLAGS = $(BASEFLAGS) $(OPTFLAGS) $(BLAS_CFLAGS) $(PCRE2_CFLAGS) $(UTF8PROC_CFLAGS) $(EXTRA_CFLAGS)
+LIBS = $(BLAS_LIBS) $(PCRE2_LIBS) $(UTF8PROC_LIBS) $(if $(filter mpi,$(DIST_WORLD)),$(MPI_LIBS)) -lm
 
 BUILD = build
 # engine/: core/ (tensors, kernels, autograd), formats/ (safetensors),
-# tokenizer/ -- none of them sees a Lua header -- then binding/ (the module
+# tokenizer/, dist/ (communication between processes: the MPI world or the
+# world of one) -- none of them sees a Lua header -- then binding/ (the module
 # lualign.core) and sys/ (the module lualign.sys: OS calls and the REPL's
 # terminal editor).
-ENGINE_DIRS = core formats tokenizer
-CORE_SRC = $(foreach d,$(ENGINE_DIRS),$(wildcard engine/$(d)/*.c))
+ENGINE_DIRS = core formats tokenizer dist
+CORE_SRC = $(filter-out engine/dist/la_dist_$(DIST_UNUSED).c,$(foreach d,$(ENGINE_DIRS),$(wildcard engine/$(d)/*.c)))
 BIND_SRC = $(wildcard engine/binding/*.c)
 SYS_SRC = $(wildcard engine/sys/*.c)
 CORE_OBJ = $(CORE_SRC:engine/%.c=$(BUILD)/obj/%.o)
@@ -61,16 +82,19 @@ SYSMOD = $(BUILD)/lualign/sys.so
 CTEST = $(BUILD)/engine_test
 TOKTEST = $(BUILD)/tokenizer_test
 
-.PHONY: all test test-built demo demo-built ctest deps bench bench-gpt bench-half-gemm bench-llama bench-loss bench-memory bench-tokenizer soak install clean data check-blas fuzzers fuzz sanitize valgrind deps-valgrind deps-fuzz errors-doc fresh-check
+.PHONY: all test test-built demo demo-built ctest deps bench bench-gpt bench-half-gemm bench-llama bench-loss bench-memory bench-tokenizer bench-dist soak install clean data check-blas check-mpi fuzzers fuzz sanitize valgrind deps-valgrind deps-fuzz errors-doc fresh-check
 
 all: $(MODULE) $(SYSMOD)
 
 # The core compiles without Lua headers: only binding/ and sys/ see them.
 ENGINE_HEADERS = $(foreach d,$(ENGINE_DIRS),$(wildcard engine/$(d)/*.h))
 
-$(CORE_OBJ): $(BUILD)/obj/%.o: engine/%.c $(ENGINE_HEADERS) | check-blas
+$(CORE_OBJ): $(BUILD)/obj/%.o: engine/%.c $(ENGINE_HEADERS) | check-blas check-mpi
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(ENGINE_INC) -c $< -o $@
+
+# Only the MPI world sees MPI's headers.
+$(BUILD)/obj/dist/la_dist_mpi.o: ALL_CFLAGS += $(MPI_CFLAGS)
 
 $(BIND_OBJ): $(BUILD)/obj/%.o: engine/%.c $(ENGINE_HEADERS) engine/binding/lua_la.h | check-blas
 	@mkdir -p $(dir $@)
@@ -85,6 +109,12 @@ $(SYS_OBJ): $(BUILD)/obj/%.o: engine/%.c engine/sys/sys_lua.h
 check-blas:
 	@if [ -z "$(BLAS_FOUND)" ] && [ -z "$(BLAS_CFLAGS)" ]; then \
 	  echo "lualign: OpenBLAS not found by pkg-config (Debian/Ubuntu: apt-get install libopenblas-dev pkg-config)" >&2; \
+	  exit 1; \
+	fi
+
+check-mpi:
+	@if [ "$(MPI)" = 1 ] && [ "$(DIST_WORLD)" != mpi ]; then \
+	  echo "lualign: MPI=1 but Open MPI was found neither by pkg-config (ompi) nor as mpicc (Debian/Ubuntu: apt-get install libopenmpi-dev openmpi-bin)" >&2; \
 	  exit 1; \
 	fi
 
@@ -234,7 +264,8 @@ demo-built: $(MODULE) $(SYSMOD)
 	bin/lualign recipes/pipeline.lua $(ARGS)
 
 # Checks the prerequisites; installs the missing ones when run as root.
-DEB_PKGS = lua5.4 liblua5.4-dev libopenblas-dev libpcre2-dev lua-cjson lua-busted pkg-config gcc make luarocks tmux
+DEB_PKGS = lua5.4 liblua5.4-dev libopenblas-dev libpcre2-dev libutf8proc-dev lua-cjson lua-busted pkg-config gcc make luarocks tmux \
+           libopenmpi-dev openmpi-bin
 # and for the checking targets: sanitize (gcc's libasan and libubsan come
 # with gcc), valgrind and fuzz (clang and its libFuzzer runtime).
 deps-valgrind: ; @$(MAKE) --no-print-directory deps DEB_PKGS="$(DEB_PKGS) valgrind"
@@ -299,6 +330,9 @@ bench-memory: $(MODULE) $(SYSMOD)
 
 bench-tokenizer: $(MODULE) $(SYSMOD)
 	@bin/lualign bench/tokenizer.lua $(BENCH_ARGS)
+
+bench-dist: $(MODULE) $(SYSMOD)
+	@bin/lualign bench/dist_compare.lua $(BENCH_ARGS)
 
 soak: $(MODULE) $(SYSMOD)
 	@bin/lualign bench/soak.lua $(BENCH_ARGS)

@@ -18,19 +18,31 @@ interactive prompt (the `lualign` command).
   homepage = "https://lualign.invalid",
 }
 
+-- lua-cjson: LuaRocks installs it from the rocks server.  Debian's package
+-- (apt-get install lua-cjson, which `make test` installs) does not register
+-- with LuaRocks; say once that it is there, and LuaRocks uses it instead of
+-- downloading another copy:
+--   luarocks --lua-version 5.4 config rocks_provided.lua-cjson 2.1.0-1
 dependencies = {
   "lua >= 5.4, < 5.5",
+  "lua-cjson >= 2.1.0",
 }
 
--- OpenBLAS, PCRE2 and the Lua headers come from the system (Debian: libopenblas-dev,
--- libpcre2-dev, liblua5.4-dev).  LuaRocks checks them before building and names
+-- OpenBLAS, PCRE2, utf8proc and the Lua headers come from the system (Debian: libopenblas-dev,
+-- libpcre2-dev, libutf8proc-dev, liblua5.4-dev).  LuaRocks checks them before building and names
 -- what is missing ("You may have to install OPENBLAS ...", "Failed finding Lua
 -- header files ...").  OpenBLAS is declared by its library only: Debian keeps cblas.h in a
 -- multiarch folder (include/x86_64-linux-gnu/openblas-pthread) that LuaRocks'
 -- header check does not search; the Makefile finds it with pkg-config.
+-- Open MPI is optional (Debian: libopenmpi-dev openmpi-bin): the Makefile builds the
+-- engine with it when pkg-config knows `ompi` or `mpicc` is on PATH, and then
+-- `mpirun -np N lualign ...` trains across processes (docs/distributed.md).  Set MPI=1
+-- in the environment to insist on it (the build stops when it is missing), MPI=0 to
+-- leave it out: `MPI=1 luarocks --lua-version 5.4 make`.
 external_dependencies = {
   OPENBLAS = { library = "openblas" },
   PCRE2 = { header = "pcre2.h", library = "pcre2-8" },
+  UTF8PROC = { header = "utf8proc.h", library = "utf8proc" },
 }
 
 -- `make install` (below) puts the engine in LIBDIR/lualign/core.so, the Lua

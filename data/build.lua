@@ -490,6 +490,15 @@ local function build_sentiment(sdir, lex)
     end
     writefile("sentiment/" .. name .. ".jsonl", jsonl(lines))
   end
+  -- A prompt of both splits (two sentences may open alike) stays in the test
+  -- split only, so no held-out prompt is ever trained on.
+  local in_test, kept = {}, {}
+  for _, ex in ipairs(prompts.test) do in_test[ex.prompt] = true end
+  for _, ex in ipairs(prompts.train) do
+    if not in_test[ex.prompt] then kept[#kept + 1] = ex end
+  end
+  log("sentiment: %d training prompts that are also test prompts left out", #prompts.train - #kept)
+  prompts.train = kept
   for name, list in pairs(prompts) do
     table.sort(list, function(a, b) return a.prompt < b.prompt end)
     local lines = {}

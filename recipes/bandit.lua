@@ -23,7 +23,7 @@
 -- keep moving mass towards actions that win their comparisons, so where they
 -- end up depends on how long they train.
 --
--- Writes <out>/ (runs/bandit/ by default): config.json, metrics.jsonl (one line
+-- Writes runs/<name>/ (runs/bandit/ by default): config.json, metrics.jsonl (one line
 -- per evaluation: regime, method, step, expected reward, mode, KL), bandit.svg
 -- (action distributions and reward-versus-KL curves) and report.md.
 
@@ -38,91 +38,30 @@ local la = require "lualign"
 local plot = require "lualign.plot"
 
 ----------------------------------------------------------------------------
--- Configuration: defaults, overridden by key=value arguments
+-- Configuration: defaults, overridden by key=value arguments (--help lists them)
 
-local config = {
-  actions = 100,          -- number of actions
-  reward_center = 0.75,   -- the true reward is exp(-(x - c)^2 / (2 w^2)), x = a / (actions - 1)
-  reward_width = 0.2,     -- w of the reward's bump
-  data_center = 0.3,      -- training distribution: (1 - floor) N(c, w^2) + floor uniform, over x
-  data_width = 0.1,       -- w of the training distribution
-  data_floor = 0.1,       -- the training distribution's uniform share
-  pairs = 2000,           -- preference pairs in the dataset
-  tau = 0.5,              -- temperature of the Bradley-Terry labels
-  votes = 0,              -- 0: exact soft labels; n: the share of n sampled votes
-  reference = "sft",      -- "sft" (fitted to the data) or "uniform"
-  ref_smoothing = 0.5,    -- add-alpha smoothing of the SFT fit
-  beta = 1.0,             -- beta of every loss
-  methods = "dpo,cdpo,gdpo", -- losses to train (comma-separated)
-  steps = 3000,           -- Adam steps per method
-  batch = 128,            -- pairs per step
-  lr = 0.05,              -- Adam learning rate on the policy's logits
-  eval_every = 25,        -- steps between evaluations (reward, mode, KL)
-  seed = 1,               -- random seed (data, labels, batches)
-  compare = false,        -- true: run the three regimes of docs/bandit.md and compare them
-  out = "runs/bandit",    -- output folder
-  quiet = false,          -- true: no progress lines
-}
-
---- The keys with their defaults and the comments beside them in the config
--- table above (read from this file, so the table stays the one description).
-local function usage(defaults)
-  local lines, listed = {"usage: lua5.4 recipes/bandit.lua [key=value ...]", "", "keys:"}, {}
-  local function add(k, note)
-    lines[#lines + 1] = string.format("  %-14s %-14s %s", k, tostring(defaults[k]), note or "")
-    listed[k] = true
-  end
-  local source = debug.getinfo(1, "S").source:match("^@(.*)$")
-  local f = source and io.open(source)
-  if f then
-    local inside = false
-    for line in f:lines() do
-      if line:match("^local config = {") then inside = true
-      elseif inside and line:match("^}") then break
-      elseif inside then
-        local k, note = line:match("^%s*([%w_]+)%s*=.-%-%-%s*(.*)$")
-        if k and defaults[k] ~= nil then add(k, note) end
-      end
-    end
-    f:close()
-  end
-  local rest = {}
-  for k in pairs(defaults) do if not listed[k] then rest[#rest + 1] = k end end
-  table.sort(rest)
-  for _, k in ipairs(rest) do add(k) end
-  return table.concat(lines, "\n") .. "\n"
-end
-
---- Parses key=value arguments into a copy of defaults (numbers, booleans and
--- strings keep the type of the default); --help lists the keys.
-local function parse_args(defaults, args)
-  local cfg = {}
-  for k, v in pairs(defaults) do cfg[k] = v end
-  for _, a in ipairs(args or {}) do
-    if a == "--help" or a == "-h" then
-      io.write(usage(defaults))
-      os.exit(0)
-    end
-    local k, v = a:match("^([%w_]+)=(.*)$")
-    if not k then error("bandit: arguments are key=value (got '" .. a .. "')", 0) end
-    if defaults[k] == nil then
-      local known = {}
-      for name in pairs(defaults) do known[#known + 1] = name end
-      table.sort(known)
-      error("bandit: unknown key '" .. k .. "' (known: " .. table.concat(known, ", ") .. ")", 0)
-    end
-    local kind = type(defaults[k])
-    if kind == "number" then
-      cfg[k] = tonumber(v) or error("bandit: " .. k .. " must be a number (got '" .. v .. "')", 0)
-    elseif kind == "boolean" then
-      if v ~= "true" and v ~= "false" then error("bandit: " .. k .. " must be true or false", 0) end
-      cfg[k] = v == "true"
-    else
-      cfg[k] = v
-    end
-  end
-  return cfg
-end
+local recipe = require "lualign.recipe"
+local config = recipe.config(arg, "bandit", {
+  {"actions", 100, "number of actions"},
+  {"reward_center", 0.75, "the true reward is exp(-(x - c)^2 / (2 w^2)), x = a / (actions - 1)"},
+  {"reward_width", 0.2, "w of the reward's bump"},
+  {"data_center", 0.3, "training distribution: (1 - floor) N(c, w^2) + floor uniform, over x"},
+  {"data_width", 0.1, "w of the training distribution"},
+  {"data_floor", 0.1, "the training distribution's uniform share"},
+  {"pairs", 2000, "preference pairs in the dataset"},
+  {"tau", 0.5, "temperature of the Bradley-Terry labels"},
+  {"votes", 0, "0: exact soft labels; n: the share of n sampled votes"},
+  {"reference", "sft", "'sft' (fitted to the data) or 'uniform'"},
+  {"ref_smoothing", 0.5, "add-alpha smoothing of the SFT fit"},
+  {"beta", 1.0, "beta of every loss"},
+  {"methods", "dpo,cdpo,gdpo", "losses to train (comma-separated)"},
+  {"steps", 3000, "Adam steps per method"},
+  {"batch", 128, "pairs per step"},
+  {"lr", 0.05, "Adam learning rate on the policy's logits"},
+  {"eval_every", 25, "steps between evaluations (reward, mode, KL)"},
+  {"compare", false, "true: run the three regimes of docs/bandit.md and compare them"},
+  {"quiet", false, "true: no progress lines"},
+})
 
 ----------------------------------------------------------------------------
 -- The problem: reward, data distribution, dataset, reference
@@ -332,12 +271,6 @@ local function text_table(rows)
   return table.concat(out, "\n")
 end
 
-local function markdown_table(rows)
-  local out = {"| " .. table.concat(HEADER, " | ") .. " |", "|" .. string.rep("---|", #HEADER)}
-  for _, r in ipairs(rows) do out[#out + 1] = "| " .. table.concat(r, " | ") .. " |" end
-  return table.concat(out, "\n")
-end
-
 --- Whether the caption's ordering holds: DPO and GDPO reach a higher expected
 -- reward than cDPO, and cDPO's mode has a lower reward than theirs.
 local function caption_holds(res)
@@ -386,7 +319,7 @@ local function describe_regime(res)
     c.beta, c.tau, c.reference, c.votes > 0 and (c.votes .. "-vote") or "exact soft", c.pairs, c.steps, c.batch, c.lr, c.seed)
 end
 
-local function write_report(cfg, results, path)
+local function report(cfg, results)
   local out = {"# Bandit: DPO, cDPO and GDPO with soft preference labels", "",
     "The 1-D bandit of Furuta et al. (2024), Figure 1 (right), produced by `recipes/bandit.lua`.",
     "E[r] is the policy's expected true reward, mode its most likely action (0-based) and r(mode) that",
@@ -399,7 +332,7 @@ local function write_report(cfg, results, path)
     out[#out + 1] = ""
     out[#out + 1] = describe_regime(res) .. "."
     out[#out + 1] = ""
-    out[#out + 1] = markdown_table(table_rows(res))
+    out[#out + 1] = recipe.md_table(HEADER, table_rows(res))
     out[#out + 1] = ""
     local holds = caption_holds(res)
     if holds ~= nil then
@@ -408,9 +341,7 @@ local function write_report(cfg, results, path)
       out[#out + 1] = ""
     end
   end
-  local f = assert(io.open(path, "w"))
-  f:write(table.concat(out, "\n"), "\n")
-  f:close()
+  return table.concat(out, "\n") .. "\n"
 end
 
 ----------------------------------------------------------------------------
@@ -423,26 +354,16 @@ local REGIMES = {
   {name = "uniform reference", overrides = {reference = "uniform"}},
 }
 
-local function main(args)
+local function main(cfg)
   local cjson = require "cjson"
-  local cfg = parse_args(config, args)
-  if cfg.reference ~= "sft" and cfg.reference ~= "uniform" then
-    error("bandit: reference must be 'sft' or 'uniform' (got '" .. cfg.reference .. "')", 0)
-  end
-  for m in cfg.methods:gmatch("[^,]+") do
-    if not la.loss[m] then error("bandit: unknown method '" .. m .. "'", 0) end
-  end
-  os.execute("mkdir -p '" .. cfg.out:gsub("'", "'\\''") .. "'")
-  local function write_json(path, value)
-    local f = assert(io.open(path, "w"))
-    f:write(cjson.encode(value), "\n")
-    f:close()
-  end
-  write_json(cfg.out .. "/config.json", cfg)
-  local metrics = assert(io.open(cfg.out .. "/metrics.jsonl", "w"))
+  local run = recipe.run(cfg)   -- refuses a folder holding another run; writes nothing yet
+  recipe.check_choice(cfg, "reference", {"sft", "uniform"})
+  for m in cfg.methods:gmatch("[^,]+") do recipe.check_choice({method = m}, "method", la.loss.preference_losses) end
+  run:start()
+  local metrics = {}
   local function log(regime, method, e)
-    metrics:write(cjson.encode({regime = regime, method = method, step = e.step, reward = e.reward,
-                                kl = e.kl, mode = e.mode, mode_reward = e.mode_reward}), "\n")
+    metrics[#metrics + 1] = cjson.encode({regime = regime, method = method, step = e.step, reward = e.reward,
+                                          kl = e.kl, mode = e.mode, mode_reward = e.mode_reward})
   end
   local regimes = cfg.compare and REGIMES or {{name = cfg.reference == "sft" and cfg.beta == 1 and
     "caption regime" or string.format("beta %g, %s reference", cfg.beta, cfg.reference), overrides = {}}}
@@ -461,9 +382,9 @@ local function main(args)
       if holds ~= nil then print("caption's ordering: " .. (holds and "holds" or "does not hold")) end
     end
   end
-  metrics:close()
-  plot.save_grid(cfg.out .. "/bandit.svg", plots, {cols = 3})
-  write_report(cfg, results, cfg.out .. "/report.md")
+  run:write("metrics.jsonl", table.concat(metrics, "\n") .. "\n")
+  plot.save_grid(run:path("bandit.svg"), plots, {cols = 3})
+  run:write("report.md", report(cfg, results))
   local summary = {}
   for _, res in ipairs(results) do
     local s = {caption_holds = caption_holds(res), reference = res.ref, optimum = res.optimum, methods = {}}
@@ -473,11 +394,12 @@ local function main(args)
     end
     summary[res.name] = s
   end
-  write_json(cfg.out .. "/summary.json", summary)
+  run:write_json("summary.json", summary)
   if not cfg.quiet then
-    print(string.format("\nwrote %s/{report.md, bandit.svg, metrics.jsonl, summary.json} in %.1f s", cfg.out, la.clock() - t0))
+    print(string.format("\nwrote %s/{report.md, bandit.svg, metrics.jsonl, summary.json} in %.1f s", run.dir,
+      la.clock() - t0))
   end
   return results
 end
 
-main(arg)
+return main(config)

@@ -2,7 +2,7 @@
 -- data, from a tokenizer and a base model trained from scratch to preference
 -- optimisation with soft labels.  `make demo` runs it.
 --
---   lualign recipes/pipeline.lua                 (about 5 minutes on 2 cores)
+--   lualign recipes/pipeline.lua                 (8 minutes on 2 cores shared with other jobs)
 --   lualign recipes/pipeline.lua scale=0.25      (a quick pass with fewer steps)
 --
 --   1. pretrain  a GPT on three Jane Austen novels (and a BPE tokenizer)
@@ -24,7 +24,7 @@ local config = recipe.config(arg, "pipeline", {
   {"datasets", "modest,confident", "soft-label variants (data/vader/<name>/)"},
   {"beta", 0.1, "beta of the preference losses"},
 })
-local summary_run = recipe.run(config)
+local summary_run = recipe.run(config):start()
 local here = (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$")) or "recipes"
 local out = config.out_dir
 local function steps(n) return tostring(math.max(1, math.floor(n * config.scale + 0.5))) end
@@ -34,7 +34,7 @@ for s in config.stages:gmatch("[^,]+") do wanted[s] = true end
 -- Runs a recipe in this process with key=value arguments; returns its result.
 local timings = {}
 local function stage(name, script, args)
-  args.out_dir, args.seed = out, config.seed
+  args.out_dir, args.seed, args.overwrite = out, config.seed, config.overwrite
   local shown = {}
   for k, v in pairs(args) do shown[#shown + 1] = k .. "=" .. tostring(v) end
   table.sort(shown)
@@ -64,8 +64,8 @@ if wanted.ppo then
 end
 local pref = {}
 if wanted.gdpo then
-  local reference
   for ds in config.datasets:gmatch("[^,]+") do
+    local reference   -- each label set's reference is fitted to that set's completions
     for loss in config.losses:gmatch("[^,]+") do
       local name = "gdpo_" .. ds .. "_" .. loss
       local args = {name = name, loss = loss, beta = config.beta, train = "vader/" .. ds .. "/train.jsonl",
@@ -73,7 +73,7 @@ if wanted.gdpo then
       if reference then
         args.policy = reference
       else
-        -- the first run fits the reference to the pairs' completions; the others start from it
+        -- the set's first run fits the reference to its pairs' completions; the others start from it
         args.policy, args.sft_steps = out .. "/sft", steps(400)
       end
       pref[#pref + 1] = {dataset = ds, loss = loss, result = stage(name, "gdpo.lua", args)}
@@ -106,17 +106,19 @@ end
 add(recipe.md_table({"stage", "measure", "result"}, rows))
 if #pref > 0 then
   add("")
-  add("Soft labels: win rate against the reference (the fitted SFT model) under the held-out judge, " ..
-      "with the KL to the reference; the best checkpoint and the last one.")
+  add("Soft labels: win rate against the reference (the SFT model fitted to each label set's completions) " ..
+      "under the held-out judge, of completions sampled for held-out prompts, with the KL to the reference, " ..
+      "at the best checkpoint and the last one; and on held-out pairs of held-out words.")
   add("")
   local prow = {}
   for _, p in ipairs(pref) do
     local r = p.result
     prow[#prow + 1] = {p.dataset, p.loss,
-      string.format("%.3f (KL %.2f, step %d)", r.best and r.best.win_rate or 0 / 0, r.best and r.best.kl or 0 / 0, r.best and r.best.step or 0),
-      string.format("%.3f (KL %.2f)", r.last.win_rate, r.last.kl)}
+      r.best and string.format("%.3f (KL %.2f, step %d)", r.best.win_rate, r.best.kl, r.best.step) or "-",
+      string.format("%.3f (KL %.2f)", r.last.win_rate, r.last.kl),
+      recipe.fmt("%.3f", r.best and r.best.test_win_rate) .. " / " .. recipe.fmt("%.3f", r.last.test_win_rate)}
   end
-  add(recipe.md_table({"labels", "loss", "best win rate", "last win rate"}, prow))
+  add(recipe.md_table({"labels", "loss", "best win rate", "last win rate", "held-out words: best / last"}, prow))
 end
 add("")
 local trows = {}

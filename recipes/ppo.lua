@@ -53,30 +53,35 @@ local config = recipe.config(arg, "ppo", recipe.with_memory_keys{
   {"missing_eos_penalty", 1.0, "subtracted from the score of responses without EOS"},
   {"whiten_rewards", false, "whiten the per-token rewards before GAE"},
   {"grad_clip", 1.0, "gradient norm clip"},
-  {"eval_every", 10, "iterations between held-out evaluations"},
+  {"eval_every", 10, "iterations between held-out evaluations and checkpoints (0: none; a checkpoint at the end)"},
   {"eval_batch", 150, "held-out prompts per evaluation"},
 })
-local run = recipe.run(config)
-local function data_file(p) return io.open(p) and p or la.data.path(p) end
+local run = recipe.run(config)   -- refuses a folder holding another run; writes nothing yet
+la.dist.warn_replicated("ppo")
+recipe.check_choice(config, "reward", {"model", "script"})
+recipe.check_choice(config, "advantage", {"gae", "rloo"})
+recipe.check_choice(config, "kl_estimator", {"k1", "k2", "k3"})
 
 -- Models ------------------------------------------------------------------------
-local policy_dir = config.policy:gsub("/model%.safetensors$", "")
+local policy_file, policy_dir = recipe.model_file(config.policy, "policy")
 local tok = la.tokenizer.load(policy_dir .. "/tokenizer.json")
-tok:save(run:path("tokenizer.json"))
-local policy = recipe.prepare_model(recipe.load_gpt(config.policy), config)   -- lora, weights_dtype, checkpoint
+local policy = recipe.prepare_model(recipe.load_gpt(policy_file), config)   -- lora, weights_dtype, checkpoint
 -- The reference for the KL: with lora the policy with its adapters off, else a frozen copy.
-local with_ref = recipe.reference(policy, config, function() return recipe.load_gpt(config.policy) end)
-local rm, score_fn
+local with_ref = recipe.reference(policy, config, function() return recipe.load_gpt(policy_file) end)
+local rm, score_fn, rm_file
 if config.reward == "model" then
-  rm = recipe.prepare_frozen(recipe.load_gpt(config.reward_model), config)
-elseif config.reward == "script" then
-  score_fn = assert(loadfile(config.reward_script))()
+  rm_file = recipe.model_file(config.reward_model, "reward_model")
+  rm = recipe.prepare_frozen(recipe.load_gpt(rm_file), config)
 else
-  error("reward must be 'model' or 'script'", 0)
+  local chunk, err = loadfile(config.reward_script)
+  if not chunk then error("reward_script: " .. err, 0) end
+  score_fn = chunk()
+  if type(score_fn) ~= "function" then
+    error("reward_script: " .. config.reward_script .. " must return function(prompt, response) -> score", 0)
+  end
 end
 local critic = config.advantage == "gae" and
-  recipe.prepare_model(recipe.load_gpt(config.reward == "model" and config.reward_model or config.policy,
-                                       {value_head = true, reward_head = false}), config,
+  recipe.prepare_model(recipe.load_gpt(rm_file or policy_file, {value_head = true, reward_head = false}), config,
                        {modules_to_save = {"value_head"}}) or nil
 local judge = la.data.judge()
 
@@ -85,16 +90,24 @@ local vopt = critic and la.optim.AdamW(critic, {lr = config.value_lr, weight_dec
 
 -- Prompts --------------------------------------------------------------------------
 -- Prompts longer than the context leaves room for keep their end.
-local function prompt_ids(path)
-  local list, room = {}, policy.config.n_positions - config.max_new_tokens
-  for ex in la.data.prompts(data_file(path)) do
+local function prompt_ids(key)
+  local path = recipe.data_file(config[key], key)
+  local list, room, cut = {}, policy.config.n_positions - config.max_new_tokens, 0
+  for ex in la.data.prompts(path) do
     local ids = tok:encode(ex.prompt)
+    if #ids > room then cut = cut + 1 end
     list[#list + 1] = {text = ex.prompt, ids = {table.unpack(ids, math.max(1, #ids - room + 1))}}
   end
-  return list
+  return list, {examples = #list, truncated = cut, name = path,
+                limits = string.format("n_positions - max_new_tokens = %d tokens", room)}
 end
-local train_prompts, eval_prompts = prompt_ids(config.prompts), prompt_ids(config.eval_prompts)
+local train_prompts, train_info = prompt_ids("prompts")
+local eval_prompts, eval_info = prompt_ids("eval_prompts")
 local order = la.data.permutation(#train_prompts, config.seed, 1)
+run:start()                      -- the inputs are there: config.json, and from here the run's files
+tok:save(run:path("tokenizer.json"))
+local data_metrics = recipe.describe_data(config, "prompts", train_info)
+for k, v in pairs(recipe.describe_data(config, "eval_prompts", eval_info)) do data_metrics[k] = v end
 
 -- Rollouts ---------------------------------------------------------------------------
 -- Generates responses; generate lays out prompt + response as one left-padded
@@ -163,6 +176,7 @@ print(string.format("ppo: starting policy: reward %.3f, judge %.3f on held-out p
 
 local logger = log.open(run, {total = config.iterations, start_step = start, every = 1,
   show = {"objective/scores", "objective/kl", "judge"}})
+if start == 0 then logger:log(0, data_metrics) end
 local cursor = (start * config.batch_size) % #order
 for it = start + 1, config.iterations do
   -- 1. prompts and rollouts
@@ -257,8 +271,8 @@ for it = start + 1, config.iterations do
   local eos = 0
   for _, e in ipairs(has_eos) do eos = eos + e end
   metrics["eos_rate"] = eos / B
-  local save = it % config.eval_every == 0 or it == config.iterations
-  if save then
+  local save = recipe.eval_due(config, it, config.iterations) or it == config.iterations
+  if recipe.eval_due(config, it, config.iterations) then
     local state = la.get_rng_state()
     local ev = evaluate(policy)
     la.set_rng_state(state)
@@ -277,11 +291,11 @@ logger:close()
 -- Report ---------------------------------------------------------------------------------
 local after = evaluate(policy)
 local rows = log.read(run:path("metrics.jsonl"))
-local xs, sc, kl, jd, ex, er, ej, ek = {}, {}, {}, {}, {}, {}, {}, {}
-for _, row in ipairs(rows) do
-  xs[#xs + 1], sc[#sc + 1], kl[#kl + 1], jd[#jd + 1] = row.step, row["objective/scores"], row["objective/kl"], row.judge
-  if row.eval_reward then ex[#ex + 1], er[#er + 1], ej[#ej + 1], ek[#ek + 1] = row.step, row.eval_reward, row.eval_judge, row.eval_kl end
-end
+local xs, sc = log.series(rows, "objective/scores")
+local _, kl = log.series(rows, "objective/kl")
+local _, jd = log.series(rows, "judge")
+local ex, er = log.series(rows, "eval_reward")
+local _, ej = log.series(rows, "eval_judge")
 plot.save_grid(run:path("curves.svg"), {
   plot.new{title = "reward-model score", xlabel = "iteration"}:line(xs, sc, {label = "rollouts", width = 1})
     :line(ex, er, {label = "held-out", markers = true}),

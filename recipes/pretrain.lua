@@ -34,28 +34,33 @@ local config = recipe.config(arg, "pretrain", {
   {"warmup", 40, "warmup steps"},
   {"weight_decay", 0.1, "AdamW weight decay (matrices only)"},
   {"grad_clip", 1.0, "clip the global gradient norm to this (0: off)"},
-  {"eval_every", 150, "steps between held-out evaluations and checkpoints"},
+  {"eval_every", 150, "steps between held-out evaluations and checkpoints (0: none; a checkpoint at the end)"},
   {"eval_batches", 16, "held-out batches per evaluation"},
 })
-local run = recipe.run(config)
-local function data_file(p) return io.open(p) and p or la.data.path(p) end
+local run = recipe.run(config)   -- refuses a folder holding another run; writes nothing yet
 
 -- 1. Tokenizer ---------------------------------------------------------------
-local train_text = la.data.read_text(data_file(config.train_text))
-local valid_text = la.data.read_text(data_file(config.valid_text))
-local tok
-if config.tokenizer ~= "" then
-  tok = la.tokenizer.load(config.tokenizer)
-elseif run:exists("tokenizer.json") then
-  tok = la.tokenizer.load(run:path("tokenizer.json"))   -- a resumed or repeated run keeps its ids
+local train_file = recipe.data_file(config.train_text, "train_text")
+local train_text = la.data.read_text(train_file)
+local valid_text = la.data.read_text(recipe.data_file(config.valid_text, "valid_text"))
+local extra_files = {}
+for f in config.extra_texts:gmatch("[^,]+") do extra_files[#extra_files + 1] = recipe.data_file(f, "extra_texts") end
+local tok = config.tokenizer ~= "" and la.tokenizer.load(config.tokenizer) or nil
+run:start()                      -- the inputs are there: config.json, and from here the run's files
+if tok then
+  tok:save(run:path("tokenizer.json"))
 else
-  local corpus = {train_text}
-  for f in config.extra_texts:gmatch("[^,]+") do
-    for _, text in ipairs(recipe.jsonl_texts(data_file(f))) do corpus[#corpus + 1] = text end
-  end
-  tok = la.tokenizer.train(corpus, {vocab_size = config.vocab_size})
+  -- trained once; a resumed run keeps its ids (computed again if the texts or vocab_size differ)
+  local inputs = {train_text = recipe.file_identity(train_file), vocab_size = config.vocab_size, extra_texts = {}}
+  for i, f in ipairs(extra_files) do inputs.extra_texts[i] = recipe.file_identity(f) end
+  tok = la.tokenizer.load(run:cached("tokenizer.json", inputs, function(path)
+    local corpus = {train_text}
+    for _, f in ipairs(extra_files) do
+      for _, text in ipairs(recipe.jsonl_texts(f)) do corpus[#corpus + 1] = text end
+    end
+    la.tokenizer.train(corpus, {vocab_size = config.vocab_size}):save(path)
+  end))
 end
-tok:save(run:path("tokenizer.json"))
 
 -- 2. Data ---------------------------------------------------------------------
 local train = la.data.lm_loader(train_text, tok, {block_size = config.context,
@@ -66,6 +71,8 @@ local valid = la.data.lm_loader(valid_text, tok, {block_size = config.context,
 -- 3. Model and optimizer ----------------------------------------------------------
 local model = la.models.gpt{vocab_size = tok.vocab_size, n_positions = config.context,
   n_embd = config.n_embd, n_layer = config.n_layer, n_head = config.n_head, dropout = config.dropout}
+local dp = la.dist.data_parallel(model)   -- under mpirun: rank 0's weights on every rank
+dp:shard(train)
 local opt = la.optim.AdamW(model, {lr = config.lr, betas = {0.9, 0.95}, weight_decay = config.weight_decay})
 local schedule = la.optim.schedule.cosine{lr = config.lr, warmup = config.warmup,
   total = config.steps, min_lr = config.min_lr}
@@ -91,20 +98,20 @@ end
 print(string.format("pretrain: %.2fM parameters, %d train tokens, %d held-out, vocabulary %d",
   model:num_parameters() / 1e6, #train.stream, #valid.stream, tok.vocab_size))
 local logger = log.open(run, {total = config.steps, start_step = start, show = {"loss", "lr"}})
-local first_valid = start == 0 and evaluate() or nil
+local first_valid = start == 0 and config.eval_every > 0 and evaluate() or nil
 for step, batch in recipe.batches(train, start) do
   if step > config.steps then break end
   opt.lr = schedule(step)
-  local loss = model:loss(batch.ids, batch.targets)
+  local loss = la.dist.global_mean(model:loss(batch.ids, batch.targets), batch.ids:numel())
   opt:zero_grad()
-  loss:backward()
+  dp:backward(loss)
   local norm = config.grad_clip > 0 and la.optim.clip_grad_norm(model, config.grad_clip) or nil
-  if recipe.finite_step(config, step, loss, norm or model, logger) then opt:step() end
-  local metrics = {loss = loss:item(), lr = opt.lr, grad_norm = norm}
-  local save = step % config.eval_every == 0 or step == config.steps
-  if save then metrics.valid_loss = evaluate() end
+  local loss_value = la.dist.sum(loss:item())
+  if recipe.finite_step(config, step, loss_value, norm or model, logger) then opt:step() end
+  local metrics = {loss = loss_value, lr = opt.lr, grad_norm = norm}
+  if recipe.eval_due(config, step, config.steps) then metrics.valid_loss = evaluate() end
   logger:log(step, metrics)   -- before the checkpoint, so a run killed in between redoes the step
-  if save then run:save_checkpoint(model, opt, step) end
+  if metrics.valid_loss or step == config.steps then run:save_checkpoint(model, opt, step) end
   recipe.check_stop(config, step, logger)
 end
 logger:close()
@@ -117,15 +124,15 @@ plot.new{title = "pretraining loss", xlabel = "step", ylabel = "cross-entropy (n
   :line(steps, losses, {label = "train", width = 1})
   :line(vsteps, vlosses, {label = "held-out", markers = true})
   :save(run:path("loss.svg"))
-local final_valid = vlosses[#vlosses]
+local final_valid = vlosses[#vlosses]   -- nil when eval_every=0 turned evaluation off
 local prompt = tok:encode("It is a truth universally acknowledged")
 prompt = {table.unpack(prompt, 1, math.min(#prompt, config.context // 2))}
 local sample = model:generate({prompt}, {max_new_tokens = math.min(40, config.context - #prompt),
                                          temperature = 0.8, top_k = 50})
 local sample_text = tok:decode(prompt) .. tok:decode(sample.sequences[1])
 local summary = {
-  {"held-out loss before training", first_valid and string.format("%.3f", first_valid) or "(resumed)"},
-  {"held-out loss after training", string.format("%.3f", final_valid)},
+  {"held-out loss before training", recipe.fmt("%.3f", first_valid, start > 0 and "(resumed)" or "(not evaluated)")},
+  {"held-out loss after training", recipe.fmt("%.3f", final_valid, "(not evaluated: eval_every=0)")},
   {"uniform-guess loss (ln V)", string.format("%.3f", math.log(tok.vocab_size))},
   {"parameters", string.format("%.2fM", model:num_parameters() / 1e6)},
 }
@@ -135,7 +142,7 @@ run:write("report.md", table.concat({
   "![loss](loss.svg)", "",
   "Sample (temperature 0.8, top-k 50):", "", "> " .. sample_text:gsub("\n", " "), "",
 }, "\n"))
-print(string.format("pretrain: held-out loss %.3f (ln V = %.3f); report in %s", final_valid,
+print(string.format("pretrain: held-out loss %s (ln V = %.3f); report in %s", recipe.fmt("%.3f", final_valid, "not evaluated"),
   math.log(tok.vocab_size), run:path("report.md")))
 print("sample: " .. sample_text:gsub("\n", " "))
 return {valid_loss = final_valid, first_valid_loss = first_valid, run = run}

@@ -30,27 +30,33 @@ local config = recipe.config(arg, "reward", recipe.with_memory_keys{
   {"warmup", 20, "warmup steps"},
   {"weight_decay", 0.01, "AdamW weight decay (matrices only)"},
   {"grad_clip", 1.0, "clip the global gradient norm (0: off)"},
-  {"eval_every", 100, "steps between evaluations and checkpoints"},
+  {"eval_every", 100, "steps between evaluations and checkpoints (0: none; a checkpoint at the end)"},
 })
-local run = recipe.run(config)
-local function data_file(p) return io.open(p) and p or la.data.path(p) end
+local run = recipe.run(config)   -- refuses a folder holding another run; writes nothing yet
 
 -- 1. Model ---------------------------------------------------------------------
-local base_dir = config.base:gsub("/model%.safetensors$", "")
+local base_file, base_dir = recipe.model_file(config.base, "base")
 local tok = la.tokenizer.load(base_dir .. "/tokenizer.json")
-tok:save(run:path("tokenizer.json"))
-local model = recipe.prepare_model(recipe.load_gpt(config.base, {reward_head = true}), config,
+local model = recipe.prepare_model(recipe.load_gpt(base_file, {reward_head = true}), config,
                                    {modules_to_save = {"reward_head"}})
 
 -- 2. Data ----------------------------------------------------------------------
-local function loader(path, opts)
+local function loader(key, opts)
   local o = {batch_size = config.batch_size, seed = config.seed, max_len = config.max_len}
   for k, v in pairs(opts or {}) do o[k] = v end
-  return la.data.preference_loader(data_file(path), tok, o)
+  return la.data.preference_loader(recipe.data_file(config[key], key), tok, o)
 end
-local train = loader(config.train, {drop_last = true})
-local valid = loader(config.valid, {shuffle = false})
-local test = loader(config.test, {shuffle = false})
+local dp = la.dist.data_parallel(model)   -- under mpirun: rank 0's weights (and fresh head) everywhere
+local train = dp:shard(loader("train", {drop_last = true}))
+local valid = loader("valid", {shuffle = false})
+local test = loader("test", {shuffle = false})
+recipe.check_batches(train)
+run:start()                      -- the inputs are there: config.json, and from here the run's files
+tok:save(run:path("tokenizer.json"))
+local data_metrics = {}
+for _, set in ipairs({{"train", train}, {"valid", valid}, {"test", test}}) do
+  for k, v in pairs(recipe.describe_data(config, set[1], set[2])) do data_metrics[k] = v end
+end
 
 -- Rewards (B,) of the chosen and of the rejected sequences, in one pass.
 local function rewards(batch)
@@ -91,18 +97,18 @@ local schedule = la.optim.schedule.cosine{lr = config.lr, warmup = config.warmup
                                           min_lr = config.lr / 10}
 local start = config.resume and run:restore_checkpoint(model, opt) or 0
 local logger = log.open(run, {total = config.steps, start_step = start, show = {"loss", "accuracy"}})
+if start == 0 then logger:log(0, data_metrics) end
 for step, batch in recipe.batches(train, start) do
   if step > config.steps then break end
   opt.lr = schedule(step)
   opt:zero_grad()
-  local loss, m = recipe.accumulate(config, batch, la.accumulate.pairs, pair_loss)   -- grad_accum micro-batches
+  local loss, m = recipe.accumulate(config, batch, la.accumulate.pairs, pair_loss, dp)   -- grad_accum micro-batches
   if config.grad_clip > 0 then la.optim.clip_grad_norm(model, config.grad_clip) end
   if recipe.finite_step(config, step, loss, model, logger) then opt:step() end
   local metrics = {loss = loss, accuracy = m.accuracy, margin = m.margin, lr = opt.lr}
-  local save = step % config.eval_every == 0 or step == config.steps
-  if save then metrics.valid_accuracy = accuracy(valid) end
+  if recipe.eval_due(config, step, config.steps) then metrics.valid_accuracy = accuracy(valid) end
   logger:log(step, metrics)   -- before the checkpoint, so a run killed in between redoes the step
-  if save then run:save_checkpoint(model, opt, step) end
+  if metrics.valid_accuracy or step == config.steps then run:save_checkpoint(model, opt, step) end
   recipe.check_stop(config, step, logger)
 end
 logger:close()
@@ -121,11 +127,11 @@ run:write("report.md", table.concat({
   "# Reward model: " .. config.name, "",
   recipe.md_table({"", "value"}, {
     {"pairwise accuracy, test set", string.format("%.1f%%", 100 * test_accuracy)},
-    {"pairwise accuracy, validation (last)", string.format("%.1f%%", 100 * vacc[#vacc])},
+    {"pairwise accuracy, validation (last)", recipe.fmt("%.1f%%", vacc[#vacc] and 100 * vacc[#vacc], "not evaluated (eval_every=0)")},
     {"training pairs", #train},
   }), "", "![curves](curves.svg)", "",
 }, "\n"))
 recipe.save_adapter(run, model, config)   -- with lora: adapter/ (and merged/ with save_merged)
-print(string.format("reward: held-out pairwise accuracy %.1f%% (test), %.1f%% (validation); report in %s",
-  100 * test_accuracy, 100 * vacc[#vacc], run:path("report.md")))
+print(string.format("reward: held-out pairwise accuracy %.1f%% (test), %s (validation); report in %s",
+  100 * test_accuracy, recipe.fmt("%.1f%%", vacc[#vacc] and 100 * vacc[#vacc]), run:path("report.md")))
 return {accuracy = test_accuracy, run = run}

@@ -32,18 +32,17 @@ local config = recipe.config(arg, "sft", recipe.with_memory_keys{
   {"warmup", 20, "warmup steps"},
   {"weight_decay", 0.0, "AdamW weight decay (matrices only)"},
   {"grad_clip", 1.0, "clip the global gradient norm (0: off)"},
-  {"eval_every", 100, "steps between evaluations and checkpoints"},
+  {"eval_every", 100, "steps between evaluations and checkpoints (0: none; a checkpoint at the end)"},
   {"eval_examples", 200, "held-out examples per evaluation"},
   {"samples", 5, "held-out prompts answered in the report"},
 })
-local run = recipe.run(config)
-local function data_file(p) return io.open(p) and p or la.data.path(p) end
+local run = recipe.run(config)   -- refuses a folder holding another run; writes nothing yet
 
 -- 1. Base model and tokenizer --------------------------------------------------
-local base_dir = config.base:gsub("/model%.safetensors$", "")
+local base_file, base_dir = recipe.model_file(config.base, "base")
 local tok = la.tokenizer.load(base_dir .. "/tokenizer.json")
-tok:save(run:path("tokenizer.json"))
-local model = recipe.prepare_model(recipe.load_gpt(config.base), config)   -- lora, weights_dtype, checkpoint
+local model = recipe.prepare_model(recipe.load_gpt(base_file), config)   -- lora, weights_dtype, checkpoint
+local dp = la.dist.data_parallel(model)   -- under mpirun: rank 0's weights on every rank
 
 -- 2. Data ------------------------------------------------------------------------
 local fmt = {prompt_format = config.prompt_format, completion_format = config.completion_format,
@@ -52,9 +51,9 @@ local function loader(source, opts)
   local o = {batch_size = config.batch_size, seed = config.seed}
   for k, v in pairs(fmt) do o[k] = v end
   for k, v in pairs(opts or {}) do o[k] = v end
-  return la.data.sft_loader(type(source) == "string" and data_file(source) or source, tok, o)
+  return la.data.sft_loader(source, tok, o)
 end
-local train_examples = la.data.load(data_file(config.train), "sft")
+local train_examples = la.data.load(recipe.data_file(config.train, "train"), "sft")
 for i, ex in ipairs(train_examples) do   -- the formats, applied once here (chats keep their template)
   if not ex.messages then
     train_examples[i] = {prompt = config.prompt_format:format(ex.prompt),
@@ -62,17 +61,24 @@ for i, ex in ipairs(train_examples) do   -- the formats, applied once here (chat
   end
 end
 for f in config.extra_train:gmatch("[^,]+") do
-  for _, ex in ipairs(la.data.load(data_file(f), "preference")) do
+  for _, ex in ipairs(la.data.load(recipe.data_file(f, "extra_train"), "preference")) do
     train_examples[#train_examples + 1] = {prompt = ex.prompt, completion = ex.chosen}
     train_examples[#train_examples + 1] = {prompt = ex.prompt, completion = ex.rejected}
   end
 end
 local plain = {prompt_format = "%s", completion_format = "%s"}
-local train = loader(train_examples, {pack = config.pack, drop_last = true, prompt_format = plain.prompt_format,
-                                      completion_format = plain.completion_format})
-local valid_examples = la.data.load(data_file(config.valid), "sft")
+local train = dp:shard(loader(train_examples, {pack = config.pack, drop_last = true,
+  prompt_format = plain.prompt_format, completion_format = plain.completion_format}))
+train.name = config.train .. (config.extra_train ~= "" and (" + " .. config.extra_train) or "")
+local valid_examples = la.data.load(recipe.data_file(config.valid, "valid"), "sft")
 local held_out = {table.unpack(valid_examples, 1, math.min(#valid_examples, config.eval_examples))}
 local valid = loader(held_out, {shuffle = false})
+valid.name = config.valid
+recipe.check_batches(train)
+run:start()                      -- the inputs are there: config.json, and from here the run's files
+tok:save(run:path("tokenizer.json"))
+local data_metrics = recipe.describe_data(config, "train", train)
+for k, v in pairs(recipe.describe_data(config, "valid", valid)) do data_metrics[k] = v end
 
 local function batch_loss(m, batch)
   local logits = m(batch.ids, {attention_mask = batch.attention_mask, segments = batch.segment_ids,
@@ -100,25 +106,24 @@ local schedule = la.optim.schedule.cosine{lr = config.lr, warmup = config.warmup
                                           min_lr = config.lr / 10}
 local start, extra = 0, {}
 if config.resume then start, extra = run:restore_checkpoint(model, opt) end
-start = start or 0
-local base_loss = extra.base_loss or evaluate(model)
-print(string.format("sft: %d training examples, held-out loss of the base model %.3f",
-  #train, base_loss))
+start, extra = start or 0, extra or {}
+local base_loss = extra.base_loss or (config.eval_every > 0 and evaluate(model) or nil)
+if base_loss then print(string.format("sft: held-out loss of the base model %.3f", base_loss)) end
 
 local logger = log.open(run, {total = config.steps, start_step = start, show = {"loss", "lr"}})
+if start == 0 then logger:log(0, data_metrics) end
 for step, batch in recipe.batches(train, start) do
   if step > config.steps then break end
   opt.lr = schedule(step)
   opt:zero_grad()
-  -- grad_accum micro-batches; the loss is the mean over the whole batch's completion tokens
-  local loss = recipe.accumulate(config, batch, la.accumulate.tokens, function(mb) return batch_loss(model, mb) end)
+  -- grad_accum micro-batches; the loss is the mean over the (global) batch's completion tokens
+  local loss = recipe.accumulate(config, batch, la.accumulate.tokens, function(mb) return batch_loss(model, mb) end, dp)
   local norm = config.grad_clip > 0 and la.optim.clip_grad_norm(model, config.grad_clip) or nil
   if recipe.finite_step(config, step, loss, norm or model, logger) then opt:step() end
   local metrics = {loss = loss, lr = opt.lr, grad_norm = norm}
-  local save = step % config.eval_every == 0 or step == config.steps
-  if save then metrics.valid_loss = evaluate(model) end
+  if recipe.eval_due(config, step, config.steps) then metrics.valid_loss = evaluate(model) end
   logger:log(step, metrics)   -- before the checkpoint, so a run killed in between redoes the step
-  if save then run:save_checkpoint(model, opt, step, {base_loss = base_loss}) end
+  if metrics.valid_loss or step == config.steps then run:save_checkpoint(model, opt, step, {base_loss = base_loss}) end
   recipe.check_stop(config, step, logger)
 end
 logger:close()
@@ -131,7 +136,7 @@ local final_loss = vlosses[#vlosses]
 plot.new{title = "SFT loss (completion tokens)", xlabel = "step", ylabel = "nats/token"}
   :line(steps, losses, {label = "train", width = 1})
   :line(vsteps, vlosses, {label = "held-out", markers = true})
-  :vline(0, {label = string.format("base model held-out %.2f", base_loss)})
+  :vline(0, {label = "base model held-out " .. recipe.fmt("%.2f", base_loss, "not evaluated")})
   :save(run:path("loss.svg"))
 
 local prompts, answers = {}, {}
@@ -150,12 +155,13 @@ end
 run:write("report.md", table.concat({
   "# Supervised fine-tuning: " .. config.name, "",
   recipe.md_table({"", "held-out loss (nats per completion token)"}, {
-    {"base model", string.format("%.3f", base_loss)},
-    {"after SFT", string.format("%.3f", final_loss)},
+    {"base model", recipe.fmt("%.3f", base_loss, "not evaluated (eval_every=0)")},
+    {"after SFT", recipe.fmt("%.3f", final_loss, "not evaluated (eval_every=0)")},
   }), "", "![loss](loss.svg)", "", "Greedy answers to held-out questions:", "",
   recipe.md_table({"prompt", "model", "reference"}, sample_rows), "",
 }, "\n"))
 recipe.save_adapter(run, model, config)   -- with lora: adapter/ (and merged/ with save_merged)
-print(string.format("sft: held-out loss %.3f -> %.3f; report in %s", base_loss, final_loss, run:path("report.md")))
+print(string.format("sft: held-out loss %s -> %s; report in %s", recipe.fmt("%.3f", base_loss),
+  recipe.fmt("%.3f", final_loss), run:path("report.md")))
 for i = 1, #prompts do print(string.format("  Q: %s\n  A: %s", held_out[i].prompt, answers[i])) end
 return {base_loss = base_loss, valid_loss = final_loss, run = run}

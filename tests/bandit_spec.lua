@@ -9,27 +9,23 @@ local cjson = require "cjson"
 local function run(args)
   local out = os.tmpname()
   os.remove(out)
-  local cmd = string.format("lua5.4 recipes/bandit.lua out=%s quiet=true %s 2>&1", out, args or "")
+  local cmd = string.format("lua5.4 recipes/bandit.lua out_dir=%s name=bandit quiet=true %s 2>&1", out, args or "")
   local p = assert(io.popen(cmd))
   local text = p:read("a")
   local ok = p:close()
   assert(ok, "the recipe failed:\n" .. text)
-  local f = assert(io.open(out .. "/summary.json"))
+  local f = assert(io.open(out .. "/bandit/summary.json"))
   local summary = cjson.decode(f:read("a"))
   f:close()
-  return summary, out
+  return summary, out, out .. "/bandit"
 end
 
-local function read(path)
-  local f = assert(io.open(path))
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local h = require "helpers"
+local read = h.read
 
 describe("the bandit recipe", function()
   it("shows the caption in its regime: DPO and GDPO above cDPO, cDPO's mode in the data", function()
-    local summary, out = run()
+    local summary, out, dir = run()
     local s = summary["caption regime"]
     assert.is_not_nil(s, "no caption regime in the summary")
     local dpo, cdpo, gdpo = s.methods.dpo, s.methods.cdpo, s.methods.gdpo
@@ -43,10 +39,11 @@ describe("the bandit recipe", function()
     assert.is_true(math.abs(cdpo.reward - s.optimum.reward) < 0.01)
     assert.is_true(math.abs(cdpo.kl - s.optimum.kl) < 0.02)
     -- the run wrote its report, plot and metrics
-    assert.is_truthy(read(out .. "/report.md"):find("Caption's ordering .- %*%*holds%*%*"))
-    assert.is_truthy(read(out .. "/bandit.svg"):find("^<svg"))
+    assert.is_truthy(read(dir .. "/report.md"):find("Caption's ordering .- %*%*holds%*%*"))
+    assert.is_truthy(read(dir .. "/bandit.svg"):find("^<svg"))
+    assert.is_truthy(read(dir .. "/config.json"):find('"tau": 0.5', 1, true))
     local lines = 0
-    for _ in io.lines(out .. "/metrics.jsonl") do lines = lines + 1 end
+    for _ in io.lines(dir .. "/metrics.jsonl") do lines = lines + 1 end
     assert.are.equal(3 * (3000 / 25 + 1), lines)
     os.execute("rm -rf '" .. out .. "'")
   end)
@@ -67,11 +64,11 @@ describe("the bandit recipe", function()
     local p = io.popen("lua5.4 recipes/bandit.lua betta=2 2>&1")
     local text = p:read("a")
     assert.is_falsy(p:close())
-    assert.is_truthy(text:find("unknown key 'betta'", 1, true), text)
+    assert.is_truthy(text:find("unknown config key 'betta' -- did you mean 'beta'?", 1, true), text)
     p = io.popen("lua5.4 recipes/bandit.lua steps=many 2>&1")
     text = p:read("a")
     assert.is_falsy(p:close())
-    assert.is_truthy(text:find("steps must be a number (got 'many')", 1, true), text)
+    assert.is_truthy(text:find("steps must be an integer (got 'many')", 1, true), text)
   end)
 
   it("lists every key with its default and description under --help", function()
@@ -85,6 +82,6 @@ describe("the bandit recipe", function()
       keys = keys + 1
       assert.is_truthy(line:match("^%S+%s+%S+%s+%S"), "no description: " .. line)
     end
-    assert.are.equal(21, keys)
+    assert.are.equal(27, keys)   -- the bandit's 19, name, and the 7 every recipe has
   end)
 end)

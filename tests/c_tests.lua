@@ -2,8 +2,9 @@
 -- as busted tests: the program prints "ok NAME" or "FAIL NAME: why" per test
 -- and ends with "N passed, N failed".  `busted` is the spec's environment,
 -- which holds busted's describe, it and assert (a required module sees only
--- the global table).
-return function(busted, title, binary)
+-- the global table).  `command`, when given, is how to run the program (a
+-- script under a launcher, say); `binary` is still the file that must exist.
+return function(busted, title, binary, command)
   local describe, it, assert = busted.describe, busted.it, busted.assert
   describe(title, function()
     local f = io.open(binary, "rb")
@@ -12,7 +13,7 @@ return function(busted, title, binary)
       return
     end
     f:close()
-    local p = assert(io.popen(binary .. " 2>&1"))
+    local p = assert(io.popen((command or binary) .. " 2>&1"))
     local output = p:read("a")
     p:close()
     local seen = 0

@@ -4,13 +4,8 @@
 local la = require "lualign"
 local ckpt = la.checkpoint
 
-local function fails_with(expected, fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert(not ok, "expected an error containing: " .. expected)
-  err = tostring(err)
-  assert(err:find(expected, 1, true), "expected an error containing:\n  " .. expected .. "\ngot:\n  " .. err)
-  return err
-end
+local h = require "helpers"
+local fails_with, write_file, read_file = h.fails_with, h.write, h.read
 
 local function shell_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 
@@ -30,19 +25,6 @@ local function list_dir(dir)
   p:close()
   table.sort(names)
   return names
-end
-
-local function write_file(path, bytes)
-  local f = assert(io.open(path, "wb"))
-  f:write(bytes)
-  f:close()
-end
-
-local function read_file(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
 end
 
 -- A safetensors file from a header string and the data bytes.

@@ -9,19 +9,8 @@ local sys = require "lualign.sys"
 
 local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() end
-  return f ~= nil
-end
+local h = require "helpers"
+local read, exists = h.read, h.exists
 
 local function sleep(s) os.execute(string.format("sleep %.3f", s)) end
 

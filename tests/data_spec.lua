@@ -84,13 +84,8 @@ local function collect(iter)
   return out
 end
 
-local function fails_with(expected, fn)
-  local ok, err = pcall(fn)
-  assert(not ok, "expected an error containing: " .. expected)
-  err = tostring(err)
-  assert(err:find(expected, 1, true), "expected an error containing:\n  " .. expected .. "\ngot:\n  " .. err)
-  return err
-end
+local h = require "helpers"
+local fails_with = h.fails_with
 
 ----------------------------------------------------------------------------
 
@@ -595,6 +590,54 @@ describe("loaders", function()
     fails_with("too few", function() data.lm_loader("abc", tok, {block_size = 4}) end)
   end)
 
+  it("count the examples the length limits cut, for every kind of data", function()
+    local long = {prompt = string.rep("p", 30), completion = string.rep("c", 30)}
+    local short = {prompt = "p", completion = "c"}
+    local sft = data.sft_loader({long, short, long}, tok, {max_len = 40})
+    assert.are.same({2, "max_len 40"}, {sft.truncated, sft.limits})
+    local packed = data.sft_loader({long, short, long}, tok, {max_len = 40, pack = true})
+    assert.are.equal(2, packed.truncated)
+    local packed_cut = 0
+    for b in packed:epoch(1) do packed_cut = packed_cut + b.truncated end
+    assert.are.equal(2, packed_cut)
+    assert.are.same({0, nil}, {data.sft_loader({long}, tok).truncated, data.sft_loader({long}, tok).limits})
+    local pairs_ = {{prompt = "p", chosen = string.rep("a", 50), rejected = "b", p = 1.0},
+                    {prompt = "p", chosen = "a", rejected = "b", p = 1.0}}
+    local pref = data.preference_loader(pairs_, tok, {max_len = 20, max_completion_len = 30})
+    assert.are.same({1, "max_len 20, max_completion_len 30"}, {pref.truncated, pref.limits})
+    local prompts = data.prompt_loader({{prompt = string.rep("x", 9)}, {prompt = "x"}}, tok, {max_prompt_len = 8})
+    assert.are.same({1, "max_prompt_len 8"}, {prompts.truncated, prompts.limits})
+    -- the count is the number of examples a batch reports cut, summed over an epoch
+    local cut = 0
+    for b in sft:epoch(1) do cut = cut + b.truncated end
+    assert.are.equal(sft.truncated, cut)
+  end)
+
+  it("report once per file the fields a format ignores", function()
+    local notes = {}
+    data.on_ignored_fields(function(note) notes[#notes + 1] = note end)
+    local path = tmpfile('{"prompt": "a", "chosen": "b", "rejected": "c", "label": 0.7, "source": "x"}\n'
+      .. '{"prompt": "a", "chosen": "b", "rejected": "c", "p": 0.7}\n'
+      .. '{"prompt": "a", "chosen": "b", "rejected": "c", "label": 0.2}\n')
+    local list = data.load(path, "preference")
+    assert.are.equal(1.0, list[1].p)                    -- "label" is no soft label: the pair trains as hard
+    assert.are.equal(1, #notes)
+    assert.are.same({label = 2, source = 1}, notes[1].fields)
+    assert.are.equal(path .. ': fields the preference format does not use, ignored: "label" (2 of 3 lines), '
+      .. '"source" (1 of 3 lines)', notes[1].text)
+    for _ in data.sft(FIX .. "sft.jsonl") do break end  -- a loop left early reports what it read
+    assert.are.equal(2, #notes)
+    assert.are.same({id = 1}, notes[2].fields)
+    local plain = tmpfile('{"prompt": "a"}\n{"prompt": "b"}\n')
+    data.load(plain, "prompts")                         -- lines with only the format's fields: nothing to say
+    os.remove(plain)
+    assert.are.equal(2, #notes)
+    data.on_ignored_fields(nil)
+    data.load(path, "preference")
+    assert.are.equal(2, #notes)
+    os.remove(path)
+  end)
+
   it("reject bad arguments", function()
     fails_with("batch_size must be a positive integer", function()
       data.prompt_loader(list, tok, {batch_size = 0})
@@ -660,6 +703,33 @@ describe("bundled data", function()
     local text = data.read_text(data.path("austen/train.txt"))
     assert.is_true(#text > 1000000 and #text < 2000000)
     assert.is_truthy(text:find("It is a truth universally acknowledged", 1, true))
+  end)
+
+  it("keeps its held-out splits apart from the training ones", function()
+    local function set_of(rel, kind, fields)
+      local s = {}
+      for ex in data[kind](data.path(rel)) do
+        for _, f in ipairs(fields) do s[ex[f]] = true end
+      end
+      return s
+    end
+    local function shared(a, b)
+      local n = 0
+      for k in pairs(a) do if b[k] then n = n + 1 end end
+      return n
+    end
+    local pairs_fields = {"chosen", "rejected"}
+    assert.are.equal(0, shared(set_of("sentiment/prompts_train.jsonl", "prompts", {"prompt"}),
+                               set_of("sentiment/prompts_test.jsonl", "prompts", {"prompt"})))
+    assert.are.equal(0, shared(set_of("sentiment/train.jsonl", "preference", pairs_fields),
+                               set_of("sentiment/test.jsonl", "preference", pairs_fields)))
+    assert.are.equal(0, shared(set_of("vader/prompts_train.jsonl", "prompts", {"prompt"}),
+                               set_of("vader/prompts_test.jsonl", "prompts", {"prompt"})))
+    local test_words = set_of("vader/test.jsonl", "preference", pairs_fields)
+    for _, rel in ipairs({"vader/modest/train.jsonl", "vader/confident/train.jsonl"}) do
+      assert.are.equal(0, shared(set_of(rel, "preference", pairs_fields), test_words), rel)
+    end
+    assert.are.equal(0, shared(set_of("qa/train.jsonl", "sft", {"prompt"}), set_of("qa/test.jsonl", "sft", {"prompt"})))
   end)
 
   it("has modest labels in the majority in one VADER variant and confident ones in the other", function()

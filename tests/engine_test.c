@@ -14,6 +14,7 @@
 
 #include "la.h"
 #include "la_nn.h"
+#include "la_dist.h"
 #include "la_safetensors.h"
 
 static int passed, failed;
@@ -281,7 +282,7 @@ static int test_safetensors_roundtrip(void) {
   float v[] = {1, 2, 3, 4, 5, 6};
   la_tensor *a = from(v, 2, (int64_t[]){2, 3}), *at = la_transpose(a, 0, 1);
   la_tensor *b = la_full(LA_INT64, 1, (int64_t[]){2}, 9);
-  la_st_named named[2] = {{"a.t", 3, at}, {"b", 1, b}};
+  la_st_named named[2] = {{.name = "a.t", .name_len = 3, .tensor = at}, {.name = "b", .name_len = 1, .tensor = b}};
   la_st_pair meta[1] = {{"k", "v", 1, 1}};
   int rc = la_st_save(path, 2, named, 1, meta);
   la_st_file *f = rc == 0 ? la_st_open(path) : NULL;
@@ -375,6 +376,103 @@ static int test_lora_linear(void) {
   return 1;
 }
 
+/* ---------------------------------------------------------------- hooked backward */
+
+typedef struct hook_log {
+  int n;
+  la_tensor *leaf[8];
+  float first[8];          /* the gradient's first value when reported */
+  int fail_at;             /* report number that fails (0: none) */
+} hook_log;
+
+static int record_ready(void *ctx, la_tensor *leaf) {
+  hook_log *h = ctx;
+  if (h->n == 8) return la_failn("too many reports");
+  h->leaf[h->n] = leaf;
+  h->first[h->n] = leaf->grad ? la_fdata(leaf->grad)[0] : NAN;
+  h->n++;
+  if (h->n == h->fail_at) return la_failn("hook stopped the pass");
+  return 0;
+}
+
+/* s = sum(w2 * exp(w1 * c + w1)): w2 is final after the last op, w1 only
+** once both of its uses have delivered. */
+static la_tensor *hooked_graph(la_tensor *w1, la_tensor *w2) {
+  la_tensor *a = la_binary_scalar(LA_MUL, w1, 0.5, false);
+  la_tensor *b = la_binary(LA_ADD, a, w1), *e = la_unary(LA_EXP, b);
+  la_tensor *y = la_binary(LA_MUL, e, w2), *s = la_sum(y, -1, false);
+  la_release(a); la_release(b); la_release(e); la_release(y);
+  return s;
+}
+
+static int test_backward_hook_order(void) {
+  float v1[] = {0.1f, -0.2f}, v2[] = {2, 3};
+  la_tensor *w1 = from(v1, 1, (int64_t[]){2}), *w2 = from(v2, 1, (int64_t[]){2});
+  w1->requires_grad = w2->requires_grad = true;
+  la_tensor *s = hooked_graph(w1, w2);
+  hook_log h = {0};
+  int rc = la_backward_hooked(s, NULL, false, record_ready, &h);
+  float want1 = 2 * expf(1.5f * 0.1f) * 1.5f;   /* d/dw1[0] = w2 exp(1.5 w1) 1.5 */
+  int ok = rc == 0 && h.n == 2 && h.leaf[0] == w2 && h.leaf[1] == w1 && w1->grad && w2->grad &&
+           near(h.first[1], want1) && h.first[1] == la_fdata(w1->grad)[0] &&
+           h.first[0] == la_fdata(w2->grad)[0];
+  la_release(s); la_release(w1); la_release(w2);
+  CHECK(ok, "expected w2 then w1, each once with its final gradient (rc %d, %d reports: %s)", rc, h.n,
+        la_error());
+  return 1;
+}
+
+static int test_backward_hook_error_stops(void) {
+  float v1[] = {0.1f, -0.2f}, v2[] = {2, 3};
+  la_tensor *w1 = from(v1, 1, (int64_t[]){2}), *w2 = from(v2, 1, (int64_t[]){2});
+  w1->requires_grad = w2->requires_grad = true;
+  la_tensor *s = hooked_graph(w1, w2);
+  hook_log h = {.fail_at = 1};
+  int rc = la_backward_hooked(s, NULL, false, record_ready, &h);
+  la_release(s); la_release(w1); la_release(w2);
+  CHECK(rc < 0 && h.n == 1 && strstr(la_error(), "hook stopped the pass"),
+        "a failing hook must stop the pass with its error (rc %d, %d reports, %s)", rc, h.n, la_error());
+  return 1;
+}
+
+/* In a world of one the reducer must give exactly what a plain backward
+** gives, leave a parameter no pass reached without a gradient, and send the
+** buckets of the parameters reached before the pass ends. */
+static int test_reducer_world_of_one(void) {
+  float v1[] = {0.1f, -0.2f}, v2[] = {2, 3};
+  la_tensor *w1 = from(v1, 1, (int64_t[]){2}), *w2 = from(v2, 1, (int64_t[]){2});
+  la_tensor *u1 = from(v1, 1, (int64_t[]){2}), *u2 = from(v2, 1, (int64_t[]){2});
+  la_tensor *unused = la_full(LA_FLOAT32, 1, (int64_t[]){3}, 1);
+  w1->requires_grad = w2->requires_grad = u1->requires_grad = u2->requires_grad = true;
+  unused->requires_grad = true;
+  la_reducer *r = la_reducer_new((la_tensor *[]){unused, w1, w2}, 3, 4, LA_DIST_SUM);
+  la_tensor *s = hooked_graph(w1, w2), *t = hooked_graph(u1, u2);
+  int rc = r ? la_reducer_backward(r, s, NULL) : -1;
+  int rc2 = la_backward(t, NULL, false);
+  la_reducer_stats st = r ? la_reducer_get_stats(r) : (la_reducer_stats){0};
+  int ok = rc == 0 && rc2 == 0 && w1->grad && w2->grad && !unused->grad &&
+           memcmp(la_fdata(w1->grad), la_fdata(u1->grad), 2 * sizeof(float)) == 0 &&
+           memcmp(la_fdata(w2->grad), la_fdata(u2->grad), 2 * sizeof(float)) == 0 &&
+           st.n_buckets == 3 && st.steps == 1 && st.launched_early == 2 &&
+           st.bytes_per_step == (2 + 2 + 3 + 3) * 4;
+  la_reducer_free(r);
+  la_release(s); la_release(t);
+  la_release(w1); la_release(w2); la_release(u1); la_release(u2); la_release(unused);
+  CHECK(ok, "reducer gradients or counters differ (rc %d/%d, buckets %d, early %lld: %s)", rc, rc2,
+        st.n_buckets, (long long)st.launched_early, la_error());
+  return 1;
+}
+
+static int test_reducer_rejects_duplicates(void) {
+  la_tensor *w = la_full(LA_FLOAT32, 1, (int64_t[]){2}, 1);
+  w->requires_grad = true;
+  la_reducer *r = la_reducer_new((la_tensor *[]){w, w}, 2, 1 << 20, LA_DIST_SUM);
+  la_release(w);
+  CHECK(r == NULL && strstr(la_error(), "parameters 1 and 2 are the same tensor"),
+        "a parameter listed twice was accepted (%s)", la_error());
+  return 1;
+}
+
 int main(void) {
   run("broadcast_add", test_broadcast_add);
   run("broadcast_error", test_broadcast_error);
@@ -397,6 +495,10 @@ int main(void) {
   run("half_conversions", test_half_conversions);
   run("half_weight_gemm", test_half_weight_gemm);
   run("lora_linear", test_lora_linear);
+  run("backward_hook_order", test_backward_hook_order);
+  run("backward_hook_error_stops", test_backward_hook_error_stops);
+  run("reducer_world_of_one", test_reducer_world_of_one);
+  run("reducer_rejects_duplicates", test_reducer_rejects_duplicates);
   printf("%d passed, %d failed\n", passed, failed);
   return failed ? 1 : 0;
 }

@@ -6,12 +6,8 @@
 -- under a time limit, so a crash or a hang fails these tests instead of
 -- stopping the test run; each entry is reported as a test here.
 
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local h = require "helpers"
+local read = h.read
 
 describe("bad-input catalogue", function()
   it("docs/errors.md is generated from the catalogue (make errors-doc)", function()

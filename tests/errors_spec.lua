@@ -2,13 +2,8 @@
 -- values involved, pointing at the caller's line; none can crash the process.
 local la = require "lualign"
 
-local function fails_with(expected, fn)
-  local ok, err = pcall(fn)
-  assert(not ok, "expected an error containing: " .. expected)
-  err = tostring(err)
-  assert(err:find(expected, 1, true), "expected an error containing:\n  " .. expected .. "\ngot:\n  " .. err)
-  return err
-end
+local h = require "helpers"
+local fails_with = h.fails_with
 
 describe("error messages", function()
   local a, b = la.zeros(2, 3), la.zeros(4)

@@ -7,11 +7,8 @@
 local bin = os.getenv("LUALIGN_FUZZ_BIN") or "./build/fuzz"
 local names = {"safetensors", "bpe", "jsonl", "tokenizer_json", "encode"}
 
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() end
-  return f ~= nil
-end
+local h = require "helpers"
+local exists = h.exists
 
 local function is_dir(path)
   local ok, _, code = os.execute("test -d '" .. path .. "'")

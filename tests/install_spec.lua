@@ -6,6 +6,13 @@
 -- not the minute a full compile would.  A rock packed from that tree is then
 -- installed into a second tree, as `luarocks install` of a packed rock would
 -- be on another machine.
+--
+-- The rockspec declares lua-cjson.  These runs see Debian's lua-cjson (which
+-- `make test` installs) the way the README tells LuaRocks users on Debian
+-- to declare it (rocks_provided, in a LuaRocks user config of their own
+-- HOME), and every luarocks command may only search an empty local rocks
+-- server: nothing is ever downloaded, so the test passes offline, and a
+-- dependency LuaRocks could not find fails it.
 
 local function sh(cmd)
   local p = assert(io.popen(cmd .. " 2>&1"))
@@ -16,23 +23,17 @@ end
 
 local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 
--- luarocks with a clean Lua environment (make test sets LUA_PATH for itself).
-local function luarocks(args, dir)
-  return sh((dir and ("cd " .. q(dir) .. " && ") or "") .. "env -u LUA_PATH -u LUA_CPATH " ..
-    "luarocks --lua-version 5.4 " .. args)
+-- luarocks with a clean Lua environment (make test sets LUA_PATH for itself),
+-- a HOME of the test's own (HOME, set in setup) and no rocks server but an
+-- empty folder (SERVER).
+local HOME, SERVER
+local function luarocks(args, dir, home)
+  return sh((dir and ("cd " .. q(dir) .. " && ") or "") .. "env -u LUA_PATH -u LUA_CPATH HOME=" .. q(home or HOME) ..
+    " luarocks --lua-version 5.4 --only-server=" .. q(SERVER) .. " " .. args)
 end
 
-local function exists(path)
-  local f = io.open(path, "r")
-  if f then f:close() end
-  return f ~= nil
-end
-
-local function write(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-end
+local h = require "helpers"
+local exists, write = h.exists, h.write
 
 -- The recipes of this checkout (none yet is fine).
 local function checkout_recipes()
@@ -62,8 +63,12 @@ describe("luarocks install", function()
   setup(function()
     tmp = sh("mktemp -d /tmp/lualign-install.XXXXXX"):gsub("%s+$", "")
     tree, tree2, elsewhere = tmp .. "/tree", tmp .. "/tree2", tmp .. "/elsewhere"
-    os.execute("mkdir -p " .. q(elsewhere))
+    HOME, SERVER = tmp .. "/home", tmp .. "/no-server"
+    os.execute("mkdir -p " .. q(elsewhere) .. " " .. q(HOME .. "/.luarocks") .. " " .. q(SERVER))
     write(elsewhere .. "/train.lua", script)
+    -- the README's line for Debian's lua-cjson
+    local out, code = luarocks("config rocks_provided.lua-cjson 2.1.0-1")
+    assert(code == 0, out)
   end)
 
   teardown(function()
@@ -75,9 +80,21 @@ describe("luarocks install", function()
     return sh("cd " .. q(elsewhere) .. " && env -u LUA_PATH -u LUA_CPATH " .. q(tree_dir .. "/bin/lualign") .. " " .. args)
   end
 
+  it("declares lua-cjson, which LuaRocks takes from Debian's package once told it is there", function()
+    -- a HOME whose LuaRocks was not told: the dependency is missing, and (with no server to
+    -- search) nothing is installed
+    os.execute("mkdir -p " .. q(tmp .. "/bare-home"))
+    local out, code = luarocks("make --tree " .. q(tmp .. "/never") .. " lualign-scm-1.rockspec", checkout,
+                               tmp .. "/bare-home")
+    assert.are_not.equal(0, code)
+    assert.truthy(out:find("Could not satisfy dependency lua-cjson >= 2.1.0", 1, true), out)
+    assert.is_false(exists(tmp .. "/never/lib/lua/5.4/lualign/core.so"))
+  end)
+
   it("`luarocks make` installs the engine, library, docs, recipes and command into a --tree", function()
     local out, code = luarocks("make --tree " .. q(tree) .. " lualign-scm-1.rockspec", checkout)
     assert(code == 0, out)
+    assert.truthy(out:find("lua-cjson >= 2.1.0 (2.1.0-1 provided by VM)", 1, true), out)
     assert.truthy(exists(tree .. "/lib/lua/5.4/lualign/core.so"))
     assert.truthy(exists(tree .. "/share/lua/5.4/lualign/init.lua"))
     assert.truthy(exists(tree .. "/share/lua/5.4/lualign/docs/tensors.md"))

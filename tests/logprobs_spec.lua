@@ -15,12 +15,8 @@ local function assert_close(a, b, tol, what)
   assert(a:allclose(b, tol, tol), (what or "tensors differ") .. ":\n" .. tostring(a) .. "\n" .. tostring(b))
 end
 
-local function fails_with(expected, fn)
-  local ok, err = pcall(fn)
-  assert(not ok, "expected an error containing: " .. expected)
-  err = tostring(err)
-  assert(err:find(expected, 1, true), "expected an error containing:\n  " .. expected .. "\ngot:\n  " .. err)
-end
+local h = require "helpers"
+local fails_with = h.fails_with
 
 -- The composed reference: per-token log-probs (B, T) times the mask.
 local function composed_token(logits, targets, mask, temperature)

@@ -6,20 +6,8 @@ local recipe = require "lualign.recipe"
 local log = require "lualign.log"
 local sys = require "lualign.sys"
 
-local function tmpdir()
-  local d = os.tmpname()
-  os.remove(d)
-  assert(sys.mkdir(d))
-  return d
-end
-
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local h = require "helpers"
+local tmpdir, read = h.tmpdir, h.read
 
 local function errmsg(fn, ...)
   local ok, err = pcall(fn, ...)
@@ -173,7 +161,7 @@ describe("checkpoints never hold NaN", function()
   it("save_checkpoint and save_model refuse non-finite weights and leave the old files", function()
     local dir = tmpdir()
     local c = recipe.config({"out_dir=" .. dir, "name=r"}, "demo", {})
-    local run = recipe.run(c)
+    local run = recipe.run(c):start()
     local model = la.nn.Linear(3, 2)
     local opt = la.optim.AdamW(model, {lr = 0.1})
     run:save_checkpoint(model, opt, 5)
@@ -209,7 +197,7 @@ describe("metrics files", function()
   it("drop, on resume, a line a killed run left cut short", function()
     local dir = tmpdir()
     local c = recipe.config({"out_dir=" .. dir, "name=r"}, "demo", {})
-    local run = recipe.run(c)
+    local run = recipe.run(c):start()
     local f = assert(io.open(run:path("metrics.jsonl"), "w"))
     -- the last line was cut in the middle of step 12's row: it must not count as step 1
     f:write('{"loss": 1.5, "step": 1}\n{"loss": 1.25, "step": 2}\n{"loss": 1.0, "step": 3}\n{"grad_norm": 1.0, "step": 1')
@@ -222,13 +210,14 @@ describe("metrics files", function()
 
   it("resumed runs clear the temporary files a killed run left", function()
     local dir = tmpdir()
-    assert(sys.mkdir(dir .. "/r"))
+    local config = recipe.config({"out_dir=" .. dir, "name=r", "resume=true"}, "demo", {})
+    recipe.run(config):start()
     for _, name in ipairs({".checkpoint.safetensors.tmp-123-456-0", "report.md.tmp", "keep.txt"}) do
       local f = assert(io.open(dir .. "/r/" .. name, "w"))
       f:write("x")
       f:close()
     end
-    recipe.run(recipe.config({"out_dir=" .. dir, "name=r", "resume=true"}, "demo", {}))
+    recipe.run(config):start()
     assert.are.same({"config.json", "keep.txt"}, sys.listdir(dir .. "/r"))
     os.execute("rm -rf '" .. dir .. "'")
   end)
@@ -263,9 +252,10 @@ describe("recipes on a diverging run", function()
     for k, v in pairs(args) do a[k] = a[k] or v end
     local r = recipe.run_script("recipes/sft.lua", a)
     local rows = log.read(r.run:path("metrics.jsonl"))
-    assert.are.equal(5, #rows)
-    assert.is_true(rows[1].loss == rows[1].loss)
-    assert.is_true(rows[3].loss ~= rows[3].loss)
+    assert.are.equal(6, #rows)                 -- step 0 (the data's counts), then steps 1 to 5
+    assert.are.equal(3263, rows[1]["train/examples"])
+    assert.is_true(rows[2].loss == rows[2].loss)
+    assert.is_true(rows[4].loss ~= rows[4].loss)
     local tensors = la.checkpoint.load(r.run:path("checkpoint.safetensors"))
     for name, t in pairs(tensors) do assert.is_true(t:all_finite(), name) end
   end)

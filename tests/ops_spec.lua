@@ -137,6 +137,23 @@ describe("reductions", function()
     assert.are.equal(1000001, la.ones(1000001, 1):sum(1):item())
   end)
 
+  it("read a number as a dimension in every reduction, integral floats included", function()
+    -- a dim read from JSON (a float) or computed with / names the same dimension
+    local v, i = x:max(2.0)
+    close({5, 6}, v)
+    assert.are.same({1, 2}, i:totable())
+    close({1, 2, 3}, (x:min(1.0)))
+    close(x:sum(2):totable(), x:sum(4 / 2))
+    close(x:softmax(1):totable(), x:softmax(1.0))
+    -- the elementwise forms have their own names (a tensor argument to max stays elementwise)
+    close({{3, 5, 3}, {4, 3, 6}}, x:maximum(3.0))
+    close(x:maximum(la.full({2, 3}, 2)):totable(), x:max(la.full({2, 3}, 2)))
+    assert.has_error(function() x:max(2.5) end,
+      "max: a dimension must be an integer (got 2.5); the elementwise maximum with a number is t:maximum(x)")
+    assert.has_error(function() x:sum(1.5) end, "sum: a dimension must be an integer (got 1.5)")
+    assert.has_error(function() x:softmax(0.5) end, "softmax: a dimension must be an integer (got 0.5)")
+  end)
+
   it("max and min with indices; argmax", function()
     close(6, x:max():item())
     close(1, x:min():item())

@@ -1,7 +1,8 @@
 local la = require "lualign"
 local optim = la.optim
 
-local function near(a, b, tol) return math.abs(a - b) <= (tol or 1e-6) * (1 + math.abs(b)) end
+local h = require "helpers"
+local near = h.near
 
 describe("AdamW", function()
   it("matches the update written out by hand, with bias correction and decoupled decay", function()
@@ -29,6 +30,22 @@ describe("AdamW", function()
     assert.is_true(near(w:get({1, 1}), ref_w[1], 1e-5), w:get({1, 1}) .. " vs " .. ref_w[1])
     assert.is_true(near(w:get({1, 2}), ref_w[2], 1e-5))
     assert.is_true(near(b[1], ref_b[1], 1e-5))
+  end)
+
+  it("computes 1 - beta in double: the second moment is (1 - beta2) g^2 to float precision", function()
+    -- with 1 - beta2 taken after rounding beta2 = 0.999 to float, every v would be off by 1.3e-5 relative
+    local w = la.tensor({1.0, 1.0, 1.0}, "float32"):requires_grad()
+    local opt = optim.AdamW({w}, {lr = 1e-3, betas = {0.9, 0.999}, weight_decay = 0})
+    local g = {0.37, -1.25, 3.0}
+    w.grad = la.tensor(g, "float32")
+    opt:step()
+    for i = 1, 3 do
+      local gi = la.tensor({g[i]}, "float32")[1]        -- the gradient as float32 holds it
+      local v, want = opt.v[1][i], (1 - 0.999) * gi * gi
+      assert.is_true(math.abs(v - want) <= 2e-7 * want, string.format("v %.9g vs %.9g", v, want))
+      local m, want_m = opt.m[1][i], (1 - 0.9) * gi
+      assert.is_true(math.abs(m - want_m) <= 2e-7 * math.abs(want_m), string.format("m %.9g vs %.9g", m, want_m))
+    end
   end)
 
   it("decays only matrices by default, everything with a filter, and accepts modules and groups", function()

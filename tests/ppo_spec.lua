@@ -3,11 +3,8 @@
 local la = require "lualign"
 local loss = la.loss
 
-local function near(a, b, tol, what)
-  tol = tol or 1e-5
-  assert(math.abs(a - b) <= tol * math.max(1, math.abs(b)),
-    string.format("%s: got %.9g, expected %.9g", what or "value", a, b))
-end
+local h = require "helpers"
+local near, fails_with = h.near, h.fails_with
 
 local function near_all(t, expected, tol, what)
   local got = t:totable()
@@ -18,13 +15,6 @@ local function near_all(t, expected, tol, what)
       near(got[i], expected[i], tol, (what or "") .. " [" .. i .. "]")
     end
   end
-end
-
-local function fails_with(expected, fn)
-  local ok, err = pcall(fn)
-  assert(not ok, "expected an error containing: " .. expected)
-  err = tostring(err)
-  assert(err:find(expected, 1, true), "expected an error containing:\n  " .. expected .. "\ngot:\n  " .. err)
 end
 
 -- Right-padded responses: row b has len[b] real tokens.

@@ -7,22 +7,12 @@ local loss = la.loss
 local function softplus(x) return math.log(1 + math.exp(x)) end
 local function sigmoid(x) return 1 / (1 + math.exp(-x)) end
 
-local function near(a, b, tol, what)
-  tol = tol or 1e-6
-  assert(math.abs(a - b) <= tol * math.max(1, math.abs(b)),
-    string.format("%s: got %.9g, expected %.9g", what or "value", a, b))
-end
+local h = require "helpers"
+local near, fails_with = h.near, h.fails_with
 
 local function check(fn, inputs)
   local ok, report = la.gradcheck(fn, inputs)
   assert(ok, report)
-end
-
-local function fails_with(expected, fn)
-  local ok, err = pcall(fn)
-  assert(not ok, "expected an error containing: " .. expected)
-  err = tostring(err)
-  assert(err:find(expected, 1, true), "expected an error containing:\n  " .. expected .. "\ngot:\n  " .. err)
 end
 
 -- Two pairs whose log-ratio margins are h = {1, -1}:

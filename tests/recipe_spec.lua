@@ -9,12 +9,8 @@ local specs = {
   {"pack", false, "pack examples"},
 }
 
-local function tmpdir()
-  local d = os.tmpname()
-  os.remove(d)
-  assert(require("lualign.sys").mkdir(d))
-  return d
-end
+local h = require "helpers"
+local tmpdir = h.tmpdir
 
 describe("recipe config", function()
   it("takes defaults, key=value overrides with the defaults' types, and config files", function()
@@ -62,6 +58,8 @@ describe("run folders and metrics", function()
     local dir = tmpdir()
     local c = recipe.config({"out_dir=" .. dir, "name=r1"}, "demo", specs)
     local run = recipe.run(c)
+    assert.is_false(run:exists("config.json"))   -- nothing is written before run:start()
+    run:start()
     assert.is_true(run:exists("config.json"))
     local cfg = require("cjson").decode(io.open(run:path("config.json")):read("a"))
     assert.are.equal(100, cfg.steps)
@@ -75,6 +73,42 @@ describe("run folders and metrics", function()
     local rows = log.read(run:path("metrics.jsonl"))
     assert.are.same({1, 2, 3, 4}, {rows[1].step, rows[2].step, rows[3].step, rows[4].step})
     assert.are.equal(0.2, rows[4].loss)
+    os.execute("rm -rf " .. dir)
+  end)
+
+  it("computes a cached file once, and again when its inputs or the file change", function()
+    local dir = tmpdir()
+    local run = recipe.run(recipe.config({"out_dir=" .. dir, "name=c"}, "demo", specs)):start()
+    local src = dir .. "/source.txt"
+    local function put(path, text) local f = assert(io.open(path, "w")); f:write(text); f:close() end
+    put(src, "one")
+    local builds = 0
+    local function get(extra)
+      return run:cached("derived.txt", {source = recipe.file_identity(src), max_len = extra or 8}, function(path)
+        builds = builds + 1
+        put(path, "built " .. builds)
+      end)
+    end
+    local path = get()
+    assert.are.equal(run:path("derived.txt"), path)
+    get()
+    assert.are.equal(1, builds)                         -- same inputs: reused
+    get(16)
+    assert.are.equal(2, builds)                         -- a setting differs
+    put(src, "two")
+    get(16)
+    assert.are.equal(3, builds)                         -- the source file's bytes differ
+    put(path, "edited")
+    get(16)
+    assert.are.equal(4, builds)                         -- the cached file itself changed
+    assert.are.equal("built 4", io.open(path):read("a"))
+    -- identities tell files apart by their bytes, not their names or times
+    local a, b = dir .. "/a", dir .. "/b"
+    put(a, string.rep("x", 1000)); put(b, string.rep("x", 999) .. "y")
+    assert.are_not.equal(recipe.file_identity(a).digest, recipe.file_identity(b).digest)
+    put(b, string.rep("x", 1000))
+    assert.are.same(recipe.file_identity(a), recipe.file_identity(b))
+    assert.are.equal(1000, recipe.file_identity(a).bytes)
     os.execute("rm -rf " .. dir)
   end)
 

@@ -128,6 +128,26 @@ describe("help", function()
     local text, found = help.text("la.no_such_thing")
     assert.is_false(found)
     assert.equal("help: nothing is called la.no_such_thing", text)
+    -- help(la.no_such_thing) passes nil: that is said, not answered with the guide
+    local out = {}
+    local saved = io.write
+    io.write = function(...) for _, x in ipairs({...}) do out[#out + 1] = x end end
+    help.help(la.no_such_thing)
+    io.write = saved
+    assert.equal('help: the value given is nil (a name that does not exist?); help("la.NAME") looks a name up\n',
+      table.concat(out))
+  end)
+
+  it("takes a function's entry from its own module's page only", function()
+    -- `exp` also appears in formulas of docs/bandit.md, and `la.cat` in an example on docs/data.md
+    local text = help.text(la.exp)
+    assert.truthy(text:find("Unary: neg, exp, log", 1, true), text)
+    assert.falsy(text:find("bandit", 1, true), text)
+    text = help.text(la.cat)
+    assert.truthy(text:find("la.cat({t1, t2, …} [, dim])", 1, true), text)
+    assert.falsy(text:find("docs/data.md", 1, true), text)
+    -- a function wrapped so that its errors point at the caller shows its own signature
+    assert.truthy(help.text(la.loss.dpo):find("la.loss.dpo(pc, pr, rc, rr, opts)", 1, true))
   end)
 
   it("reads docstrings above definitions and groups of one-liners", function()
@@ -226,6 +246,18 @@ describe("the REPL without a terminal", function()
   it("preloads la, nn, optim, loss and help", function()
     local out = session("la == require 'lualign', nn == la.nn, optim == la.optim, loss == la.loss, type(help)\n")
     assert.equal('> true\ttrue\ttrue\ttrue\t"function"\n> \n', out)
+  end)
+
+  it("says which fields of a data file the readers ignore", function()
+    local path = os.tmpname()
+    local f = assert(io.open(path, "w"))
+    f:write('{"prompt": "a", "chosen": "b", "rejected": "c", "label": 0.7}\n')
+    f:close()
+    local out = session("#la.data.load('" .. path .. "', 'preference')\n")
+    la.data.on_ignored_fields(nil)
+    os.remove(path)
+    assert.equal("> note: " .. path .. ': fields the preference format does not use, ignored: "label" (1 of 1 lines)'
+      .. "\n1\n> \n", out)
   end)
 end)
 

@@ -31,3 +31,32 @@ describe("util.check_options", function()
     assert.matches("generate: options must be a table %(got number%)", err)
   end)
 end)
+
+describe("errors raised inside the library", function()
+  it("point at the caller's line, also from a folder called lualign", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(require("lualign.sys").mkdir(dir .. "/lualign"))
+    local script = dir .. "/lualign/user.lua"
+    local f = assert(io.open(script, "w"))
+    f:write([[
+local la = require "lualign"
+local function try(fn) local ok, err = pcall(fn); print(err) end
+try(function() la.models.gpt{vocab_size = 5, n_positions = 8, n_embd = 8, n_layer = 1, n_head = 3} end)
+try(function() la.nn.functional.embedding(la.tensor({{1, 99}}), la.randn(5, 3)) end)
+try(function() la.models.gpt{vocab_size = 5, n_positions = 8, n_embd = 8, n_layer = 1, n_head = 2}(la.tensor({{7}})) end)
+try(function() la.optim.schedule.linear{lr = 1} end)
+]])
+    f:close()
+    local p = io.popen("lua5.4 " .. script .. " 2>&1")
+    local lines = {}
+    for line in p:lines() do lines[#lines + 1] = line end
+    p:close()
+    os.execute("rm -rf " .. dir)
+    local at = script:gsub("%p", "%%%0")
+    assert.matches("^" .. at .. ":3: gpt: n_embd %(8%) must be a multiple of n_head %(3%)$", lines[1])
+    assert.matches("^" .. at .. ":4: index_select: index 99 ", lines[2])
+    assert.matches("^" .. at .. ":5: index_select: index 7 ", lines[3])
+    assert.matches("^" .. at .. ":6: schedule.linear: total steps required$", lines[4])
+  end)
+end)

@@ -414,6 +414,7 @@ int luaopen_lualign_core(lua_State *L) {
   luaL_getmetatable(L, LT_NAME);
   lua_setfield(L, -2, "metatable");
   lt_open_tokenizer(L);
+  lt_open_dist(L);
   /* The handler runs the collector of the main thread's state. */
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
   la_set_oom_handler(lt_on_oom, lua_tothread(L, -1));

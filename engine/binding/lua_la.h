@@ -29,6 +29,9 @@ int lt_result(lua_State *L, la_tensor *t);
 void lt_push(lua_State *L, la_tensor *t);
 int lt_error(lua_State *L);                        /* raises la_error() */
 int lt_check_rc(lua_State *L, int rc);             /* raises when rc < 0 */
+/* t[k] = v for the table on top of the stack (metrics, statistics). */
+void lt_set_number(lua_State *L, const char *k, double v);
+void lt_set_integer(lua_State *L, const char *k, int64_t v);
 
 /* A dimension argument: 1-based, or negative from the end; 0-based result.
 ** 'extra' widens the range by one for ops that insert a dim (unsqueeze). */
@@ -42,6 +45,7 @@ int lt_checkshape(lua_State *L, int arg, const char *op, int *ndim, int64_t *sha
 void lt_open_tensor(lua_State *L);    /* builds the metatable and methods */
 void lt_open_nn(lua_State *L);        /* core.nn: fused network kernels */
 void lt_pace_gc(lua_State *L);        /* GC pacing after allocations */
+void lt_after_backward(lua_State *L); /* GC pacing after a backward pass (lua_tensor.c) */
 void lt_open_tokenizer(lua_State *L); /* adds core.bpe (lua_tokenizer.c) */
 void lt_open_checkpoint(lua_State *L); /* sets _safetensors in the table on top */
 void lt_open_regex(lua_State *L);      /* sets regex_fullmatch in the table on top */
@@ -53,5 +57,6 @@ lua_State *lt_set_backward_state(lua_State *L);
 void lt_release_checkpoints(lua_State *L);
 /* A collection when a recomputation left much more alive than before it. */
 void lt_collect_after_recompute(lua_State *L, size_t live_before);
+void lt_open_dist(lua_State *L);      /* sets dist in the table on top (lua_dist.c) */
 
 #endif

@@ -287,11 +287,6 @@ static int ln_entropy_hidden(lua_State *L) {
                                         lt_chunk(L, 4)));
 }
 
-static void lt_set_number(lua_State *L, const char *k, double v) {
-  lua_pushnumber(L, v);
-  lua_setfield(L, -2, k);
-}
-
 /* pref_loss(kind, policy_chosen, policy_rejected, ref_chosen, ref_rejected
 **           [, {beta = 0.1, p, eps = 0.1, label_smoothing = 0}]) -> loss, metrics */
 static int ln_pref_loss(lua_State *L) {

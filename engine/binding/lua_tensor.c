@@ -22,6 +22,16 @@ int lt_check_rc(lua_State *L, int rc) {
   return rc;
 }
 
+void lt_set_number(lua_State *L, const char *k, double v) {
+  lua_pushnumber(L, v);
+  lua_setfield(L, -2, k);
+}
+
+void lt_set_integer(lua_State *L, const char *k, int64_t v) {
+  lua_pushinteger(L, (lua_Integer)v);
+  lua_setfield(L, -2, k);
+}
+
 /* ---------------------------------------------------------------- GC pacing */
 /* The collector only sees the small userdata, not the tensor bytes behind
 ** them, so left alone it lets dead tensors pile up (Torch7's classic leak).
@@ -85,7 +95,7 @@ void lt_pace_gc(lua_State *L) {
 ** less); a collection in the middle of a step is no baseline, as it finds the
 ** step's activations alive.  Steps smaller than the floor cost the collector
 ** more than they hold, and are left to the threshold. */
-static void lt_collect_after_backward(lua_State *L) {
+void lt_after_backward(lua_State *L) {
   if (la_memory_stats().live_bytes <= lt_gc_step_base + LT_GC_FLOOR) return;
   if (lt_collect(L)) lt_gc_step_base = la_memory_stats().live_bytes;
 }
@@ -260,8 +270,21 @@ static int lt_close(lua_State *L) {
 
 /* ---------------------------------------------------------------- arguments */
 
+/* A dimension given as a number: an integer, or a float with an integral
+** value (one read from JSON, or computed with /), the same dimension.  A
+** fractional number is an error, never rounded. */
+static lua_Integer lt_dim_number(lua_State *L, int arg, const char *op) {
+  if (lua_isinteger(L, arg)) return lua_tointeger(L, arg);
+  if (lua_type(L, arg) != LUA_TNUMBER)
+    return luaL_error(L, "%s: expected a dimension (an integer), got %s", op, luaL_typename(L, arg));
+  lua_Number x = lua_tonumber(L, arg);
+  if (!(x == floor(x)) || x < -1e9 || x > 1e9)
+    return luaL_error(L, "%s: a dimension must be an integer (got %f)", op, x);
+  return (lua_Integer)x;
+}
+
 int lt_checkdim(lua_State *L, int arg, int ndim, const char *op, int extra) {
-  lua_Integer d = luaL_checkinteger(L, arg);
+  lua_Integer d = lt_dim_number(L, arg, op);
   int n = ndim + extra;
   if (d == 0 || d > n || d < -n) {
     if (n == 0) return luaL_error(L, "%s: a 0-d tensor has no dimension %d", op, (int)d);
@@ -485,7 +508,7 @@ static int lt_backward(lua_State *L) {
   lt_set_backward_state(outer);
   lt_release_checkpoints(L);
   lt_check_rc(L, rc);
-  if (!retain) lt_collect_after_backward(L);
+  if (!retain) lt_after_backward(L);
   return 0;
 }
 
@@ -843,15 +866,20 @@ static int lt_sum(lua_State *L) {
 }
 
 /* t:max() -> scalar; t:max(dim [, keepdim]) -> values, indices (0-based);
-** t:max(u) -> elementwise maximum. */
+** t:max(u) with a tensor u -> elementwise maximum (also t:maximum(u)).  A
+** number is always a dimension, as in every reduction: the elementwise
+** maximum with a number is t:maximum(x). */
 static int lt_extreme(lua_State *L) {
   bool want_max = lua_toboolean(L, lua_upvalueindex(1));
   la_tensor *t = lt_check(L, 1);
-  if (lt_test(L, 2) || (lua_type(L, 2) == LUA_TNUMBER && !lua_isinteger(L, 2)))
-    return lt_binary_at(L, want_max ? LA_MAXIMUM : LA_MINIMUM);
+  if (lt_test(L, 2)) return lt_binary_at(L, want_max ? LA_MAXIMUM : LA_MINIMUM);
   const char *op = want_max ? "max" : "min";
   if (lua_isnoneornil(L, 2))
     return lt_result(L, want_max ? la_max(t, -1, false, NULL) : la_min(t, -1, false, NULL));
+  if (lua_type(L, 2) == LUA_TNUMBER && !lua_isinteger(L, 2) && lua_tonumber(L, 2) != floor(lua_tonumber(L, 2)))
+    return luaL_error(L, "%s: a dimension must be an integer (got %f); the elementwise %s with a number is "
+                      "t:%s(x)", op, lua_tonumber(L, 2), want_max ? "maximum" : "minimum",
+                      want_max ? "maximum" : "minimum");
   int dim = lt_checkdim(L, 2, t->ndim, op, 0);
   bool keep = lt_optbool(L, 3, false);
   la_tensor *idx = NULL;

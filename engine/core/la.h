@@ -175,6 +175,9 @@ struct la_tensor {
   bool requires_grad;           /* leaves only: accumulate into grad */
   struct la_tensor *grad;       /* accumulated gradient of a leaf */
   la_node *grad_fn;             /* the op that produced it (NULL for leaves) */
+  /* scratch state of a hooked backward pass (la_backward_hooked) */
+  int grad_pending;             /* edges of the pass still to deliver to this leaf */
+  unsigned grad_visit;
 };
 
 la_tensor *la_retain(la_tensor *t);
@@ -423,6 +426,16 @@ void la_end_recompute(uint64_t previous);
 ** A backward function may run another backward pass on a graph of its own
 ** (a checkpointed block recomputed). */
 int la_backward(la_tensor *root, la_tensor *grad, bool retain_graph);
+/* A leaf's gradient is final: no node still to run in this pass can add to
+** leaf->grad (which is NULL when nothing in the pass gave it one).  Returns 0,
+** or -1 with an error, which stops the pass. */
+typedef int (*la_grad_ready_fn)(void *ctx, la_tensor *leaf);
+/* la_backward that calls ready(ctx, leaf) once for every leaf requiring grad
+** in the graph, as soon as its gradient is final -- while the nodes nearer
+** the inputs still run -- so that work on finished gradients (sending them to
+** other processes, say) overlaps the rest of the pass. */
+int la_backward_hooked(la_tensor *root, la_tensor *grad, bool retain_graph,
+                       la_grad_ready_fn ready, void *ctx);
 /* Adds g into t->grad (t a leaf); takes no reference from g. */
 int la_accumulate_grad(la_tensor *t, la_tensor *g);
 

@@ -10,6 +10,14 @@
 ** summed gradient of the node's output, and routes the input gradients along
 ** the edges.  Saved tensors and edges are dropped as each node finishes unless
 ** the graph is retained, so a training step's activations die with the step.
+**
+** A hooked pass (la_backward_hooked) also tells its caller when each leaf's
+** gradient is final.  Collecting the graph counts the edges that end at each
+** leaf (in the leaf's grad_pending); routing a gradient along such an edge,
+** or finding that the node gives that input none, counts one down, and at
+** zero no node still to run can reach the leaf: its .grad is complete for
+** this pass.  In Kahn's order the leaves nearest the loss (the last layers'
+** weights) finish first, long before the pass ends.
 */
 #include <stdlib.h>
 #include <string.h>
@@ -203,9 +211,27 @@ static int la_list_push(la_nodelist *l, la_node *n) {
 
 static unsigned la_visit_mark;
 
+/* A pass's settings: whether the graph is kept, and the hook told when a
+** leaf's gradient is final (NULL for none). */
+typedef struct la_pass {
+  bool retain;
+  la_grad_ready_fn ready;
+  void *ctx;
+} la_pass;
+
+/* Counts one more edge of this pass ending at leaf (a hooked pass only). */
+static void la_count_leaf_edge(la_tensor *leaf, unsigned mark) {
+  if (leaf->grad_visit != mark) {
+    leaf->grad_visit = mark;
+    leaf->grad_pending = 0;
+  }
+  leaf->grad_pending++;
+}
+
 /* Finds every node reachable from root, holding a reference to each, and
-** counts how many consumers in this graph each node has. */
-static int la_collect(la_node *root, la_nodelist *all) {
+** counts how many consumers in this graph each node has (and, when
+** count_leaves, how many edges end at each leaf). */
+static int la_collect(la_node *root, la_nodelist *all, bool count_leaves) {
   la_nodelist stack = {0};
   unsigned mark = ++la_visit_mark;
   int rc = 0;
@@ -217,6 +243,7 @@ static int la_collect(la_node *root, la_nodelist *all) {
     n->refcount++;
     if ((rc = la_list_push(all, n)) < 0) { n->refcount--; break; }
     for (int i = 0; i < n->n_in; i++) {
+      if (count_leaves && n->in[i].leaf) la_count_leaf_edge(n->in[i].leaf, mark);
       la_node *m = n->in[i].fn;
       if (!m) continue;
       if (m->visit != mark) {
@@ -253,7 +280,8 @@ bool la_node_saved_is_free(const la_node *n, int i) {
 }
 
 /* Runs one node: its gradients go to the nodes and leaves behind it. */
-static int la_run_node(la_node *n, la_nodelist *ready, bool retain) {
+static int la_run_node(la_node *n, la_nodelist *todo, const la_pass *pass) {
+  bool retain = pass->retain;
   char b1[LA_SHAPE_BUF], b2[LA_SHAPE_BUF];
   la_tensor *gout = n->grad_acc;
   n->grad_acc = NULL;
@@ -287,7 +315,9 @@ static int la_run_node(la_node *n, la_nodelist *ready, bool retain) {
       else rc = la_accumulate_grad(e->leaf, g);
     }
     la_release(g);
-    if (e->fn && --e->fn->pending == 0 && rc == 0) rc = la_list_push(ready, e->fn);
+    if (pass->ready && e->leaf && --e->leaf->grad_pending == 0 && rc == 0)
+      rc = pass->ready(pass->ctx, e->leaf);
+    if (e->fn && --e->fn->pending == 0 && rc == 0) rc = la_list_push(todo, e->fn);
   }
   if (gin != gin_small) free(gin);
   la_release(gout);
@@ -311,7 +341,13 @@ static int la_check_root_grad(la_tensor *root, la_tensor *grad) {
 }
 
 int la_backward(la_tensor *root, la_tensor *grad, bool retain) {
+  return la_backward_hooked(root, grad, retain, NULL, NULL);
+}
+
+int la_backward_hooked(la_tensor *root, la_tensor *grad, bool retain, la_grad_ready_fn ready,
+                       void *ctx) {
   char b1[LA_SHAPE_BUF];
+  la_pass pass = {retain, ready, ctx};
   if (!la_tracks_grad(root))
     return la_failn("backward: the tensor does not require grad and has no grad_fn (call "
                     ":requires_grad() on the leaves, outside no_grad)");
@@ -335,16 +371,17 @@ int la_backward(la_tensor *root, la_tensor *grad, bool retain) {
     rc = la_accumulate_grad(root, g);
     la_release(g);
     la_set_grad_enabled(prev);
+    if (rc == 0 && ready) rc = ready(ctx, root);
     return rc;
   }
-  la_nodelist all = {0}, ready = {0};
-  rc = la_collect(root->grad_fn, &all);
+  la_nodelist all = {0}, todo = {0};
+  rc = la_collect(root->grad_fn, &all, ready != NULL);
   if (rc == 0) {
     root->grad_fn->grad_acc = g;
     g = NULL;
-    rc = la_list_push(&ready, root->grad_fn);
+    rc = la_list_push(&todo, root->grad_fn);
   }
-  while (rc == 0 && ready.n > 0) rc = la_run_node(ready.v[--ready.n], &ready, retain);
+  while (rc == 0 && todo.n > 0) rc = la_run_node(todo.v[--todo.n], &todo, &pass);
   /* On success every grad_acc was consumed; after an error some remain. */
   la_release(g);
   for (size_t i = 0; i < all.n; i++) {
@@ -353,7 +390,7 @@ int la_backward(la_tensor *root, la_tensor *grad, bool retain) {
   }
   for (size_t i = 0; i < all.n; i++) la_node_release(all.v[i]);
   free(all.v);
-  free(ready.v);
+  free(todo.v);
   la_set_grad_enabled(prev);
   return rc;
 }

@@ -39,7 +39,11 @@ int la_adamw_step(la_tensor **params, la_tensor **m, la_tensor **v, const double
   for (int i = 0; i < n; i++)
     if (params[i]->grad && (!m[i] || !v[i])) return la_failn("adamw: missing state for parameter %d", i + 1);
   double bc1 = 1.0 - pow(o->beta1, (double)o->step), bc2 = 1.0 - pow(o->beta2, (double)o->step);
+  /* 1 - beta is computed in double, then rounded: 1 - (float)0.999 would be
+  ** off by 1.3e-5 relative, and so would every second moment (PyTorch rounds
+  ** the double 1 - beta2 too). */
   float b1 = (float)o->beta1, b2 = (float)o->beta2, eps = (float)o->eps;
+  float c1 = (float)(1.0 - o->beta1), c2 = (float)(1.0 - o->beta2);
   /* Adam's update with bias correction folded into the step size:
   **   p -= lr * wd * p;  p -= (lr / bc1) * m / (sqrt(v / bc2) + eps) */
   float step = (float)(o->lr / bc1), rbc2 = (float)(1.0 / sqrt(bc2));
@@ -53,8 +57,8 @@ int la_adamw_step(la_tensor **params, la_tensor **m, la_tensor **v, const double
     #pragma omp parallel for if (total >= LA_PARALLEL_GRAIN) schedule(static)
     for (int64_t j = 0; j < total; j++) {
       float g = gp[j];
-      float mj = b1 * mp[j] + (1.0f - b1) * g;
-      float vj = b2 * vp[j] + (1.0f - b2) * g * g;
+      float mj = b1 * mp[j] + c1 * g;
+      float vj = b2 * vp[j] + c2 * g * g;
       mp[j] = mj;
       vp[j] = vj;
       pp[j] = pp[j] * decay - step * mj / (sqrtf(vj) * rbc2 + eps);

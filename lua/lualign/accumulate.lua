@@ -99,7 +99,14 @@ end
 -- are alive at a time), and skipping micro-batches with no units.  Returns
 -- {loss = the accumulated batch's loss, metrics = each metric as the same
 -- weighted mean, units = total}.
-function A.run(micro_batches, count, loss_fn)
+--
+-- dp (a la.dist.data_parallel, optional) makes the accumulated batch the
+-- global one: total counts the units of every rank's micro-batches, the
+-- gradients are summed across the ranks by the last micro-batch's
+-- dp:backward (the others keep theirs local), and the loss and metrics
+-- returned are those of the global batch, the same on every rank.
+function A.run(micro_batches, count, loss_fn, dp)
+  local dist = require "lualign.dist"
   local counts = {}
   for i, mb in ipairs(micro_batches) do
     local c = count(mb)
@@ -107,15 +114,21 @@ function A.run(micro_batches, count, loss_fn)
     counts[i] = c
   end
   local total = A.total(counts)
+  if dp then total = dist.sum(total) end
   if total <= 0 then util.error("accumulate.run: the accumulated batch has no units (no target tokens or pairs) to learn from") end
-  local loss_sum, metrics = 0, {}
+  local loss_sum, metrics, synced = 0, {}, false
   for i, mb in ipairs(micro_batches) do
     if counts[i] > 0 then
       local w = counts[i] / total
       local loss, m = loss_fn(mb)
       local value = loss:item()
       if w ~= 1 then loss = loss * w end
-      loss:backward()
+      if dp then
+        synced = i == #micro_batches
+        dp:backward(loss, {sync = synced})
+      else
+        loss:backward()
+      end
       loss_sum = loss_sum + value * w
       if type(m) == "table" then
         for k, v in pairs(m) do
@@ -123,6 +136,17 @@ function A.run(micro_batches, count, loss_fn)
         end
       end
     end
+  end
+  if dp and not synced then   -- the last micro-batch had no units: its exchange still happens
+    dp:backward(require("lualign.core").zeros({}), {sync = true})
+  end
+  if dp and dist.size() > 1 then
+    local names = util.sorted_keys(metrics)
+    local values = {loss_sum}
+    for j, k in ipairs(names) do values[j + 1] = metrics[k] end
+    local sums = dist.sum(values)
+    loss_sum = sums[1]
+    for j, k in ipairs(names) do metrics[k] = sums[j + 1] end
   end
   return {loss = loss_sum, metrics = metrics, units = total}
 end

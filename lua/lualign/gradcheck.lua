@@ -18,6 +18,7 @@
 -- missing factor, a wrong sign, a broadcast summed the wrong way) misses by far more.
 
 local core = require "lualign.core"
+local util = require "lualign.util"
 
 -- Weights in [-1, -0.25] U [0.25, 1], from a fixed LCG so that checking never
 -- disturbs the user's random stream and never lets a weight hide an error.
@@ -59,7 +60,7 @@ end
 -- require grad are checked).  Returns true, or false and a report naming the
 -- input, the position and both values.
 local function gradcheck(fn, inputs, opts)
-  opts = opts or {}
+  opts = util.check_options("gradcheck", opts, {"eps", "rtol", "atol", "n"})
   local h, rtol, atol = opts.eps or 1e-2, opts.rtol or 1e-2, opts.atol or 1e-4
   local n_inputs = opts.n or #inputs
   local function call() return fn(table.unpack(inputs, 1, n_inputs)) end

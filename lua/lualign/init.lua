@@ -162,6 +162,7 @@ local submodules = {
   loss = "lualign.loss", data = "lualign.data", tokenizer = "lualign.tokenizer",
   checkpoint = "lualign.checkpoint", models = "lualign.models", plot = "lualign.plot",
   recipe = "lualign.recipe", lora = "lualign.lora", accumulate = "lualign.accumulate",
+  dist = "lualign.dist",
 }
 -- (lualign.log, the training log, is reached with require: la.log is the logarithm.)
 

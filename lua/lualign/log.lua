@@ -9,10 +9,13 @@
 -- `every` steps.  Each call appends {"step": n, ...metrics} to
 -- <run>/metrics.jsonl; a resumed run first drops the lines after its
 -- checkpoint's step, so the file reads as if the run had never stopped.
+-- In a data-parallel job only rank 0 shows progress (the others' run folder
+-- is private: see recipe.run).
 
 local core = require "lualign.core"
 local sys = require "lualign.sys"
 local recipe = require "lualign.recipe"
+local util = require "lualign.util"
 
 local log = {}
 
@@ -63,7 +66,11 @@ end
 -- later lines are dropped), show (list of metric names for the bar/lines;
 -- default: all, sorted), stage (a label printed first), quiet (no output).
 function log.open(run, opts)
-  opts = opts or {}
+  opts = util.check_options("log.open", opts, {"file", "total", "every", "start_step", "show", "stage", "quiet"})
+  if run.started == false then
+    error(string.format("%s: log.open before run:start() (a run writes nothing until its inputs are checked)",
+      run.config.name), 2)
+  end
   local path = run:path(opts.file or "metrics.jsonl")
   if opts.start_step and opts.start_step > 0 then
     truncate_metrics(path, opts.start_step)
@@ -71,10 +78,11 @@ function log.open(run, opts)
     recipe.write_atomic(path, "")
   end
   local f = assert(io.open(path, "a"))
+  local quiet = opts.quiet or not require("lualign.dist").is_main()
   return setmetatable({
     file = f, path = path, total = opts.total, every = opts.every or 10, show = opts.show,
-    stage = opts.stage or run.config.name, quiet = opts.quiet,
-    tty = not opts.quiet and sys.isatty(1) and os.getenv("TERM") ~= "dumb",
+    stage = opts.stage or run.config.name, quiet = quiet,
+    tty = not quiet and sys.isatty(1) and os.getenv("TERM") ~= "dumb",
     start_clock = core.clock(), start_step = opts.start_step or 0, last = nil,
   }, Logger)
 end

@@ -12,14 +12,20 @@
 -- docs/losses.md for the formulas.
 
 local core = require "lualign.core"
+local util = require "lualign.util"
 local K = core.nn
 
 local loss = {}
+
+-- Each function's options, checked by name (an unknown key is an error with
+-- a did-you-mean, never silently ignored).
+local function options(where, opts, known) return util.check_options("loss." .. where, opts, known) end
 
 --- Mean cross-entropy of logits (N, V) — or (B, T, V), flattened — against
 -- 0-based targets of the matching shape.  opts: ignore_index (-100),
 -- label_smoothing (0).  Metrics: tokens (rows counted).
 function loss.cross_entropy(logits, targets, opts)
+  options("cross_entropy", opts, {"ignore_index", "label_smoothing"})
   if logits:dim() > 2 then
     logits = logits:reshape(-1, logits:size(-1))
     targets = targets:reshape(-1)
@@ -41,6 +47,7 @@ end
 -- their targets are never read, so -100 or any filler may stay there).
 -- mask may be nil (all ones).  opts: temperature (1).  Differentiable in logits.
 function loss.token_logprobs(logits, targets, mask, opts)
+  options("token_logprobs", opts, {"temperature"})
   return K.logprobs(logits, targets, mask, kernel_opts(opts, "token"))
 end
 
@@ -48,6 +55,7 @@ end
 -- or with opts.average = true their mean over the mask (0 for an empty mask),
 -- as IPO and length-normalised losses want.  opts: average, temperature.
 function loss.sequence_logprobs(logits, targets, mask, opts)
+  options("sequence_logprobs", opts, {"average", "temperature"})
   return K.logprobs(logits, targets, mask, kernel_opts(opts, opts and opts.average and "mean" or "sum"))
 end
 
@@ -56,12 +64,14 @@ end
 -- by default about 64 MiB of scratch logits) and are recomputed in backward.
 -- Gradients flow to hidden and weight.  opts: temperature, chunk_rows.
 function loss.token_logprobs_hidden(hidden, weight, targets, mask, opts)
+  options("token_logprobs_hidden", opts, {"temperature", "chunk_rows"})
   return K.logprobs_hidden(hidden, weight, targets, mask, kernel_opts(opts, "token"))
 end
 
 --- sequence_logprobs from hidden states and the LM-head weight, logits-free.
 -- opts: average, temperature, chunk_rows.
 function loss.sequence_logprobs_hidden(hidden, weight, targets, mask, opts)
+  options("sequence_logprobs_hidden", opts, {"average", "temperature", "chunk_rows"})
   return K.logprobs_hidden(hidden, weight, targets, mask,
     kernel_opts(opts, opts and opts.average and "mean" or "sum"))
 end
@@ -70,12 +80,14 @@ end
 -- times the mask.  opts: temperature, reduce ("token" (default), "sum" or
 -- "mean" over T).  Differentiable.
 function loss.entropy(logits, mask, opts)
+  options("entropy", opts, {"temperature", "reduce"})
   return K.entropy(logits, mask, kernel_opts(opts, opts and opts.reduce or "token"))
 end
 
 --- entropy from hidden states (B, T, C) and the LM-head weight (V, C),
 -- logits-free.  opts: temperature, reduce, chunk_rows.
 function loss.entropy_hidden(hidden, weight, mask, opts)
+  options("entropy_hidden", opts, {"temperature", "reduce", "chunk_rows"})
   return K.entropy_hidden(hidden, weight, mask, kernel_opts(opts, opts and opts.reduce or "token"))
 end
 
@@ -96,7 +108,7 @@ loss.preference_losses = {"dpo", "cdpo", "rdpo", "ipo", "hinge", "gdpo", "gipo"}
 -- rewards/margins, logps/chosen, logps/rejected (means over the batch, with
 -- "chosen" the side the label prefers; rewards are beta * log-ratios).
 function loss.preference(name, policy_chosen, policy_rejected, ref_chosen, ref_rejected, opts)
-  opts = opts or {}
+  opts = options(name, opts, {"beta", "p", "label_smoothing", "eps"})
   local p = opts.p
   if type(p) == "number" then p = core.full({policy_chosen:numel()}, p) end
   local o = {beta = opts.beta, p = p, label_smoothing = opts.label_smoothing}
@@ -133,7 +145,7 @@ function loss.gipo(pc, pr, rc, rr, opts) return loss.preference("gipo", pc, pr, 
 -- Metrics: accuracy, margin (mean r1 - r2), rewards/chosen, rewards/rejected,
 -- in the label's orientation (p < 0.5 flips a pair).
 function loss.bradley_terry(r_chosen, r_rejected, opts)
-  opts = opts or {}
+  opts = options("bradley_terry", opts, {"p", "margin", "center"})
   local p = opts.p
   if type(p) == "number" then p = core.full({r_chosen:numel()}, p) end
   return K.bradley_terry(r_chosen, r_rejected, {p = p, margin = opts.margin, center = opts.center})
@@ -151,6 +163,7 @@ loss.reward_model = loss.bradley_terry
 -- Metrics: policy/clipfrac_avg, policy/approxkl_avg (0.5 mean (logp - old)^2),
 -- val/ratio (mean ratio), tokens (sum of the mask).
 function loss.ppo_policy(logprobs, old_logprobs, advantages, mask, opts)
+  options("ppo_policy", opts, {"clip_eps", "clip_eps_low", "clip_eps_high"})
   return K.ppo_policy_loss(logprobs, old_logprobs, advantages, mask, opts)
 end
 
@@ -158,6 +171,7 @@ end
 -- V_old + eps) - R)^2) for values (differentiable), old_values and returns (B, T).
 -- opts: clip_eps (0.2).  Metrics: val/clipfrac_avg, tokens.
 function loss.ppo_value(values, old_values, returns, mask, opts)
+  options("ppo_value", opts, {"clip_eps"})
   return K.ppo_value_loss(values, old_values, returns, mask, opts)
 end
 
@@ -168,7 +182,7 @@ end
 -- Differentiable through both log-probs.
 function loss.kl(logprobs, ref_logprobs, opts)
   if type(opts) == "string" then opts = {estimator = opts} end
-  opts = opts or {}
+  opts = options("kl", opts, {"estimator", "mask"})
   local est = opts.estimator or "k1"
   local d = logprobs - ref_logprobs
   local k
@@ -186,6 +200,7 @@ end
 -- opts: gamma (1), lam (0.95).  Returns advantages and returns (= advantages +
 -- values), with no history.
 function loss.gae(rewards, values, mask, opts)
+  options("gae", opts, {"gamma", "lam"})
   return K.gae(rewards:detach(), values:detach(), mask, opts)
 end
 
@@ -214,7 +229,7 @@ end
 -- objective/non_score_reward, objective/scores, objective/rlhf_reward
 -- (batch means of per-sequence sums).
 function loss.ppo_rewards(scores, logprobs, ref_logprobs, mask, opts)
-  opts = opts or {}
+  opts = options("ppo_rewards", opts, {"kl_coef", "estimator", "has_eos", "missing_eos_penalty"})
   local previous = core.set_grad_enabled(false)
   local ok, rewards, metrics = pcall(function()
     local m = mask:float()
@@ -268,29 +283,12 @@ function loss.masked_whiten(x, mask, shift_mean)
 end
 
 ----------------------------------------------------------------------------
--- Errors point at the caller's line: every public function runs under pcall,
--- and a failure is raised again one level up, without the position inside
--- this file that the kernel's message would otherwise carry.
-
-local function strip_position(msg)
-  if type(msg) ~= "string" then return msg end
-  repeat
-    local n
-    msg, n = msg:gsub("^[^:\n]*lualign[/\\]loss%.lua:%d+: ", "", 1)
-  until n == 0
-  return msg
-end
-
-local function raise_at_caller(fn)
-  return function(...)
-    local r = table.pack(pcall(fn, ...))
-    if not r[1] then error(strip_position(r[2]), 2) end
-    return table.unpack(r, 2, r.n)
-  end
-end
+-- Errors point at the caller's line: every public function is wrapped so that
+-- a failure is raised again at the user's line, without the positions inside
+-- the library that the kernel's message would otherwise carry.
 
 for name, fn in pairs(loss) do
-  if type(fn) == "function" then loss[name] = raise_at_caller(fn) end
+  if type(fn) == "function" then loss[name] = util.raise_at_caller(fn) end
 end
 
 return loss

@@ -15,6 +15,7 @@
 -- matrices and embeddings), not to biases or norm weights.
 
 local core = require "lualign.core"
+local util = require "lualign.util"
 local K = core.nn
 
 local optim = {}
@@ -23,7 +24,7 @@ local optim = {}
 local function collect(params)
   local entries = {}
   local function add(name, t, group)
-    if not core.is_tensor(t) then error("optimizer: parameter " .. tostring(name) .. " is not a tensor", 4) end
+    if not core.is_tensor(t) then util.error("optimizer: parameter " .. tostring(name) .. " is not a tensor") end
     entries[#entries + 1] = {name = name, tensor = t, group = group}
   end
   local function add_list(list, group)
@@ -33,17 +34,20 @@ local function collect(params)
     end
   end
   if type(params) == "table" and params[1] and type(params[1]) == "table" and params[1].params then
-    for _, g in ipairs(params) do add_list(g.params, g) end
+    for i, g in ipairs(params) do
+      util.check_options("optimizer: parameter group " .. i, g, {"params", "weight_decay"}, "key")
+      add_list(g.params, g)
+    end
   else
     add_list(params, nil)
   end
-  if #entries == 0 then error("optimizer: no parameters given", 3) end
+  if #entries == 0 then util.error("optimizer: no parameters given") end
   local trainable = {}
   for _, e in ipairs(entries) do
     if e.tensor:needs_grad() then trainable[#trainable + 1] = e end
   end
   if #trainable == 0 then
-    require("lualign.util").error(string.format("optimizer: none of the %d parameters requires gradients (all are frozen)", #entries))
+    util.error(string.format("optimizer: none of the %d parameters requires gradients (all are frozen)", #entries))
   end
   return trainable
 end
@@ -77,7 +81,7 @@ AdamW.__index = AdamW
 --- opts: lr (1e-3), betas ({0.9, 0.999}), eps (1e-8), weight_decay (0.01),
 -- decay_filter(name, tensor) -> bool.
 function optim.AdamW(params, opts)
-  opts = opts or {}
+  opts = util.check_options("AdamW", opts, {"lr", "betas", "eps", "weight_decay", "decay_filter"})
   local self = setmetatable({}, AdamW)
   setup(self, params, opts, 0.01)
   local betas = opts.betas or {0.9, 0.999}
@@ -133,7 +137,7 @@ SGD.__index = SGD
 
 --- opts: lr (1e-2), momentum (0), dampening (0), nesterov (false), weight_decay (0).
 function optim.SGD(params, opts)
-  opts = opts or {}
+  opts = util.check_options("SGD", opts, {"lr", "momentum", "dampening", "nesterov", "weight_decay", "decay_filter"})
   local self = setmetatable({}, SGD)
   setup(self, params, opts, 0)
   self.lr, self.momentum = opts.lr or 1e-2, opts.momentum or 0
@@ -170,6 +174,7 @@ optim.schedule = {}
 
 --- lr throughout.
 function optim.schedule.constant(opts)
+  if type(opts) ~= "number" then util.check_options("schedule.constant", opts, {"lr"}) end
   local lr = type(opts) == "number" and opts or opts.lr
   return function() return lr end
 end
@@ -181,8 +186,9 @@ end
 
 --- Linear warmup over `warmup` steps, then linear decay to `final_lr` at `total`.
 function optim.schedule.linear(opts)
+  util.check_options("schedule.linear", opts, {"lr", "warmup", "total", "final_lr"})
   local lr, warmup, total, final = opts.lr, opts.warmup or 0, opts.total, opts.final_lr or 0
-  assert(total and total > 0, "schedule.linear: total steps required")
+  if not (total and total > 0) then util.error("schedule.linear: total steps required") end
   return function(step)
     local w = warmup_factor(step, warmup)
     if w then return lr * w end
@@ -193,8 +199,9 @@ end
 
 --- Linear warmup, then cosine decay from lr to min_lr at `total`.
 function optim.schedule.cosine(opts)
+  util.check_options("schedule.cosine", opts, {"lr", "warmup", "total", "min_lr"})
   local lr, warmup, total, min_lr = opts.lr, opts.warmup or 0, opts.total, opts.min_lr or 0
-  assert(total and total > 0, "schedule.cosine: total steps required")
+  if not (total and total > 0) then util.error("schedule.cosine: total steps required") end
   return function(step)
     local w = warmup_factor(step, warmup)
     if w then return lr * w end

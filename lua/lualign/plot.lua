@@ -10,6 +10,8 @@
 -- Axes get "nice" 1-2-5 ticks; series get a legend when labelled; NaN and
 -- infinite points break a line instead of spoiling the axes.
 
+local util = require "lualign.util"
+
 local plot = {}
 
 --- The default colour cycle (Tableau 10).
@@ -24,7 +26,8 @@ Plot.__index = Plot
 -- ("top-right" (default), "top-left", "bottom-right", "bottom-left" or false),
 -- logy (true: a log10 y axis; points with y <= 0 are left out).
 function plot.new(opts)
-  opts = opts or {}
+  opts = util.check_options("plot.new", opts, {"title", "xlabel", "ylabel", "width", "height", "xmin", "xmax",
+                                               "ymin", "ymax", "legend", "logy"})
   return setmetatable({
     logy = opts.logy or false,
     title = opts.title, xlabel = opts.xlabel, ylabel = opts.ylabel,
@@ -49,7 +52,7 @@ function Plot:line(xs, ys, style)
   if #xs ~= #ys then
     error(string.format("plot: %d x values but %d y values", #xs, #ys), 2)
   end
-  style = style or {}
+  style = util.check_options("plot:line", style, {"label", "color", "width", "dash", "markers", "step", "fill"})
   local s = {x = xs, y = ys, label = style.label, width = style.width or 2, dash = style.dash,
              markers = style.markers, step = style.step, fill = style.fill,
              color = style.color or plot.colors[(#self.series % #plot.colors) + 1]}
@@ -59,7 +62,7 @@ end
 
 --- Adds a vertical marker line at x.  style: label, color, dash (default true).
 function Plot:vline(x, style)
-  style = style or {}
+  style = util.check_options("plot:vline", style, {"label", "color", "dash"})
   self.vlines = self.vlines or {}
   self.vlines[#self.vlines + 1] = {x = x, label = style.label, color = style.color or "#444444",
                                    dash = style.dash == nil and true or style.dash}
@@ -273,7 +276,7 @@ end
 --- Several plots in one SVG document, row by row.  opts: cols (number of
 -- columns, default all in one row), title.
 function plot.grid(plots, opts)
-  opts = opts or {}
+  opts = util.check_options("plot.grid", opts, {"cols", "title"})
   local cols = opts.cols or #plots
   local cw, rh = 0, {}
   for i, p in ipairs(plots) do

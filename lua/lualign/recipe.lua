@@ -10,13 +10,22 @@
 --     -- lualign recipes/sft.lua --help                lists every key
 --
 -- Every config also has `name` (the run folder runs/<name>/), `out_dir`
--- ("runs"), `seed`, `threads`, `resume` and `stop_at`.  Unknown keys and values of the
--- wrong type are errors that name the key.
+-- ("runs"), `seed`, `threads`, `resume`, `overwrite` and `stop_at`.  Unknown
+-- keys and values of the wrong type are errors that name the key.
+--
+-- A run folder holds one run.  recipe.run(config) refuses a folder that
+-- holds another run (unless overwrite=true, or resume=true with the same
+-- config) and writes nothing; the recipe then checks its inputs (loads its
+-- models and data) and calls run:start(), which clears the folder (overwrite)
+-- and writes config.json.  Files a run computes once and reuses (reference
+-- log-probs, a fitted reference) go through run:cached, which records what
+-- each was computed from and computes it again when any of that differs.
 
 local core = require "lualign.core"
 local sys = require "lualign.sys"
 local cjson = require "cjson"
 local util = require "lualign.util"
+local dist = require "lualign.dist"
 
 local recipe = {}
 
@@ -25,6 +34,7 @@ local common = {
   {"seed", 1, "random seed (model init, sampling, data order)"},
   {"threads", 0, "threads for kernels (0: OpenMP's default)"},
   {"resume", false, "continue from the run folder's last checkpoint"},
+  {"overwrite", false, "replace the run already in the run folder (its files are deleted)"},
   {"stop_at", 0, "stop after this step as if interrupted (0: never), to try resume"},
   {"nonfinite", "stop", "on a NaN or inf loss or gradient norm: 'stop' the run, or 'skip' the step"},
 }
@@ -146,6 +156,15 @@ function recipe.config(argv, default_name, specs)
   return config
 end
 
+--- Checks that config[key] is one of `words` (a list), or raises
+-- "KEY must be one of a, b, c (got 'x')" -- with a did-you-mean.
+function recipe.check_choice(config, key, words)
+  for _, w in ipairs(words) do if config[key] == w then return config[key] end end
+  local hint = util.closest(tostring(config[key]), words)
+  error(string.format("%s must be one of %s (got '%s')%s", key, table.concat(words, ", "), tostring(config[key]),
+    hint and (" -- did you mean '" .. hint .. "'?") or ""), 0)
+end
+
 --- Runs a recipe script in this process with key=value arguments (a table
 -- key -> value) and returns what the script returns.  The global `arg` is the
 -- script's while it runs.
@@ -179,28 +198,129 @@ end
 local Run = {}
 Run.__index = Run
 
---- The run folder <out_dir>/<name>/ (created), with config.json written.  A
--- resumed run first removes the temporary files that a run killed while it
--- wrote a file leaves behind (".NAME.tmp-..." and "NAME.tmp").
-function recipe.run(config)
-  local dir = config.out_dir .. "/" .. config.name
-  local ok, err = sys.mkdir(dir)
-  if not ok then error(err, 2) end
-  if config.resume then
-    for _, name in ipairs(sys.listdir(dir) or {}) do
-      if name:match("^%..+%.tmp%-%d+%-%d+%-%d+$") or name:match("%.tmp$") then os.remove(dir .. "/" .. name) end
+-- Keys a resumed run may change: they steer how it runs, not what it computes.
+local RESUME_FREE = {resume = true, overwrite = true, stop_at = true, threads = true, nonfinite = true,
+                     out_dir = true}
+
+local function is_dir_empty(dir)
+  local names = sys.listdir(dir)
+  return names == nil or #names == 0, names
+end
+
+-- The keys whose values differ between a config and the one in config.json.
+local function config_changes(saved, config)
+  local function shown(v) return type(v) == "string" and ("'" .. v .. "'") or recipe.json(v) end
+  local changed = {}
+  for _, k in ipairs(util.sorted_keys(config)) do
+    if not RESUME_FREE[k] and recipe.json(saved[k]) ~= recipe.json(config[k]) then
+      changed[#changed + 1] = string.format("%s=%s (the run has %s)", k, shown(config[k]), shown(saved[k]))
     end
   end
-  local self = setmetatable({dir = dir, config = config}, Run)
-  self:write_json("config.json", config)
+  return changed
+end
+
+-- Refuses a folder that holds another run: anything in it, for a run that
+-- does not resume; a run of another config (or no run), for one that does.
+local function check_folder(dir, config)
+  local way_out = "to replace it: overwrite=true; to keep it: a new name="
+  if config.resume and config.overwrite then
+    error(string.format("%s: resume=true and overwrite=true contradict each other (resume continues the run in %s, "
+      .. "overwrite deletes it)", config.name, dir), 0)
+  end
+  local empty, names = is_dir_empty(dir)
+  if empty then return end
+  if config.resume then
+    local f = io.open(dir .. "/config.json", "rb")
+    if not f then
+      error(string.format("%s: cannot resume: %s holds no run (no config.json); %s", config.name, dir, way_out), 0)
+    end
+    local ok, saved = pcall(cjson.decode, f:read("a"))
+    f:close()
+    if not ok or type(saved) ~= "table" then
+      error(string.format("%s: cannot resume: %s/config.json is not a run's config; %s", config.name, dir, way_out), 0)
+    end
+    local changed = config_changes(saved, config)
+    if #changed > 0 then
+      error(string.format("%s: cannot resume the run in %s with another config: %s (resume continues a run as it "
+        .. "was started; %s)", config.name, dir, table.concat(changed, ", "), way_out), 0)
+    end
+  elseif not config.overwrite then
+    local shown = {table.unpack(names, 1, math.min(#names, 4))}
+    error(string.format("%s: %s already holds a run (%s%s); %s (or resume=true to continue it)", config.name, dir,
+      table.concat(shown, ", "), #names > #shown and ", ..." or "", way_out), 0)
+  end
+end
+
+-- Deletes what a folder holds (files and folders below it), keeping the folder.
+local function clear_folder(dir)
+  for _, name in ipairs(sys.listdir(dir) or {}) do
+    local path = dir .. "/" .. name
+    if sys.listdir(path) then clear_folder(path) end
+    local ok, err = os.remove(path)
+    if not ok then error("cannot delete " .. err, 0) end
+  end
+end
+
+--- The run folder <out_dir>/<name>/ of a recipe.  Nothing is written yet:
+-- a folder that holds another run is refused here (an error naming the
+-- folder and the way out: overwrite=true or a new name=), and resume=true
+-- must come with the config the run was started with (all but resume,
+-- overwrite, stop_at, threads, nonfinite).  The recipe then checks its
+-- inputs and calls run:start().  While the run exists, JSONL fields that the
+-- data readers ignore are printed, once per file (see lualign.data).
+-- In a data-parallel job only rank 0 writes the run folder: the other ranks'
+-- run folder is a private one of their own (la.dist.private_dir), so a recipe
+-- that reads back a file it wrote behaves the same on every rank; they write
+-- no checkpoint and resume from rank 0's.
+function recipe.run(config)
+  local dir = config.out_dir .. "/" .. config.name
+  if not dist.is_main() then dir = dist.private_dir(config.name) end
+  check_folder(dir, config)
+  local self = setmetatable({dir = dir, config = config, started = false}, Run)
+  local seen = {}
+  require("lualign.data").on_ignored_fields(function(note)
+    local key = note.kind .. "\0" .. note.path
+    if not seen[key] then seen[key] = true; print(config.name .. ": " .. note.text) end
+  end)
+  return self
+end
+
+--- Starts writing the run folder, once the recipe's inputs are checked: with
+-- overwrite=true, deletes the earlier run's files; creates the folder; on
+-- resume, removes the temporary files that a run killed while it wrote a
+-- file leaves behind (".NAME.tmp-..." and "NAME.tmp"); writes config.json.
+function Run:start()
+  if self.started then return self end
+  local ok, err = sys.mkdir(self.dir)
+  if not ok then error(err, 2) end
+  if self.config.overwrite and not is_dir_empty(self.dir) then
+    print(string.format("%s: overwrite=true: deleting the earlier run in %s", self.config.name, self.dir))
+    clear_folder(self.dir)
+  end
+  if self.config.resume then
+    for _, name in ipairs(sys.listdir(self.dir) or {}) do
+      if name:match("^%..+%.tmp%-%d+%-%d+%-%d+$") or name:match("%.tmp$") then os.remove(self.dir .. "/" .. name) end
+    end
+  end
+  self.started = true
+  self:write_json("config.json", self.config)
   return self
 end
 
 --- Path of a file in the run folder.
 function Run:path(file) return self.dir .. "/" .. file end
 
+-- Writing before run:start() would put files in a folder whose inputs are not checked yet.
+local function check_started(self, what)
+  if not self.started then
+    error(string.format("%s: %s before run:start() (a run writes nothing until its inputs are checked)",
+      self.config.name, what), 3)
+  end
+end
+
 --- Writes text to a file of the run folder atomically (temp file, fsync, rename).
 function Run:write(file, text)
+  check_started(self, "writing " .. file)
   recipe.write_atomic(self:path(file), text)
 end
 
@@ -213,6 +333,110 @@ function Run:exists(file)
   local f = io.open(self:path(file), "rb")
   if f then f:close() end
   return f ~= nil
+end
+
+----------------------------------------------------------------------------
+-- Inputs, and the files a run computes once
+
+--- What a file is, for telling whether something was computed from it: its
+-- size and a digest of its bytes ({bytes = n, digest = "16 hex digits"}).
+function recipe.file_identity(path)
+  local digest, bytes = sys.file_digest(path)
+  if not digest then error(bytes, 2) end
+  return {bytes = bytes, digest = digest}
+end
+
+-- The top-level keys whose values differ between two input tables.
+local function input_changes(old, new)
+  local keys, changed = {}, {}
+  for k in pairs(old) do keys[k] = true end
+  for k in pairs(new) do keys[k] = true end
+  for _, k in ipairs(util.sorted_keys(keys)) do
+    if recipe.json(old[k]) ~= recipe.json(new[k]) then changed[#changed + 1] = k end
+  end
+  return changed
+end
+
+--- A file of the run folder that the run computes once and then reuses:
+-- returns its path, after build(path) has written it unless the file there
+-- was computed from the same `inputs` (a JSON-able table: file identities
+-- from recipe.file_identity, and every setting that changes the result).
+-- caches.json records, for each such file, its inputs and its own identity,
+-- so a file computed from other inputs, or changed since, is computed again
+-- (with a line saying which inputs differ).
+function Run:cached(file, inputs, build)
+  check_started(self, "computing " .. file)
+  local records = {}
+  if self:exists("caches.json") then
+    local f = assert(io.open(self:path("caches.json"), "rb"))
+    records = cjson.decode(f:read("a"))
+    f:close()
+  end
+  local path, record = self:path(file), records[file]
+  if record and self:exists(file) then
+    local changed = input_changes(record.inputs or {}, inputs)
+    if #changed == 0 and recipe.json(record.identity) == recipe.json(recipe.file_identity(path)) then
+      print(string.format("%s: reusing %s (computed from the same inputs)", self.config.name, file))
+      return path
+    end
+    print(string.format("%s: computing %s again: %s", self.config.name, file, #changed > 0 and
+      ("it was computed from another " .. table.concat(changed, ", ")) or "the file has changed since it was computed"))
+  end
+  build(path)
+  records[file] = {inputs = inputs, identity = recipe.file_identity(path)}
+  self:write_json("caches.json", records)
+  return path
+end
+
+--- The path of a data file named by config key `key`: the file itself when
+-- it exists, else the bundled dataset of that name (la.data.path); an error
+-- naming the key and the file when neither exists.
+function recipe.data_file(path, key)
+  local f = io.open(path, "rb")
+  if f then f:close(); return path end
+  local data = require "lualign.data"
+  local ok, found = pcall(data.path, path)
+  if ok then return found end
+  error(string.format("%s: no such file: %s (nor a bundled dataset of that name in %s)", key, path,
+    table.concat(data.search_dirs(), ", ")), 0)
+end
+
+--- The model file of a run folder or a .safetensors path named by config key
+-- `key`, and the folder it is in (where its tokenizer.json is); an error
+-- naming the key when there is no such folder or file.
+function recipe.model_file(path, key)
+  local file = path:match("%.safetensors$") and path or (path .. "/model.safetensors")
+  local f = io.open(file, "rb")
+  if f then
+    f:close()
+    return file, file:match("^(.*)/[^/]*$") or "."
+  end
+  if file ~= path and sys.listdir(path) then
+    error(string.format("%s: the run folder %s holds no model.safetensors (has its run finished?)", key, path), 0)
+  end
+  error(string.format("%s: no such run folder or model file: %s", key, path), 0)
+end
+
+--- Prints a line on a data set the run uses -- how many examples, and how
+-- many of them the length limits cut ("sft: train (qa/train.jsonl): 3263
+-- examples, 12 truncated at max_len 128") -- and returns the same as metrics
+-- for the run's first row ({["train/examples"] = 3263, ["train/truncated"] = 12}).
+-- data: a loader of lualign.data, or a table {examples = n, truncated = k,
+-- limits = "max_len 128", name = file}.
+function recipe.describe_data(config, what, data)
+  local n = data.examples or #data
+  local cut = data.truncated or 0
+  local where = data.name and (" (" .. data.name .. ")") or ""
+  local limits = data.limits and string.format(", %d truncated at %s", cut, data.limits) or ", no length limit"
+  print(string.format("%s: %s%s: %d examples%s", config.name, what, where, n, limits))
+  return {[what .. "/examples"] = n, [what .. "/truncated"] = cut}
+end
+
+--- Whether a recipe evaluates after `step`: every config.eval_every steps
+-- and after the last one (`total`); never when eval_every is 0, which turns
+-- evaluation off.
+function recipe.eval_due(config, step, total)
+  return config.eval_every > 0 and (step % config.eval_every == 0 or step == total)
 end
 
 ----------------------------------------------------------------------------
@@ -230,7 +454,12 @@ end
 -- that a run killed between the two files resumes from the older checkpoint
 -- and writes both again, rather than keeping a model file older than the
 -- checkpoint it resumed from.
+--
+-- In a data-parallel job rank 0 writes the job's checkpoint, and every rank
+-- returns once it is on disk, so that a rank stopping right after (stop_at,
+-- an error) cannot end the job while the file is being written.
 function Run:save_checkpoint(model, optimizer, step, extra)
+  if not dist.is_main() then dist.barrier() return end
   local checkpoint = require "lualign.checkpoint"
   local tensors = {}
   for name, t in pairs(model:state_dict()) do tensors["model." .. name] = t end
@@ -247,6 +476,7 @@ function Run:save_checkpoint(model, optimizer, step, extra)
     step = tostring(step), optimizer = recipe.json(scalars),
     rng = recipe.json(core.get_rng_state()), extra = recipe.json(extra or {}),
   })
+  dist.barrier()
 end
 
 --- Writes the model's weights to <run>/<file> (default model.safetensors)
@@ -254,6 +484,7 @@ end
 -- Refuses (an error naming the tensor) weights that hold NaN or inf.
 function Run:save_model(model, metadata, file)
   local checkpoint = require "lualign.checkpoint"
+  check_started(self, "saving " .. (file or "model.safetensors"))
   local path = self:path(file or "model.safetensors")
   local tensors = recipe.model_weights(model)
   recipe.check_finite_tensors("save_model", path, tensors)
@@ -348,11 +579,15 @@ recipe.MAX_SKIPS = 20
 
 --- Restores a checkpoint written by save_checkpoint into model and
 -- optimizer (and the generator).  Returns the step and the extra table, or
--- nil when the run folder has no checkpoint.
+-- nil when the run folder has no checkpoint.  In a data-parallel job rank 0
+-- reads it and every rank gets its tensors and metadata.
 function Run:restore_checkpoint(model, optimizer)
-  if not self:exists("checkpoint.safetensors") then return nil end
-  local checkpoint = require "lualign.checkpoint"
-  local tensors, meta = checkpoint.load(self:path("checkpoint.safetensors"))
+  local tensors, meta
+  if dist.is_main() and self:exists("checkpoint.safetensors") then
+    tensors, meta = require("lualign.checkpoint").load(self:path("checkpoint.safetensors"))
+  end
+  tensors, meta = dist.broadcast_state(tensors, meta)
+  if not tensors then return nil end
   local model_part, optim_part = {}, {}
   for name, t in pairs(tensors) do
     local m = name:match("^model%.(.*)$")
@@ -405,16 +640,26 @@ function recipe.load_model(path, overrides)
 end
 recipe.load_gpt = recipe.load_model
 
+--- Raises an error saying both numbers when a loader's data is smaller than
+-- one batch (so it would yield nothing): a recipe checks its training data
+-- with it before run:start().
+function recipe.check_batches(loader)
+  if loader:num_batches(1) > 0 then return loader end
+  local packed = loader.group and string.format(" (packed into %d rows)", #loader.group(loader.items)) or ""
+  error(string.format("%s: %d examples%s are fewer than one batch of %d (batch_size); lower batch_size "
+    .. "or give more data", loader.name or "data", #loader, packed, loader.batch_size), 0)
+end
+
 --- Batches from a loader across epochs, skipping the first `done` batches (a
 -- resumed run): for step, batch, epoch in recipe.batches(loader, done) do ... end
 -- The order only depends on the loader's seed, so a resumed run sees the
 -- batches the uninterrupted one would have.
 function recipe.batches(loader, done)
+  recipe.check_batches(loader)
   done = done or 0
   local epoch, skip = 1, done
   while true do
     local n = loader:num_batches(epoch)
-    if n == 0 then error("recipe.batches: the loader yields no batches", 2) end
     if skip < n then break end
     skip, epoch = skip - n, epoch + 1
   end
@@ -448,6 +693,13 @@ end
 
 ----------------------------------------------------------------------------
 -- Reports
+
+--- string.format(fmt, v), or `none` ("-" by default) when v is nil: for
+-- report cells whose measure was not taken (eval_every=0, a resumed run).
+function recipe.fmt(fmt, v, none)
+  if v == nil then return none or "-" end
+  return string.format(fmt, v)
+end
 
 --- A Markdown table from a header list and rows (lists of cells).
 function recipe.md_table(header, rows)
@@ -555,10 +807,12 @@ end
 -- split into grad_accum micro-batches, each micro-batch's mean loss
 -- (loss_fn(mb) -> loss [, metrics]) backpropagated with its share of the
 -- units count(mb) (la.accumulate.tokens or .pairs) of the whole batch.
+-- Under data parallelism (dp, la.dist.data_parallel) the batch is this rank's
+-- share and the loss and metrics are the global batch's.
 -- Returns the batch's loss (a number) and metrics, as la.accumulate.run.
-function recipe.accumulate(config, batch, count, loss_fn)
+function recipe.accumulate(config, batch, count, loss_fn, dp)
   local A = require "lualign.accumulate"
-  local r = A.run(A.split(batch, config.grad_accum), count, loss_fn)
+  local r = A.run(A.split(batch, config.grad_accum), count, loss_fn, dp)
   return r.loss, r.metrics
 end
 

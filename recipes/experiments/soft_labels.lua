@@ -5,12 +5,12 @@
 --
 --   lualign recipes/experiments/soft_labels.lua policy=runs/sft seeds=1,2,3
 --
--- Needs an SFT model (the pipeline's runs/sft).  For each seed the first run
--- fits the reference to the pairs' completions (sft_steps) and every other
--- run of that seed starts from it.  "Matched KL" reads each run's win rate
+-- Needs an SFT model (the pipeline's runs/sft).  For each seed and label set
+-- the first run fits the reference to that set's completions (sft_steps) and
+-- the other runs of that seed and set start from it.  "Matched KL" reads each run's win rate
 -- where its KL to the reference first reaches KL*, the smallest final KL of
 -- all runs on that dataset, interpolating between evaluations.  Writes
--- runs/soft_labels/results.md.  Takes about 6 minutes on 2 cores for 3 seeds.
+-- runs/soft_labels/results.md.  Took 9 minutes for 3 seeds on 2 cores shared with other jobs.
 
 local recipe = require "lualign.recipe"
 
@@ -24,7 +24,7 @@ local config = recipe.config(arg, "soft_labels", {
   {"eval_every", 25, "steps between evaluations"},
   {"sft_steps", 400, "steps fitting each seed's reference"},
 })
-local run = recipe.run(config)
+local run = recipe.run(config):start()
 local here = debug.getinfo(1, "S").source:match("^@(.*)/experiments/[^/]*$") or "recipes"
 local function list(s) local t = {} for x in s:gmatch("[^,]+") do t[#t + 1] = x end return t end
 local seeds, losses, datasets = list(config.seeds), list(config.losses), list(config.datasets)
@@ -52,11 +52,11 @@ end
 
 local results = {}   -- results[dataset][loss] = list of run results
 for _, seed in ipairs(seeds) do
-  local reference
   for _, ds in ipairs(datasets) do
+    local reference
     for _, loss in ipairs(losses) do
       local name = string.format("%s_%s_%s_seed%s", config.name, ds, loss, seed)
-      local args = {name = name, out_dir = config.out_dir, seed = seed, loss = loss, beta = config.beta,
+      local args = {name = name, out_dir = config.out_dir, overwrite = config.overwrite, seed = seed, loss = loss, beta = config.beta,
                     train = "vader/" .. ds .. "/train.jsonl", steps = config.steps, eval_every = config.eval_every}
       if reference then args.policy = reference
       else args.policy, args.sft_steps = config.policy, config.sft_steps end
@@ -72,7 +72,9 @@ end
 
 local lines = {"# Soft labels: DPO, cDPO and GDPO over " .. #seeds .. " seeds", "",
   string.format("beta %g, %d steps, win rate against the reference under the held-out judge " ..
-    "(mean ± standard deviation over seeds).", config.beta, config.steps), ""}
+    "(mean ± standard deviation over seeds): of completions sampled for held-out prompts (best and last " ..
+    "checkpoint, and at a matched KL), and on held-out pairs of held-out words (data/vader/test.jsonl) at the " ..
+    "checkpoint with the best sampled win rate and at the last.", config.beta, config.steps), ""}
 for _, ds in ipairs(datasets) do
   local kl_star = math.huge
   for _, loss in ipairs(losses) do
@@ -80,20 +82,24 @@ for _, ds in ipairs(datasets) do
   end
   local rows = {}
   for _, loss in ipairs(losses) do
-    local best, last, matched, kls = {}, {}, {}, {}
+    local best, last, matched, kls, test_best, test_last = {}, {}, {}, {}, {}, {}
     for _, r in ipairs(results[ds][loss]) do
-      best[#best + 1] = r.best and r.best.win_rate or r.last.win_rate
+      local b = r.best or r.last
+      best[#best + 1] = b.win_rate
       last[#last + 1] = r.last.win_rate
       kls[#kls + 1] = r.last.kl
       local m = at_kl(r.curve, kl_star)
       if m then matched[#matched + 1] = m end
+      test_best[#test_best + 1] = b.test_win_rate
+      test_last[#test_last + 1] = r.last.test_win_rate
     end
     local function cell(xs) local m, sd = mean_sd(xs) return string.format("%.3f ± %.3f", m, sd) end
-    rows[#rows + 1] = {loss, cell(best), cell(last), cell(matched), cell(kls)}
+    rows[#rows + 1] = {loss, cell(best), cell(last), cell(matched), cell(kls), cell(test_best), cell(test_last)}
   end
   lines[#lines + 1] = string.format("**%s labels** (matched KL* = %.2f):", ds, kl_star)
   lines[#lines + 1] = ""
-  lines[#lines + 1] = recipe.md_table({"loss", "best win rate", "last win rate", "win rate at KL*", "final KL"}, rows)
+  lines[#lines + 1] = recipe.md_table({"loss", "best win rate", "last win rate", "win rate at KL*", "final KL",
+    "held-out words: at the best", "held-out words: last"}, rows)
   lines[#lines + 1] = ""
 end
 local text = table.concat(lines, "\n")

@@ -318,7 +318,7 @@ function M.pack(tok, encoded, opts)
       rows[#rows + 1] = row
       used = 0
     end
-    row[#row + 1] = {ids, lmask}
+    row[#row + 1] = {ids, lmask, cut}
     used = used + #ids
   end
   return rows, truncated
@@ -332,10 +332,11 @@ function M.collate_packed(tok, rows, opts)
   local T = opts.max_len
   local R = {ids = {}, attention_mask = {}, labels = {}, targets = {}, loss_mask = {},
              position_ids = {}, segment_ids = {}}
-  local n_loss, counts = 0, {}
+  local n_loss, counts, truncated = 0, {}, 0
   for i, row in ipairs(rows) do
     local ids, lmask, seg, pos = {}, {}, {}, {}
     for s, seq in ipairs(row) do
+      if seq[3] then truncated = truncated + 1 end
       for t = 1, #seq[1] do
         ids[#ids + 1] = seq[1][t]
         lmask[#lmask + 1] = seq[2][t]
@@ -361,7 +362,7 @@ function M.collate_packed(tok, rows, opts)
     labels = matrix(R.labels, "int64"), targets = matrix(R.targets, "int64"),
     loss_mask = matrix(R.loss_mask, "float32"), position_ids = matrix(R.position_ids, "int64"),
     segment_ids = matrix(R.segment_ids, "int64"), segments_per_row = counts,
-    n_loss_tokens = math.tointeger(n_loss),
+    n_loss_tokens = math.tointeger(n_loss), truncated = truncated,
   }
 end
 
@@ -393,8 +394,11 @@ end
 --- Encodes a preference example: prompt ids, and chosen/rejected completion ids
 -- (each with EOS appended when the tokenizer has one).  With opts.chat, the
 -- prompt goes through the chat template (user turn + generation prompt).
+-- Conversational examples (with prompt_messages) always do, as
+-- lualign.data.conversation describes.
 function M.encode_preference(tok, ex, opts)
   opts = opts or {}
+  if ex.prompt_messages then return require("lualign.data.conversation").encode_preference(tok, ex) end
   local prompt
   if opts.chat then
     if type(tok.apply_chat_template) ~= "function" then
@@ -559,6 +563,41 @@ function M.collate_lm(stream, starts, block_size)
 end
 
 ----------------------------------------------------------------------------
+-- How many examples the length limits cut
+
+local LIMITS = {"max_len", "max_prompt_len", "max_completion_len"}
+
+--- The length limits in opts as text ("max_len 128"), or nil when none is set.
+function M.limits_text(opts)
+  local parts = {}
+  for _, k in ipairs(LIMITS) do
+    if opts[k] then parts[#parts + 1] = k .. " " .. tostring(opts[k]) end
+  end
+  return #parts > 0 and table.concat(parts, ", ") or nil
+end
+
+--- The number of encoded examples of a kind ("sft", "preference" or
+-- "prompts") that the truncation rule cuts under opts.
+function M.count_truncated(kind, tok, encoded, opts)
+  if not M.limits_text(opts) then return 0 end
+  local n_bos, n = #bos_list(tok, opts), 0
+  for _, enc in ipairs(encoded) do
+    local cut
+    if kind == "sft" then
+      cut = select(3, sft_sequence(tok, enc, opts))
+    elseif kind == "preference" then
+      cut = select(3, M.truncate(enc.prompt, {{enc.chosen, ones(#enc.chosen)}, {enc.rejected, ones(#enc.rejected)}},
+                                 opts, n_bos))
+    else
+      local limit = opts.max_prompt_len or opts.max_len
+      cut = limit ~= nil and n_bos + #enc.prompt > limit
+    end
+    if cut then n = n + 1 end
+  end
+  return n
+end
+
+----------------------------------------------------------------------------
 -- Loaders: pre-encoded items, shuffled per epoch from (seed, epoch)
 
 --- A loader: encoded items, a collate function, and the per-epoch order.
@@ -606,6 +645,33 @@ end
 --- Number of batches in an epoch.
 function Loader:num_batches(epoch) return #self:plan(epoch) end
 
+--- Makes this loader yield process `rank`'s share (0-based, of `size`
+-- processes) of every batch: its units (examples, or packed rows) split into
+-- `size` contiguous parts as evenly as they go, part `rank` collated.  The
+-- plan -- which units form each batch, and in which order -- stays that of one
+-- process, so the processes together see exactly its batches.  Returns self.
+function Loader:shard(rank, size)
+  if math.type(rank) ~= "integer" or math.type(size) ~= "integer" or size < 1 or rank < 0 or rank >= size then
+    error(string.format("shard: rank must be 0 to size - 1 and size at least 1 (got rank %s of %s)",
+      tostring(rank), tostring(size)), 2)
+  end
+  self.shard_rank, self.shard_size = rank, size
+  return self
+end
+
+-- The units of this loader's share of a batch (all of them when not sharded).
+local function share(self, units, k, epoch)
+  local size = self.shard_size
+  if not size or size == 1 then return units end
+  local n = #units
+  if n < size then
+    error(string.format("loader: batch %d of epoch %d has %d unit(s), fewer than the %d processes "
+      .. "sharing it; use batches of at least %d (or drop_last = true)", k, epoch, n, size, size), 0)
+  end
+  local first, last = self.shard_rank * n // size + 1, (self.shard_rank + 1) * n // size
+  return table.move(units, first, last, 1, {})
+end
+
 --- Iterates over the batches of one epoch: for batch in loader:epoch(e) do ... end
 function Loader:epoch(epoch)
   local batches = self:plan(epoch)
@@ -614,7 +680,7 @@ function Loader:epoch(epoch)
     k = k + 1
     local units = batches[k]
     if units == nil then return nil end
-    local batch = self.collate(units)
+    local batch = self.collate(share(self, units, k, epoch or 1))
     batch.index, batch.epoch = k, epoch or 1
     return batch
   end

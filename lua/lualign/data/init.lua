@@ -10,6 +10,7 @@
 
 local jsonl = require "lualign.data.jsonl"
 local batch = require "lualign.data.batch"
+local util = require "lualign.util"
 
 local M = {}
 
@@ -36,6 +37,12 @@ function M.prompts(path) return jsonl.reader("prompts", path) end
 
 --- All examples of a file as a list; kind is "sft", "preference" or "prompts".
 function M.load(path, kind) return jsonl.load(kind, path) end
+
+--- Sets the function told which fields of a file's lines its format ignores,
+-- once a reader has finished the file: fn(note) with note.path, note.kind,
+-- note.fields (name -> lines that have it), note.lines and note.text (one
+-- line saying all that).  A recipe's run prints them; nil turns them off.
+M.on_ignored_fields = jsonl.on_ignored_fields
 
 --- Decodes and validates one line: returns the example, or nil and a message.
 M.parse_line = function(kind, text) return jsonl.parse_line(kind, text) end
@@ -142,9 +149,34 @@ local function check_tok(tok, what)
   end
 end
 
+-- The options each loader takes (an unknown one is an error with a did-you-mean).
+local BATCHING = {"batch_size", "shuffle", "seed", "drop_last", "pad_to_multiple_of", "pad_to_max_len"}
+local LIMITS = {"max_len", "max_prompt_len", "max_completion_len", "min_prompt_len"}
+local function option_list(...)
+  local out = {}
+  for _, list in ipairs({...}) do table.move(list, 1, #list, #out + 1, out) end
+  return out
+end
+M.loader_options = {
+  sft = option_list(BATCHING, LIMITS, {"pack", "chat", "add_bos", "add_eos", "prompt_format", "completion_format"}),
+  preference = option_list(BATCHING, LIMITS, {"chat", "add_bos", "add_eos"}),
+  prompts = option_list(BATCHING, {"max_len", "max_prompt_len", "chat", "add_bos"}),
+  lm = {"block_size", "batch_size", "shuffle", "seed", "drop_last"},
+}
+
 -- The loader options a data loader passes through to batch.loader.
 local function loader_opts(opts)
   return {batch_size = opts.batch_size, shuffle = opts.shuffle, seed = opts.seed, drop_last = opts.drop_last}
+end
+
+-- Names a loader after its file, and records how many of its examples the
+-- length limits cut: loader.truncated, and loader.limits ("max_len 128", or
+-- nil when no limit is set).
+local function describe(loader, source, kind, tok, encoded, opts)
+  loader.name = type(source) == "string" and source or nil
+  loader.limits = batch.limits_text(opts)
+  loader.truncated = batch.count_truncated(kind, tok, encoded, opts)
+  return loader
 end
 
 -- A collate function whose batches also carry the examples they were made from.
@@ -163,7 +195,7 @@ end
 -- add_bos (false), add_eos (true), pad_to_multiple_of, pad_to_max_len.
 -- Every example is tokenised once, here.
 function M.sft_loader(source, tok, opts)
-  opts = opts or {}
+  opts = util.check_options("sft_loader", opts, M.loader_options.sft)
   check_tok(tok, "sft_loader")
   local examples = examples_of(source, "sft", "sft_loader")
   local encoded = {}
@@ -175,41 +207,42 @@ function M.sft_loader(source, tok, opts)
   if opts.pack then
     if not opts.max_len then error("sft_loader: pack = true needs max_len", 2) end
     lopts.group = function(list) return (batch.pack(tok, list, opts)) end
-    return batch.loader(encoded, function(rows) return batch.collate_packed(tok, rows, opts) end, lopts)
+    return describe(batch.loader(encoded, function(rows) return batch.collate_packed(tok, rows, opts) end, lopts),
+                    source, "sft", tok, encoded, opts)
   end
-  return batch.loader(encoded, with_examples(function(list) return batch.collate_sft(tok, list, opts) end), lopts)
+  return describe(batch.loader(encoded, with_examples(function(list) return batch.collate_sft(tok, list, opts) end),
+                               lopts), source, "sft", tok, encoded, opts)
 end
 
 --- Preference batches (see collate_preference).  opts as sft_loader's (no packing).
 function M.preference_loader(source, tok, opts)
-  opts = opts or {}
+  opts = util.check_options("preference_loader", opts, M.loader_options.preference)
   check_tok(tok, "preference_loader")
   local examples = examples_of(source, "preference", "preference_loader")
   local encoded = {}
   for i, ex in ipairs(examples) do encoded[i] = batch.encode_preference(tok, ex, opts) end
-  return batch.loader(encoded, with_examples(function(list) return batch.collate_preference(tok, list, opts) end),
-                      loader_opts(opts))
+  return describe(batch.loader(encoded, with_examples(function(list) return batch.collate_preference(tok, list, opts) end),
+                               loader_opts(opts)), source, "preference", tok, encoded, opts)
 end
 
 --- Left-padded prompt batches for generation.  opts: batch_size, max_prompt_len
 -- (or max_len), shuffle (true), seed, drop_last, chat, add_bos.
 function M.prompt_loader(source, tok, opts)
-  opts = opts or {}
+  opts = util.check_options("prompt_loader", opts, M.loader_options.prompts)
   check_tok(tok, "prompt_loader")
   local examples = examples_of(source, "prompts", "prompt_loader")
   local encoded = {}
   for i, ex in ipairs(examples) do encoded[i] = batch.encode_prompt(tok, ex, opts) end
-  return batch.loader(encoded, with_examples(function(list) return batch.collate_prompts(tok, list, opts) end),
-                      loader_opts(opts))
+  return describe(batch.loader(encoded, with_examples(function(list) return batch.collate_prompts(tok, list, opts) end),
+                               loader_opts(opts)), source, "prompts", tok, encoded, opts)
 end
 
 --- Language-model batches from a text (string) or a list of token ids: the stream
 -- is cut into non-overlapping blocks of block_size inputs (+1 target), shuffled
 -- per epoch.  Batches have ids and targets (B, block_size) int64.
--- opts: block_size (required), batch_size, shuffle, seed, drop_last, add_eos_between
--- (nothing is added by default).
+-- opts: block_size (required), batch_size, shuffle, seed, drop_last.
 function M.lm_loader(source, tok, opts)
-  opts = opts or {}
+  opts = util.check_options("lm_loader", opts, M.loader_options.lm)
   local bsz = opts.block_size
   if not bsz or bsz < 1 then error("lm_loader: block_size is required", 2) end
   local stream = source

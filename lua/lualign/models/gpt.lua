@@ -39,14 +39,9 @@ gpt.config_keys = descriptions
 --- Checks a config and fills in defaults; errors name the key.
 function gpt.config(cfg)
   if type(cfg) ~= "table" then util.error("gpt: config must be a table") end
+  util.check_options("gpt", cfg, defaults, "config key")
   local out = {}
-  for k, v in pairs(cfg) do
-    if defaults[k] == nil then
-      util.error(string.format("gpt: unknown config key '%s' (known: %s)", tostring(k),
-        table.concat(util.sorted_keys(defaults), ", ")))
-    end
-    out[k] = v
-  end
+  for k, v in pairs(cfg) do out[k] = v end
   for k, v in pairs(defaults) do
     if out[k] == nil then
       if v == REQUIRED then
@@ -88,9 +83,15 @@ function Block:init(cfg)
   self.mlp = nn.MLP(cfg.n_embd, cfg.mlp_ratio * cfg.n_embd, {bias = cfg.bias, dropout = cfg.dropout})
 end
 
+--- A pre-norm decoder block's two residual steps, for both model families:
+-- x + attn(norm1(x), opts), then that plus mlp(norm2(it)).
+function gpt.pre_norm_block(x, opts, norm1, attn, norm2, mlp)
+  x = x + attn(norm1(x), opts)
+  return x + mlp(norm2(x))
+end
+
 function Block:forward(x, opts)
-  x = x + self.attn(self.ln_1(x), opts)
-  return x + self.mlp(self.ln_2(x))
+  return gpt.pre_norm_block(x, opts, self.ln_1, self.attn, self.ln_2, self.mlp)
 end
 
 ----------------------------------------------------------------------------
@@ -136,11 +137,25 @@ function GPT:reset_parameters()
   core.set_grad_enabled(previous)
 end
 
+-- The options of hidden(), and a split of opts into those and the rest
+-- (checked against `others`, the options the calling method adds).
+local HIDDEN_OPTS = {"attention_mask", "position_ids", "segments", "cache"}
+
+local function split_opts(where, opts, others)
+  local known = table.move(HIDDEN_OPTS, 1, #HIDDEN_OPTS, 1, {})
+  table.move(others, 1, #others, #known + 1, known)
+  util.check_options(where, opts, known)
+  local hidden, rest = {}, {}
+  for _, k in ipairs(HIDDEN_OPTS) do hidden[k] = opts and opts[k] end
+  for _, k in ipairs(others) do rest[k] = opts and opts[k] end
+  return hidden, rest
+end
+
 --- Final hidden states (B, T, C) after ln_f.
 -- opts: attention_mask (B, S) of 1/0 over all key positions (padding is 0),
 -- segments (B, T) for packed rows, position_ids (B, T), cache (see new_cache).
 function GPT:hidden(ids, opts)
-  opts = opts or {}
+  opts = util.check_options("gpt:hidden", opts, HIDDEN_OPTS)
   local cfg = self.config
   if ids:dim() ~= 2 then util.error("gpt: ids must be (batch, time), got shape " .. ids:shape_str()) end
   local T = ids:size(2)
@@ -177,23 +192,30 @@ function gpt.run_blocks(model, blocks, x, o, cache, pos0)
   return x
 end
 
+-- Errors inside (an id out of range, a mask of the wrong shape) are raised
+-- at the line that called the model, not inside the library.
+GPT.hidden = util.raise_at_caller(GPT.hidden)
+
 --- Logits (..., V) from hidden states (..., C): the LM head (head_weight()).
 function GPT:logits(hidden)
   return F.linear(hidden, self:head_weight())
 end
 
 --- ids (B, T) -> logits (B, T, V).  opts as for hidden().
-function GPT:forward(ids, opts) return self:logits(self:hidden(ids, opts)) end
+function GPT:forward(ids, opts)
+  return self:logits(self:hidden(ids, (split_opts("gpt:forward", opts, {}))))
+end
 
 --- Mean cross-entropy of the logits for ids against targets (B, T), the
 -- next tokens (-100 = ignore).  opts: as for hidden(), plus ignore_index and
 -- label_smoothing.  Returns the loss and the number of counted tokens.
 function GPT:loss(ids, targets, opts)
+  local hidden_opts, loss_opts = split_opts("gpt:loss", opts, {"ignore_index", "label_smoothing"})
   -- Closing the handles leaves the loss's graph the only holder of the logits,
   -- so its backward pass writes their gradient over them.
-  local logits <close> = self:forward(ids, opts)
+  local logits <close> = self:forward(ids, hidden_opts)
   local rows <close> = logits:reshape(-1, logits:size(-1))
-  return F.cross_entropy(rows, targets:reshape(-1), opts)
+  return F.cross_entropy(rows, targets:reshape(-1), loss_opts)
 end
 
 --- The LM head's weight (V, C): lm_head.weight, or wte.weight when tied.
@@ -208,13 +230,16 @@ end
 -- average (mean over the mask instead of the sum), temperature, chunk_rows.
 function GPT:sequence_logprobs(ids, targets, mask, opts)
   local loss = require "lualign.loss"
-  return loss.sequence_logprobs_hidden(self:hidden(ids, opts), self:head_weight(), targets, mask, opts)
+  local hidden_opts, lp_opts = split_opts("gpt:sequence_logprobs", opts, {"average", "temperature", "chunk_rows"})
+  return loss.sequence_logprobs_hidden(self:hidden(ids, hidden_opts), self:head_weight(), targets, mask, lp_opts)
 end
 
---- Per-token log-probs (B, T) of targets, masked, logits-free; opts as above.
+--- Per-token log-probs (B, T) of targets, masked, logits-free; opts as for
+-- hidden(), plus temperature and chunk_rows.
 function GPT:token_logprobs(ids, targets, mask, opts)
   local loss = require "lualign.loss"
-  return loss.token_logprobs_hidden(self:hidden(ids, opts), self:head_weight(), targets, mask, opts)
+  local hidden_opts, lp_opts = split_opts("gpt:token_logprobs", opts, {"temperature", "chunk_rows"})
+  return loss.token_logprobs_hidden(self:hidden(ids, hidden_opts), self:head_weight(), targets, mask, lp_opts)
 end
 
 --- Per-token values (B, T) from the value head.

@@ -147,8 +147,7 @@ function Layer:init(cfg)
 end
 
 function Layer:forward(x, o)
-  x = x + self.self_attn(self.input_layernorm(x), o)
-  return x + self.mlp(self.post_attention_layernorm(x))
+  return gpt.pre_norm_block(x, o, self.input_layernorm, self.self_attn, self.post_attention_layernorm, self.mlp)
 end
 
 --- The trunk, named as Hugging Face's LlamaModel: embed_tokens, layers, norm.
@@ -249,6 +248,10 @@ function Llama:hidden(ids, opts)
   x = gpt.run_blocks(self, self.model.layers, x, o, cache, pos0)
   return self.model.norm(x)
 end
+
+-- Errors inside (an id out of range, a mask of the wrong shape) are raised
+-- at the line that called the model, not inside the library.
+Llama.hidden = util.raise_at_caller(Llama.hidden)
 
 --- The LM head's weight (V, C): lm_head.weight, or embed_tokens.weight when tied.
 function Llama:head_weight()

@@ -2,7 +2,10 @@
 -- The heavy ones are fused C kernels with their own backward passes.
 
 local core = require "lualign.core"
+local util = require "lualign.util"
 local K = core.nn
+
+local ATTENTION_OPTS = {"causal", "offset", "scale", "key_mask", "segments", "window"}
 
 local F = {}
 
@@ -22,15 +25,16 @@ function F.dropout(x, p, training)
   return K.dropout(x, p)
 end
 
---- Rows of weight picked by 0-based ids of any shape: (..., dim), float32
--- (a frozen bfloat16 or float16 table's rows are widened).
-function F.embedding(ids, weight)
+--- Rows of weight picked by 0-based ids of any shape: (..., dim), float32 (a
+-- frozen bfloat16 or float16 table's rows are widened).  An id out of range is
+-- an error at the line that called (model(ids), or this).
+F.embedding = util.raise_at_caller(function(ids, weight)
   local shape = ids:shape()
   shape[#shape + 1] = weight:size(2)
   local rows = weight:index_select(1, ids:reshape(-1))
   if rows:dtype() ~= "float32" then rows = rows:float() end
   return rows:view(shape)
-end
+end)
 
 --- softmax(q k^T * scale + masks) v for q (B, H, T, D), k and v (B, H, S, D).
 -- opts: causal, offset (query i sits at key position i + offset), scale
@@ -38,7 +42,9 @@ end
 -- integer ids (attend only within a segment: packed sequences), window (a
 -- sliding window: query i sees keys j > i + offset - window).  k and v may
 -- have fewer heads than q (grouped-query attention: a divisor of q's heads).
-function F.attention(q, k, v, opts) return K.attention(q, k, v, opts) end
+function F.attention(q, k, v, opts)
+  return K.attention(q, k, v, util.check_options("attention", opts, ATTENTION_OPTS))
+end
 
 --- silu(gate) * up in one op (the Llama-family MLP), for tensors of one shape.
 F.swiglu = K.swiglu
@@ -57,7 +63,9 @@ F.rope_ = K.rope_
 F.rope_table = K.rope_table
 
 --- Attention from a fused projection qkv (B, T, 3 * C) with n_head heads; returns (B, T, C).
-function F.attention_qkv(qkv, n_head, opts) return K.attention_qkv(qkv, n_head, opts) end
+function F.attention_qkv(qkv, n_head, opts)
+  return K.attention_qkv(qkv, n_head, util.check_options("attention_qkv", opts, ATTENTION_OPTS))
+end
 
 --- Activation checkpointing: fn(...) (which returns a tensor) without keeping
 -- its intermediate activations.  The forward pass runs fn without recording a
@@ -76,7 +84,9 @@ end
 
 --- Mean cross-entropy of logits (N, V) against 0-based targets (N,).
 -- opts: ignore_index (default -100), label_smoothing.  Returns loss, counted rows.
-function F.cross_entropy(logits, targets, opts) return K.cross_entropy(logits, targets, opts) end
+function F.cross_entropy(logits, targets, opts)
+  return K.cross_entropy(logits, targets, util.check_options("cross_entropy", opts, {"ignore_index", "label_smoothing"}))
+end
 
 --- Activations and softmax as functions of a tensor: F.relu(x) is x:relu(),
 -- F.gelu(x [, approximate]), F.softmax(x [, dim]), ...

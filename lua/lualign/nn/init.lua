@@ -22,6 +22,7 @@
 
 local core = require "lualign.core"
 local F = require "lualign.nn.functional"
+local util = require "lualign.util"
 
 local nn = {functional = F, F = F}
 
@@ -152,7 +153,8 @@ end
 -- name must match both ways; shapes must always match.  Returns the lists of
 -- missing and unexpected names.
 function Module:load_state_dict(sd, opts)
-  local strict = not (opts and opts.strict == false)
+  opts = util.check_options("load_state_dict", opts, {"strict"})
+  local strict = opts.strict ~= false
   local own = self:state_dict()
   local missing, unexpected, problems = {}, {}, {}
   for name, t in pairs(own) do
@@ -393,7 +395,7 @@ local Linear = Module:extend("Linear")
 nn.Linear = Linear
 
 function Linear:init(in_features, out_features, opts)
-  opts = opts or {}
+  opts = util.check_options("Linear", opts, {"bias"})
   local bound = 1 / math.sqrt(in_features)
   self.in_features, self.out_features = in_features, out_features
   self.weight = uniform({out_features, in_features}, bound):requires_grad()
@@ -423,7 +425,7 @@ local LayerNorm = Module:extend("LayerNorm")
 nn.LayerNorm = LayerNorm
 
 function LayerNorm:init(dim, opts)
-  opts = opts or {}
+  opts = util.check_options("LayerNorm", opts, {"eps", "bias"})
   self.dim, self.eps = dim, opts.eps or 1e-5
   self.weight = core.ones(dim):requires_grad()
   if opts.bias ~= false then self.bias = core.zeros(dim):requires_grad() end
@@ -437,7 +439,8 @@ local RMSNorm = Module:extend("RMSNorm")
 nn.RMSNorm = RMSNorm
 
 function RMSNorm:init(dim, opts)
-  self.dim, self.eps = dim, (opts and opts.eps) or 1e-6
+  opts = util.check_options("RMSNorm", opts, {"eps"})
+  self.dim, self.eps = dim, opts.eps or 1e-6
   self.weight = core.ones(dim):requires_grad()
 end
 
@@ -465,9 +468,9 @@ local MLP = Module:extend("MLP")
 nn.MLP = MLP
 
 function MLP:init(dim, hidden, opts)
-  opts = opts or {}
-  self.c_fc = Linear(dim, hidden, opts)
-  self.c_proj = Linear(hidden, dim, opts)
+  opts = util.check_options("MLP", opts, {"bias", "activation", "dropout"})
+  self.c_fc = Linear(dim, hidden, {bias = opts.bias})
+  self.c_proj = Linear(hidden, dim, {bias = opts.bias})
   self.activation = opts.activation or "gelu"
   self.dropout = opts.dropout or 0
 end
@@ -487,16 +490,18 @@ local CausalSelfAttention = Module:extend("CausalSelfAttention")
 nn.CausalSelfAttention = CausalSelfAttention
 
 function CausalSelfAttention:init(dim, n_head, opts)
-  opts = opts or {}
-  assert(dim % n_head == 0, "CausalSelfAttention: dim must be a multiple of n_head")
+  opts = util.check_options("CausalSelfAttention", opts, {"bias", "dropout"})
+  if dim % n_head ~= 0 then
+    util.error(string.format("CausalSelfAttention: dim (%d) must be a multiple of n_head (%d)", dim, n_head))
+  end
   self.dim, self.n_head = dim, n_head
-  self.c_attn = Linear(dim, 3 * dim, opts)
-  self.c_proj = Linear(dim, dim, opts)
+  self.c_attn = Linear(dim, 3 * dim, {bias = opts.bias})
+  self.c_proj = Linear(dim, dim, {bias = opts.bias})
   self.dropout = opts.dropout or 0
 end
 
 function CausalSelfAttention:forward(x, opts)
-  opts = opts or {}
+  opts = util.check_options("CausalSelfAttention", opts, {"key_mask", "segments", "cache"})
   local qkv = self.c_attn(x)
   local y
   if opts.cache then
@@ -517,7 +522,7 @@ function CausalSelfAttention:attend_cached(qkv, opts)
   local q, k, v = heads(0), heads(1), heads(2)
   local n = cache.len
   if n + T > cache.k:size(3) then
-    error(string.format("attention cache holds %d positions; %d more do not fit", cache.k:size(3), n + T - cache.k:size(3)), 3)
+    util.error(string.format("attention cache holds %d positions; %d more do not fit", cache.k:size(3), n + T - cache.k:size(3)))
   end
   local previous = core.set_grad_enabled(false)
   cache.k:narrow(3, n + 1, T):copy(k)

@@ -18,8 +18,14 @@ usage: lualign [options] [script.lua | recipe] [args...]
   lualign -h, --help         print this help
 ]==]
 
+-- The job this process belongs to, once joined, when it has several
+-- processes: {rank = r, size = n}.
+local job = nil
+
+-- In a job of several processes, a message names the rank it comes from.
 local function report(err)
-  io.stderr:write("lualign: ", tostring(err), "\n")
+  local where = job and string.format("rank %d of %d: ", job.rank, job.size) or ""
+  io.stderr:write("lualign: ", where, tostring(err), "\n")
   return 1
 end
 
@@ -31,11 +37,35 @@ local function message_handler(e)
   return debug.traceback(tostring(e), 2)
 end
 
--- Runs a chunk, reporting an error; returns ok.
+-- Runs a chunk, reporting an error; returns ok.  In a job of several
+-- processes an error on one rank ends them all (la.dist.abort): the others
+-- would otherwise wait for it forever in their next collective.
 local function run_chunk(chunk, ...)
   local ok, err = xpcall(chunk, message_handler, ...)
-  if not ok then report(err) end
+  if not ok then
+    report(err)
+    if job then
+      io.stderr:flush()
+      require("lualign.dist").abort(1)
+    end
+  end
   return ok
+end
+
+-- Started by an MPI launcher: joins the job's world before the script runs,
+-- and lets only rank 0 print (the others' output would repeat it N times;
+-- their errors still reach stderr).  Returns nil, or the error.
+local function join_world()
+  local dist = require "lualign.dist"
+  if not dist.launched() then return nil end
+  local ok, rank, size = pcall(dist.init)
+  if not ok then return rank end
+  if size > 1 then job = {rank = rank, size = size} end
+  if rank ~= 0 then
+    _G.print = function() end
+    io.output("/dev/null")
+  end
+  return nil
 end
 
 ----------------------------------------------------------------------------
@@ -162,6 +192,8 @@ function M.main(argv, opts)
 
   local repl = require "lualign.repl"
   if #exprs > 0 or interactive or not script_at then repl.preload() end
+  local join_err = join_world()
+  if join_err then return report(join_err) end
 
   for _, code in ipairs(exprs) do
     local chunk, err = load(code, "=(command line)")
@@ -181,6 +213,7 @@ function M.main(argv, opts)
     chunk, err = loadfile(path ~= "-" and path or nil)
     if not chunk then return report(err) end
     if not run_chunk(chunk, table.unpack(script_arg)) then return 1 end
+    require("lualign.dist").finalize()
   end
 
   if interactive or (not script_at and #exprs == 0) then

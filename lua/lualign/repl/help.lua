@@ -123,9 +123,10 @@ local function module_file(modname)
   return package.searchpath(modname, package.path)
 end
 
--- The source file of a Lua function and its first line, or nil.
+-- The source file of a Lua function and its first line, or nil (for a
+-- function wrapped so its errors point at the caller, the wrapped one's).
 local function function_source(fn)
-  local info = debug.getinfo(fn, "S")
+  local info = debug.getinfo(require("lualign.util").unwrap(fn), "S")
   if info.what ~= "Lua" or info.source:sub(1, 1) ~= "@" then return nil end
   return info.source:sub(2), info.linedefined
 end
@@ -287,16 +288,27 @@ local function build_page_index()
   end
 end
 
---- The entries of docs/*.md that document `name`, as one text, or nil.
-function M.doc_from_pages(name)
+-- The page that documents each module's functions written in C; a value is
+-- looked up only on its module's page, so `exp` in a formula of another page
+-- or `la.cat` in an example on the data page is not taken for its entry.
+local MODULE_PAGES = {
+  ["lualign"] = "tensors.md", ["lualign.nn"] = "nn.md", ["lualign.nn.functional"] = "nn.md",
+  ["lualign.loss"] = "losses.md", ["lualign.optim"] = "optim.md", ["lualign.models"] = "models.md",
+  ["lualign.models.gpt"] = "models.md", ["lualign.data"] = "data.md", ["lualign.tokenizer"] = "tokenizer.md",
+  ["lualign.checkpoint"] = "checkpoint.md", ["lualign.recipe"] = "recipes.md",
+}
+
+--- The entries of docs/*.md that document `name`, as one text, or nil; with
+-- `page` ("tensors.md"), only that page's entries.
+function M.doc_from_pages(name, page)
   if not page_index then build_page_index() end
-  local entries = page_index[name]
-  if not entries then return nil end
   local parts = {}
-  for _, e in ipairs(entries) do
-    parts[#parts + 1] = string.format("%s\n    (%s, %s)", e.text:gsub("`", ""), e.page, e.section)
+  for _, e in ipairs(page_index[name] or {}) do
+    if not page or e.page == "docs/" .. page then
+      parts[#parts + 1] = string.format("%s\n    (%s, %s)", e.text:gsub("`", ""), e.page, e.section)
+    end
   end
-  return table.concat(parts, "\n")
+  return #parts > 0 and table.concat(parts, "\n") or nil
 end
 
 ----------------------------------------------------------------------------
@@ -369,7 +381,8 @@ local function first_doc(value, places)
   end
   if type(value) == "function" then
     for _, place in ipairs(places) do
-      local doc = M.doc_from_pages(place.keys[#place.keys] or "")
+      local page = MODULE_PAGES[place.module]
+      local doc = page and M.doc_from_pages(place.keys[#place.keys] or "", page)
       if doc then return doc end
     end
   end
@@ -470,9 +483,15 @@ Each input line is a chunk of its own: `local x = 1` is gone on the next line,
 so assign globals (x = 1) to keep values.]]
 end
 
---- Prints the help for x (see the module's documentation).
-function M.help(x)
-  io.write(M.text(x), "\n")
+--- Prints the help for x (see the module's documentation).  help() prints
+-- the guide; help(nil) -- as from help(la.no_such_name) -- says the value
+-- was nil rather than printing the guide.
+function M.help(...)
+  if select("#", ...) > 0 and (...) == nil then
+    io.write("help: the value given is nil (a name that does not exist?); help(\"la.NAME\") looks a name up\n")
+    return
+  end
+  io.write(M.text((...)), "\n")
 end
 
 return M

@@ -175,13 +175,17 @@ local function print_results(results, output, terminal)
   end
 end
 
---- Sets the globals of an interactive session: la, nn, optim, loss, help.
-function M.preload(env)
+--- Sets the globals of an interactive session: la, nn, optim, loss, help;
+-- and has the data readers say (on output, default stdout) which fields of
+-- a file they ignore.
+function M.preload(env, output)
   env = env or _G
+  output = output or io.stdout
   local la = require "lualign"
   env.la = la
   env.nn, env.optim, env.loss = la.nn, la.optim, la.loss
   env.help = require("lualign.repl.help").help
+  la.data.on_ignored_fields(function(note) output:write("note: ", note.text, "\n") end)
   return env
 end
 
@@ -192,7 +196,7 @@ end
 function M.run(opts)
   opts = opts or {}
   local input, output = opts.input or io.stdin, opts.output or io.stdout
-  local env = M.preload(opts.env)
+  local env = M.preload(opts.env, output)
   local terminal = opts.terminal
   if terminal == nil then
     terminal = input == io.stdin and output == io.stdout and lineedit ~= nil and
