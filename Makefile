@@ -16,7 +16,7 @@
 #   make fresh-check the README's two commands in a fresh Debian root (tests/fresh_machine.sh)
 #   make bench-dist data-parallel training: 2 ranks x 1 thread against 1 process x 2 threads
 #
-# Prerequisites (Debian/Ubuntu): lua5.4 liblua5.4-dev libopenblas-dev libpcre2-dev
+# Prerequisites (Debian/Ubuntu): lua5.4 liblua5.4-dev libopenblas-dev libpcre2-dev libutf8proc-dev
 # lua-cjson lua-busted pkg-config gcc make, and for the tests luarocks and tmux.
 # Open MPI (libopenmpi-dev openmpi-bin) is optional: with it the engine can
 # train across processes (docs/distributed.md); MPI=1 insists on it, MPI=0
@@ -37,6 +37,9 @@ BLAS_LIBS := $(shell $(PKG_CONFIG) --libs openblas 2>/dev/null || echo -lopenbla
 # PCRE2 (8-bit, UTF + Unicode properties) for the tokenizer's pre-tokenisation.
 PCRE2_CFLAGS := $(shell $(PKG_CONFIG) --cflags libpcre2-8 2>/dev/null)
 PCRE2_LIBS := $(shell $(PKG_CONFIG) --libs libpcre2-8 2>/dev/null || echo -lpcre2-8)
+# utf8proc for the tokenizer's Unicode normalizers (NFC, NFKC, ...) and character classes.
+UTF8PROC_CFLAGS := $(shell $(PKG_CONFIG) --cflags libutf8proc 2>/dev/null)
+UTF8PROC_LIBS := $(shell $(PKG_CONFIG) --libs libutf8proc 2>/dev/null || echo -lutf8proc)
 BLAS_FOUND := $(shell $(PKG_CONFIG) --exists openblas 2>/dev/null && echo yes)
 # Open MPI, by pkg-config or its compiler wrapper; without it the engine's
 # world is one process (engine/dist/la_dist_single.c).
@@ -56,8 +59,8 @@ OPTFLAGS ?= -O3 -march=native
 # WERROR=1 (CI sets it: .ci/run) turns every warning into an error.
 WARNFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-format-truncation $(if $(WERROR),-Werror)
 BASEFLAGS = -std=c11 -D_POSIX_C_SOURCE=200809L -fPIC -fopenmp -fno-math-errno $(WARNFLAGS)
-ALL_CFLAGS = $(BASEFLAGS) $(OPTFLAGS) $(BLAS_CFLAGS) $(PCRE2_CFLAGS) $(EXTRA_CFLAGS)
-LIBS = $(BLAS_LIBS) $(PCRE2_LIBS) $(if $(filter mpi,$(DIST_WORLD)),$(MPI_LIBS)) -lm
+ALL_CFLAGS = $(BASEFLAGS) $(OPTFLAGS) $(BLAS_CFLAGS) $(PCRE2_CFLAGS) $(UTF8PROC_CFLAGS) $(EXTRA_CFLAGS)
+LIBS = $(BLAS_LIBS) $(PCRE2_LIBS) $(UTF8PROC_LIBS) $(if $(filter mpi,$(DIST_WORLD)),$(MPI_LIBS)) -lm
 
 BUILD = build
 # engine/: core/ (tensors, kernels, autograd), formats/ (safetensors),
@@ -79,7 +82,7 @@ SYSMOD = $(BUILD)/lualign/sys.so
 CTEST = $(BUILD)/engine_test
 TOKTEST = $(BUILD)/tokenizer_test
 
-.PHONY: all test test-built demo demo-built ctest deps bench bench-gpt bench-llama bench-loss bench-tokenizer bench-dist soak install clean data check-blas check-mpi fuzzers fuzz sanitize valgrind deps-valgrind deps-fuzz errors-doc fresh-check
+.PHONY: all test test-built demo demo-built ctest deps bench bench-gpt bench-half-gemm bench-llama bench-loss bench-memory bench-tokenizer bench-dist soak install clean data check-blas check-mpi fuzzers fuzz sanitize valgrind deps-valgrind deps-fuzz errors-doc fresh-check
 
 all: $(MODULE) $(SYSMOD)
 
@@ -261,7 +264,7 @@ demo-built: $(MODULE) $(SYSMOD)
 	bin/lualign recipes/pipeline.lua $(ARGS)
 
 # Checks the prerequisites; installs the missing ones when run as root.
-DEB_PKGS = lua5.4 liblua5.4-dev libopenblas-dev libpcre2-dev lua-cjson lua-busted pkg-config gcc make luarocks tmux \
+DEB_PKGS = lua5.4 liblua5.4-dev libopenblas-dev libpcre2-dev libutf8proc-dev lua-cjson lua-busted pkg-config gcc make luarocks tmux \
            libopenmpi-dev openmpi-bin
 # and for the checking targets: sanitize (gcc's libasan and libubsan come
 # with gcc), valgrind and fuzz (clang and its libFuzzer runtime).
@@ -310,6 +313,20 @@ bench-llama: $(MODULE) $(SYSMOD)
 
 bench-loss: $(MODULE) $(SYSMOD)
 	@$(LUA) bench/loss_compare.lua $(BENCH_ARGS)
+
+# bench/half_gemm.c on the engine's objects, with la_matmul.c built for each
+# panel size of HALF_GEMM_PANELS (bytes); BENCH_ARGS: threads and repetitions.
+HALF_GEMM_PANELS ?= 524288 4194304 16777216
+bench-half-gemm: $(CORE_OBJ)
+	@mkdir -p $(BUILD)/bench
+	@for p in $(HALF_GEMM_PANELS); do \
+	  $(CC) $(ALL_CFLAGS) $(ENGINE_INC) -DLA_HALF_PANEL_BYTES=$$p -o $(BUILD)/bench/half_gemm_$$p bench/half_gemm.c \
+	    engine/core/la_matmul.c $(filter-out $(BUILD)/obj/core/la_matmul.o,$(CORE_OBJ)) $(LIBS) -ldl || exit 1; \
+	  flock /tmp/lualign-bench.lock $(BUILD)/bench/half_gemm_$$p $(BENCH_ARGS) || exit 1; \
+	done
+
+bench-memory: $(MODULE) $(SYSMOD)
+	@flock /tmp/lualign-bench.lock $(LUA) bench/memory_compare.lua $(BENCH_ARGS)
 
 bench-tokenizer: $(MODULE) $(SYSMOD)
 	@bin/lualign bench/tokenizer.lua $(BENCH_ARGS)

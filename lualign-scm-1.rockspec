@@ -28,8 +28,8 @@ dependencies = {
   "lua-cjson >= 2.1.0",
 }
 
--- OpenBLAS, PCRE2 and the Lua headers come from the system (Debian: libopenblas-dev,
--- libpcre2-dev, liblua5.4-dev).  LuaRocks checks them before building and names
+-- OpenBLAS, PCRE2, utf8proc and the Lua headers come from the system (Debian: libopenblas-dev,
+-- libpcre2-dev, libutf8proc-dev, liblua5.4-dev).  LuaRocks checks them before building and names
 -- what is missing ("You may have to install OPENBLAS ...", "Failed finding Lua
 -- header files ...").  OpenBLAS is declared by its library only: Debian keeps cblas.h in a
 -- multiarch folder (include/x86_64-linux-gnu/openblas-pthread) that LuaRocks'
@@ -42,6 +42,7 @@ dependencies = {
 external_dependencies = {
   OPENBLAS = { library = "openblas" },
   PCRE2 = { header = "pcre2.h", library = "pcre2-8" },
+  UTF8PROC = { header = "utf8proc.h", library = "utf8proc" },
 }
 
 -- `make install` (below) puts the engine in LIBDIR/lualign/core.so, the Lua

@@ -1,12 +1,21 @@
---- Encode throughput of lualign's GPT-2 tokenizer against npm GPT-2
--- tokenizers run on this machine's Node.js, in the same command.
+--- Encode throughput of lualign's tokenizers against npm tokenizers run on
+-- this machine's Node.js, in the same command.
 --
---   bin/lualign bench/tokenizer.lua [--mb 4] [--runs 5] [--peers js-tiktoken,gpt-tokenizer,tiktoken]
+--   bin/lualign bench/tokenizer.lua [--mb 4] [--runs 5] [--tokenizers gpt2,qwen3,mistral]
+--                                   [--peers js-tiktoken,gpt-tokenizer,tiktoken]
 --
 -- from the repository root after `make`.  Needs Node.js and npm (the npm
--- registry, once, to install the peers).  gpt-3-encoder is a fourth possible
--- peer, left out by default: it is quadratic in the length of a document
--- (about 0.02 MB/s on this corpus).
+-- registry, once, to install the peers).
+--
+-- Tokenizers: gpt2 (the bundled GPT-2 files; peers js-tiktoken,
+-- gpt-tokenizer and tiktoken, or --peers), and the Hugging Face folders of
+-- tests/fixtures/tokenizers/: qwen3 (byte-level BPE with the NFC normalizer
+-- and Qwen's Split regex) and mistral (SentencePiece-style BPE: Prepend and
+-- Replace normalizers, byte fallback, no pre-tokenizer), each against
+-- transformers.js (@huggingface/transformers, JavaScript) and tokenizers-rust
+-- (@anush008/tokenizers, Hugging Face's Rust library through its Node
+-- binding).  gpt-3-encoder is a further GPT-2 peer, left out by default: it
+-- is quadratic in the length of a document (about 0.02 MB/s here).
 --
 -- Corpus: the Debian copyright files under /usr/share/doc (English prose,
 -- names, licences, some non-ASCII), sorted by path, valid UTF-8 only,
@@ -21,7 +30,11 @@
 
 local PEER_VERSIONS = {
   ["gpt-3-encoder"] = "1.1.4", ["js-tiktoken"] = "1.0.21", ["gpt-tokenizer"] = "4.0.0", ["tiktoken"] = "1.0.22",
+  ["transformers.js"] = "4.3.1", ["tokenizers-rust"] = "0.6.0",
 }
+local PEER_PACKAGES = {["transformers.js"] = "@huggingface/transformers", ["tokenizers-rust"] = "@anush008/tokenizers"}
+local HF_PEERS = "transformers.js,tokenizers-rust"
+local HF_DIRS = {qwen3 = "tests/fixtures/tokenizers/qwen3", mistral = "tests/fixtures/tokenizers/mistral"}
 
 local function sh(cmd)
   local p = assert(io.popen(cmd .. " 2>&1"))
@@ -31,11 +44,11 @@ local function sh(cmd)
 end
 
 local function parse_args(argv)
-  local o = {mb = 4, runs = 5, peers = "js-tiktoken,gpt-tokenizer,tiktoken"}
+  local o = {mb = 4, runs = 5, tokenizers = "gpt2"}
   local i = 1
   while i <= #argv do
     local k = argv[i]:match("^%-%-(.+)$")
-    if k == "run" then o.run = argv[i + 1]; o.corpus = argv[i + 2]; i = i + 3
+    if k == "run" then o.run = argv[i + 1]; o.corpus = argv[i + 2]; o.tokenizer = argv[i + 3]; i = i + 4
     elseif k then o[k] = argv[i + 1]; i = i + 2
     else error("unknown argument " .. argv[i]) end
   end
@@ -53,13 +66,16 @@ if opts.run == "lualign" then
   local f = assert(io.open(opts.corpus, "rb"))
   local docs = cjson.decode(f:read("a"))
   f:close()
-  local tok = la.tokenizer.load("gpt2")
+  local name = opts.tokenizer
+  local tok = la.tokenizer.load(HF_DIRS[name] or name)
+  -- GPT-2's peers treat <|endoftext|> as text; the others recognise specials (none occur)
+  local eopts = name == "gpt2" and {split_special_tokens = true} or nil
   local bytes = 0
   for _, d in ipairs(docs) do bytes = bytes + #d end
   local function pass()
     local tokens = 0
     local t0 = la.clock()
-    for _, d in ipairs(docs) do tokens = tokens + #tok:encode(d, {split_special_tokens = true}) end
+    for _, d in ipairs(docs) do tokens = tokens + #tok:encode(d, eopts) end
     return la.clock() - t0, tokens
   end
   local s1, n1 = pass()
@@ -74,8 +90,20 @@ end
 
 local mb = tonumber(opts.mb)
 local runs = math.tointeger(tonumber(opts.runs))
-local peers = {}
-for p in opts.peers:gmatch("[^,]+") do peers[#peers + 1] = p end
+local tokenizers = {}
+for t in opts.tokenizers:gmatch("[^,]+") do
+  if t ~= "gpt2" and not HF_DIRS[t] then error("unknown tokenizer " .. t .. " (gpt2, qwen3, mistral)") end
+  tokenizers[#tokenizers + 1] = t
+end
+local function peers_of(t)
+  local list = {}
+  for p in ((t == "gpt2" and opts.peers) or (t == "gpt2" and "js-tiktoken,gpt-tokenizer,tiktoken") or HF_PEERS)
+      :gmatch("[^,]+") do
+    if not PEER_VERSIONS[p] then error("unknown peer " .. p) end
+    list[#list + 1] = p
+  end
+  return list
+end
 
 os.execute("mkdir -p build/bench/node")
 local corpus = "build/bench/tokenizer_corpus.json"
@@ -106,26 +134,27 @@ do
   print(string.format("corpus: %d documents, %.2f MB (Debian copyright files)", #docs, total / 1e6))
 end
 
--- The peers.
-for _, p in ipairs(peers) do
-  if not PEER_VERSIONS[p] then error("unknown peer " .. p) end
-  local f = io.open("build/bench/node/node_modules/" .. p .. "/package.json")
-  if f then
-    f:close()
-  else
-    local specs = {}
-    for _, q in ipairs(peers) do specs[#specs + 1] = q .. "@" .. PEER_VERSIONS[q] end
-    print("installing npm packages: " .. table.concat(specs, " "))
-    local out, ok = sh("cd build/bench/node && npm install --no-save --no-audit --no-fund --silent " .. table.concat(specs, " "))
+-- The peers, installed together when one is missing.
+do
+  local all, missing = {}, false
+  for _, t in ipairs(tokenizers) do
+    for _, p in ipairs(peers_of(t)) do
+      local pkg = PEER_PACKAGES[p] or p
+      all[#all + 1] = pkg .. "@" .. PEER_VERSIONS[p]
+      local f = io.open("build/bench/node/node_modules/" .. pkg .. "/package.json")
+      if f then f:close() else missing = true end
+    end
+  end
+  if missing then
+    print("installing npm packages: " .. table.concat(all, " "))
+    -- --ignore-scripts: transformers' optional ONNX runtime would download binaries
+    local out, ok = sh("cd build/bench/node && npm install --no-save --no-audit --no-fund --ignore-scripts --silent "
+      .. table.concat(all, " "))
     if not ok then error("npm install failed:\n" .. out) end
-    break
   end
 end
 
 local node_version = (sh("node --version")):gsub("%s+$", "")
--- the child sees the same module paths as this process
-local lua_cmd = string.format("LUA_PATH='%s' LUA_CPATH='%s' lua5.4 bench/tokenizer.lua --run lualign %s",
-  package.path, package.cpath, corpus)
 
 local function run_one(cmd)
   local out, ok = sh(cmd)
@@ -134,50 +163,65 @@ local function run_one(cmd)
   return {tonumber(s1), tonumber(s2), tonumber(bytes), tonumber(tokens)}
 end
 
-local results = {lualign = {}}
-for _, p in ipairs(peers) do results[p] = {} end
-local names = {"lualign"}
-for _, p in ipairs(peers) do names[#names + 1] = p end
-
-for r = 1, runs do
-  -- alternate the order from run to run
-  local order = {}
-  for i = 1, #names do order[i] = names[(r % 2 == 1) and i or (#names - i + 1)] end
-  for _, name in ipairs(order) do
-    local cmd = name == "lualign" and lua_cmd
-      or string.format("NODE_PATH=build/bench/node/node_modules node bench/tokenizer_peer.js %s %s", name, corpus)
-    results[name][r] = run_one(cmd)
-    io.write(string.format("run %d %-14s pass1 %7.2f MB/s  pass2 %7.2f MB/s  tokens %d\n", r, name,
-      results[name][r][3] / results[name][r][1] / 1e6, results[name][r][3] / results[name][r][2] / 1e6,
-      results[name][r][4]))
-    io.flush()
-  end
-end
-
 local function median(t)
   table.sort(t)
   local n = #t
   return n % 2 == 1 and t[(n + 1) / 2] or (t[n / 2] + t[n / 2 + 1]) / 2
 end
 
-local med = {}
-for _, name in ipairs(names) do
-  local a, b = {}, {}
+local lualign_medians = {}
+for _, tname in ipairs(tokenizers) do
+  local peers = peers_of(tname)
+  -- the child sees the same module paths as this process
+  local lua_cmd = string.format("LUA_PATH='%s' LUA_CPATH='%s' lua5.4 bench/tokenizer.lua --run lualign %s %s",
+    package.path, package.cpath, corpus, tname)
+  local results, names = {lualign = {}}, {"lualign"}
+  for _, p in ipairs(peers) do results[p] = {}; names[#names + 1] = p end
+  print(string.format("\ntokenizer %s", tname))
   for r = 1, runs do
-    a[r] = results[name][r][3] / results[name][r][1] / 1e6
-    b[r] = results[name][r][3] / results[name][r][2] / 1e6
+    local order = {}   -- alternate the order from run to run
+    for i = 1, #names do order[i] = names[(r % 2 == 1) and i or (#names - i + 1)] end
+    for _, name in ipairs(order) do
+      local cmd = name == "lualign" and lua_cmd
+        or string.format("NODE_PATH=build/bench/node/node_modules node bench/tokenizer_peer.js %s %s %s", name, corpus,
+          HF_DIRS[tname] or "")
+      results[name][r] = run_one(cmd)
+      io.write(string.format("run %d %-16s pass1 %7.2f MB/s  pass2 %7.2f MB/s  tokens %d\n", r, name,
+        results[name][r][3] / results[name][r][1] / 1e6, results[name][r][3] / results[name][r][2] / 1e6,
+        results[name][r][4]))
+      io.flush()
+    end
   end
-  med[name] = {median(a), median(b), results[name][1][4]}
+  local med = {}
+  for _, name in ipairs(names) do
+    local a, b = {}, {}
+    for r = 1, runs do
+      a[r] = results[name][r][3] / results[name][r][1] / 1e6
+      b[r] = results[name][r][3] / results[name][r][2] / 1e6
+    end
+    med[name] = {median(a), median(b), results[name][1][4]}
+  end
+  lualign_medians[tname] = med.lualign
+  print(string.format("\n%s: node %s, %d runs, medians (MB/s of UTF-8 input):", tname, node_version, runs))
+  print(string.format("%-32s %10s %10s %12s %16s %16s", "tokenizer", "pass 1", "pass 2", "tokens",
+    "lualign/peer p1", "lualign/peer p2"))
+  for _, name in ipairs(names) do
+    local label = name == "lualign" and "lualign"
+      or ("npm " .. (PEER_PACKAGES[name] or name) .. " " .. PEER_VERSIONS[name])
+    local m = med[name]
+    local r1 = name == "lualign" and "" or string.format("%.2fx", med.lualign[1] / m[1])
+    local r2 = name == "lualign" and "" or string.format("%.2fx", med.lualign[2] / m[2])
+    print(string.format("%-32s %10.2f %10.2f %12d %16s %16s", label, m[1], m[2], m[3], r1, r2))
+    if m[3] ~= med.lualign[3] then print("  WARNING: token count differs from lualign's") end
+  end
 end
 
-print(string.format("\nnode %s, %d runs, medians (MB/s of UTF-8 input):", node_version, runs))
-print(string.format("%-22s %10s %10s %12s %16s %16s", "tokenizer", "pass 1", "pass 2", "tokens",
-  "lualign/peer p1", "lualign/peer p2"))
-for _, name in ipairs(names) do
-  local label = name == "lualign" and "lualign" or ("npm " .. name .. " " .. PEER_VERSIONS[name])
-  local m = med[name]
-  local r1 = name == "lualign" and "" or string.format("%.2fx", med.lualign[1] / m[1])
-  local r2 = name == "lualign" and "" or string.format("%.2fx", med.lualign[2] / m[2])
-  print(string.format("%-22s %10.2f %10.2f %12d %16s %16s", label, m[1], m[2], m[3], r1, r2))
-  if m[3] ~= med.lualign[3] then print("  WARNING: token count differs from lualign's") end
+if #tokenizers > 1 then
+  print("\nlualign, medians (MB/s), and each tokenizer against the first:")
+  local base = lualign_medians[tokenizers[1]]
+  for _, t in ipairs(tokenizers) do
+    local m = lualign_medians[t]
+    print(string.format("%-10s pass 1 %7.2f  pass 2 %7.2f   %s/%s: %.2fx  %.2fx", t, m[1], m[2], t, tokenizers[1],
+      m[1] / base[1], m[2] / base[2]))
+  end
 end

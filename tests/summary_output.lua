@@ -35,8 +35,10 @@ return function(options)
     io.write("\n")
     for _, f in ipairs(handler.failures) do io.write("\n", describe_failure(f, "FAILED"), "\n") end
     for _, f in ipairs(handler.errors) do io.write("\n", describe_failure(f, "ERROR"), "\n") end
+    for _, p in ipairs(handler.pendings) do io.write("\nSKIPPED: ", tostring(p.message or p.name), "\n") end
     local failed = handler.failuresCount + handler.errorsCount
-    io.write(string.format("\n%d passed, %d failed\n", handler.successesCount, failed))
+    local skipped = handler.pendingsCount > 0 and string.format(", %d skipped", handler.pendingsCount) or ""
+    io.write(string.format("\n%d passed, %d failed%s\n", handler.successesCount, failed, skipped))
     io.flush()
     return nil, true
   end

@@ -510,11 +510,20 @@ describe("loading errors", function()
     local base = '{"pre_tokenizer": {"type": "ByteLevel"}, "model": %s}'
     write(d .. "/t.json", base:format('{"type": "WordPiece", "vocab": {}}'))
     assert.truthy(errmsg(T.load, d .. "/t.json"):find("WordPiece", 1, true))
-    write(d .. "/t.json", '{"normalizer": {"type": "NFKC"}, "pre_tokenizer": {"type": "ByteLevel"}, '
+    write(d .. "/t.json", base:format('{"type": "Unigram", "vocab": []}'))
+    assert.truthy(errmsg(T.load, d .. "/t.json"):find("model type Unigram is not supported", 1, true))
+    write(d .. "/t.json", '{"normalizer": {"type": "Precompiled"}, "pre_tokenizer": {"type": "ByteLevel"}, '
       .. '"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}}')
-    assert.truthy(errmsg(T.load, d .. "/t.json"):find("normalizer NFKC", 1, true))
-    write(d .. "/t.json", '{"pre_tokenizer": {"type": "Whitespace"}, "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}}')
-    assert.truthy(errmsg(T.load, d .. "/t.json"):find("Whitespace", 1, true))
+    assert.truthy(errmsg(T.load, d .. "/t.json"):find("normalizer Precompiled is not supported", 1, true))
+    write(d .. "/t.json", '{"pre_tokenizer": {"type": "BertPreTokenizer"}, "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}}')
+    assert.truthy(errmsg(T.load, d .. "/t.json"):find("pre-tokenizer BertPreTokenizer is not supported", 1, true))
+    write(d .. "/t.json", '{"decoder": {"type": "WordPiece"}, "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}}')
+    assert.truthy(errmsg(T.load, d .. "/t.json"):find("decoder WordPiece is not supported", 1, true))
+    write(d .. "/t.json", '{"model": {"type": "BPE", "dropout": 0.1, "vocab": {"a": 0}, "merges": []}}')
+    assert.truthy(errmsg(T.load, d .. "/t.json"):find("BPE dropout (model.dropout = 0.1) is a training-time option", 1, true))
+    write(d .. "/t.json", '{"pre_tokenizer": {"type": "Split", "pattern": {"Regex": "a"}, "behavior": "Sideways"}, '
+      .. '"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}}')
+    assert.truthy(errmsg(T.load, d .. "/t.json"):find("behavior Sideways is not one of", 1, true))
     write(d .. "/t.json", '{"pre_tokenizer": {"type": "ByteLevel"}, "model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": ["a b"]}}')
     local e = errmsg(T.load, d .. "/t.json")
     assert.truthy(e:find("model.merges[1]", 1, true) and e:find("'ab'", 1, true), e)
@@ -534,7 +543,8 @@ describe("Hugging Face tokenizer.json", function()
     vocab[#vocab + 1] = '"he": 257'
     vocab[#vocab + 1] = '"Ġthe": 258'
     return '{"version": "1.0", "added_tokens": [{"id": 259, "content": "<|im_end|>", "special": true}], '
-      .. '"normalizer": null, ' .. (extra or '"pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false}')
+      .. '"normalizer": null, "decoder": {"type": "ByteLevel"}, '
+      .. (extra or '"pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false}')
       .. ', "model": {"type": "BPE", "vocab": {' .. table.concat(vocab, ", ") .. '}, "merges": ' .. merges_json .. '}}'
   end
 

@@ -1,11 +1,12 @@
 /*
-** tokenizer_test.c -- tests of the tokenizer core (engine/tokenizer/la_tokenizer.c)
+** tokenizer_test.c -- tests of the tokenizer core (engine/tokenizer/)
 ** alone, with no Lua, so that memory checkers can run on it directly.
 **
 ** Prints one line per test, "ok NAME" or "FAIL NAME: why", and a final
 ** "N passed, N failed".  tests/tokenizer_c_spec.lua runs it in `make test`.
 */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "la.h"
@@ -145,12 +146,131 @@ fail:
   return 0;
 }
 
+/* ---------------------------------------------------------------- pipeline parts */
+
+#define MS "\xE2\x96\x81"   /* U+2581, SentencePiece's word mark */
+
+/* The normalizer steps in order, on text with a ligature, a dotted capital I
+** and an invalid byte (kept as it is). */
+static int test_normalizers(void) {
+  char *out = NULL;
+  size_t len = 0;
+  la_norm *n = la_norm_new();
+  CHECK(n, "%s", la_error());
+  CHECK(la_norm_add(n, LA_NORM_NFKC, NULL, 0, NULL, 0, false, false) == 0, "%s", la_error());
+  CHECK(la_norm_add(n, LA_NORM_LOWERCASE, NULL, 0, NULL, 0, false, false) == 0, "%s", la_error());
+  CHECK(la_norm_add(n, LA_NORM_STRIP, NULL, 0, NULL, 0, true, true) == 0, "%s", la_error());
+  CHECK(la_norm_add(n, LA_NORM_REPLACE, " ", 1, MS, 3, true, false) == 0, "%s", la_error());
+  CHECK(la_norm_add(n, LA_NORM_PREPEND, NULL, 0, MS, 3, false, false) == 0, "%s", la_error());
+  static const char in[] = "  \xEF\xAC\x81 \xC4\xB0 A\xFF ";   /* "  <fi ligature> <I dot> A\xff " */
+  static const char want[] = MS "fi" MS "i\xCC\x87" MS "a\xFF";
+  CHECK(la_norm_apply(n, in, sizeof in - 1, &out, &len) == 0, "%s", la_error());
+  CHECK(len == sizeof want - 1 && memcmp(out, want, len) == 0, "normalized to %zu bytes '%.*s'", len, (int)len, out);
+  CHECK(la_norm_add(n, LA_NORM_REPLACE, "(", 1, "", 0, false, false) < 0, "a bad regex accepted");
+  CHECK(strstr(la_error(), "Replace normalizer"), "message: %s", la_error());
+  free(out);
+  la_norm_free(n);
+  return 1;
+fail:
+  free(out);
+  la_norm_free(n);
+  return 0;
+}
+
+typedef struct {
+  char buf[256];
+  size_t n;
+} pieces;
+
+/* Collects pre-tokens as "a|b|c". */
+static int collect(void *ctx, const char *p, size_t len) {
+  pieces *c = ctx;
+  if (c->n + len + 2 > sizeof c->buf) return -1;
+  if (c->n) c->buf[c->n++] = '|';
+  memcpy(c->buf + c->n, p, len);
+  c->n += len;
+  c->buf[c->n] = 0;
+  return 0;
+}
+
+/* The pieces of text under one pre-tokenizer step. */
+static const char *pretok_one(const la_pre_step *st, const char *text, bool at_start, pieces *c) {
+  memset(c, 0, sizeof *c);
+  la_pretok *p = la_pretok_new();
+  if (!p) return "(no pretok)";
+  int rc = la_pretok_add(p, st);
+  if (rc == 0) rc = la_pretok_run(p, text, strlen(text), at_start, collect, c);
+  la_pretok_free(p);
+  return rc == 0 ? c->buf : "(failed)";
+}
+
+/* Hugging Face's split behaviours, Digits, Metaspace's prepend schemes. */
+static int test_pretokenizers(void) {
+  pieces c;
+  const char *got;
+  la_pre_step sp = {.kind = LA_PRE_SPLIT, .pattern = " ", .plen = 1, .literal = true,
+                    .behavior = LA_SPLIT_MERGED_WITH_PREVIOUS};
+  CHECK(strcmp(got = pretok_one(&sp, "a  b", true, &c), "a | |b") == 0, "MergedWithPrevious: %s", got);
+  sp.behavior = LA_SPLIT_MERGED_WITH_NEXT;
+  CHECK(strcmp(got = pretok_one(&sp, "a  b", true, &c), "a| | b") == 0, "MergedWithNext: %s", got);
+  sp.behavior = LA_SPLIT_CONTIGUOUS;
+  CHECK(strcmp(got = pretok_one(&sp, "a  b", true, &c), "a|  |b") == 0, "Contiguous: %s", got);
+  la_pre_step inv = {.kind = LA_PRE_SPLIT, .pattern = "\\d+", .plen = 3, .behavior = LA_SPLIT_REMOVED, .invert = true};
+  CHECK(strcmp(got = pretok_one(&inv, "ab12cd3", true, &c), "12|3") == 0, "Removed, inverted: %s", got);
+  la_pre_step dig = {.kind = LA_PRE_DIGITS, .flag = false};
+  CHECK(strcmp(got = pretok_one(&dig, "a12b3", true, &c), "a|12|b|3") == 0, "Digits: %s", got);
+  dig.flag = true;
+  CHECK(strcmp(got = pretok_one(&dig, "a12b3", true, &c), "a|1|2|b|3") == 0, "Digits, individual: %s", got);
+  la_pre_step ms = {.kind = LA_PRE_METASPACE, .pattern = MS, .plen = 3, .flag = true, .scheme = LA_PREPEND_FIRST};
+  CHECK(strcmp(got = pretok_one(&ms, "hi there", true, &c), MS "hi|" MS "there") == 0, "Metaspace first: %s", got);
+  CHECK(strcmp(got = pretok_one(&ms, "hi there", false, &c), "hi|" MS "there") == 0, "Metaspace later: %s", got);
+  la_pretok *p = la_pretok_new();
+  la_pre_step bl = {.kind = LA_PRE_BYTELEVEL};
+  CHECK(p && la_pretok_add(p, &bl) == 0, "%s", la_error());
+  int rc = la_pretok_add(p, &dig);
+  la_pretok_free(p);
+  CHECK(rc < 0 && strstr(la_error(), "ByteLevel pre-tokenizer must be the last"), "message: %s", la_error());
+  return 1;
+fail:
+  return 0;
+}
+
+/* ByteFallback's bytes (U+FFFD for each byte that is not UTF-8), Replace,
+** Fuse, Strip. */
+static int test_decoders(void) {
+  char *out = NULL;
+  size_t len = 0;
+  la_decoder *d = la_decoder_new();
+  CHECK(d, "%s", la_error());
+  CHECK(la_decoder_add(d, LA_DEC_REPLACE, MS, 3, true, " ", 1, 0, 0) == 0, "%s", la_error());
+  CHECK(la_decoder_add(d, LA_DEC_BYTEFALLBACK, NULL, 0, false, NULL, 0, 0, 0) == 0, "%s", la_error());
+  CHECK(la_decoder_add(d, LA_DEC_FUSE, NULL, 0, false, NULL, 0, 0, 0) == 0, "%s", la_error());
+  CHECK(la_decoder_add(d, LA_DEC_STRIP, NULL, 0, false, " ", 1, 1, 0) == 0, "%s", la_error());
+  const char *toks[] = {MS "a", "<0xE4>", "<0xBD>", "<0xA0>", MS "x", "<0xFF>", "y"};
+  size_t lens[7];
+  for (int i = 0; i < 7; i++) lens[i] = strlen(toks[i]);
+  static const char want[] = "a\xE4\xBD\xA0 x\xEF\xBF\xBDy";
+  CHECK(la_decoder_run(d, toks, lens, 7, &out, &len) == 0, "%s", la_error());
+  CHECK(len == sizeof want - 1 && memcmp(out, want, len) == 0, "decoded to '%.*s'", (int)len, out);
+  CHECK(la_decoder_add(d, LA_DEC_STRIP, NULL, 0, false, NULL, 0, 1, 0) < 0, "Strip without a character accepted");
+  free(out);
+  la_decoder_free(d);
+  return 1;
+fail:
+  free(out);
+  la_decoder_free(d);
+  return 0;
+}
+
 int main(void) {
   run("tokenizer_byte_table", test_byte_table);
   run("tokenizer_merge_order", test_merge_order);
   run("tokenizer_specials_and_invalid_utf8", test_specials_and_invalid_utf8);
   run("tokenizer_errors", test_errors);
   run("tokenizer_train", test_train);
+  run("tokenizer_normalizers", test_normalizers);
+  run("tokenizer_pretokenizers", test_pretokenizers);
+  run("tokenizer_decoders", test_decoders);
   printf("%d passed, %d failed\n", passed, failed);
   return failed != 0;
 }

@@ -53,15 +53,18 @@ static int32_t lb_checkid(lua_State *L, int arg) {
 
 /* ---------------------------------------------------------------- building */
 
-/* bpe.new(spellings, pattern|nil, add_prefix_space): spellings[i] is the
-** spelling of id i - 1. */
+/* bpe.new(spellings, pattern|nil, add_prefix_space, char_level): spellings[i]
+** is the spelling of id i - 1. */
 static int lb_new(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   const char *pattern = luaL_optstring(L, 2, NULL);
   bool prefix = lua_toboolean(L, 3);
+  bool char_level = lua_toboolean(L, 4);
+  lua_settop(L, 4);
   lb_box *b = lb_push(L);
   b->t = la_bpe_new(pattern, prefix);
   if (!b->t) return lb_fail(L);
+  if (char_level && la_bpe_set_char_level(b->t) < 0) return lb_fail(L);
   lua_Integer n = luaL_len(L, 1);
   for (lua_Integer i = 1; i <= n; i++) {
     if (lua_geti(L, 1, i) != LUA_TSTRING)
@@ -122,21 +125,25 @@ static int lb_add_merges_list(lua_State *L) {
   return 0;
 }
 
-/* bpe.add_special(tok, text [, id]) -> id */
-static int lb_add_special(lua_State *L) {
+/* Adds the added token text (argument 2) with id (argument 3, nil for the
+** next or its own) and flags; pushes the id. */
+static int lb_add_with_flags(lua_State *L, unsigned flags) {
   la_bpe *t = lb_check(L, 1);
   size_t len;
   const char *s = luaL_checklstring(L, 2, &len);
   int32_t id = -1;
   if (!lua_isnoneornil(L, 3)) {
     id = lb_checkid(L, 3);
-    if (id < 0) return luaL_argerror(L, 3, "special token id out of range");
+    if (id < 0) return luaL_argerror(L, 3, "token id out of range");
   }
-  id = la_bpe_add_special(t, s, len, id);
+  id = la_bpe_add_added(t, s, len, id, flags);
   if (id < 0) return lb_fail(L);
   lua_pushinteger(L, id);
   return 1;
 }
+
+/* bpe.add_special(tok, text [, id]) -> id */
+static int lb_add_special(lua_State *L) { return lb_add_with_flags(L, LA_ADDED_SPECIAL); }
 
 /* bpe.train(texts, specials, n_tokens, min_frequency, pattern|nil) -> tok */
 static int lb_train(lua_State *L) {
@@ -194,58 +201,59 @@ static int lb_encode(lua_State *L) {
   return 1;
 }
 
-static void lb_decode_one(lua_State *L, la_bpe *t, luaL_Buffer *buf, lua_Integer id, lua_Integer pos,
-                          bool skip_special) {
-  size_t len;
-  const char *bytes = (id >= 0 && id <= INT32_MAX) ? la_bpe_token_bytes(t, (int32_t)id, &len) : NULL;
-  if (!bytes)
-    luaL_error(L, "decode: id %I at position %I is out of range (the vocabulary has %d tokens, ids 0..%d)",
-               id, pos, (int)la_bpe_vocab_size(t), (int)la_bpe_vocab_size(t) - 1);
-  if (skip_special && la_bpe_is_special(t, (int32_t)id)) return;
-  luaL_addlstring(buf, bytes, len);
+/* Appends an id to b->out; an id outside int32 becomes -1 (out of range). */
+static void lb_decode_put(lua_State *L, lb_box *b, lua_Integer id) {
+  int32_t v = (id >= 0 && id <= INT32_MAX) ? (int32_t)id : -1;
+  if (b->out.n == b->out.cap) {
+    size_t nc = b->out.cap ? b->out.cap * 2 : 64;
+    int32_t *p = realloc(b->out.ids, nc * sizeof *p);
+    if (!p) luaL_error(L, "decode: out of memory");
+    b->out.ids = p;
+    b->out.cap = nc;
+  }
+  b->out.ids[b->out.n++] = v;
 }
 
 /* bpe.decode(tok, ids, skip_special) -> string; ids a list or a 1-d integer
 ** tensor. */
 static int lb_decode(lua_State *L) {
-  la_bpe *t = lb_check(L, 1);
+  lb_box *b = lb_box_check(L, 1);
   bool skip = lua_toboolean(L, 3);
   lua_settop(L, 3);
   la_tensor *x = lt_test(L, 2);
-  luaL_Buffer buf;
+  b->out.n = 0;
   if (x) {
     if (x->ndim != 1 || (x->dtype != LA_INT32 && x->dtype != LA_INT64)) {
       char sh[LA_SHAPE_BUF];
       return luaL_error(L, "decode: expected a 1-d integer tensor of ids, got %s of shape %s",
                         la_dtype_name(x->dtype), la_shape_str(sh, sizeof sh, x->ndim, x->shape));
     }
-    luaL_buffinit(L, &buf);
     const char *base = la_data(x);
     for (int64_t i = 0; i < x->shape[0]; i++) {
       int64_t off = i * x->stride[0];
-      lua_Integer id = x->dtype == LA_INT32 ? ((const int32_t *)base)[off] : ((const int64_t *)base)[off];
-      lb_decode_one(L, t, &buf, id, (lua_Integer)i + 1, skip);
+      lb_decode_put(L, b, x->dtype == LA_INT32 ? ((const int32_t *)base)[off] : ((const int64_t *)base)[off]);
     }
-    luaL_pushresult(&buf);
-    return 1;
-  }
-  if (!lua_istable(L, 2))
-    return luaL_error(L, "decode: expected a list of ids or a 1-d integer tensor, got a %s", luaL_typename(L, 2));
-  lua_Integer n = luaL_len(L, 2);
-  luaL_buffinit(L, &buf);
-  for (lua_Integer i = 1; i <= n; i++) {
-    lua_geti(L, 2, i);
-    int isint;
-    lua_Integer id = lua_tointegerx(L, -1, &isint);
-    if (!isint) {
-      /* the buffer may sit on the stack: raise with a fresh message */
-      return luaL_error(L, "decode: ids[%I] is %s, not an integer id", i,
-                        lua_type(L, -1) == LUA_TNUMBER ? "a non-integral number" : luaL_typename(L, -1));
+  } else {
+    if (!lua_istable(L, 2))
+      return luaL_error(L, "decode: expected a list of ids or a 1-d integer tensor, got a %s", luaL_typename(L, 2));
+    lua_Integer n = luaL_len(L, 2);
+    for (lua_Integer i = 1; i <= n; i++) {
+      lua_geti(L, 2, i);
+      int isint;
+      lua_Integer id = lua_tointegerx(L, -1, &isint);
+      if (!isint)
+        return luaL_error(L, "decode: ids[%I] is %s, not an integer id", i,
+                          lua_type(L, -1) == LUA_TNUMBER ? "a non-integral number" : luaL_typename(L, -1));
+      lua_pop(L, 1);
+      lb_decode_put(L, b, id);
     }
-    lua_pop(L, 1);
-    lb_decode_one(L, t, &buf, id, i, skip);
   }
-  luaL_pushresult(&buf);
+  char *out;
+  size_t len;
+  if (la_bpe_decode(b->t, b->out.ids, b->out.n, skip, &out, &len) < 0) return lb_fail(L);
+  lua_pushlstring(L, out, len);
+  free(out);
+  if (b->out.cap > (1u << 20)) la_ids_free(&b->out);
   return 1;
 }
 
@@ -374,6 +382,202 @@ static int lb_gpt2_pattern(lua_State *L) {
   return 1;
 }
 
+/* ---------------------------------------------------------------- the pipeline */
+
+/* Field k of the table at idx: a string (NULL when absent), a boolean, an integer. */
+static const char *lb_fstr(lua_State *L, int idx, const char *k, size_t *len) {
+  lua_getfield(L, idx, k);
+  const char *s = lua_isstring(L, -1) ? lua_tolstring(L, -1, len) : NULL;
+  if (!s) *len = 0;
+  lua_pop(L, 1);   /* the table keeps the string alive */
+  return s;
+}
+
+static bool lb_fbool(lua_State *L, int idx, const char *k) {
+  lua_getfield(L, idx, k);
+  bool v = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+static int lb_fint(lua_State *L, int idx, const char *k, int dflt) {
+  lua_getfield(L, idx, k);
+  int v = lua_isinteger(L, -1) ? (int)lua_tointeger(L, -1) : dflt;
+  lua_pop(L, 1);
+  return v;
+}
+
+/* An option given by name; raises naming the step and the allowed names. */
+static int lb_fenum(lua_State *L, int idx, const char *k, const char *const names[], int dflt, const char *step) {
+  size_t len;
+  const char *s = lb_fstr(L, idx, k, &len);
+  if (!s) return dflt;
+  for (int i = 0; names[i]; i++)
+    if (strcmp(s, names[i]) == 0) return i;
+  return luaL_error(L, "%s: %s \"%s\" is not supported", step, k, s);
+}
+
+/* Raises on a step whose named options are not known, before anything is
+** allocated (an error raised later would leak what was built). */
+static void lb_check_steps(lua_State *L, int idx, const char *what, const char *const kinds[],
+                           const char *const *enum_keys[], const char *const *const enum_names[]) {
+  lua_Integer n = luaL_len(L, idx);
+  for (lua_Integer i = 1; i <= n; i++) {
+    if (lua_geti(L, idx, i) != LUA_TTABLE) luaL_error(L, "%s step %d is not a table", what, (int)i);
+    int top = lua_gettop(L);
+    if (lb_fenum(L, top, "kind", kinds, -1, what) < 0) luaL_error(L, "%s step %d has no kind", what, (int)i);
+    for (int k = 0; enum_keys && enum_keys[k]; k++) lb_fenum(L, top, *enum_keys[k], enum_names[k], 0, what);
+    lua_pop(L, 1);
+  }
+}
+
+static const char *const lb_behaviors[] = {"Removed", "Isolated", "MergedWithPrevious", "MergedWithNext",
+                                           "Contiguous", NULL};
+static const char *const lb_schemes[] = {"always", "first", "never", NULL};
+
+/* Adds one step (the table at index top, of kind `kind`) to a part; 0 or -1. */
+typedef int (*lb_add_step)(lua_State *L, int top, int kind, void *part);
+
+/* Calls add on each step of the list at index 2, which lb_check_steps has
+** checked (so reading its names raises nothing); -1 at the first failure. */
+static int lb_each_step(lua_State *L, const char *what, const char *const kinds[], lb_add_step add, void *part) {
+  lua_Integer n = luaL_len(L, 2);
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_geti(L, 2, i);
+    int top = lua_gettop(L);
+    int rc = add(L, top, lb_fenum(L, top, "kind", kinds, -1, what), part);
+    lua_pop(L, 1);
+    if (rc < 0) return -1;
+  }
+  return 0;
+}
+
+static const char *const lb_norm_kinds[] = {"NFC", "NFD", "NFKC", "NFKD", "Lowercase", "Strip", "Prepend", "Replace",
+                                            NULL};
+
+static int lb_norm_step(lua_State *L, int top, int kind, void *part) {
+  size_t plen, tlen;
+  const char *pat = lb_fstr(L, top, "pattern", &plen), *text = lb_fstr(L, top, "text", &tlen);
+  bool a = kind == LA_NORM_REPLACE ? lb_fbool(L, top, "literal") : lb_fbool(L, top, "left");
+  return la_norm_add(part, (la_norm_kind)kind, pat, plen, text, tlen, a, lb_fbool(L, top, "right"));
+}
+
+/* bpe.set_normalizer(tok, steps): steps a list of {kind = "NFC" | "NFD" |
+** "NFKC" | "NFKD" | "Lowercase" | "Strip" (left, right) | "Prepend" (text) |
+** "Replace" (pattern, literal, text)}; an empty list removes it. */
+static int lb_set_normalizer(lua_State *L) {
+  la_bpe *t = lb_check(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lb_check_steps(L, 2, "normalizer", lb_norm_kinds, NULL, NULL);
+  la_norm *nm = NULL;
+  if (luaL_len(L, 2) > 0 && !(nm = la_norm_new())) return lb_fail(L);
+  if ((nm && lb_each_step(L, "normalizer", lb_norm_kinds, lb_norm_step, nm) < 0) || la_bpe_set_normalizer(t, nm) < 0) {
+    la_norm_free(nm);
+    return lb_fail(L);
+  }
+  return 0;
+}
+
+static const char *const lb_pre_kinds[] = {"Split", "Digits", "Punctuation", "Whitespace", "WhitespaceSplit",
+                                           "Metaspace", "ByteLevel", NULL};
+
+static int lb_pre_step(lua_State *L, int top, int kind, void *part) {
+  la_pre_step st;
+  memset(&st, 0, sizeof st);
+  st.kind = (la_pre_kind)kind;
+  st.behavior = (la_split_behavior)lb_fenum(L, top, "behavior", lb_behaviors, LA_SPLIT_ISOLATED, "pre-tokenizer");
+  st.scheme = (la_prepend_scheme)lb_fenum(L, top, "scheme", lb_schemes, LA_PREPEND_ALWAYS, "Metaspace");
+  st.literal = lb_fbool(L, top, "literal");
+  st.invert = lb_fbool(L, top, "invert");
+  st.use_regex = lb_fbool(L, top, "use_regex");
+  if (kind == LA_PRE_SPLIT) st.pattern = lb_fstr(L, top, "pattern", &st.plen);
+  if (kind == LA_PRE_METASPACE) st.pattern = lb_fstr(L, top, "replacement", &st.plen);
+  st.flag = lb_fbool(L, top, kind == LA_PRE_DIGITS ? "individual" : kind == LA_PRE_METASPACE ? "split"
+                                                                                              : "add_prefix_space");
+  return la_pretok_add(part, &st);
+}
+
+/* bpe.set_pretokenizer(tok, steps): steps a list of {kind = "Split"
+** (pattern, literal, invert, behavior) | "Digits" (individual) |
+** "Punctuation" (behavior) | "Whitespace" | "WhitespaceSplit" | "Metaspace"
+** (replacement, scheme, split) | "ByteLevel" (add_prefix_space, use_regex)};
+** an empty list removes it. */
+static int lb_set_pretokenizer(lua_State *L) {
+  la_bpe *t = lb_check(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  static const char *const behavior = "behavior", *const scheme = "scheme";
+  static const char *const *keys[] = {&behavior, &scheme, NULL};
+  static const char *const *const names[] = {lb_behaviors, lb_schemes};
+  lb_check_steps(L, 2, "pre-tokenizer", lb_pre_kinds, keys, names);
+  la_pretok *p = NULL;
+  if (luaL_len(L, 2) > 0 && !(p = la_pretok_new())) return lb_fail(L);
+  if (p && lb_each_step(L, "pre-tokenizer", lb_pre_kinds, lb_pre_step, p) < 0) {
+    la_pretok_free(p);
+    return lb_fail(L);
+  }
+  la_bpe_set_pretokenizer(t, p);
+  return 0;
+}
+
+static const char *const lb_dec_kinds[] = {"ByteLevel", "Metaspace", "ByteFallback", "Fuse", "Strip", "Replace",
+                                           "Join", NULL};
+
+static int lb_dec_step(lua_State *L, int top, int kind, void *part) {
+  size_t plen = 0, tlen = 0;
+  const char *pat = lb_fstr(L, top, "pattern", &plen), *text;
+  int a = 0, b = 0;
+  if (kind == LA_DEC_METASPACE) {
+    text = lb_fstr(L, top, "replacement", &tlen);
+    a = lb_fenum(L, top, "scheme", lb_schemes, LA_PREPEND_ALWAYS, "Metaspace");
+  } else if (kind == LA_DEC_STRIP) {
+    text = lb_fstr(L, top, "content", &tlen);
+    a = lb_fint(L, top, "start", 0);
+    b = lb_fint(L, top, "stop", 0);
+  } else {
+    text = lb_fstr(L, top, "text", &tlen);
+  }
+  return la_decoder_add(part, (la_dec_kind)kind, pat, plen, lb_fbool(L, top, "literal"), text, tlen, a, b);
+}
+
+/* bpe.set_decoder(tok, steps): steps a list of {kind = "ByteLevel" |
+** "Metaspace" (replacement, scheme) | "ByteFallback" | "Fuse" | "Strip"
+** (content, start, stop) | "Replace" (pattern, literal, text) | "Join"}; an
+** empty list removes it (decode then joins the tokens' bytes). */
+static int lb_set_decoder(lua_State *L) {
+  la_bpe *t = lb_check(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  static const char *const scheme = "scheme";
+  static const char *const *keys[] = {&scheme, NULL};
+  static const char *const *const names[] = {lb_schemes};
+  lb_check_steps(L, 2, "decoder", lb_dec_kinds, keys, names);
+  la_decoder *d = NULL;
+  if (luaL_len(L, 2) > 0 && !(d = la_decoder_new())) return lb_fail(L);
+  if (d && lb_each_step(L, "decoder", lb_dec_kinds, lb_dec_step, d) < 0) {
+    la_decoder_free(d);
+    return lb_fail(L);
+  }
+  la_bpe_set_decoder(t, d);
+  return 0;
+}
+
+/* bpe.set_model(tok, byte_fallback, unk_id|nil, fuse_unk, ignore_merges) */
+static int lb_set_model(lua_State *L) {
+  la_bpe *t = lb_check(L, 1);
+  int32_t unk = lua_isnoneornil(L, 3) ? -1 : lb_checkid(L, 3);
+  if (la_bpe_set_model(t, lua_toboolean(L, 2), unk, lua_toboolean(L, 4), lua_toboolean(L, 5)) < 0) return lb_fail(L);
+  return 0;
+}
+
+/* bpe.add_added(tok, text, id|nil, {special, lstrip, rstrip, single_word, normalized}) -> id */
+static int lb_add_added(lua_State *L) {
+  luaL_checktype(L, 4, LUA_TTABLE);
+  unsigned flags = (lb_fbool(L, 4, "special") ? LA_ADDED_SPECIAL : 0) | (lb_fbool(L, 4, "lstrip") ? LA_ADDED_LSTRIP : 0) |
+                   (lb_fbool(L, 4, "rstrip") ? LA_ADDED_RSTRIP : 0) |
+                   (lb_fbool(L, 4, "single_word") ? LA_ADDED_SINGLE_WORD : 0) |
+                   (lb_fbool(L, 4, "normalized") ? LA_ADDED_NORMALIZED : 0);
+  return lb_add_with_flags(L, flags);
+}
+
 static const luaL_Reg lb_funcs[] = {
   {"new", lb_new}, {"train", lb_train}, {"add_merges_text", lb_add_merges_text},
   {"add_merges_list", lb_add_merges_list}, {"add_special", lb_add_special},
@@ -382,7 +586,9 @@ static const luaL_Reg lb_funcs[] = {
   {"token_spelling", lb_token_spelling}, {"is_special", lb_is_special}, {"token_to_id", lb_token_to_id},
   {"spellings", lb_spellings}, {"merges", lb_merges}, {"pattern", lb_pattern},
   {"set_heap_threshold", lb_set_heap_threshold}, {"clear_cache", lb_clear_cache}, {"free", lb_free},
-  {"gpt2_pattern", lb_gpt2_pattern},
+  {"gpt2_pattern", lb_gpt2_pattern}, {"set_normalizer", lb_set_normalizer},
+  {"set_pretokenizer", lb_set_pretokenizer}, {"set_decoder", lb_set_decoder}, {"set_model", lb_set_model},
+  {"add_added", lb_add_added},
   {NULL, NULL}
 };
 

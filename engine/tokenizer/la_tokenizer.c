@@ -17,30 +17,13 @@
 */
 #include "la_tokenizer.h"
 
-#include <stdlib.h>
-#include <string.h>
+#include <stdio.h>
+#include <utf8proc.h>
 
-#define PCRE2_CODE_UNIT_WIDTH 8
-#include <pcre2.h>
-
-#include "la.h"
+#include "la_tok_parts.h"
+#include "la_tok_util.h"
 
 /* ---------------------------------------------------------------- helpers */
-
-/* Grows *p (of *cap elements of size el) to hold at least need elements. */
-static int tk_grow(void *pp, size_t *cap, size_t need, size_t el) {
-  if (need <= *cap) return 0;
-  size_t nc = *cap ? *cap : 16;
-  while (nc < need) {
-    if (nc > SIZE_MAX / 2 / el) return la_failn("tokenizer: out of memory");
-    nc *= 2;
-  }
-  void *np = realloc(*(void **)pp, nc * el);
-  if (!np) return la_failn("tokenizer: out of memory (%zu bytes)", nc * el);
-  *(void **)pp = np;
-  *cap = nc;
-  return 0;
-}
 
 static inline uint64_t tk_mix(uint64_t h) {
   h ^= h >> 33;
@@ -66,41 +49,6 @@ static uint64_t tk_hash(const char *p, size_t n) {
   return tk_mix(h ^ v);
 }
 
-/* Length of the UTF-8 character at s (1 for a byte that starts none), and
-** its code point in *cp (-1 when invalid). */
-static size_t tk_utf8(const unsigned char *s, size_t n, int32_t *cp) {
-  unsigned c = s[0];
-  *cp = -1;
-  if (c < 0x80) { *cp = (int32_t)c; return 1; }
-  size_t len;
-  uint32_t v, min;
-  if (c >= 0xC2 && c <= 0xDF) { len = 2; v = c & 0x1F; min = 0x80; }
-  else if (c >= 0xE0 && c <= 0xEF) { len = 3; v = c & 0x0F; min = 0x800; }
-  else if (c >= 0xF0 && c <= 0xF4) { len = 4; v = c & 0x07; min = 0x10000; }
-  else return 1;
-  if (n < len) return 1;
-  for (size_t i = 1; i < len; i++) {
-    if ((s[i] & 0xC0) != 0x80) return 1;
-    v = (v << 6) | (s[i] & 0x3F);
-  }
-  if (v < min || v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF)) return 1;
-  *cp = (int32_t)v;
-  return len;
-}
-
-static size_t tk_put_utf8(char *out, uint32_t cp) {
-  if (cp < 0x80) { out[0] = (char)cp; return 1; }
-  if (cp < 0x800) {
-    out[0] = (char)(0xC0 | (cp >> 6));
-    out[1] = (char)(0x80 | (cp & 0x3F));
-    return 2;
-  }
-  out[0] = (char)(0xE0 | (cp >> 12));
-  out[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-  out[2] = (char)(0x80 | (cp & 0x3F));
-  return 3;
-}
-
 /* ---------------------------------------------------------------- GPT-2's byte table */
 /* Printable bytes ('!'..'~', '¡'..'¬', '®'..'ÿ') stand for themselves; the
 ** other 68 bytes, in increasing order, get the code points 256, 257, ... */
@@ -124,6 +72,11 @@ static void tk_init_table(void) {
 uint32_t la_bpe_byte_to_unicode(unsigned char b) {
   tk_init_table();
   return tk_b2u[b];
+}
+
+int la_bpe_unicode_to_byte(uint32_t cp) {
+  tk_init_table();
+  return cp < 324 ? tk_u2b[cp] : -1;
 }
 
 /* ---------------------------------------------------------------- byte-string map */
@@ -262,7 +215,10 @@ static int tk_pmap_set(tk_pmap *m, uint64_t key, int32_t val) {
 typedef struct {
   size_t boff, soff;      /* bytes and spelling, in the arena */
   uint32_t blen, slen;
+  size_t moff;            /* an added token: the text matched (normalized when LA_ADDED_NORMALIZED) */
+  uint32_t mlen;
   bool special;
+  uint8_t added;          /* LA_ADDED_* flags; 0 for a model token */
 } tk_token;
 
 typedef struct {
@@ -272,6 +228,19 @@ typedef struct {
 typedef struct {
   int32_t rank, pos, right;
 } tk_hent;
+
+/* Added tokens to find in a text, longest first, and the same ids grouped
+** by the first byte of their text (bucket b is bids[bstart[b] .. bstart[b+1]),
+** longest first), rebuilt after an addition. */
+typedef struct {
+  int32_t *ids;
+  size_t n, cap;
+  int32_t *bids;
+  uint32_t bstart[257];
+  bool dirty;
+  size_t nplain;   /* how many are not special */
+  int first;       /* the first byte of every text when they share one, else -1 */
+} tk_addlist;
 
 #define TK_CACHE_MAX_WORD 256          /* longer pre-tokens are not cached */
 #define TK_CACHE_MAX_ENTRIES (1 << 18)
@@ -289,15 +258,28 @@ struct la_bpe {
   tk_merge *merges;
   size_t nmerges, mcap;
 
-  int32_t *specials;           /* ids, longest text first */
-  size_t nspecial, speccap;
+  tk_addlist raw_added;        /* added tokens matched in the raw text */
+  tk_addlist norm_added;       /* added tokens matched after normalization */
 
   char *pattern;
-  pcre2_code *re;
-  pcre2_match_data *md;
-  bool jit;
+  tk_regex rx;
   bool prefix_space;
   size_t heap_threshold;
+
+  /* the model (tokenizer.json's BPE options) */
+  bool char_level;             /* symbols are characters looked up by spelling, not bytes */
+  bool byte_fallback, fuse_unk, ignore_merges;
+  int32_t unk_id;              /* -1: none */
+  int32_t fallback_id[256];    /* <0xXX> tokens */
+  tk_smap bymap;               /* bytes -> id (ignore_merges on a byte-level vocabulary) */
+  bool ms_split;               /* long char-level words are merged between U+2581 runs (tk_word_chars) */
+  struct { char c[4]; size_t len; } ms_block[32];
+  int ms_nblock;
+
+  /* the pipeline around it; NULL parts are skipped (and GPT-2's regex used) */
+  la_norm *norm;
+  la_pretok *pretok;
+  la_decoder *dec;
 
   tk_smap cache;               /* pre-token -> (offset << 16 | count) into cids */
   int32_t *cids;
@@ -319,19 +301,7 @@ const char la_bpe_gpt2_pattern[] =
     "])|[" TK_WS "]+";
 
 static int tk_compile(la_bpe *t, const char *pattern) {
-  int err;
-  PCRE2_SIZE erroff;
-  t->re = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED,
-                        PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF, &err, &erroff, NULL);
-  if (!t->re) {
-    PCRE2_UCHAR msg[256];
-    pcre2_get_error_message(err, msg, sizeof msg);
-    return la_failn("tokenizer: bad pre-tokenisation regex at offset %zu: %s", (size_t)erroff,
-                    (const char *)msg);
-  }
-  t->jit = pcre2_jit_compile(t->re, PCRE2_JIT_COMPLETE) == 0;
-  t->md = pcre2_match_data_create_from_pattern(t->re, NULL);
-  if (!t->md) return la_failn("tokenizer: out of memory");
+  if (tk_regex_compile(&t->rx, pattern, strlen(pattern), false, "pre-tokenisation") < 0) return -1;
   t->pattern = strdup(pattern);
   if (!t->pattern) return la_failn("tokenizer: out of memory");
   return 0;
@@ -344,6 +314,7 @@ la_bpe *la_bpe_new(const char *pattern, bool add_prefix_space) {
   for (int i = 0; i < 256; i++) t->byte_id[i] = -1;
   t->prefix_space = add_prefix_space;
   t->heap_threshold = 128;
+  t->unk_id = -1;
   if (tk_compile(t, pattern ? pattern : la_bpe_gpt2_pattern) < 0) {
     la_bpe_free(t);
     return NULL;
@@ -358,10 +329,16 @@ void la_bpe_free(la_bpe *t) {
   tk_smap_free(&t->vocab);
   free(t->ranks.slots);
   free(t->merges);
-  free(t->specials);
+  free(t->raw_added.ids);
+  free(t->raw_added.bids);
+  free(t->norm_added.ids);
+  free(t->norm_added.bids);
   free(t->pattern);
-  if (t->md) pcre2_match_data_free(t->md);
-  if (t->re) pcre2_code_free(t->re);
+  tk_regex_free(&t->rx);
+  tk_smap_free(&t->bymap);
+  la_norm_free(t->norm);
+  la_pretok_free(t->pretok);
+  la_decoder_free(t->dec);
   tk_smap_free(&t->cache);
   free(t->cids);
   free(t->sym);
@@ -423,6 +400,7 @@ static int32_t tk_append(la_bpe *t, const char *bytes, size_t blen, const char *
 int32_t la_bpe_add_token(la_bpe *t, const char *sp, size_t len) {
   /* Decode the spelling through the byte table; fall back to its own bytes. */
   if (len == 0) return la_failn("tokenizer: a vocabulary entry is empty");
+  if (t->char_level) return tk_append(t, sp, len, sp, len);
   char small[256];
   small[0] = 0;
   char *bytes = len <= sizeof small ? small : malloc(len);
@@ -443,19 +421,49 @@ int32_t la_bpe_add_token(la_bpe *t, const char *sp, size_t len) {
   return id;
 }
 
-static void tk_sort_specials(la_bpe *t) {
-  for (size_t i = 1; i < t->nspecial; i++) {   /* insertion sort: few specials */
-    int32_t id = t->specials[i];
-    size_t j = i;
-    while (j > 0 && t->tok[t->specials[j - 1]].blen < t->tok[id].blen) {
-      t->specials[j] = t->specials[j - 1];
-      j--;
-    }
-    t->specials[j] = id;
+/* Appends id to the list, keeping it sorted longest first (among equal
+** lengths, in the order added). */
+static int tk_addlist_put(la_bpe *t, tk_addlist *l, int32_t id) {
+  if (tk_grow(&l->ids, &l->cap, l->n + 1, sizeof *l->ids) < 0) return -1;
+  size_t j = l->n++;
+  while (j > 0 && t->tok[l->ids[j - 1]].mlen < t->tok[id].mlen) {
+    l->ids[j] = l->ids[j - 1];
+    j--;
   }
+  l->ids[j] = id;
+  l->dirty = true;
+  if (!t->tok[id].special) l->nplain++;
+  return 0;
+}
+
+/* The first-byte buckets, by a counting sort that keeps the order. */
+static int tk_addlist_index(la_bpe *t, tk_addlist *l) {
+  if (!l->dirty) return 0;
+  free(l->bids);
+  l->bids = malloc((l->n ? l->n : 1) * sizeof *l->bids);
+  if (!l->bids) return la_failn("tokenizer: out of memory");
+  uint32_t count[257] = {0};
+  for (size_t i = 0; i < l->n; i++) count[(unsigned char)t->arena[t->tok[l->ids[i]].moff] + 1]++;
+  l->bstart[0] = 0;
+  for (int b = 1; b <= 256; b++) l->bstart[b] = l->bstart[b - 1] + count[b];
+  uint32_t fill[256];
+  memcpy(fill, l->bstart, sizeof fill);
+  for (size_t i = 0; i < l->n; i++) l->bids[fill[(unsigned char)t->arena[t->tok[l->ids[i]].moff]]++] = l->ids[i];
+  l->first = -1;
+  for (int b = 0; b < 256; b++) {
+    if (l->bstart[b + 1] == l->bstart[b]) continue;
+    l->first = l->first == -1 ? b : -2;
+  }
+  if (l->first < 0) l->first = -1;
+  l->dirty = false;
+  return 0;
 }
 
 int32_t la_bpe_add_special(la_bpe *t, const char *text, size_t len, int32_t id) {
+  return la_bpe_add_added(t, text, len, id, LA_ADDED_SPECIAL);
+}
+
+int32_t la_bpe_add_added(la_bpe *t, const char *text, size_t len, int32_t id, unsigned flags) {
   char show[64];
   if (len == 0) return la_failn("tokenizer: a special token cannot be empty");
   if (id < 0) {
@@ -487,12 +495,29 @@ int32_t la_bpe_add_special(la_bpe *t, const char *text, size_t len, int32_t id) 
       if (!tk_smap_find(&t->vocab, text, len, h) && tk_smap_add(&t->vocab, text, len, h, id) < 0) return -1;
     }
   }
-  if (!t->tok[id].special) {
-    if (tk_grow(&t->specials, &t->speccap, t->nspecial + 1, sizeof *t->specials) < 0) return -1;
-    t->tok[id].special = true;
-    t->specials[t->nspecial++] = id;
-    tk_sort_specials(t);
+  tk_token *k = &t->tok[id];
+  if (flags & LA_ADDED_SPECIAL) k->special = true;
+  if (!k->added) {
+    bool normalized = (flags & LA_ADDED_NORMALIZED) && t->norm;
+    k->moff = k->boff;
+    k->mlen = k->blen;
+    if (normalized) {   /* matched in normalized text: match its normalized form */
+      char *nt;
+      size_t nl;
+      if (la_norm_apply(t->norm, text, len, &nt, &nl) < 0) return -1;
+      int err = 0;
+      size_t off = nl ? tk_arena_put(t, nt, nl, &err) : 0;
+      free(nt);
+      if (err) return -1;
+      k = &t->tok[id];
+      if (nl == 0 || nl > UINT32_MAX) return la_failn("tokenizer: added token '%s' normalizes to nothing",
+                                                      tk_show(text, len, show, sizeof show));
+      k->moff = off;
+      k->mlen = (uint32_t)nl;
+    }
+    if (tk_addlist_put(t, normalized ? &t->norm_added : &t->raw_added, id) < 0) return -1;
   }
+  k->added = (uint8_t)(flags | LA_ADDED_ANY | (k->special ? LA_ADDED_SPECIAL : 0));
   la_bpe_clear_cache(t);
   return id;
 }
@@ -737,41 +762,64 @@ static int tk_scratch(la_bpe *t, size_t n) {
   return 0;
 }
 
-/* Appends the ids of one pre-token. */
-static int tk_word(la_bpe *t, const char *w, size_t n, la_ids *out) {
-  if (n == 0) return 0;
-  if (n == 1) {
-    int32_t id = t->byte_id[(unsigned char)w[0]];
-    if (id < 0) return la_failn("tokenizer: the vocabulary has no token for byte 0x%02X", (unsigned char)w[0]);
-    return tk_push_id(out, id);
-  }
-  uint64_t h = 0;
-  if (n <= TK_CACHE_MAX_WORD) {
-    h = tk_hash(w, n);
-    int64_t *v = tk_smap_find(&t->cache, w, n, h);
-    if (v) {
-      size_t off = (size_t)(*v >> 16), cnt = (size_t)(*v & 0xFFFF);
-      if (out->n + cnt > out->cap && tk_grow(&out->ids, &out->cap, out->n + cnt, sizeof *out->ids) < 0)
-        return -1;
-      memcpy(out->ids + out->n, t->cids + off, cnt * sizeof *t->cids);
-      out->n += cnt;
-      return 0;
+/* The initial symbols of a word in t->sym, one per byte (byte-level), or
+** one per character found by its spelling, else its <0xXX> byte tokens
+** (byte_fallback), else the unknown token (one for a run when fuse_unk),
+** else nothing (as Hugging Face's BPE does).  Returns the count, or -1. */
+static ptrdiff_t tk_symbols(la_bpe *t, const char *w, size_t n) {
+  if (!t->char_level) {
+    for (size_t i = 0; i < n; i++) {
+      int32_t id = t->byte_id[(unsigned char)w[i]];
+      if (id < 0) return la_failn("tokenizer: the vocabulary has no token for byte 0x%02X", (unsigned char)w[i]);
+      t->sym[i] = id;
     }
+    return (ptrdiff_t)n;
   }
+  size_t m = 0;
+  bool last_unk = false;
+  for (size_t i = 0; i < n;) {
+    int32_t cp;
+    size_t k = tk_utf8((const unsigned char *)w + i, n - i, &cp);
+    int64_t *v = tk_smap_find(&t->vocab, w + i, k, tk_hash(w + i, k));
+    bool fallback = !v && t->byte_fallback;
+    for (size_t j = 0; fallback && j < k; j++)
+      if (t->fallback_id[(unsigned char)w[i + j]] < 0) fallback = false;
+    if (v) {
+      t->sym[m++] = (int32_t)*v;
+      last_unk = false;
+    } else if (fallback) {
+      for (size_t j = 0; j < k; j++) t->sym[m++] = t->fallback_id[(unsigned char)w[i + j]];
+      last_unk = false;
+    } else if (t->unk_id >= 0) {
+      if (!(t->fuse_unk && last_unk)) t->sym[m++] = t->unk_id;
+      last_unk = true;
+    }
+    i += k;
+  }
+  return (ptrdiff_t)m;
+}
+
+/* The whole word as one token (ignore_merges), or -1. */
+static int32_t tk_whole_word(la_bpe *t, const char *w, size_t n) {
+  const tk_smap *m = t->char_level ? &t->vocab : &t->bymap;
+  int64_t *v = tk_smap_find(m, w, n, tk_hash(w, n));
+  return v ? (int32_t)*v : -1;
+}
+
+/* A pre-token not in the cache: its symbols merged, appended to out, and
+** cached (h: its hash when short enough to cache). */
+static int tk_word_merge(la_bpe *t, const char *w, size_t n, uint64_t h, la_ids *out) {
   if (n > (size_t)INT32_MAX / 4)
     return la_failn("tokenizer: a pre-token of %zu bytes is too long (the limit is %d)", n, INT32_MAX / 4);
   if (tk_scratch(t, n) < 0) return -1;
-  for (size_t i = 0; i < n; i++) {
-    int32_t id = t->byte_id[(unsigned char)w[i]];
-    if (id < 0) return la_failn("tokenizer: the vocabulary has no token for byte 0x%02X", (unsigned char)w[i]);
-    t->sym[i] = id;
-  }
-  size_t m = n;
-  if (t->nmerges) {
-    if (n > t->heap_threshold) {
-      if (tk_merge_heap(t, n, &m) < 0) return -1;
+  ptrdiff_t ns = tk_symbols(t, w, n);
+  if (ns < 0) return -1;
+  size_t m = (size_t)ns;
+  if (t->nmerges && m > 1) {
+    if (m > t->heap_threshold) {
+      if (tk_merge_heap(t, m, &m) < 0) return -1;
     } else {
-      m = tk_merge_scan(t, n);
+      m = tk_merge_scan(t, m);
     }
   }
   if (out->n + m > out->cap && tk_grow(&out->ids, &out->cap, out->n + m, sizeof *out->ids) < 0) return -1;
@@ -787,35 +835,58 @@ static int tk_word(la_bpe *t, const char *w, size_t n, la_ids *out) {
   return 0;
 }
 
-/* ---------------------------------------------------------------- pre-tokenisation */
-
-static int tk_pieces(la_bpe *t, const char *text, size_t len, la_bpe_piece_fn fn, void *ctx) {
-  size_t off = 0, done = 0;   /* search from off; bytes before done are emitted */
-  while (off < len) {
-    int rc = t->jit ? pcre2_jit_match(t->re, (PCRE2_SPTR)text, len, off, 0, t->md, NULL)
-                    : pcre2_match(t->re, (PCRE2_SPTR)text, len, off, 0, t->md, NULL);
-    if (rc == PCRE2_ERROR_NOMATCH) break;
-    if (rc < 0) {
-      PCRE2_UCHAR msg[256];
-      pcre2_get_error_message(rc, msg, sizeof msg);
-      return la_failn("tokenizer: regex match failed at byte %zu: %s", off, (const char *)msg);
-    }
-    PCRE2_SIZE *ov = pcre2_get_ovector_pointer(t->md);
-    size_t s = ov[0], e = ov[1];
-    if (e > s) {
-      if (s > done && fn(ctx, text + done, s - done) < 0) return -1;
-      if (fn(ctx, text + s, e - s) < 0) return -1;
-      off = done = e;
-    } else {   /* an empty match (not possible with GPT-2's pattern): step over a character */
-      int32_t cp;
-      off = s + tk_utf8((const unsigned char *)text + s, len - s, &cp);
+/* Appends the ids of one pre-token: the cases that need no merging here
+** (inlined into the pre-tokenizers' callbacks: this is the hot path), the
+** rest in tk_word_merge. */
+static inline int tk_word(la_bpe *t, const char *w, size_t n, la_ids *out) {
+  if (n == 0) return 0;
+  if (n == 1 && !t->char_level) {
+    int32_t id = t->byte_id[(unsigned char)w[0]];
+    if (id < 0) return la_failn("tokenizer: the vocabulary has no token for byte 0x%02X", (unsigned char)w[0]);
+    return tk_push_id(out, id);
+  }
+  if (t->ignore_merges) {
+    int32_t id = tk_whole_word(t, w, n);
+    if (id >= 0) return tk_push_id(out, id);
+  }
+  uint64_t h = 0;
+  if (n <= TK_CACHE_MAX_WORD) {
+    h = tk_hash(w, n);
+    int64_t *v = tk_smap_find(&t->cache, w, n, h);
+    if (v) {
+      size_t off = (size_t)(*v >> 16), cnt = (size_t)(*v & 0xFFFF);
+      if (out->n + cnt > out->cap && tk_grow(&out->ids, &out->cap, out->n + cnt, sizeof *out->ids) < 0)
+        return -1;
+      memcpy(out->ids + out->n, t->cids + off, cnt * sizeof *t->cids);
+      out->n += cnt;
+      return 0;
     }
   }
-  if (done < len && fn(ctx, text + done, len - done) < 0) return -1;
+  return tk_word_merge(t, w, n, h, out);
+}
+
+/* ---------------------------------------------------------------- pre-tokenisation */
+
+/* GPT-2's way: each regex match is a pre-token, and so is each stretch
+** between two matches (bytes that are not valid UTF-8, which match nothing). */
+static int tk_pieces(la_bpe *t, const char *text, size_t len, la_bpe_piece_fn fn, void *ctx) {
+  size_t off = 0;
+  for (;;) {
+    size_t s = 0, e = 0;
+    int rc = tk_regex_next(&t->rx, text, len, off, &s, &e);
+    if (rc < 0) return -1;
+    if (rc == 0) break;
+    if (s > off && fn(ctx, text + off, s - off) < 0) return -1;
+    if (fn(ctx, text + s, e - s) < 0) return -1;
+    off = e;
+  }
+  if (off < len && fn(ctx, text + off, len - off) < 0) return -1;
   return 0;
 }
 
 int la_bpe_pretokenize(la_bpe *t, const char *text, size_t len, la_bpe_piece_fn fn, void *ctx) {
+  if (t->pretok) return la_pretok_run(t->pretok, text, len, true, fn, ctx);
+  if (t->char_level) return len ? fn(ctx, text, len) : 0;
   return tk_pieces(t, text, len, fn, ctx);
 }
 
@@ -824,12 +895,54 @@ typedef struct {
   la_ids *out;
 } tk_enc_ctx;
 
+/* SentencePiece-style vocabularies mark word starts with U+2581 and their
+** tokens hold it only at the start (or in runs of it): no token holds a
+** character X followed by it, for most X.  A merge can then never join the
+** symbols on the two sides of the place where a run of U+2581 follows such
+** an X, so a long pre-token (a whole text, when there is no pre-tokenizer)
+** is merged piece by piece between those places -- the same result, with
+** short pieces the word cache can hold.  t->ms_split says whether the
+** vocabulary allows it; t->ms_block lists the X that do occur before it. */
+#define TK_MS "\xE2\x96\x81"
+#define TK_MS_LEN 3
+#define TK_MS_BLOCK_MAX 32
+
+static bool tk_ms_blocked(const la_bpe *t, const char *w, size_t end) {
+  size_t st = end - 1;   /* the start of the character before end */
+  while (st > 0 && ((unsigned char)w[st] & 0xC0) == 0x80 && end - st < 4) st--;
+  for (int i = 0; i < t->ms_nblock; i++)
+    if (t->ms_block[i].len == end - st && memcmp(t->ms_block[i].c, w + st, end - st) == 0) return true;
+  return false;
+}
+
+/* Merges a char-level word piece by piece (see above) or whole. */
+static int tk_word_chars(la_bpe *t, const char *w, size_t n, la_ids *out) {
+  if (!t->ms_split || n <= TK_CACHE_MAX_WORD) return tk_word(t, w, n, out);
+  size_t start = 0;
+  for (size_t i = 1; i + TK_MS_LEN <= n; i++) {
+    if (memcmp(w + i, TK_MS, TK_MS_LEN) != 0) continue;
+    bool after_ms = i >= TK_MS_LEN && memcmp(w + i - TK_MS_LEN, TK_MS, TK_MS_LEN) == 0;
+    if (after_ms || tk_ms_blocked(t, w, i)) continue;
+    if (tk_word(t, w + start, i - start, out) < 0) return -1;
+    start = i;
+  }
+  return tk_word(t, w + start, n - start, out);
+}
+
 static int tk_piece_encode(void *ctx, const char *p, size_t n) {
+  tk_enc_ctx *c = ctx;
+  if (c->t->char_level) return tk_word_chars(c->t, p, n, c->out);
+  return tk_word(c->t, p, n, c->out);
+}
+
+/* GPT-2's path (tk_segment): byte-level words only. */
+static int tk_piece_encode_bytes(void *ctx, const char *p, size_t n) {
   tk_enc_ctx *c = ctx;
   return tk_word(c->t, p, n, c->out);
 }
 
-/* One segment free of special tokens. */
+/* One stretch free of added tokens, GPT-2's way: the prefix space, then
+** the regex. */
 static int tk_segment(la_bpe *t, const char *s, size_t n, la_ids *out) {
   if (n == 0) return 0;
   if (t->prefix_space && s[0] != ' ') {
@@ -849,7 +962,7 @@ static int tk_segment(la_bpe *t, const char *s, size_t n, la_ids *out) {
     return 0;
   }
   tk_enc_ctx c = {t, out};
-  return tk_pieces(t, s, n, tk_piece_encode, &c);
+  return tk_pieces(t, s, n, tk_piece_encode_bytes, &c);
 }
 
 /* First occurrence of pat in s[from, n), or n. */
@@ -865,41 +978,262 @@ static size_t tk_find(const char *s, size_t n, size_t from, const char *pat, siz
   return n;
 }
 
-int la_bpe_encode(la_bpe *t, const char *text, size_t len, bool recognise_special, la_ids *out) {
-  if (!recognise_special || t->nspecial == 0) return tk_segment(t, text, len, out);
-  size_t ns = t->nspecial;
-  size_t stack_next[16];
-  size_t *next = ns <= 16 ? stack_next : malloc(ns * sizeof *next);
-  if (!next) return la_failn("tokenizer: out of memory");
-  int rc = 0;
-  for (size_t i = 0; i < ns; i++) {
-    const tk_token *k = &t->tok[t->specials[i]];
-    next[i] = tk_find(text, len, 0, t->arena + k->boff, k->blen);
+/* What runs on the stretches between added tokens. */
+typedef int (*tk_gap_fn)(la_bpe *t, const char *s, size_t n, bool at_start, bool recognise, la_ids *out);
+
+/* Word characters for single_word added tokens: letters, digits, '_'. */
+static bool tk_word_char(const char *s, size_t n, bool last) {
+  if (n == 0) return false;
+  size_t i = 0;
+  if (last) {
+    i = n - 1;
+    while (i > 0 && ((unsigned char)s[i] & 0xC0) == 0x80 && n - i < 4) i--;
   }
-  size_t pos = 0;
-  for (;;) {
-    /* earliest occurrence; the longest special first at the same place */
-    size_t best = len, which = 0;
-    for (size_t i = 0; i < ns; i++)
-      if (next[i] < best) best = next[i], which = i;
-    if (best >= len) {
-      rc = tk_segment(t, text + pos, len - pos, out);
-      break;
+  int32_t cp;
+  tk_utf8((const unsigned char *)s + i, n - i, &cp);
+  if (cp == '_') return true;
+  if (cp < 0) return false;
+  utf8proc_category_t c = utf8proc_category(cp);
+  return c == UTF8PROC_CATEGORY_LU || c == UTF8PROC_CATEGORY_LL || c == UTF8PROC_CATEGORY_LT ||
+         c == UTF8PROC_CATEGORY_LM || c == UTF8PROC_CATEGORY_LO || c == UTF8PROC_CATEGORY_ND ||
+         c == UTF8PROC_CATEGORY_NL || c == UTF8PROC_CATEGORY_NO;
+}
+
+/* Skips White_Space forward from i (dir > 0) or backward to i (dir < 0). */
+static size_t tk_skip_ws(const char *s, size_t n, size_t i, int dir) {
+  if (dir > 0) {
+    while (i < n) {
+      int32_t cp;
+      size_t k = tk_utf8((const unsigned char *)s + i, n - i, &cp);
+      if (cp < 0 || !tk_is_ws(cp)) break;
+      i += k;
     }
-    if ((rc = tk_segment(t, text + pos, best - pos, out)) < 0) break;
-    int32_t id = t->specials[which];
-    if ((rc = tk_push_id(out, id)) < 0) break;
-    pos = best + t->tok[id].blen;
-    for (size_t i = 0; i < ns; i++) {
-      if (next[i] < pos) {
-        const tk_token *k = &t->tok[t->specials[i]];
-        next[i] = tk_find(text, len, pos, t->arena + k->boff, k->blen);
+    return i;
+  }
+  while (i > 0) {
+    size_t st = i - 1;
+    while (st > 0 && ((unsigned char)s[st] & 0xC0) == 0x80 && i - st < 4) st--;
+    int32_t cp;
+    size_t k = tk_utf8((const unsigned char *)s + st, i - st, &cp);
+    if (cp < 0 || st + k != i || !tk_is_ws(cp)) break;
+    i = st;
+  }
+  return i;
+}
+
+/* The leftmost added token of l in s at or after from, the longest there:
+** its list entry in *which and position, or n. */
+static size_t tk_added_next(la_bpe *t, tk_addlist *l, const char *s, size_t n, size_t from, int32_t *which) {
+  for (size_t p = from; p < n; p++) {
+    if (l->first >= 0) {   /* one first byte (GPT-2's, Qwen's, Llama's "<"): memchr to it */
+      const char *q = memchr(s + p, l->first, n - p);
+      if (!q) return n;
+      p = (size_t)(q - s);
+    }
+    unsigned char b = (unsigned char)s[p];
+    for (uint32_t j = l->bstart[b]; j < l->bstart[b + 1]; j++) {
+      const tk_token *k = &t->tok[l->bids[j]];
+      if (k->mlen <= n - p && memcmp(s + p, t->arena + k->moff, k->mlen) == 0) {
+        *which = l->bids[j];
+        return p;
       }
     }
   }
-  if (next != stack_next) free(next);
+  return n;
+}
+
+/* Cuts the added tokens of l out of s (as Hugging Face's AddedVocabulary:
+** leftmost-longest matches; single_word, lstrip, rstrip honoured; special
+** ones skipped unless recognise) and runs gap on the stretches between. */
+static int tk_split_added(la_bpe *t, tk_addlist *l, const char *s, size_t n, bool at_start, bool recognise,
+                          tk_gap_fn gap, la_ids *out) {
+  if (l->n == 0 || (!recognise && l->nplain == 0)) return gap(t, s, n, at_start, recognise, out);
+  if (tk_addlist_index(t, l) < 0) return -1;
+  size_t search = 0, done = 0;
+  for (;;) {
+    int32_t id = -1;
+    size_t ms = tk_added_next(t, l, s, n, search, &id);
+    if (ms >= n) break;
+    const tk_token *k = &t->tok[id];
+    size_t me = ms + k->mlen, start = ms, stop = me;
+    search = me;
+    if (k->special && !recognise) continue;
+    if (k->added & LA_ADDED_SINGLE_WORD) {
+      bool space_before = ms == 0 || !tk_word_char(s, ms, true);
+      bool space_after = me == n || !tk_word_char(s + me, n - me, false);
+      if (!space_before || !space_after) continue;
+    }
+    if (k->added & LA_ADDED_LSTRIP) {
+      start = tk_skip_ws(s, ms, ms, -1);
+      if (start < done) start = done;
+    }
+    if (k->added & LA_ADDED_RSTRIP) stop = tk_skip_ws(s, n, me, 1);
+    if (done < start && gap(t, s + done, start - done, at_start && done == 0, recognise, out) < 0) return -1;
+    if (tk_push_id(out, id) < 0) return -1;
+    done = stop;
+  }
+  if (done < n) return gap(t, s + done, n - done, at_start && done == 0, recognise, out);
+  return 0;
+}
+
+/* A stretch of normalized text free of added tokens: pre-tokens, then the model. */
+static int tk_gap_pretok(la_bpe *t, const char *s, size_t n, bool at_start, bool recognise, la_ids *out) {
+  (void)recognise;
+  if (n == 0) return 0;
+  if (t->pretok) {
+    tk_enc_ctx c = {t, out};
+    return la_pretok_run(t->pretok, s, n, at_start, tk_piece_encode, &c);
+  }
+  if (t->char_level) return tk_word_chars(t, s, n, out);   /* no pre-tokenizer: one word */
+  return tk_segment(t, s, n, out);
+}
+
+/* A stretch of raw text free of raw-matched added tokens: normalized, then
+** split on the normalized added tokens. */
+static int tk_gap_raw(la_bpe *t, const char *s, size_t n, bool at_start, bool recognise, la_ids *out) {
+  if (!t->norm) return tk_gap_pretok(t, s, n, at_start, recognise, out);
+  char *ns;
+  size_t nn;
+  if (la_norm_apply(t->norm, s, n, &ns, &nn) < 0) return -1;
+  int rc = tk_split_added(t, &t->norm_added, ns, nn, at_start, recognise, tk_gap_pretok, out);
+  free(ns);
   return rc;
 }
+
+int la_bpe_encode(la_bpe *t, const char *text, size_t len, bool recognise_special, la_ids *out) {
+  return tk_split_added(t, &t->raw_added, text, len, true, recognise_special, tk_gap_raw, out);
+}
+
+/* ---------------------------------------------------------------- the pipeline and the model's options */
+
+static int tk_fresh(la_bpe *t, const char *what) {
+  if (t->raw_added.n || t->norm_added.n)
+    return la_failn("tokenizer: set the %s before adding special tokens", what);
+  return 0;
+}
+
+int la_bpe_set_normalizer(la_bpe *t, la_norm *n) {
+  if (tk_fresh(t, "normalizer") < 0) return -1;
+  la_norm_free(t->norm);
+  t->norm = n;
+  la_bpe_clear_cache(t);
+  return 0;
+}
+
+void la_bpe_set_pretokenizer(la_bpe *t, la_pretok *p) {
+  la_pretok_free(t->pretok);
+  t->pretok = p;
+  la_bpe_clear_cache(t);
+}
+
+void la_bpe_set_decoder(la_bpe *t, la_decoder *d) {
+  la_decoder_free(t->dec);
+  t->dec = d;
+}
+
+/* Whether the vocabulary allows tk_word_chars's split: U+2581 is a token,
+** and at most TK_MS_BLOCK_MAX characters X occur in a token as X + U+2581
+** (X not U+2581 itself); those are kept in ms_block. */
+static void tk_ms_check(la_bpe *t) {
+  t->ms_split = false;
+  t->ms_nblock = 0;
+  if (!t->char_level || la_bpe_token_to_id(t, TK_MS, TK_MS_LEN) < 0) return;
+  for (size_t id = 0; id < t->ntok; id++) {
+    const tk_token *k = &t->tok[id];
+    const char *sp = t->arena + k->soff;
+    for (size_t i = 1; i + TK_MS_LEN <= k->slen; i++) {
+      if (memcmp(sp + i, TK_MS, TK_MS_LEN) != 0) continue;
+      if (i >= TK_MS_LEN && memcmp(sp + i - TK_MS_LEN, TK_MS, TK_MS_LEN) == 0) continue;
+      size_t st = i - 1;
+      while (st > 0 && ((unsigned char)sp[st] & 0xC0) == 0x80 && i - st < 4) st--;
+      if (tk_ms_blocked(t, sp, i)) continue;
+      if (t->ms_nblock == TK_MS_BLOCK_MAX) return;   /* too many: merge whole words */
+      memcpy(t->ms_block[t->ms_nblock].c, sp + st, i - st);
+      t->ms_block[t->ms_nblock++].len = i - st;
+    }
+  }
+  t->ms_split = true;
+}
+
+int la_bpe_set_char_level(la_bpe *t) {
+  if (t->ntok) return la_failn("tokenizer: a character-level vocabulary must be chosen before adding tokens");
+  t->char_level = true;
+  return 0;
+}
+
+int la_bpe_set_model(la_bpe *t, bool byte_fallback, int32_t unk_id, bool fuse_unk, bool ignore_merges) {
+  if (unk_id >= 0 && (size_t)unk_id >= t->ntok)
+    return la_failn("tokenizer: the unknown token's id %d is not in the vocabulary", (int)unk_id);
+  t->byte_fallback = byte_fallback;
+  t->unk_id = unk_id;
+  t->fuse_unk = fuse_unk;
+  t->ignore_merges = ignore_merges;
+  for (int b = 0; b < 256; b++) {
+    char sp[8];
+    snprintf(sp, sizeof sp, "<0x%02X>", b);
+    t->fallback_id[b] = byte_fallback ? la_bpe_token_to_id(t, sp, 6) : -1;
+  }
+  tk_ms_check(t);
+  tk_smap_free(&t->bymap);
+  if (ignore_merges && !t->char_level) {
+    for (size_t id = 0; id < t->ntok; id++) {
+      const tk_token *k = &t->tok[id];
+      const char *b = t->arena + k->boff;
+      uint64_t h = tk_hash(b, k->blen);
+      if (!tk_smap_find(&t->bymap, b, k->blen, h) && tk_smap_add(&t->bymap, b, k->blen, h, (int64_t)id) < 0)
+        return -1;
+    }
+  }
+  la_bpe_clear_cache(t);
+  return 0;
+}
+
+int la_bpe_decode(la_bpe *t, const int32_t *ids, size_t n, bool skip_special, char **out, size_t *outlen) {
+  const char **toks = malloc((n ? n : 1) * sizeof *toks);
+  size_t *lens = malloc((n ? n : 1) * sizeof *lens);
+  if (!toks || !lens) {
+    free(toks);
+    free(lens);
+    return la_failn("tokenizer: out of memory");
+  }
+  size_t m = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (ids[i] < 0 || (size_t)ids[i] >= t->ntok) {
+      free(toks);
+      free(lens);
+      return la_failn("decode: id %d at position %zu is out of range (the vocabulary has %d tokens, ids 0..%d)",
+                      (int)ids[i], i + 1, (int)t->ntok, (int)t->ntok - 1);
+    }
+    const tk_token *k = &t->tok[ids[i]];
+    if (skip_special && k->special) continue;
+    if (t->dec) {
+      toks[m] = t->arena + k->soff;
+      lens[m++] = k->slen;
+    } else {
+      toks[m] = t->arena + k->boff;
+      lens[m++] = k->blen;
+    }
+  }
+  int rc = 0;
+  if (t->dec) {
+    rc = la_decoder_run(t->dec, toks, lens, m, out, outlen);
+  } else {
+    tk_buf b = {0};
+    for (size_t i = 0; i < m && rc == 0; i++) rc = tk_buf_put(&b, toks[i], lens[i]);
+    if (rc == 0) rc = tk_buf_put(&b, "", 0);
+    if (rc == 0) {
+      *out = b.p;
+      *outlen = b.n;
+    } else {
+      tk_buf_free(&b);
+    }
+  }
+  free(toks);
+  free(lens);
+  return rc;
+}
+
+bool la_bpe_has_decoder(const la_bpe *t) { return t->dec != NULL; }
 
 /* ---------------------------------------------------------------- training */
 

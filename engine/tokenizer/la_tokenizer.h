@@ -20,6 +20,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "la_tok_parts.h"
+
 typedef struct la_bpe la_bpe;
 
 /* A growable list of token ids. */
@@ -50,6 +52,18 @@ int32_t la_bpe_add_token(la_bpe *t, const char *spelling, size_t len);
 ** id).  Returns the id, or -1. */
 int32_t la_bpe_add_special(la_bpe *t, const char *text, size_t len, int32_t id);
 
+/* Flags of an added token (Hugging Face's AddedToken). */
+enum {
+  LA_ADDED_SPECIAL = 1,      /* special: skipped by decode(skip_special), by encode when not recognised */
+  LA_ADDED_LSTRIP = 2,       /* the match takes the White_Space before it */
+  LA_ADDED_RSTRIP = 4,       /* ... and after it */
+  LA_ADDED_SINGLE_WORD = 8,  /* only where no word character touches it */
+  LA_ADDED_NORMALIZED = 16,  /* matched in the normalized text (its normalized form) */
+  LA_ADDED_ANY = 32          /* set on every added token */
+};
+/* Adds an added token as la_bpe_add_special does, with these flags. */
+int32_t la_bpe_add_added(la_bpe *t, const char *text, size_t len, int32_t id, unsigned flags);
+
 /* Appends merges.  By spellings: the pair and its concatenation must be in
 ** the vocabulary.  The rank is the order of addition; a pair given twice
 ** keeps its last rank (as Python's dict in GPT-2's encoder.py). */
@@ -58,11 +72,31 @@ int la_bpe_add_merge(la_bpe *t, const char *a, size_t alen, const char *b, size_
 ** "a b" pair per line.  `name` is used in error messages ("name:LINE: ..."). */
 int la_bpe_add_merges_text(la_bpe *t, const char *text, size_t len, const char *name);
 
+/* The tokenizer.json pipeline.  The tokenizer takes ownership of the part
+** (NULL removes it).  Without a pre-tokenizer, a byte-level vocabulary uses
+** the regex given to la_bpe_new and a character-level one takes each
+** stretch between added tokens as one word.  The normalizer must be set
+** before added tokens are (those marked normalized are matched in its
+** output). */
+int la_bpe_set_normalizer(la_bpe *t, la_norm *n);
+void la_bpe_set_pretokenizer(la_bpe *t, la_pretok *p);
+void la_bpe_set_decoder(la_bpe *t, la_decoder *d);
+bool la_bpe_has_decoder(const la_bpe *t);
+/* A character-level vocabulary (SentencePiece-style BPE: spellings are the
+** tokens' text, no byte stand-ins); call before adding tokens. */
+int la_bpe_set_char_level(la_bpe *t);
+/* The BPE model's options (call after the vocabulary is loaded):
+** byte_fallback (<0xXX> tokens for characters not in the vocabulary),
+** unk_id (-1: none), fuse_unk, ignore_merges (a pre-token that is a whole
+** token is not merged). */
+int la_bpe_set_model(la_bpe *t, bool byte_fallback, int32_t unk_id, bool fuse_unk, bool ignore_merges);
+
 /* Encodes text.  recognise_special: special tokens in the text become their
 ** ids (never split); false treats them as ordinary text. */
 int la_bpe_encode(la_bpe *t, const char *text, size_t len, bool recognise_special, la_ids *out);
 
-/* Calls fn on each pre-token of text (no special-token handling).  Bytes
+/* Calls fn on each pre-token of text (no special-token handling, no
+** normalization; the pre-tokenizer when one is set).  Bytes
 ** that are not valid UTF-8 never match the regex: each maximal run of them
 ** is a pre-token of its own.  fn returns 0 to go on, -1 to stop with error. */
 typedef int (*la_bpe_piece_fn)(void *ctx, const char *piece, size_t len);
@@ -97,7 +131,13 @@ la_bpe *la_bpe_train(const char *const *texts, const size_t *lens, size_t ntexts
                      const char *const *specials, const size_t *slens, size_t nspecials,
                      int32_t n_tokens, int64_t min_frequency, const char *pattern);
 
-/* GPT-2's byte <-> stand-in character table. */
+/* Decodes ids to a malloc'd string (*out, *outlen; NUL-terminated): the
+** tokens' bytes joined, or through the decoder when one is set.
+** skip_special leaves special tokens out. */
+int la_bpe_decode(la_bpe *t, const int32_t *ids, size_t n, bool skip_special, char **out, size_t *outlen);
+
+/* GPT-2's byte <-> stand-in character table (-1: not a stand-in). */
 uint32_t la_bpe_byte_to_unicode(unsigned char b);
+int la_bpe_unicode_to_byte(uint32_t cp);
 
 #endif

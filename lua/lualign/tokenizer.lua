@@ -12,6 +12,7 @@
 
 local core = require "lualign.core"
 local cjson = require "cjson"
+local util = require "lualign.util"
 
 local bpe = core.bpe
 local M = {}
@@ -228,128 +229,77 @@ local function load_gpt2_dir(dir, opts)
   return self
 end
 
--- The regex of a Split pre-tokenizer.
-local function split_pattern(p, where)
-  if p.type ~= "Split" then return nil end
-  local behavior = p.behavior or "Isolated"
-  if behavior ~= "Isolated" or p.invert == true then
-    error(string.format("tokenizer.load: %s: Split with behavior %s%s is not supported (only Isolated)",
-      where, tostring(behavior), p.invert and ", inverted" or ""), 3)
-  end
-  local pat = type(p.pattern) == "table" and (p.pattern.Regex or p.pattern.String)
-  if type(pat) ~= "string" then error(string.format("tokenizer.load: %s: Split has no pattern", where), 3) end
-  if not p.pattern.Regex then   -- a literal string
-    pat = "\\Q" .. pat:gsub("\\E", "\\E\\\\E\\Q") .. "\\E"
-  end
-  return pat
-end
-
--- Works out the regex and prefix-space option from a tokenizer.json's
--- pre_tokenizer; nil pattern means GPT-2's.
-local function read_pretokenizer(pt, path)
-  local where = path .. ": pre_tokenizer"
-  if is_null(pt) then
-    error(string.format("tokenizer.load: %s is null; only byte-level BPE (ByteLevel) is supported", where), 3)
-  end
-  if type(pt) ~= "table" then
-    error(string.format("tokenizer.load: %s must be an object, not a %s", where, type(pt)), 3)
-  end
-  if pt.type == "ByteLevel" then
-    if pt.use_regex == false then return "(?s).+", pt.add_prefix_space == true end
-    return nil, pt.add_prefix_space == true
-  end
-  if pt.type == "Sequence" and type(pt.pretokenizers) == "table" then
-    local list = pt.pretokenizers
-    for i = 1, #list do
-      if type(list[i]) ~= "table" then
-        error(string.format("tokenizer.load: %s.pretokenizers[%d] must be an object", where, i), 3)
-      end
-    end
-    if #list == 1 and list[1].type == "ByteLevel" then return read_pretokenizer(list[1], path) end
-    if #list == 2 and list[2].type == "ByteLevel" and list[2].use_regex == false then
-      local pat = split_pattern(list[1], where)
-      if pat then return pat, list[2].add_prefix_space == true end
-    end
-  end
-  error(string.format("tokenizer.load: %s of type %s is not supported (ByteLevel, or a Split regex followed by ByteLevel without regex)",
-    where, tostring(pt.type)), 3)
-end
-
--- HF's tokenizer_config.json beside a tokenizer.json names the roles.
-local function config_roles(dir, opts)
-  local path = dir .. "/tokenizer_config.json"
-  if not exists(path) then return opts end
-  local cfg = decode_json(path)
-  if type(cfg) ~= "table" then error(string.format("tokenizer.load: %s is not a JSON object", path), 3) end
-  local out = {}
-  for k, v in pairs(opts or {}) do out[k] = v end
-  for _, role in ipairs({"bos", "eos", "pad"}) do
-    local key = role .. "_token"
-    local v = cfg[key]
-    if type(v) == "table" then v = v.content end
-    if out[key] == nil then
-      if type(v) == "string" then out[key] = v elseif v == cjson.null then out[key] = false end
-    end
-  end
-  return out
-end
-
-local function load_tokenizer_json(path, opts)
+-- A tokenizer from a tokenizer.json and the configuration files beside it
+-- (lualign.hf_tokenizer reads them; this builds).
+local function load_tokenizer_json(path, dir, opts)
+  local hf = require "lualign.hf_tokenizer"
   local j = decode_json(path)
-  if type(j) ~= "table" or type(j.model) ~= "table" then
-    error(string.format("tokenizer.load: %s: no \"model\" object; is this a tokenizer.json?", path), 2)
+  local r = hf.read(j, path)
+  local cfg = hf.read_config(dir)
+  local m = r.model
+  local spellings = spellings_by_id(j.model.vocab, path .. ": model.vocab")
+  local ok, ud
+  if r.fast then
+    ok, ud = pcall(bpe.new, spellings, r.fast.pattern, r.fast.prefix)
+  else
+    ok, ud = pcall(bpe.new, spellings, nil, false, r.char_level)
   end
-  local m = j.model
-  local mtype = is_null(m.type) and (m.merges and "BPE") or m.type
-  if mtype ~= "BPE" then
-    error(string.format("tokenizer.load: %s: model type %s is not supported (only BPE)", path, tostring(mtype)), 2)
-  end
-  for _, key in ipairs({"continuing_subword_prefix", "end_of_word_suffix"}) do
-    if not is_null(m[key]) and m[key] ~= "" then
-      error(string.format("tokenizer.load: %s: model.%s is not supported", path, key), 2)
-    end
-  end
-  for _, key in ipairs({"byte_fallback", "ignore_merges"}) do
-    if m[key] == true then error(string.format("tokenizer.load: %s: model.%s is not supported", path, key), 2) end
-  end
-  if not is_null(m.dropout) and m.dropout ~= 0 then
-    error(string.format("tokenizer.load: %s: BPE dropout is not supported", path), 2)
-  end
-  local n = j.normalizer
-  if not is_null(n) and type(n) ~= "table" then
-    error(string.format("tokenizer.load: %s: normalizer must be an object or null", path), 2)
-  end
-  if not is_null(n) and not (n.type == "Sequence" and type(n.normalizers) == "table" and #n.normalizers == 0) then
-    error(string.format("tokenizer.load: %s: normalizer %s is not supported", path, tostring(n.type)), 2)
-  end
-  local pattern, prefix = read_pretokenizer(j.pre_tokenizer, path)
-  local spellings = spellings_by_id(m.vocab, path .. ": model.vocab")
-  if type(m.merges) ~= "table" then error(string.format("tokenizer.load: %s: model.merges is not a list", path), 2) end
-  local ok, ud = pcall(bpe.new, spellings, pattern, prefix)
   if not ok then error(string.format("tokenizer.load: %s: %s", path, tostring(ud)), 2) end
-  local err
-  ok, err = pcall(bpe.add_merges_list, ud, m.merges, path .. ": model.merges")
-  if not ok then error("tokenizer.load: " .. tostring(err), 2) end
+  local function step(fn, ...)
+    local ok2, err = pcall(fn, ud, ...)
+    if not ok2 then error(string.format("tokenizer.load: %s: %s", path, (tostring(err):gsub("^tokenizer: ", ""))), 3) end
+    return err
+  end
+  if type(j.model.merges) ~= "table" then error(string.format("tokenizer.load: %s: model.merges is not a list", path), 2) end
+  local merr
+  ok, merr = pcall(bpe.add_merges_list, ud, j.model.merges, path .. ": model.merges")
+  if not ok then error("tokenizer.load: " .. tostring(merr), 2) end
+  j = nil
+  if r.normalizer then step(bpe.set_normalizer, r.normalizer) end
+  if r.pretokenizer then step(bpe.set_pretokenizer, r.pretokenizer) end
+  if r.decoder then step(bpe.set_decoder, r.decoder) end
+  local unk_id
+  if m.unk_token then
+    unk_id = bpe.token_to_id(ud, m.unk_token)
+    if not unk_id then error(string.format("tokenizer.load: %s: model.unk_token %q is not in the vocabulary", path,
+      m.unk_token), 2) end
+  end
+  step(bpe.set_model, m.byte_fallback, unk_id, m.fuse_unk, m.ignore_merges)
   local self = wrap(ud, "bpe", #spellings)
-  if not is_null(j.added_tokens) then
-    if type(j.added_tokens) ~= "table" then
-      error(string.format("tokenizer.load: %s: added_tokens must be a list", path), 2)
-    end
-    local added = {}
-    for i, t in ipairs(j.added_tokens) do
-      if type(t) ~= "table" or type(t.content) ~= "string" then
-        error(string.format("tokenizer.load: %s: added_tokens[%d] has no content", path, i), 2)
-      end
-      added[#added + 1] = {id = to_id(t.id, string.format("%s: added_tokens[%d].id", path, i)), content = t.content}
-    end
-    table.sort(added, function(a, b) return a.id < b.id end)
-    for _, t in ipairs(added) do
-      local ok2, e2 = pcall(bpe.add_special, ud, t.content, t.id)
-      if not ok2 then error(string.format("tokenizer.load: %s: added token %q: %s", path, t.content, tostring(e2)), 2) end
+  -- Ids as Hugging Face gives them, in the file's order: a content already
+  -- in the vocabulary keeps that id, any other takes the next one.  A file
+  -- whose "id" says otherwise is inconsistent (Hugging Face warns and uses
+  -- its own id): refused, naming both.
+  for i, t in ipairs(r.added) do
+    local ok2, id = pcall(bpe.add_added, ud, t.content, nil, t)
+    if not ok2 then error(string.format("tokenizer.load: %s: added token %q: %s", path, t.content, tostring(id)), 2) end
+    if id ~= t.id then
+      error(string.format("tokenizer.load: %s: added_tokens[%d] %q has id %d, but takes id %d (a content already in "
+        .. "the vocabulary keeps its id, any other takes the next one): the file is inconsistent", path, i, t.content,
+        t.id, id), 2)
     end
   end
   self.vocab_size = bpe.vocab_size(ud)
-  self:_assign_roles(opts)
+  self._post = r.post
+  if cfg.add_bos_token ~= nil then self._config_bos_eos = {cfg.add_bos_token, cfg.add_eos_token} end
+  self.chat_templates = cfg.chat_templates
+  self.chat_template = cfg.chat_templates and cfg.chat_templates.default
+  self.model_max_length = cfg.model_max_length
+  self.clean_up_tokenization_spaces = cfg.clean_up_tokenization_spaces
+  self.tokenizer_class = cfg.tokenizer_class
+  local roles = {}
+  for k, v in pairs(opts or {}) do roles[k] = v end
+  for _, role in ipairs({"bos", "eos", "pad"}) do
+    local key = role .. "_token"
+    if roles[key] == nil then roles[key] = cfg.roles[key] end
+  end
+  self:_assign_roles(roles)
+  if cfg.roles.unk_token then self.unk_id = self:token_to_id(cfg.roles.unk_token) end
+  self.eos_ids = cfg.eos_token_ids or (self.eos_id and {self.eos_id}) or nil
+  self._hf = true
+  -- save() writes GPT-2's scheme only: anything beyond it is noted here
+  self._pipeline = (r.normalizer or r.pretokenizer or r.decoder or r.char_level or m.byte_fallback or m.ignore_merges
+    or m.unk_token or r.post) and path or nil
   return self
 end
 
@@ -374,7 +324,7 @@ local function load_any(path, opts)
   end
   if is_dir(path) then
     if exists(path .. "/tokenizer.json") then
-      return load_tokenizer_json(path .. "/tokenizer.json", config_roles(path, opts))
+      return load_tokenizer_json(path .. "/tokenizer.json", path, opts)
     end
     if exists(path .. "/encoder.json") or exists(path .. "/vocab.bpe") then
       return load_gpt2_dir(path, opts)
@@ -383,13 +333,14 @@ local function load_any(path, opts)
   end
   if not exists(path) then error(string.format("tokenizer.load: %s: no such file or directory", path), 2) end
   local dir = path:match("^(.*)[/\\]") or "."
-  return load_tokenizer_json(path, config_roles(dir, opts))
+  return load_tokenizer_json(path, dir, opts)
 end
 
 --- Loads a tokenizer: a tokenizer.json file, a directory holding
 -- tokenizer.json or encoder.json + vocab.bpe, or "gpt2" for the bundled
 -- GPT-2 files.  opts: bos_token, eos_token, pad_token (names; false unsets).
 function M.load(path, opts)
+  util.check_options("tokenizer.load", opts, {"bos_token", "eos_token", "pad_token"})
   local ok, tok = pcall(load_any, path, opts)
   if ok then return tok end
   -- Errors are raised at the caller's line, and always start with
@@ -407,30 +358,83 @@ end
 ----------------------------------------------------------------------------
 -- Encoding and decoding
 
+-- The ids add_special_tokens puts around a sequence: Hugging Face's
+-- post-processor template, or (Llama- and Gemma-style configurations) the
+-- tokenizer_config.json's add_bos_token / add_eos_token; lualign's own
+-- tokenizers put bos_id first and eos_id last.
+local function add_special(self, ids)
+  local cfg = self._config_bos_eos
+  if self._hf and not cfg then
+    local post = self._post
+    if not post then return ids end
+    local out = {}
+    for _, piece in ipairs(post) do
+      if piece.sequence then
+        table.move(ids, 1, #ids, #out + 1, out)
+      else
+        table.move(piece.ids, 1, #piece.ids, #out + 1, out)
+      end
+    end
+    return out
+  end
+  local bos, eos = self.bos_id, self.eos_id
+  if cfg then
+    bos, eos = cfg[1] and bos or nil, cfg[2] and eos or nil
+  end
+  if bos then table.insert(ids, 1, bos) end
+  if eos then ids[#ids + 1] = eos end
+  return ids
+end
+
+local ENCODE_OPTIONS = {"add_special_tokens", "split_special_tokens"}
+
 --- Encodes text to a list of 0-based ids.
--- opts.add_special_tokens (default false): put bos_id first and eos_id last
--- (each where the tokenizer has one).  opts.split_special_tokens (default
--- false): treat special tokens written in the text as plain text.
+-- opts.add_special_tokens (default false): add the special tokens the
+-- tokenizer puts around a text (a Hugging Face tokenizer's post-processor,
+-- e.g. Llama's BOS and none for Qwen; lualign's own tokenizers put bos_id
+-- first and eos_id last).  opts.split_special_tokens (default false): treat
+-- special tokens written in the text as plain text.
 function Tokenizer:encode(text, opts)
   if type(text) ~= "string" then
     error(string.format("encode: expected a string, got a %s", type(text)), 2)
   end
   local recognise = true
-  if opts and opts.split_special_tokens then recognise = false end
+  if opts then
+    util.check_options("encode", opts, ENCODE_OPTIONS)
+    if opts.split_special_tokens then recognise = false end
+  end
   local ok, ids = pcall(bpe.encode, self._bpe, text, recognise)
   if not ok then error(ids, 2) end   -- at the caller's line, not this one
-  if opts and opts.add_special_tokens then
-    if self.bos_id then table.insert(ids, 1, self.bos_id) end
-    if self.eos_id then ids[#ids + 1] = self.eos_id end
-  end
+  if opts and opts.add_special_tokens then ids = add_special(self, ids) end
   return ids
 end
 
+-- transformers' clean_up_tokenization: spaces before punctuation and
+-- English contractions removed.
+local CLEANUPS = {{" .", "."}, {" ?", "?"}, {" !", "!"}, {" ,", ","}, {" ' ", "'"}, {" n't", "n't"}, {" 'm", "'m"},
+  {" 's", "'s"}, {" 've", "'ve"}, {" 're", "'re"}}
+
+local function clean_up(text)
+  for _, r in ipairs(CLEANUPS) do
+    local from = r[1]:gsub("%p", "%%%0")
+    text = text:gsub(from, (r[2]:gsub("%%", "%%%%")))
+  end
+  return text
+end
+
+local DECODE_OPTIONS = {"skip_special_tokens", "clean_up_tokenization_spaces"}
+
 --- Decodes ids (a list, or a 1-d integer tensor) to a string of bytes.
--- opts.skip_special_tokens (default false) leaves special tokens out.
+-- opts.skip_special_tokens (default false) leaves special tokens out;
+-- opts.clean_up_tokenization_spaces (default: the tokenizer_config.json's
+-- setting, else false) removes spaces before punctuation as transformers does.
 function Tokenizer:decode(ids, opts)
+  if opts then util.check_options("decode", opts, DECODE_OPTIONS) end
   local ok, text = pcall(bpe.decode, self._bpe, ids, opts ~= nil and opts.skip_special_tokens or false)
   if not ok then error(text, 2) end   -- at the caller's line, not this one
+  local cleanup = self.clean_up_tokenization_spaces
+  if opts and opts.clean_up_tokenization_spaces ~= nil then cleanup = opts.clean_up_tokenization_spaces end
+  if cleanup then text = clean_up(text) end
   return text
 end
 
@@ -520,11 +524,8 @@ local function chat_check(self, messages, opts)
   return marker
 end
 
---- Applies the chat template; returns ids and assistant_mask (lists of the
--- same length).  opts.add_generation_prompt appends the assistant header;
--- opts.split_special_tokens keeps special tokens inside contents as text.
-function Tokenizer:apply_chat_template(messages, opts)
-  opts = opts or {}
+-- The built-in layout: ids and mask, pieces encoded one by one.
+local function builtin_chat(self, messages, opts)
   local marker = chat_check(self, messages, opts)
   local end_id = marker("end", "every message")
   local nl = self:encode("\n")
@@ -552,9 +553,81 @@ function Tokenizer:apply_chat_template(messages, opts)
   return ids, mask
 end
 
---- The chat template's text (what decode(apply_chat_template(...)) gives).
+local CHAT_OPTIONS = {"add_generation_prompt", "tokenize", "split_special_tokens", "chat_template", "tools",
+  "documents", "variables"}
+
+-- The template source to use: opts.chat_template names one of the
+-- tokenizer's templates or is a template text itself; else the default.
+local function pick_template(self, choice)
+  if choice == nil then return self.chat_template end
+  if type(choice) ~= "string" then util.error("apply_chat_template: chat_template must be a string (a name or a template)") end
+  if self.chat_templates and self.chat_templates[choice] then return self.chat_templates[choice] end
+  if choice:find("{[{%%]") then return choice end
+  local names = self.chat_templates and util.sorted_keys(self.chat_templates) or {}
+  util.error(string.format("apply_chat_template: no chat template named %q (this tokenizer has: %s)", choice,
+    #names > 0 and table.concat(names, ", ") or "none"))
+end
+
+-- The variables a template sees besides messages, as transformers passes them.
+local function template_context(self, opts)
+  local ctx = {}
+  for _, role in ipairs({"bos", "eos", "pad", "unk"}) do
+    local id = self[role .. "_id"]
+    if id then ctx[role .. "_token"] = bpe.token_bytes(self._bpe, id) end
+  end
+  ctx.tools, ctx.documents = opts.tools, opts.documents
+  for k, v in pairs(opts.variables or {}) do ctx[k] = v end
+  return ctx
+end
+
+--- Applies the chat template to messages (a list of {role = ..., content =
+-- ...}; other fields reach the template too).  With the tokenizer's own
+-- Jinja template (a Hugging Face folder's chat_template, or
+-- opts.chat_template) the rendering is transformers'; lualign's own
+-- tokenizers use the built-in layout (docs/tokenizer.md).
+-- opts: add_generation_prompt (default false); tokenize (default true):
+-- return ids and the assistant mask (1 on the tokens the assistant wrote),
+-- or with false the text; chat_template (a template's name, or a template);
+-- tools, documents, variables (more template variables, e.g.
+-- {enable_thinking = false}); split_special_tokens (built-in layout only).
+function Tokenizer:apply_chat_template(messages, opts)
+  opts = util.check_options("apply_chat_template", opts, CHAT_OPTIONS)
+  if type(messages) ~= "table" then util.error("apply_chat_template: messages must be a list of {role, content}") end
+  for i, m in ipairs(messages) do
+    if type(m) ~= "table" or type(m.role) ~= "string" then
+      util.error(string.format("apply_chat_template: message %d must be a table with a string field role", i))
+    end
+  end
+  local src = pick_template(self, opts.chat_template)
+  if not src then
+    if opts.tokenize == false then return self:chat_text(messages, opts) end
+    return builtin_chat(self, messages, opts)
+  end
+  if opts.split_special_tokens then
+    util.error("apply_chat_template: split_special_tokens applies to the built-in layout only; a model's template "
+      .. "writes its special tokens as text")
+  end
+  local chat = require "lualign.chat_template"
+  local ctx = template_context(self, opts)
+  local ok, text = pcall(chat.render, src, messages, opts.add_generation_prompt, ctx)
+  if not ok then util.error("apply_chat_template: " .. tostring(text)) end
+  if opts.tokenize == false then return text end
+  local ids = self:encode(text)
+  local ok2, spans = pcall(chat.assistant_spans, src, messages, text, opts.add_generation_prompt, ctx)
+  if not ok2 then util.error(tostring(spans)) end
+  local mask = chat.mask(text, ids, spans, function(s) return self:encode(s) end)
+  return ids, mask
+end
+
+--- The chat template's text (apply_chat_template with tokenize = false).
 function Tokenizer:chat_text(messages, opts)
   opts = opts or {}
+  if self.chat_template or opts.chat_template then
+    local o = {}
+    for k, v in pairs(opts) do o[k] = v end
+    o.tokenize = false
+    return self:apply_chat_template(messages, o)
+  end
   chat_check(self, messages, opts)
   local parts = {}
   for _, msg in ipairs(messages) do
@@ -589,6 +662,11 @@ end
 -- naming them is written beside it.
 function Tokenizer:save(path)
   if type(path) ~= "string" then error("save: expected a path", 2) end
+  if self._pipeline then
+    error(string.format("save: writes byte-level BPE with GPT-2's scheme; this tokenizer (from %s) has more "
+      .. "(normalizer, pre-tokenizer, decoder, model options or post-processor): copy its folder instead",
+      self._pipeline), 2)
+  end
   if is_dir(path) then path = path .. "/tokenizer.json" end
   local ud = self._bpe
   local spellings = bpe.spellings(ud)

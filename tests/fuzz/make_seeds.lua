@@ -67,6 +67,15 @@ local extra = {"Ġt", "Ġth", "Ġthe", "he", "<|endoftext|>"}
 for i, s in ipairs(extra) do enc[#enc + 1] = string.format("%q: %d", s, 255 + i) end
 local encoder = "{" .. table.concat(enc, ", "):gsub("\\\n", "\\n") .. "}"
 put("tokenizer_json", "gpt2_pair", "GPT2\n" .. encoder .. "\0#version: 0.2\nĠ t\nĠt h\nĠth e\nh e\n")
+-- tokenizer.json pipelines (normalizers, pre-tokenizers, added-token flags,
+-- byte fallback, decoders, post-processors), from the test fixtures
+do
+  local cjson = require "cjson"
+  local refs = cjson.decode(read("tests/fixtures/tokenizer_refs.json"))
+  for _, name in ipairs({"metaspace_first_added", "digits_runs_punct_prev", "nfd_byte_fallback", "nfkc_lower_whitespace"}) do
+    put("tokenizer_json", name .. ".json", cjson.encode(refs.synthetic.tokenizers[name].tokenizer))
+  end
+end
 
 -- encode: texts.
 put("encode", "english", "Hello world! It's the 2nd test, isn't it?  Yes.\n\n")

@@ -394,8 +394,11 @@ end
 --- Encodes a preference example: prompt ids, and chosen/rejected completion ids
 -- (each with EOS appended when the tokenizer has one).  With opts.chat, the
 -- prompt goes through the chat template (user turn + generation prompt).
+-- Conversational examples (with prompt_messages) always do, as
+-- lualign.data.conversation describes.
 function M.encode_preference(tok, ex, opts)
   opts = opts or {}
+  if ex.prompt_messages then return require("lualign.data.conversation").encode_preference(tok, ex) end
   local prompt
   if opts.chat then
     if type(tok.apply_chat_template) ~= "function" then

@@ -156,12 +156,9 @@ end
 
 local PREF_KEYS = {prompt = true, chosen = true, rejected = true, p = true, votes = true, margin = true}
 
---- Validates a decoded preference object: the pair oriented so chosen is the
--- majority side, p in [0.5, 1], votes and margin normalised.
-function M.check_preference(obj)
-  local prompt = check_text(obj, "prompt")
-  local chosen = check_text(obj, "chosen")
-  local rejected = check_text(obj, "rejected")
+-- The soft label ("p" or "votes") and "margin" of a pair ex (with prompt,
+-- chosen, rejected), which is oriented so chosen is the majority side.
+local function label_pair(obj, ex)
   local p, votes
   if obj.p ~= nil and obj.votes ~= nil then
     problem("give either \"p\" or \"votes\", not both")
@@ -197,12 +194,12 @@ function M.check_preference(obj)
     end
     margin = margin + 0.0
   end
-  local ex = {prompt = prompt, chosen = chosen, rejected = rejected, margin = margin,
-              soft = p ~= nil, p_raw = p or 1.0, votes_raw = votes, flipped = false}
+  ex.margin, ex.soft, ex.p_raw, ex.votes_raw, ex.flipped = margin, p ~= nil, p or 1.0, votes, false
   p = p or 1.0
   if p < 0.5 then
     -- orient the pair so `chosen` is the side most raters preferred
-    ex.chosen, ex.rejected, ex.flipped = rejected, chosen, true
+    ex.chosen, ex.rejected, ex.flipped = ex.rejected, ex.chosen, true
+    ex.chosen_messages, ex.rejected_messages = ex.rejected_messages, ex.chosen_messages
     p = 1.0 - p
     if margin then ex.margin = -margin end
     if votes then votes = {votes[2], votes[1]} end
@@ -210,6 +207,23 @@ function M.check_preference(obj)
   ex.p, ex.votes = p, votes
   ex.meta = extras(obj, PREF_KEYS)
   return ex
+end
+
+-- What lualign.data.conversation needs of this reader.
+local HELPERS = {problem = problem, typename = typename, short = short, count_keys = count_keys,
+  check_text = check_text, extras = extras}
+
+--- Validates a decoded preference object: the pair oriented so chosen is the
+-- majority side, p in [0.5, 1], votes and margin normalised.  The
+-- conversational forms (lualign.data.conversation) are read there.
+function M.check_preference(obj)
+  local conversation = require "lualign.data.conversation"
+  if conversation.handles(obj) then
+    return conversation.check_preference(HELPERS, obj, PREF_KEYS, function(ex) return label_pair(obj, ex) end)
+  end
+  local ex = {prompt = check_text(obj, "prompt"), chosen = check_text(obj, "chosen"),
+    rejected = check_text(obj, "rejected")}
+  return label_pair(obj, ex)
 end
 
 local PROMPT_KEYS = {prompt = true}
@@ -284,6 +298,7 @@ function M.reader(kind, path)
   local f, err = io.open(path, "rb")
   if not f then error(kind .. ": cannot open " .. tostring(err), 0) end
   local lineno, closed, counts, examples = 0, false, {}, 0
+  local queue, qi = nil, 0   -- the examples a line expanded into (K responses)
   local function close()
     if not closed then
       closed = true
@@ -292,6 +307,11 @@ function M.reader(kind, path)
     end
   end
   local function iter()
+    if queue then
+      qi = qi + 1
+      if queue[qi] then return queue[qi] end
+      queue = nil
+    end
     if closed then return nil end
     while true do
       local line = f:read("L")
@@ -305,6 +325,13 @@ function M.reader(kind, path)
           closed = true
           f:close()
           error(string.format("%s:%d: %s", path, lineno, msg), 0)
+        end
+        if ex.expanded then   -- one line: counted once for the report of ignored fields
+          for _, e in ipairs(ex.expanded) do e.line = lineno end
+          examples = examples + 1
+          count_ignored(counts, ex.expanded[1])
+          queue, qi = ex.expanded, 1
+          return queue[1]
         end
         ex.line = lineno
         examples = examples + 1
