@@ -303,7 +303,7 @@ $(SGEMM_DIRECT): bench/sgemm_direct.c
 # BENCH_ARGS passes options to the driver, e.g. make bench BENCH_ARGS="--rounds 3",
 # make bench-gpt BENCH_ARGS="rounds=3 configs=gpt2".  `make bench` is the engine ops.
 bench: $(MODULE) $(SYSMOD) $(SGEMM_DIRECT)
-	@$(LUA_ENV) $(LUA) bench/ops.lua $(BENCH_ARGS)
+	@$(LUA_ENV) flock /tmp/lualign-bench.lock $(LUA) bench/ops.lua $(BENCH_ARGS)
 
 bench-gpt: $(MODULE) $(SYSMOD)
 	@flock /tmp/lualign-bench.lock $(LUA) bench/gpt_compare.lua $(BENCH_ARGS)
@@ -312,7 +312,7 @@ bench-llama: $(MODULE) $(SYSMOD)
 	@flock /tmp/lualign-bench.lock $(LUA) bench/llama_compare.lua $(BENCH_ARGS)
 
 bench-loss: $(MODULE) $(SYSMOD)
-	@$(LUA) bench/loss_compare.lua $(BENCH_ARGS)
+	@flock /tmp/lualign-bench.lock $(LUA) bench/loss_compare.lua $(BENCH_ARGS)
 
 # bench/half_gemm.c on the engine's objects, with la_matmul.c built for each
 # panel size of HALF_GEMM_PANELS (bytes); BENCH_ARGS: threads and repetitions.

@@ -1,36 +1,36 @@
 -- bench/llama_compare.lua -- the Llama-family benchmark: lualign against the
 -- PyTorch peer (bench/llama_torch.py) in one command, alternating rounds.
 --
---   flock /tmp/lualign-bench.lock lua5.4 bench/llama_compare.lua [rounds] [qwen_rounds] [peers]
---   (make bench-llama; peers: a comma list of stock, tuned, jemalloc, default all)
+--   make bench-llama [BENCH_ARGS="rounds=2 qwen_rounds=1 peers=all"]
+--   = flock /tmp/lualign-bench.lock lua5.4 bench/llama_compare.lua rounds=2 qwen_rounds=1 peers=all
 --
 -- SmolLM2-135M's shape (training step at context 256, batch 4; batch-1
 -- KV-cache generation) for `rounds` rounds, then Qwen2.5-0.5B's shape (load
 -- from BF16 safetensors, forward+backward at context 512, batch 2; batch-1
 -- generation against the memory-bandwidth floor) for `qwen_rounds`.  In each
--- round every contender runs once in a process of its own: the peer with
--- the stock allocator, with glibc's malloc tuned (no mmap, no trimming) and
--- with jemalloc, and lualign, in an order that reverses every other round.
--- The peer is credited with its best allocator; all three are reported.
+-- round every contender runs once in a process of its own: the peer under
+-- each setting of bench/peer.lua (peers: stock, passive, glibc, jemalloc or
+-- all), and lualign, in an order that reverses every other round.  The peer
+-- is credited with its best setting for each figure; all are reported.
 
 package.path = (arg[0]:match("^(.*)/") or ".") .. "/?.lua;" .. package.path
 local common = require "common"
+local peer = require "peer"
 local run_json, median = common.run_json, common.median
 
-local rounds = tonumber(arg[1]) or 3
-local qwen_rounds = tonumber(arg[2]) or 1
+local opts = common.options(arg, {rounds = "2", qwen_rounds = "1", peers = "all"}, "bench/llama_compare.lua")
+local function whole(name)
+  return math.tointeger(tonumber(opts[name])) or error(name .. " must be a whole number, got " .. opts[name], 0)
+end
+local rounds, qwen_rounds = whole("rounds"), whole("qwen_rounds")
+local settings = peer.select(opts.peers)
 local here = arg[0]:match("^(.*)/[^/]*$") or "."
 local lua_env = common.lua_env(here)
-local wanted = {}
-for k in (arg[3] or "stock,tuned,jemalloc"):gmatch("[^,]+") do wanted[k] = true end
-local peers = {}
-for _, p in ipairs(common.allocators()) do
-  if wanted[p.key] then peers[#peers + 1] = {key = p.key, name = "torch " .. p.name, env = p.env} end
-end
+local LUALIGN = {key = "lualign", name = "lualign"}
 
-local function peer(p, shape, modes, extra)
-  return run_json(string.format("OMP_WAIT_POLICY=PASSIVE %s /usr/bin/python3 %s/llama_torch.py %s --threads 2 --modes %s %s",
-    p.env, here, shape, modes, extra or ""))
+local function run_peer(setting, shape, modes, extra)
+  return run_json(peer.command(setting, string.format("%s/llama_torch.py %s --threads 2 --modes %s %s",
+    here, shape, modes, extra or "")))
 end
 
 local function lualign(shape, steps, modes, folder)
@@ -45,32 +45,22 @@ local function record(who, metric, v)
 end
 local function med(who, metric) return median((samples[who] or {})[metric] or {}) end
 
-local function contenders(r)
-  local list = {}
-  for _, p in ipairs(peers) do list[#list + 1] = p end
-  list[#list + 1] = {name = "lualign"}
-  if r % 2 == 0 then
-    local rev = {}
-    for i = #list, 1, -1 do rev[#rev + 1] = list[i] end
-    list = rev
-  end
-  return list
-end
-
 -- SmolLM2-135M shape
+local loads = {}
 for r = 1, rounds do
-  for _, c in ipairs(contenders(r)) do
-    local res = c.name == "lualign" and lualign("smollm", 2, "train,generate")
-                or peer(c, "smollm", "train,generate", "--steps 2")
+  loads[#loads + 1] = common.load_average()
+  for _, c in ipairs(peer.order(settings, LUALIGN, r)) do
+    local res = c == LUALIGN and lualign("smollm", 2, "train,generate")
+                or run_peer(c, "smollm", "train,generate", "--steps 2")
     record(c.name, "smol_tok_s", res.train.tokens_per_s)
     record(c.name, "smol_rss", res.peak_rss_MiB)
     record(c.name, "smol_gen", res.generate.ms_per_token)
-    record(c.name, "smol_tokens", nil)
-    samples[c.name].smol_gen_tokens = res.generate.tokens
     io.stderr:write(string.format("round %d smollm %-18s %.0f tok/s, peak %.0f MiB, %.2f ms/token\n", r, c.name,
       res.train.tokens_per_s, res.peak_rss_MiB, res.generate.ms_per_token))
   end
 end
+
+loads[#loads + 1] = common.load_average()
 
 -- Qwen2.5-0.5B shape
 local folder
@@ -80,9 +70,9 @@ if qwen_rounds > 0 then
   lualign("qwen", 0, "save", folder)
 end
 for r = 1, qwen_rounds do
-  for _, c in ipairs(contenders(r)) do
-    local res = c.name == "lualign" and lualign("qwen", 2, "bandwidth,load,fwdbwd,generate", folder)
-                or peer(c, "qwen", "load,fwdbwd,generate", "--steps 2 --file " .. folder .. "/model.safetensors")
+  for _, c in ipairs(peer.order(settings, LUALIGN, r)) do
+    local res = c == LUALIGN and lualign("qwen", 2, "bandwidth,load,fwdbwd,generate", folder)
+                or run_peer(c, "qwen", "load,fwdbwd,generate", "--steps 2 --file " .. folder .. "/model.safetensors")
     record(c.name, "qwen_load", res.load_s)
     record(c.name, "qwen_fwdbwd_ms", res.fwdbwd.ms_per_step)
     record(c.name, "qwen_gen", res.generate.ms_per_token)
@@ -94,22 +84,20 @@ for r = 1, qwen_rounds do
 end
 if folder then os.execute("rm -rf " .. folder) end
 
--- the peer's best allocator per metric (higher tokens/s, lower time and memory)
+-- the peer's best setting per metric (higher tokens/s, lower time and memory)
 local function best_peer(metric, higher)
-  local best, who
-  for _, p in ipairs(peers) do
-    local v = med(p.name, metric)
-    if v == v and (not best or (higher and v > best) or (not higher and v < best)) then best, who = v, p.name end
-  end
-  return best, who
+  local best, who = peer.best(settings, function(s) return med(s.name, metric) end, higher)
+  return best, who and who.name
 end
 
 print(string.format("rounds: %d (SmolLM2-135M shape), %d (Qwen2.5-0.5B shape); medians; 2 threads", rounds, qwen_rounds))
+print(string.format("load average (1 min) at the start of each SmolLM2 round and after the last: %s", table.concat(loads, ", ")))
+for _, line in ipairs(peer.describe(settings)) do print("peer " .. line) end
 print()
 print("| contender | train tok/s (smol) | peak RSS MiB (smol) | KV-cache gen ms/token (smol) | load s (qwen, BF16) | fwd+bwd ms (qwen) | gen ms/token (qwen) | peak RSS MiB (qwen) |")
 print("|---|---|---|---|---|---|---|---|")
 local names = {}
-for _, p in ipairs(peers) do names[#names + 1] = p.name end
+for _, p in ipairs(settings) do names[#names + 1] = p.name end
 names[#names + 1] = "lualign"
 for _, n in ipairs(names) do
   print(string.format("| %s | %.0f | %.0f | %.2f | %.2f | %.0f | %.1f | %.0f |", n, med(n, "smol_tok_s"), med(n, "smol_rss"),

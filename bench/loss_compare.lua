@@ -4,53 +4,36 @@
 -- and ratios.  Each run is its own process (bench/loss_kernels.lua or
 -- bench/torch_logprobs.py), so its peak RSS is its own.
 --
---   lua5.4 bench/loss_compare.lua [rounds=3] [shapes=8x512x8192x384,8x512x50257x768]
---                                 [reps=3] [mask=full] [torch=true] [out=FILE.jsonl]
+--   make bench-loss [BENCH_ARGS="rounds=3 out=FILE.jsonl"]
+--   = flock /tmp/lualign-bench.lock lua5.4 bench/loss_compare.lua [rounds=3]
+--       [shapes=8x512x8192x384,8x512x50257x768] [reps=3] [mask=full] [peers=all] [out=FILE.jsonl]
 --
 -- A shape is BxTxVxC (C: the width of the hidden states for the variants that
 -- start from them).  Needs `make` first; the peer needs python3-torch and runs
--- as OMP_WAIT_POLICY=PASSIVE /usr/bin/python3 with 2 threads, twice: stock
--- ("torch"), and at its best ("torch+jemalloc": jemalloc preloaded with page
--- retention, MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1,retain:true, where
--- libjemalloc2 is installed).  On this machine a page fault costs tens of
--- microseconds, and stock glibc hands every large tensor back to the kernel
--- when it is freed, so stock PyTorch spends most of a step faulting fresh
--- pages in; lualign keeps freed blocks for reuse (engine/core/la_alloc.c).
+-- with 2 threads under each setting of bench/peer.lua (peers: stock, passive,
+-- glibc, jemalloc, all, or none to leave it out).  On this machine a page
+-- fault costs tens of microseconds, and stock glibc hands every large tensor
+-- back to the kernel when it is freed, so stock PyTorch spends most of a step
+-- faulting fresh pages in; lualign keeps freed blocks for reuse
+-- (engine/core/la_alloc.c).  The ratios against PyTorch are against its best
+-- setting for each variant.
 
-local opts = {rounds = 3, shapes = "8x512x8192x384,8x512x50257x768", reps = 3, mask = "full",
-              torch = "true", out = ""}
-for _, a in ipairs(arg) do
-  local k, v = a:match("^([%w_]+)=(.*)$")
-  assert(k and opts[k] ~= nil, "unknown argument " .. a)
-  opts[k] = v
-end
+package.path = (arg[0]:match("^(.*)/") or ".") .. "/?.lua;" .. package.path
+local common = require "common"
+local peer = require "peer"
 local cjson = require "cjson"
+local median = common.median
 
-local LUA_ENV = 'LUA_PATH="./lua/?.lua;./lua/?/init.lua;;" LUA_CPATH="./build/?.so;;" LUALIGN_THREADS=2'
-local TORCH_ENV = "OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=2"
-local JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
-local have_jemalloc = io.open(JEMALLOC) ~= nil
-local PEER_ENV = {
-  torch = TORCH_ENV,
-  ["torch+jemalloc"] = TORCH_ENV .. " LD_PRELOAD=" .. JEMALLOC ..
-    " MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1,retain:true",
-}
+local opts = common.options(arg, {rounds = "3", shapes = "8x512x8192x384,8x512x50257x768", reps = "3",
+  mask = "full", peers = "all", out = ""}, "bench/loss_compare.lua")
+local here = arg[0]:match("^(.*)/[^/]*$") or "."
+local LUA_ENV = common.lua_env(here) .. " LUALIGN_THREADS=2"
+local settings = opts.peers == "none" and {} or peer.select(opts.peers)
 
 local function run(cmd)
-  local p = assert(io.popen(cmd .. " 2>/dev/null"))
-  local text = p:read("a")
-  p:close()
-  local line = text:match("(%b{})%s*$")
-  if not line then return nil end
-  return cjson.decode(line)
-end
-
-local function median(xs)
-  local s = {table.unpack(xs)}
-  table.sort(s)
-  local n = #s
-  if n == 0 then return 0 / 0 end
-  return n % 2 == 1 and s[(n + 1) // 2] or (s[n // 2] + s[n // 2 + 1]) / 2
+  local ok, res = pcall(common.run_json, cmd)
+  if ok then return res end
+  io.stderr:write(tostring(res), "\n")
 end
 
 local variants = {
@@ -58,20 +41,16 @@ local variants = {
   {peer = "lualign", name = "linear_composed"}, {peer = "lualign", name = "linear_fused"},
   {peer = "lualign", name = "hidden_fused"},
 }
-if opts.torch == "true" then
-  for _, v in ipairs({"composed", "linear_composed"}) do
-    variants[#variants + 1] = {peer = "torch", name = v}
-  end
-  if have_jemalloc then
-    for _, v in ipairs({"composed", "ce", "linear_composed", "linear_ce"}) do
-      variants[#variants + 1] = {peer = "torch+jemalloc", name = v}
-    end
-  end
+local TORCH_VARIANTS = {"composed", "ce", "linear_composed", "linear_ce"}
+for _, setting in ipairs(settings) do
+  for _, v in ipairs(TORCH_VARIANTS) do variants[#variants + 1] = {peer = setting.name, setting = setting, name = v} end
 end
 
 local out = opts.out ~= "" and assert(io.open(opts.out, "a")) or nil
 local results = {}   -- [shape][peer/name] = list of runs
+local loads = {}
 for round = 1, tonumber(opts.rounds) do
+  loads[#loads + 1] = common.load_average()
   for shape in opts.shapes:gmatch("[^,]+") do
     local B, T, V, C = shape:match("^(%d+)x(%d+)x(%d+)x(%d+)$")
     assert(B, "shapes are BxTxVxC, got " .. shape)
@@ -81,8 +60,8 @@ for round = 1, tonumber(opts.rounds) do
     for i = 0, n - 1 do
       local v = variants[(i + round - 1) % n + 1]
       local args = table.concat({v.name, V, C, B, T, opts.reps, 1, opts.mask}, " ")
-      local cmd = v.peer == "lualign" and (LUA_ENV .. " lua5.4 bench/loss_kernels.lua " .. args)
-                  or (PEER_ENV[v.peer] .. " /usr/bin/python3 bench/torch_logprobs.py " .. args)
+      local cmd = v.peer == "lualign" and (LUA_ENV .. " lua5.4 " .. here .. "/loss_kernels.lua " .. args)
+                  or peer.command(v.setting, here .. "/torch_logprobs.py " .. args)
       local r = run(cmd)
       local key = v.peer .. "/" .. v.name
       if r then
@@ -99,6 +78,9 @@ for round = 1, tonumber(opts.rounds) do
   end
 end
 if out then out:close() end
+loads[#loads + 1] = common.load_average()
+print(string.format("load average (1 min) at the start of each round and at the end: %s", table.concat(loads, ", ")))
+for _, line in ipairs(peer.describe(settings)) do print("peer " .. line) end
 
 -- Medians across rounds of each variant's per-run medians.
 local function stat(shape, key, field)
@@ -124,18 +106,25 @@ for shape in opts.shapes:gmatch("[^,]+") do
     local x, y = stat(shape, a, field), stat(shape, b, field)
     return y / x
   end
-  print("\nRatios (how many times faster / smaller the first is):\n")
+  -- PyTorch's best setting for a variant: the key with the lowest total time.
+  local function best_torch(variant)
+    local best, who = peer.best(settings, function(st)
+      return results[shape][st.name .. "/" .. variant] and stat(shape, st.name .. "/" .. variant, "total_ms")
+    end, false)
+    return best and (who.name .. "/" .. variant)
+  end
+  print("\nRatios (how many times faster / smaller the first is; PyTorch at its best setting for each variant):\n")
   local pairs_ = {
-    {"lualign/fused", "lualign/composed"}, {"lualign/fused", "torch/composed"},
-    {"lualign/fused", "torch+jemalloc/composed"}, {"lualign/fused", "torch+jemalloc/ce"},
-    {"lualign/hidden_fused", "lualign/linear_composed"}, {"lualign/hidden_fused", "torch/linear_composed"},
-    {"lualign/hidden_fused", "torch+jemalloc/linear_composed"}, {"lualign/hidden_fused", "torch+jemalloc/linear_ce"},
+    {"lualign/fused", "lualign/composed"}, {"lualign/fused", best_torch("composed")},
+    {"lualign/fused", best_torch("ce")},
+    {"lualign/hidden_fused", "lualign/linear_composed"}, {"lualign/hidden_fused", best_torch("linear_composed")},
+    {"lualign/hidden_fused", best_torch("linear_ce")},
     {"lualign/hidden_fused", "lualign/linear_fused"}, {"lualign/linear_fused", "lualign/linear_composed"},
   }
   print("| fused | versus | time | peak memory (lualign peak bytes) | peak RSS extra |")
   print("|---|---|---|---|---|")
   for _, p in ipairs(pairs_) do
-    if results[shape][p[1]] and results[shape][p[2]] then
+    if p[2] and results[shape][p[1]] and results[shape][p[2]] then
       local mem = p[2]:match("^lualign") and string.format("%.1f×", ratio(p[1], p[2], "peak_mib")) or "-"
       print(string.format("| %s | %s | %.1f× | %s | %.1f× |", p[1], p[2], ratio(p[1], p[2], "total_ms"), mem,
         ratio(p[1], p[2], "rss_extra_mib")))

@@ -2,19 +2,20 @@
 -- Qwen2.5-0.5B-shaped model, lualign (bench/memory.lua) against the PyTorch
 -- peer (bench/memory_torch.py), in one command, rounds alternating.
 --
---   flock /tmp/lualign-bench.lock lua5.4 bench/memory_compare.lua [rounds] [steps]
---   (make bench-memory)
+--   flock /tmp/lualign-bench.lock lua5.4 bench/memory_compare.lua [rounds] [steps] [peers]
+--   (make bench-memory; peers: a comma list of bench/peer.lua's settings,
+--   default passive,glibc,jemalloc)
 --
 -- In each round every contender runs in a process of its own (so its peak RSS
 -- is its configuration's), in an order that reverses every other round:
 -- lualign's lora and full configurations, and the peer's lora (float32 base,
 -- no checkpointing: its fastest) and full (float32, checkpointing: without it
 -- a full fine-tune does not fit beside the other jobs of this machine), each
--- with the stock allocator, glibc's malloc tuned and jemalloc.  The first round
+-- under each peer setting (bench/peer.lua).  The first round
 -- adds lualign's lora_f32 and the peer's lora with the memory savings
 -- lualign's lora uses (bfloat16 base, checkpointing).  Step time is the median
 -- over rounds of each run's median step after the first; the peer is credited
--- with its fastest allocator.  The sgemm ceiling is lualign's 2048^3 matmul in
+-- with its fastest setting.  The sgemm ceiling is lualign's 2048^3 matmul in
 -- the same command; a step's model FLOPs are 3 forward passes' worth (see
 -- bench/README.md).
 
@@ -24,9 +25,10 @@ local steps = tonumber(arg[2]) or 3
 local here = arg[0]:match("^(.*)/[^/]*$") or "."
 package.path = here .. "/?.lua;" .. package.path
 local common = require "common"
+local peer = require "peer"
 local median = common.median
 local lua_env = common.lua_env(here)
-local allocators = common.allocators()
+local settings = peer.select(arg[3] or "passive,glibc,jemalloc")
 
 local function run_json(cmd)
   io.stderr:write("$ " .. cmd .. "\n")
@@ -56,9 +58,9 @@ local function lualign(config)
   return run_json(string.format("%s lua5.4 %s/memory.lua %s %s %d", lua_env, here, config, folder, steps))
 end
 
-local function peer(config, alloc, extra)
-  return run_json(string.format("OMP_WAIT_POLICY=PASSIVE %s /usr/bin/python3 %s/memory_torch.py %s --steps %d --threads 2 %s",
-    alloc.env, here, config, steps, extra or ""))
+local function run_peer(config, setting, extra)
+  return run_json(peer.command(setting, string.format("%s/memory_torch.py %s --steps %d --threads 2 %s",
+    here, config, steps, extra or "")))
 end
 
 local peer_extra = {lora = "", full = "--checkpoint"}
@@ -66,11 +68,12 @@ local ceilings = {}
 for r = 1, rounds do
   local list = {{"lualign", "lora"}, {"lualign", "full"}}
   for _, c in ipairs({"lora", "full"}) do
-    for _, a in ipairs(allocators) do list[#list + 1] = {"torch " .. a.name, c, a} end
+    for _, a in ipairs(settings) do list[#list + 1] = {a.name, c, a} end
   end
   if r == 1 then
     list[#list + 1] = {"lualign", "lora_f32"}
-    list[#list + 1] = {"torch jemalloc", "lora", allocators[#allocators], "--checkpoint --base-dtype bfloat16", "lora_bf16_ckpt"}
+    local last = settings[#settings]
+    list[#list + 1] = {last.name, "lora", last, "--checkpoint --base-dtype bfloat16", "lora_bf16_ckpt"}
   end
   if r % 2 == 0 then
     local rev = {}
@@ -80,7 +83,7 @@ for r = 1, rounds do
   ceilings[#ceilings + 1] = run_json(string.format("%s lua5.4 %s/memory.lua ceiling", lua_env, here)).gflops
   for _, c in ipairs(list) do
     local who, config, alloc, extra, label = c[1], c[2], c[3], c[4], c[5]
-    local res = who == "lualign" and lualign(config) or peer(config, alloc, extra or peer_extra[config])
+    local res = who == "lualign" and lualign(config) or run_peer(config, alloc, extra or peer_extra[config])
     local key = who .. " " .. (label or config)
     record(key, res)
     io.stderr:write(string.format("round %d  %-28s step %.2f s  peak RSS %.0f MiB\n", r, key, step_time(res),
@@ -104,9 +107,9 @@ local ceiling = median(ceilings)
 local function med(key, what) return samples[key] and median(samples[key][what]) or 0 / 0 end
 local function best_peer(config)
   local best, name = math.huge, nil
-  for _, a in ipairs(allocators) do
-    local t = med("torch " .. a.name .. " " .. config, "time")
-    if t < best then best, name = t, "torch " .. a.name .. " " .. config end
+  for _, a in ipairs(settings) do
+    local t = med(a.name .. " " .. config, "time")
+    if t < best then best, name = t, a.name .. " " .. config end
   end
   return name
 end

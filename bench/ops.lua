@@ -3,7 +3,8 @@
 --
 --   make bench                                   (builds, then runs this)
 --   lua5.4 bench/ops.lua [--rounds N] [--threads T] [--sections tiny,elementwise,matmul]
---                        [--wait-policy PASSIVE|ACTIVE] [--markdown]
+--                        [--peers all|stock,passive,glibc,jemalloc] [--wait-policy PASSIVE|ACTIVE]
+--                        [--markdown]
 --
 -- Three sections:
 --   tiny         per-op overhead on (4, 4) tensors, microseconds per op
@@ -18,19 +19,23 @@
 -- rounds, and ratios of medians.  Each process's own figure is already the
 -- median of several timed repeats after a warm-up.
 --
--- The PyTorch peer runs as /work/shared/bench/README.md says it is at its
--- best: /usr/bin/python3, OMP_WAIT_POLICY=PASSIVE, the same thread count.
--- lualign uses the same OpenMP runtime (libgomp) and gets the same wait
--- policy (--wait-policy changes both); on this shared 2-core machine the
--- default, spinning policy makes every 2-thread kernel wait out a scheduler
--- tick whenever another process holds the second core.  Without
--- python3-torch the peer's columns read "n/a".
+-- The PyTorch peer runs under each setting of bench/peer.lua (stock, OpenMP
+-- passive waiting, glibc's malloc keeping freed memory, jemalloc), with the
+-- same thread count; the ratio columns are against its best setting for
+-- each case, and a table per section gives every setting's figure.  lualign
+-- uses the same OpenMP runtime (libgomp) with OMP_WAIT_POLICY=PASSIVE
+-- (--wait-policy changes it); on this shared 2-core machine the default,
+-- spinning policy makes every 2-thread kernel wait out a scheduler tick
+-- whenever another process holds the second core.  Without python3-torch
+-- the peer's columns read "n/a".
 
 local ROOT = arg[0]:match("^(.*)/bench/[^/]*$") or "."
+package.path = ROOT .. "/bench/?.lua;" .. package.path
+local peer = require "peer"
 
 local function parse_args(argv)
   local opts = {rounds = 5, threads = 2, sections = {"tiny", "elementwise", "matmul"}, markdown = false,
-                wait_policy = "PASSIVE"}
+                wait_policy = "PASSIVE", peers = "all"}
   local i = 1
   while i <= #argv do
     local a = argv[i]
@@ -40,6 +45,7 @@ local function parse_args(argv)
       opts.sections = {}
       for s in argv[i + 1]:gmatch("[^,]+") do opts.sections[#opts.sections + 1] = s end
       i = i + 1
+    elseif a == "--peers" then opts.peers = assert(argv[i + 1], "--peers LIST"); i = i + 1
     elseif a == "--wait-policy" then opts.wait_policy = assert(argv[i + 1], "--wait-policy PASSIVE|ACTIVE"); i = i + 1
     elseif a == "--markdown" then opts.markdown = true
     else error("unknown argument " .. a .. " (see the header of bench/ops.lua)") end
@@ -49,6 +55,7 @@ local function parse_args(argv)
 end
 
 local opts = parse_args(arg)
+local settings = peer.select(opts.peers)
 
 ------------------------------------------------------------------------------
 -- Contenders: how to start each one for a section.
@@ -72,15 +79,6 @@ local CONTENDERS = {
     end,
   },
   {
-    key = "torch",
-    sections = {tiny = true, elementwise = true, matmul = true},
-    available = have_torch,
-    command = function(section)
-      return string.format("OMP_WAIT_POLICY=%s /usr/bin/python3 %s %s %d", opts.wait_policy,
-                           sh_quote(ROOT .. "/bench/ops_torch.py"), section, opts.threads)
-    end,
-  },
-  {
     key = "openblas",
     sections = {matmul = true},
     available = function()
@@ -93,6 +91,19 @@ local CONTENDERS = {
     end,
   },
 }
+
+-- The PyTorch peer, once per setting, between lualign and OpenBLAS.
+for i, setting in ipairs(settings) do
+  table.insert(CONTENDERS, 1 + i, {
+    key = setting.name,
+    sections = {tiny = true, elementwise = true, matmul = true},
+    available = have_torch,
+    command = function(section)
+      return peer.command(setting, string.format("%s %s %d", sh_quote(ROOT .. "/bench/ops_torch.py"), section,
+                                                 opts.threads))
+    end,
+  })
+end
 
 -- Runs one contender on one section; returns {case = value}, the cases in
 -- the order printed, and the "info" lines.
@@ -177,6 +188,7 @@ end
 local SECTION_INFO = {
   tiny = {
     title = "Per-op overhead on (4, 4) tensors, microseconds per op (lower is better)",
+    higher = false, digits = 3,
     note = "torch/lualign: how many times cheaper a lualign op is (target >= 3); "
            .. "cpu: the same in CPU time, which leaves out waits for a core",
     row = function(case, m, sp, cpu)
@@ -189,6 +201,7 @@ local SECTION_INFO = {
   },
   elementwise = {
     title = "Elementwise throughput on 16M float32, GB/s moved (higher is better)",
+    higher = true, digits = 2,
     note = "lualign/torch > 1: lualign faster",
     row = function(case, m, sp)
       return {case, fmt(m.lualign, 2), fmt(m.torch, 2), fmt(ratio(m.lualign, m.torch)),
@@ -198,6 +211,7 @@ local SECTION_INFO = {
   },
   matmul = {
     title = "Matmul GFLOP/s, M x N x K (higher is better)",
+    higher = true, digits = 1,
     note = "lualign/openblas: share of direct cblas_sgemm (target >= 0.95)",
     row = function(case, m, sp)
       return {case, fmt(m.lualign, 1), fmt(m.openblas, 1), fmt(m.torch, 1),
@@ -254,8 +268,9 @@ local function run_section(section)
   print(string.format("\n%s (median of %d rounds, %d threads, OMP_WAIT_POLICY=%s)", info.title,
                       opts.rounds, opts.threads, opts.wait_policy))
   for l in pairs(infos) do print("  " .. l) end
-  print("  " .. info.note)
-  local rows = {}
+  print("  " .. info.note .. "; torch: its best setting for the case")
+  for _, l in ipairs(peer.describe(settings)) do print("  peer " .. l) end
+  local rows, per_setting = {}, {}
   for _, case in ipairs(order) do
     local m, sp, cpu = {}, {}, {}
     for key, by_case in pairs(samples) do
@@ -265,9 +280,23 @@ local function run_section(section)
       end
       if by_case[case .. "|cpu"] then cpu[key] = median(by_case[case .. "|cpu"]) end
     end
-    rows[#rows + 1] = info.row(case, m, sp, cpu)
+    -- PyTorch at its best setting for this case
+    local best, who = peer.best(settings, function(st) return m[st.name] end, info.higher)
+    if who then m.torch, sp.torch, cpu.torch = best, sp[who.name], cpu[who.name] end
+    local row = info.row(case, m, sp, cpu)
+    row[#row + 1] = who and who.key or "n/a"
+    rows[#rows + 1] = row
+    local each = {case}
+    for _, st in ipairs(settings) do each[#each + 1] = fmt(m[st.name], info.digits) end
+    per_setting[#per_setting + 1] = each
   end
-  print_table(info.header, rows)
+  local header = {table.unpack(info.header)}
+  header[#header + 1] = "torch best setting"
+  print_table(header, rows)
+  print("\n  PyTorch under each setting (medians):")
+  local each_header = {info.header[1]}
+  for _, st in ipairs(settings) do each_header[#each_header + 1] = st.name end
+  print_table(each_header, per_setting)
 end
 
 print(string.format("lualign engine ops vs PyTorch CPU and direct OpenBLAS -- %s", os.date("%Y-%m-%d %H:%M")))
