@@ -1,11 +1,13 @@
 -- bench/gpt_compare.lua -- lualign against the PyTorch peer on GPT training
 -- steps, forward passes and KV-cache generation, in one command.
 --
---   make bench-gpt [BENCH_ARGS="rounds=3 configs=tiny,small,gpt2 peers=all"]
+--   make bench-gpt [BENCH_ARGS="rounds=3 configs=tiny,small,gpt2 peers=all steps=gpt2:4"]
 --   = flock /tmp/lualign-bench.lock lua5.4 bench/gpt_compare.lua rounds=3 configs=tiny,small,gpt2 peers=all
 --
 -- Options: rounds (3), configs (tiny,small,gpt2), peers (the peer settings of
--- bench/peer.lua: stock, passive, glibc, jemalloc or all).  Each round first
+-- bench/peer.lua: stock, passive, glibc, jemalloc or all), steps (timed
+-- training and forward steps per run for some configs, as config:N pairs;
+-- the others keep their own: tiny 30, small 15, gpt2 10).  Each round first
 -- measures the sgemm ceiling (lualign's own 2048^3 matmul, which runs within a
 -- few percent of calling OpenBLAS directly; see bench/README.md), then, per
 -- config, runs every contender once in a process of its own -- the peer
@@ -19,7 +21,8 @@ local common = require "common"
 local peer = require "peer"
 local run_json, median = common.run_json, common.median
 
-local opts = common.options(arg, {rounds = "3", configs = "tiny,small,gpt2", peers = "all"}, "bench/gpt_compare.lua")
+local opts = common.options(arg, {rounds = "3", configs = "tiny,small,gpt2", peers = "all", steps = ""},
+  "bench/gpt_compare.lua")
 local rounds = math.tointeger(tonumber(opts.rounds)) or error("rounds must be a whole number, got " .. opts.rounds, 0)
 local configs = {}
 for c in opts.configs:gmatch("[^,]+") do
@@ -27,14 +30,23 @@ for c in opts.configs:gmatch("[^,]+") do
   configs[#configs + 1] = c
 end
 local settings = peer.select(opts.peers)
+local steps = {}
+for c, n in opts.steps:gmatch("([^,:]+):([^,]+)") do
+  steps[c] = math.tointeger(tonumber(n)) or error("steps: " .. c .. ":" .. n .. " is not a whole number", 0)
+end
+for c in opts.steps:gsub("[^,:]+:[^,]+", ""):gmatch("[^,]+") do error("steps: '" .. c .. "' is not config:N", 0) end
 
 local here = arg[0]:match("^(.*)/[^/]*$") or "."
 local lua_env = common.lua_env(here)
 local LUALIGN = {key = "lualign", name = "lualign"}
 
 local function run(who, config)
-  if who == LUALIGN then return run_json(string.format("%s lua5.4 %s/gpt.lua %s", lua_env, here, config)) end
-  return run_json(peer.command(who, string.format("%s/torch_gpt.py %s --threads 2", here, config)))
+  local n = steps[config]
+  if who == LUALIGN then
+    return run_json(string.format("%s lua5.4 %s/gpt.lua %s %s", lua_env, here, config, n or ""))
+  end
+  return run_json(peer.command(who, string.format("%s/torch_gpt.py %s --threads 2 %s", here, config,
+    n and ("--steps " .. n) or "")))
 end
 
 local function sgemm_ceiling()

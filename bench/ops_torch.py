@@ -10,8 +10,9 @@ SECTION is "tiny", "elementwise" or "matmul".  Prints one line per case,
 (tiny cases also print "case|cpu", the same figure in CPU time)
 for bench/ops.lua (the driver) to collect, plus "info" lines.  The cases,
 their names and the way each is timed mirror bench/ops_lualign.lua; keep the
-two in step.  Run it with OMP_WAIT_POLICY=PASSIVE and 2 threads: that is the
-peer at its best on this machine (see /work/shared/bench/README.md).
+two in step.  bench/ops.lua starts it under each setting of bench/peer.lua
+(stock, OpenMP passive waiting, glibc's malloc keeping freed memory,
+jemalloc) and compares lualign with the best of them.
 """
 import statistics
 import sys
