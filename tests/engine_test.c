@@ -199,6 +199,34 @@ static int test_cache_keeps_up_to_high_water(void) {
   return 1;
 }
 
+/* Live and cached bytes together stay within the high-water mark: once a
+** step's blocks are cached, a block of another size is given back when it is
+** freed, not kept beside them (with 8 MiB live throughout, a bound on the
+** cached bytes alone would have kept it). */
+static int test_cache_bounded_with_live(void) {
+  enum { N = 80 };   /* 80 x 4 MiB: more than the cache's 256 MiB floor */
+  la_tensor *t[N];
+  la_empty_cache();
+  la_tensor *held = la_empty(LA_FLOAT32, 1, (int64_t[]){2 << 20});
+  CHECK(held != NULL, "allocation failed: %s", la_error());
+  for (int i = 0; i < N; i++) {
+    t[i] = la_empty(LA_FLOAT32, 1, (int64_t[]){1 << 20});
+    if (!t[i]) { while (i--) la_release(t[i]); la_release(held); CHECK(0, "allocation failed: %s", la_error()); }
+  }
+  for (int i = 0; i < N; i++) la_release(t[i]);
+  la_memstats full = la_memory_stats();
+  la_tensor *other = la_empty(LA_FLOAT32, 1, (int64_t[]){3 << 18});
+  if (!other) { la_release(held); CHECK(0, "allocation failed: %s", la_error()); }
+  la_release(other);
+  la_memstats after = la_memory_stats();
+  la_release(held);
+  la_empty_cache();
+  CHECK(full.cached_bytes >= (size_t)N << 22, "cached %zu bytes of the %d blocks freed", full.cached_bytes, N);
+  CHECK(after.cached_bytes == full.cached_bytes, "a 3 MiB block was cached beside the full cache (%zu -> %zu bytes)",
+        full.cached_bytes, after.cached_bytes);
+  return 1;
+}
+
 static int test_index_range_error(void) {
   la_tensor *w = la_full(LA_FLOAT32, 2, (int64_t[]){4, 2}, 1);
   la_tensor *idx = la_full(LA_INT64, 1, (int64_t[]){2}, 4);
@@ -511,6 +539,7 @@ int main(void) {
   run("view_shares_storage", test_view_shares_storage);
   run("memory_limit", test_memory_limit);
   run("cache_keeps_up_to_high_water", test_cache_keeps_up_to_high_water);
+  run("cache_bounded_with_live", test_cache_bounded_with_live);
   run("index_range_error", test_index_range_error);
   run("seed_reproducible", test_seed_reproducible);
   run("all_finite", test_all_finite);

@@ -7,13 +7,18 @@
 ** to the kernel (munmap) and the next step pays a page fault per 4 KiB page
 ** to get them again -- a fifth of a small model's step time.  Blocks of 16 KiB
 ** or more are therefore kept after they are freed, by size, and handed out
-** again for the same size.  The cache holds at most as many bytes as live
-** tensors have ever held at once (the high-water mark; at least 256 MiB).
-** A bound by the bytes live now would not do: the collector frees the old
-** gradients and a step's activations around the end of the backward pass,
-** when few bytes are live, and blocks dropped then were page-faulted in
-** again by the next step (a training step of the small benchmark GPT took
-** 10-25k faults every other step).  It is emptied before an allocation is
+** again for the same size.  Live and cached bytes together stay within the
+** most bytes live tensors have ever held at once (the high-water mark; at
+** least 256 MiB), so the cache never raises the peak resident size above
+** what the tensors themselves reached.  A bound by the bytes live now would
+** not do: the collector frees the old gradients and a step's activations
+** around the end of the backward pass, when few bytes are live, and blocks
+** dropped then were page-faulted in again by the next step (a training step
+** of the small benchmark GPT took 10-25k faults every other step).  A bound
+** on the cached bytes alone would not do either: after training, generation
+** allocates sequences of a new length at every step, and each size it freed
+** was kept beside the training step's blocks (GPT-2's shape: 515 MiB more
+** peak RSS).  It is emptied before an allocation is
 ** reported as failed, and by la_empty_cache(), which also lowers the
 ** high-water mark to what is live.  Under AddressSanitizer (and
 ** valgrind, built with -DLA_VALGRIND) a cached block is marked inaccessible
@@ -108,7 +113,7 @@ static void *la_cache_take(size_t size) {
 
 static bool la_cache_put(void *p, size_t size) {
   size_t cap = la_high_water > LA_CACHE_FLOOR ? la_high_water : LA_CACHE_FLOOR;
-  if (size < LA_CACHE_MIN || la_mem.cached_bytes + size > cap) return false;
+  if (size < LA_CACHE_MIN || la_mem.live_bytes + la_mem.cached_bytes + size > cap) return false;
   la_free_block *b = p;
   unsigned k = la_bucket(size);
   b->size = size;
