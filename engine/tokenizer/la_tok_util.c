@@ -3,6 +3,8 @@
 */
 #include "la_tok_util.h"
 
+#include "la_tokenizer.h"
+
 int tk_regex_compile(tk_regex *r, const char *pattern, size_t len, bool literal, const char *what) {
   int err;
   PCRE2_SIZE erroff;
@@ -16,6 +18,7 @@ int tk_regex_compile(tk_regex *r, const char *pattern, size_t len, bool literal,
     return la_failn("tokenizer: bad %s regex at offset %zu: %s", what, (size_t)erroff, (const char *)msg);
   }
   r->jit = pcre2_jit_compile(r->re, PCRE2_JIT_COMPLETE) == 0;
+  r->gpt2 = !literal && len == strlen(la_bpe_gpt2_pattern) && memcmp(pattern, la_bpe_gpt2_pattern, len) == 0;
   r->md = pcre2_match_data_create_from_pattern(r->re, NULL);
   if (!r->md) {
     tk_regex_free(r);

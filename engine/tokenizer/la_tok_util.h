@@ -104,20 +104,72 @@ static inline void tk_buf_free(tk_buf *b) {
 }
 
 /* A compiled pattern with its match data.  literal: the pattern is plain
-** text to find, not a regex. */
+** text to find, not a regex.  gpt2: the pattern is GPT-2's
+** (la_bpe_gpt2_pattern), whose matches over ASCII tk_gpt2_ascii finds. */
 typedef struct {
   pcre2_code *re;
   pcre2_match_data *md;
   bool jit;
+  bool gpt2;
 } tk_regex;
 
 int tk_regex_compile(tk_regex *r, const char *pattern, size_t len, bool literal, const char *what);
 void tk_regex_free(tk_regex *r);
 
+/* ASCII's classes in GPT-2's pattern: \p{L}, \p{N}, White_Space, and the
+** rest ([^\s\p{L}\p{N}]); TK_HIGH for a byte >= 0x80, which only PCRE2
+** classifies (a character beyond ASCII, or not UTF-8 at all). */
+enum { TK_LETTER, TK_DIGIT, TK_SPACE, TK_OTHER, TK_HIGH };
+
+static inline int tk_ascii_class(unsigned char c) {
+  if (c >= 0x80) return TK_HIGH;
+  if ((unsigned)((c | 0x20) - 'a') < 26) return TK_LETTER;
+  if ((unsigned)(c - '0') < 10) return TK_DIGIT;
+  if (c == ' ' || (c >= '\t' && c <= '\r')) return TK_SPACE;
+  return TK_OTHER;
+}
+
+/* The match of GPT-2's pattern
+**   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+** that starts at s[off] (off < n), found without PCRE2 when every byte it
+** looks at is ASCII: 1 with the match's end in *me, or 0 when a byte >= 0x80
+** takes part in the decision (PCRE2 then matches from off).  Every ASCII
+** character starts a match of one alternative, taken in the pattern's
+** order (PCRE2's leftmost-first), each run greedy as there.  Most text is
+** ASCII, and a PCRE2 call per pre-token costs more than the rest of
+** encoding it from the word cache. */
+static inline int tk_gpt2_ascii(const unsigned char *s, size_t n, size_t off, size_t *me) {
+  size_t i = off;
+  int c = tk_ascii_class(s[i]);
+  if (c == TK_HIGH) return 0;
+  if (s[i] == '\'' && i + 1 < n) {   /* the contractions, byte for byte */
+    unsigned char a = s[i + 1], b = i + 2 < n ? s[i + 2] : 0;
+    if (a == 's' || a == 't' || a == 'm' || a == 'd') { *me = i + 2; return 1; }
+    if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')) { *me = i + 3; return 1; }
+  }
+  if (s[i] == ' ' && i + 1 < n) {   /* " ?": a space joins a run of letters, digits or the rest after it */
+    int next = tk_ascii_class(s[i + 1]);
+    if (next == TK_HIGH) return 0;
+    if (next != TK_SPACE) c = next, i++;
+  }
+  size_t j = i + 1;
+  while (j < n && tk_ascii_class(s[j]) == c) j++;
+  if (j < n && s[j] >= 0x80) return 0;   /* the run may go on beyond ASCII */
+  /* \s+(?!\S): a run of spaces before a non-space leaves its last one to
+  ** the next match, unless it is the only one (then \s+ takes it). */
+  if (c == TK_SPACE && j < n && j - 1 > off) j--;
+  *me = j;
+  return 1;
+}
+
 /* The next non-empty match in s[off, n): 1 with *ms, *me set, 0 when there
 ** is none, -1 on error.  An empty match steps over one character. */
 static inline int tk_regex_next(tk_regex *r, const char *s, size_t n, size_t off, size_t *ms, size_t *me) {
   while (off < n) {
+    if (r->gpt2 && tk_gpt2_ascii((const unsigned char *)s, n, off, me)) {
+      *ms = off;
+      return 1;
+    }
     int rc = r->jit ? pcre2_jit_match(r->re, (PCRE2_SPTR)s, n, off, 0, r->md, NULL)
                     : pcre2_match(r->re, (PCRE2_SPTR)s, n, off, 0, r->md, NULL);
     if (rc == PCRE2_ERROR_NOMATCH) return 0;
