@@ -86,6 +86,48 @@ fail:
   return 0;
 }
 
+/* More distinct words than the word cache holds (2^18): the cache starts
+** afresh when full, and the words cached after that, short (up to 8 bytes,
+** kept in their slots) and long, give their ids again on a second pass. */
+static int test_word_cache_restarts(void) {
+  enum { NWORDS = 300000 };
+  la_ids out = {0};
+  char *text = malloc(NWORDS * 16);
+  int32_t *expect = malloc(NWORDS * 16 * sizeof *expect);
+  size_t n = 0, m = 0;
+  la_bpe *t = byte_level();
+  CHECK(t && text && expect, "%s", la_error());
+  CHECK(la_bpe_add_token(t, "ab", 2) == 256, "id of ab");
+  CHECK(la_bpe_add_merge(t, "a", 1, "b", 1) == 0, "%s", la_error());
+  for (int i = 0; i < NWORDS; i++) {   /* " ab" and i in base 24 ('c'..'z'), 2 to 9 digits: 5 to 12 bytes */
+    char digits[16];
+    int k = 0, width = 2 + i % 8;
+    for (int v = i; v > 0 || k < width; v /= 24) digits[k++] = (char)('c' + v % 24);
+    memcpy(text + n, " ab", 3);
+    memcpy(text + n + 3, digits, (size_t)k);
+    n += 3 + (size_t)k;
+    expect[m++] = ' ';
+    expect[m++] = 256;
+    for (int j = 0; j < k; j++) expect[m++] = (unsigned char)digits[j];
+  }
+  for (int pass = 0; pass < 2; pass++) {
+    out.n = 0;
+    CHECK(la_bpe_encode(t, text, n, true, &out) == 0, "%s", la_error());
+    CHECK(same_ids(&out, expect, m), "pass %d gave %zu ids, not the %zu expected (or other ids)", pass + 1, out.n, m);
+  }
+  la_ids_free(&out);
+  la_bpe_free(t);
+  free(text);
+  free(expect);
+  return 1;
+fail:
+  la_ids_free(&out);
+  la_bpe_free(t);
+  free(text);
+  free(expect);
+  return 0;
+}
+
 static int test_specials_and_invalid_utf8(void) {
   la_ids out = {0};
   la_bpe *t = byte_level();
@@ -331,6 +373,7 @@ fail:
 int main(void) {
   run("tokenizer_byte_table", test_byte_table);
   run("tokenizer_merge_order", test_merge_order);
+  run("tokenizer_word_cache_restarts", test_word_cache_restarts);
   run("tokenizer_specials_and_invalid_utf8", test_specials_and_invalid_utf8);
   run("tokenizer_errors", test_errors);
   run("tokenizer_train", test_train);
