@@ -117,17 +117,13 @@ int tk_regex_compile(tk_regex *r, const char *pattern, size_t len, bool literal,
 void tk_regex_free(tk_regex *r);
 
 /* ASCII's classes in GPT-2's pattern: \p{L}, \p{N}, White_Space, and the
-** rest ([^\s\p{L}\p{N}]); TK_HIGH for a byte >= 0x80, which only PCRE2
-** classifies (a character beyond ASCII, or not UTF-8 at all). */
-enum { TK_LETTER, TK_DIGIT, TK_SPACE, TK_OTHER, TK_HIGH };
+** rest ([^\s\p{L}\p{N}]), by byte (tk_ascii_classes); TK_HIGH for a byte
+** >= 0x80, which only PCRE2 classifies (a character beyond ASCII, or not
+** UTF-8 at all). */
+enum { TK_LETTER = 'L', TK_DIGIT = 'N', TK_SPACE = 'S', TK_OTHER = 'o', TK_HIGH = 'H' };
+extern const char tk_ascii_classes[128];
 
-static inline int tk_ascii_class(unsigned char c) {
-  if (c >= 0x80) return TK_HIGH;
-  if ((unsigned)((c | 0x20) - 'a') < 26) return TK_LETTER;
-  if ((unsigned)(c - '0') < 10) return TK_DIGIT;
-  if (c == ' ' || (c >= '\t' && c <= '\r')) return TK_SPACE;
-  return TK_OTHER;
-}
+static inline int tk_ascii_class(unsigned char c) { return c < 0x80 ? tk_ascii_classes[c] : TK_HIGH; }
 
 /* The match of GPT-2's pattern
 **   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
@@ -162,32 +158,17 @@ static inline int tk_gpt2_ascii(const unsigned char *s, size_t n, size_t off, si
   return 1;
 }
 
+/* tk_regex_next through PCRE2. */
+int tk_regex_pcre2_next(tk_regex *r, const char *s, size_t n, size_t off, size_t *ms, size_t *me);
+
 /* The next non-empty match in s[off, n): 1 with *ms, *me set, 0 when there
 ** is none, -1 on error.  An empty match steps over one character. */
 static inline int tk_regex_next(tk_regex *r, const char *s, size_t n, size_t off, size_t *ms, size_t *me) {
-  while (off < n) {
-    if (r->gpt2 && tk_gpt2_ascii((const unsigned char *)s, n, off, me)) {
-      *ms = off;
-      return 1;
-    }
-    int rc = r->jit ? pcre2_jit_match(r->re, (PCRE2_SPTR)s, n, off, 0, r->md, NULL)
-                    : pcre2_match(r->re, (PCRE2_SPTR)s, n, off, 0, r->md, NULL);
-    if (rc == PCRE2_ERROR_NOMATCH) return 0;
-    if (rc < 0) {
-      PCRE2_UCHAR msg[256];
-      pcre2_get_error_message(rc, msg, sizeof msg);
-      return la_failn("tokenizer: regex match failed at byte %zu: %s", off, (const char *)msg);
-    }
-    PCRE2_SIZE *ov = pcre2_get_ovector_pointer(r->md);
-    if (ov[1] > ov[0]) {
-      *ms = ov[0];
-      *me = ov[1];
-      return 1;
-    }
-    int32_t cp;
-    off = ov[0] + tk_utf8((const unsigned char *)s + ov[0], n - ov[0], &cp);
+  if (r->gpt2 && off < n && tk_gpt2_ascii((const unsigned char *)s, n, off, me)) {
+    *ms = off;
+    return 1;
   }
-  return 0;
+  return tk_regex_pcre2_next(r, s, n, off, ms, me);
 }
 
 /* A copy of s[0, n) with a NUL after it (malloc'd), or NULL with the error set. */
