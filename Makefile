@@ -82,7 +82,7 @@ SYSMOD = $(BUILD)/lualign/sys.so
 CTEST = $(BUILD)/engine_test
 TOKTEST = $(BUILD)/tokenizer_test
 
-.PHONY: all test test-built demo demo-built ctest deps bench bench-gpt bench-llama bench-loss bench-tokenizer bench-dist soak install clean data check-blas check-mpi fuzzers fuzz sanitize valgrind deps-valgrind deps-fuzz errors-doc fresh-check
+.PHONY: all test test-built demo demo-built ctest deps bench bench-gpt bench-half-gemm bench-llama bench-loss bench-memory bench-tokenizer bench-dist soak install clean data check-blas check-mpi fuzzers fuzz sanitize valgrind deps-valgrind deps-fuzz errors-doc fresh-check
 
 all: $(MODULE) $(SYSMOD)
 
@@ -313,6 +313,20 @@ bench-llama: $(MODULE) $(SYSMOD)
 
 bench-loss: $(MODULE) $(SYSMOD)
 	@$(LUA) bench/loss_compare.lua $(BENCH_ARGS)
+
+# bench/half_gemm.c on the engine's objects, with la_matmul.c built for each
+# panel size of HALF_GEMM_PANELS (bytes); BENCH_ARGS: threads and repetitions.
+HALF_GEMM_PANELS ?= 524288 4194304 16777216
+bench-half-gemm: $(CORE_OBJ)
+	@mkdir -p $(BUILD)/bench
+	@for p in $(HALF_GEMM_PANELS); do \
+	  $(CC) $(ALL_CFLAGS) $(ENGINE_INC) -DLA_HALF_PANEL_BYTES=$$p -o $(BUILD)/bench/half_gemm_$$p bench/half_gemm.c \
+	    engine/core/la_matmul.c $(filter-out $(BUILD)/obj/core/la_matmul.o,$(CORE_OBJ)) $(LIBS) -ldl || exit 1; \
+	  flock /tmp/lualign-bench.lock $(BUILD)/bench/half_gemm_$$p $(BENCH_ARGS) || exit 1; \
+	done
+
+bench-memory: $(MODULE) $(SYSMOD)
+	@flock /tmp/lualign-bench.lock $(LUA) bench/memory_compare.lua $(BENCH_ARGS)
 
 bench-tokenizer: $(MODULE) $(SYSMOD)
 	@bin/lualign bench/tokenizer.lua $(BENCH_ARGS)

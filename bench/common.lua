@@ -24,6 +24,26 @@ function common.peak_rss_mib()
   end
 end
 
+--- The environment that makes lua5.4 load this checkout's library and engine
+-- (here: the bench folder).
+function common.lua_env(here)
+  return string.format('LUA_PATH="%s/../lua/?.lua;%s/../lua/?/init.lua;;" LUA_CPATH="%s/../build/?.so;;"',
+    here, here, here)
+end
+
+--- The allocators a PyTorch peer runs with, each {key, name, env}: the stock
+-- one, glibc's malloc tuned (no mmap, no trimming) and jemalloc when installed.
+function common.allocators()
+  local jemalloc = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
+  local list = {
+    {key = "stock", name = "stock", env = ""},
+    {key = "tuned", name = "glibc tuned", env = "GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=100000000000"},
+    {key = "jemalloc", name = "jemalloc", env = "LD_PRELOAD=" .. jemalloc},
+  }
+  if not io.open(jemalloc) then table.remove(list, 3) end
+  return list
+end
+
 --- Runs a shell command and decodes the last line of its output that starts with "{".
 function common.run_json(cmd)
   local p = assert(io.popen(cmd .. " 2>&1"))

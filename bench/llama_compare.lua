@@ -20,19 +20,13 @@ local run_json, median = common.run_json, common.median
 local rounds = tonumber(arg[1]) or 3
 local qwen_rounds = tonumber(arg[2]) or 1
 local here = arg[0]:match("^(.*)/[^/]*$") or "."
-local lua_env = string.format('LUA_PATH="%s/../lua/?.lua;%s/../lua/?/init.lua;;" LUA_CPATH="%s/../build/?.so;;"',
-  here, here, here)
-local jemalloc = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
-local all_peers = {
-  {key = "stock", name = "torch stock", env = ""},
-  {key = "tuned", name = "torch glibc tuned", env = "GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=100000000000"},
-  {key = "jemalloc", name = "torch jemalloc", env = "LD_PRELOAD=" .. jemalloc},
-}
+local lua_env = common.lua_env(here)
 local wanted = {}
 for k in (arg[3] or "stock,tuned,jemalloc"):gmatch("[^,]+") do wanted[k] = true end
-if not io.open(jemalloc) then wanted.jemalloc = nil end
 local peers = {}
-for _, p in ipairs(all_peers) do if wanted[p.key] then peers[#peers + 1] = p end end
+for _, p in ipairs(common.allocators()) do
+  if wanted[p.key] then peers[#peers + 1] = {key = p.key, name = "torch " .. p.name, env = p.env} end
+end
 
 local function peer(p, shape, modes, extra)
   return run_json(string.format("OMP_WAIT_POLICY=PASSIVE %s /usr/bin/python3 %s/llama_torch.py %s --threads 2 --modes %s %s",

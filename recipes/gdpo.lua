@@ -26,7 +26,7 @@ local recipe = require "lualign.recipe"
 local plot = require "lualign.plot"
 local log = require "lualign.log"
 
-local config = recipe.config(arg, "gdpo", {
+local config = recipe.config(arg, "gdpo", recipe.with_memory_keys{
   {"policy", "runs/sft", "starting policy: run folder or .safetensors (tokenizer.json from its folder)"},
   {"tokenizer", "", "tokenizer.json (default: the policy's folder)"},
   {"train", "vader/modest/train.jsonl", "soft-label preference pairs"},
@@ -55,7 +55,11 @@ recipe.check_choice(config, "loss", la.loss.preference_losses)
 local policy_file, policy_dir = recipe.model_file(config.policy, "policy")
 local tok_file = config.tokenizer ~= "" and config.tokenizer or (policy_dir .. "/tokenizer.json")
 local tok = la.tokenizer.load(tok_file)
-local policy = recipe.load_gpt(policy_file)
+if config.lora and config.sft_steps > 0 then
+  error("gdpo: sft_steps with lora: fine-tune the reference first with recipes/sft.lua lora=true (its "
+    .. "model.safetensors holds the merged weights) and start from it", 0)
+end
+local policy = recipe.prepare_model(recipe.load_gpt(policy_file), config)   -- lora, weights_dtype, checkpoint
 local train_file = recipe.data_file(config.train, "train")
 local pairs_ = la.data.load(train_file, "preference")
 for i, ex in ipairs(pairs_) do ex.index = i end
@@ -109,9 +113,9 @@ if config.sft_steps > 0 then
   end)
   recipe.load_weights(policy, reference_file)     -- the policy starts from the reference
 end
-local ref = recipe.load_gpt(reference_file)
-ref:requires_grad(false):eval()
-la.dist.broadcast_parameters(ref)          -- under mpirun: rank 0's policy and reference on every rank
+-- The reference: with lora the policy with its adapters off, else a frozen copy.
+local with_ref = recipe.reference(policy, config, function() return recipe.load_gpt(reference_file) end)
+with_ref(la.dist.broadcast_parameters)     -- under mpirun: rank 0's policy and reference on every rank
 local dp = la.dist.data_parallel(policy)
 dp:shard(loader)                            -- this rank's share of every batch
 
@@ -129,11 +133,11 @@ end
 -- 2. Reference log-probs of every pair of a file, once, kept in the run folder ------
 local function reference_logps(file, list, data_path)
   local path = run:cached(file, {reference = id(reference_file), data = id(data_path), tokenizer = id(tok_file),
-                                 max_len = config.max_len}, function(out)
+                                 max_len = config.max_len, weights_dtype = config.weights_dtype}, function(out)
     local c, r = {}, {}
     la.no_grad(function()
       for batch in in_order(list):epoch(1) do
-        local lc, lr = logps(ref, batch)
+        local lc, lr = with_ref(function(ref) return logps(ref, batch) end)
         for i, ex in ipairs(batch.examples) do c[ex.index], r[ex.index] = lc[i], lr[i] end
       end
     end)
@@ -173,8 +177,10 @@ end
 -- Log-probs under ref of the sequences model sampled (for the KL estimate).
 local function ref_logps_of(s)
   local b = s.out.batch
-  return ref:sequence_logprobs(b.ids, b.targets, b.target_mask,
-    {attention_mask = b.attention_mask, position_ids = b.position_ids}):totable()
+  return with_ref(function(ref)
+    return ref:sequence_logprobs(b.ids, b.targets, b.target_mask,
+      {attention_mask = b.attention_mask, position_ids = b.position_ids}):totable()
+  end)
 end
 
 -- On the held-out pairs: policy and reference each pick one word of a pair
@@ -202,7 +208,7 @@ local function evaluate()
   local state = la.get_rng_state()
   la.manual_seed(config.seed + 7919)          -- the same draws at every evaluation
   local result = la.no_grad(function()
-    ref_samples = ref_samples or sample(ref)
+    ref_samples = ref_samples or with_ref(sample)
     la.manual_seed(config.seed + 7919)        -- so the policy's draws do not depend on whether ref's were cached
     local s = sample(policy)
     local rl = ref_logps_of(s)
@@ -234,17 +240,17 @@ end
 for step, batch in recipe.batches(loader, start) do
   if step > config.steps then break end
   opt.lr = schedule(step)
-  local index = rows_of(batch)
-  local pc, pr = logps(policy, batch)
-  local loss, metrics = la.loss[config.loss](pc, pr, ref_chosen:index_select(1, index),
-    ref_rejected:index_select(1, index), {beta = config.beta, p = not config.hard_labels and batch.p or nil,
-    eps = config.eps, label_smoothing = config.label_smoothing})
-  loss = la.dist.global_mean(loss, #batch.examples)   -- this rank's share of the global batch's mean
-  metrics = la.dist.mean_metrics(metrics, #batch.examples)
   opt:zero_grad()
-  dp:backward(loss)
-  metrics.loss = la.dist.sum(loss:item())
-  if recipe.finite_step(config, step, metrics.loss, policy, logger) then opt:step() end
+  -- grad_accum micro-batches; the loss is the mean over the (global) batch's pairs
+  local loss, metrics = recipe.accumulate(config, batch, la.accumulate.pairs, function(mb)
+    local index = rows_of(mb)
+    local pc, pr = logps(policy, mb)
+    return la.loss[config.loss](pc, pr, ref_chosen:index_select(1, index),
+      ref_rejected:index_select(1, index), {beta = config.beta, p = not config.hard_labels and mb.p or nil,
+      eps = config.eps, label_smoothing = config.label_smoothing})
+  end, dp)
+  metrics.loss = loss
+  if recipe.finite_step(config, step, loss, policy, logger) then opt:step() end
   local evaluated = recipe.eval_due(config, step, config.steps)
   if evaluated then for k, v in pairs(evaluate()) do metrics[k] = v end end
   logger:log(step, metrics)   -- before the checkpoint, so a run killed in between redoes the step
@@ -288,6 +294,7 @@ run:write("report.md", table.concat({
   "held-out pairs of held-out words (each model picks one word of a pair by its own odds of the two).",
   "", "![curves](curves.svg)", "",
 }, "\n"))
+recipe.save_adapter(run, policy, config)   -- with lora: adapter/ (and merged/ with save_merged)
 if last then
   print(string.format("%s: win rate vs reference %.3f (best %s at step %s), judge %.3f, KL %.3f, held-out words %s; "
     .. "report in %s", config.loss, last.win_rate, recipe.fmt("%.3f", best and best.win_rate), recipe.fmt("%d", best and best.step),

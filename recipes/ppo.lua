@@ -25,7 +25,7 @@ local plot = require "lualign.plot"
 local log = require "lualign.log"
 local L = la.loss
 
-local config = recipe.config(arg, "ppo", {
+local config = recipe.config(arg, "ppo", recipe.with_memory_keys{
   {"policy", "runs/sft", "run folder (or model.safetensors) of the starting policy"},
   {"reward_model", "runs/reward", "run folder of the reward model (reward=model)"},
   {"reward", "model", "'model' (a trained reward model) or 'script' (a Lua function)"},
@@ -65,12 +65,13 @@ recipe.check_choice(config, "kl_estimator", {"k1", "k2", "k3"})
 -- Models ------------------------------------------------------------------------
 local policy_file, policy_dir = recipe.model_file(config.policy, "policy")
 local tok = la.tokenizer.load(policy_dir .. "/tokenizer.json")
-local policy = recipe.load_gpt(policy_file)
-local ref = recipe.load_gpt(policy_file):requires_grad(false):eval()
+local policy = recipe.prepare_model(recipe.load_gpt(policy_file), config)   -- lora, weights_dtype, checkpoint
+-- The reference for the KL: with lora the policy with its adapters off, else a frozen copy.
+local with_ref = recipe.reference(policy, config, function() return recipe.load_gpt(policy_file) end)
 local rm, score_fn, rm_file
 if config.reward == "model" then
   rm_file = recipe.model_file(config.reward_model, "reward_model")
-  rm = recipe.load_gpt(rm_file):requires_grad(false):eval()
+  rm = recipe.prepare_frozen(recipe.load_gpt(rm_file), config)
 else
   local chunk, err = loadfile(config.reward_script)
   if not chunk then error("reward_script: " .. err, 0) end
@@ -80,7 +81,8 @@ else
   end
 end
 local critic = config.advantage == "gae" and
-  recipe.load_gpt(rm_file or policy_file, {value_head = true, reward_head = false}) or nil
+  recipe.prepare_model(recipe.load_gpt(rm_file or policy_file, {value_head = true, reward_head = false}), config,
+                       {modules_to_save = {"value_head"}}) or nil
 local judge = la.data.judge()
 
 local popt = la.optim.AdamW(policy, {lr = config.lr, weight_decay = 0})
@@ -156,7 +158,7 @@ local function evaluate(model)
   local r = rollout(model, prompts, {temperature = config.temperature})
   local kl = la.no_grad(function()
     local lp = response_logprobs(model, r)
-    local lr = response_logprobs(ref, r)
+    local lr = with_ref(function(ref) return response_logprobs(ref, r) end)
     return ((lp - lr) * r.response_mask):sum(2):mean():item()
   end)
   return {reward = scores_of(r):mean():item(), judge = judge_mean(r.texts), kl = kl, sample = r.texts[1]}
@@ -192,7 +194,7 @@ for it = start + 1, config.iterations do
     local logits
     old_lp, logits = response_logprobs(policy, r)
     entropy = L.masked_mean(L.entropy(logits, r.response_mask), r.response_mask):item()
-    ref_lp = response_logprobs(ref, r)
+    ref_lp = with_ref(function(ref) return response_logprobs(ref, r) end)
     if critic then
       local h = critic:hidden(r.ids, {attention_mask = r.mask, position_ids = r.position_ids})
       old_values = critic:values(h):narrow(2, r.P, r.N)
@@ -228,25 +230,31 @@ for it = start + 1, config.iterations do
       local index = la.tensor(idx, "int64")
       local function pick(t) return t:index_select(1, index) end
       local mb = {ids = pick(r.ids), mask = pick(r.mask), position_ids = pick(r.position_ids),
-                  response_mask = pick(r.response_mask), tokens = pick(r.tokens), P = r.P, N = r.N}
-      local lp = response_logprobs(policy, mb)
-      local ploss, pm = L.ppo_policy(lp, pick(old_lp), pick(advantages), mb.response_mask, {clip_eps = config.clip_eps})
+                  response_mask = pick(r.response_mask), tokens = pick(r.tokens), P = r.P, N = r.N,
+                  old_lp = pick(old_lp), advantages = pick(advantages),
+                  old_values = critic and pick(old_values), returns = critic and pick(returns)}
+      -- grad_accum micro-batches; the losses are means over the mini-batch's response tokens
+      local function tokens(m) return m.response_mask:sum():item() end
       popt:zero_grad()
-      ploss:backward()
+      local ploss, pm = recipe.accumulate(config, mb, tokens, function(m)
+        local lp = response_logprobs(policy, m)
+        return L.ppo_policy(lp, m.old_lp, m.advantages, m.response_mask, {clip_eps = config.clip_eps})
+      end)
       local pnorm = la.optim.clip_grad_norm(policy, config.grad_clip)
       if recipe.finite_step(config, it, ploss, pnorm, logger) then popt:step() end
-      add("loss/policy_avg", ploss:item())
+      add("loss/policy_avg", ploss)
       add("policy/clipfrac_avg", pm["policy/clipfrac_avg"])
       add("policy/approxkl_avg", pm["policy/approxkl_avg"])
       if critic then
-        local h = critic:hidden(mb.ids, {attention_mask = mb.mask, position_ids = mb.position_ids})
-        local v = critic:values(h):narrow(2, r.P, r.N)
-        local vloss, vm = L.ppo_value(v, pick(old_values), pick(returns), mb.response_mask, {clip_eps = config.value_clip_eps})
         vopt:zero_grad()
-        vloss:backward()
+        local vloss, vm = recipe.accumulate(config, mb, tokens, function(m)
+          local h = critic:hidden(m.ids, {attention_mask = m.mask, position_ids = m.position_ids})
+          local v = critic:values(h):narrow(2, r.P, r.N)
+          return L.ppo_value(v, m.old_values, m.returns, m.response_mask, {clip_eps = config.value_clip_eps})
+        end)
         local vnorm = la.optim.clip_grad_norm(critic, config.grad_clip)
         if recipe.finite_step(config, it, vloss, vnorm, logger) then vopt:step() end
-        add("loss/value_avg", vloss:item())
+        add("loss/value_avg", vloss)
         add("val/clipfrac_avg", vm["val/clipfrac_avg"])
       end
       n_updates = n_updates + 1
@@ -304,6 +312,7 @@ run:write("report.md", table.concat({
   "A held-out sample before: " .. tostring(before.sample):gsub("\n", " "), "",
   "and after: " .. tostring(after.sample):gsub("\n", " "), "",
 }, "\n"))
+recipe.save_adapter(run, policy, config)   -- with lora: adapter/ (and merged/ with save_merged)
 print(string.format("ppo: held-out reward %.3f -> %.3f, judge %.3f -> %.3f, KL %.3f; report in %s",
   before.reward, after.reward, before.judge, after.judge, after.kl, run:path("report.md")))
 return {before = before, after = after, run = run}

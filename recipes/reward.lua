@@ -15,7 +15,7 @@ local recipe = require "lualign.recipe"
 local plot = require "lualign.plot"
 local log = require "lualign.log"
 
-local config = recipe.config(arg, "reward", {
+local config = recipe.config(arg, "reward", recipe.with_memory_keys{
   {"base", "runs/pretrain", "run folder (or model.safetensors) whose trunk starts the reward model"},
   {"train", "sentiment/train.jsonl", "preference pairs: a bundled file or a path"},
   {"valid", "sentiment/validation.jsonl", "held-out pairs, for accuracy during training"},
@@ -37,7 +37,8 @@ local run = recipe.run(config)   -- refuses a folder holding another run; writes
 -- 1. Model ---------------------------------------------------------------------
 local base_file, base_dir = recipe.model_file(config.base, "base")
 local tok = la.tokenizer.load(base_dir .. "/tokenizer.json")
-local model = recipe.load_gpt(base_file, {reward_head = true})
+local model = recipe.prepare_model(recipe.load_gpt(base_file, {reward_head = true}), config,
+                                   {modules_to_save = {"reward_head"}})
 
 -- 2. Data ----------------------------------------------------------------------
 local function loader(key, opts)
@@ -100,15 +101,11 @@ if start == 0 then logger:log(0, data_metrics) end
 for step, batch in recipe.batches(train, start) do
   if step > config.steps then break end
   opt.lr = schedule(step)
-  local loss, m = pair_loss(batch)
-  loss = la.dist.global_mean(loss, #batch.examples)   -- this rank's share of the global batch's mean
-  m = la.dist.mean_metrics(m, #batch.examples)
   opt:zero_grad()
-  dp:backward(loss)
+  local loss, m = recipe.accumulate(config, batch, la.accumulate.pairs, pair_loss, dp)   -- grad_accum micro-batches
   if config.grad_clip > 0 then la.optim.clip_grad_norm(model, config.grad_clip) end
-  local loss_value = la.dist.sum(loss:item())
-  if recipe.finite_step(config, step, loss_value, model, logger) then opt:step() end
-  local metrics = {loss = loss_value, accuracy = m.accuracy, margin = m.margin, lr = opt.lr}
+  if recipe.finite_step(config, step, loss, model, logger) then opt:step() end
+  local metrics = {loss = loss, accuracy = m.accuracy, margin = m.margin, lr = opt.lr}
   if recipe.eval_due(config, step, config.steps) then metrics.valid_accuracy = accuracy(valid) end
   logger:log(step, metrics)   -- before the checkpoint, so a run killed in between redoes the step
   if metrics.valid_accuracy or step == config.steps then run:save_checkpoint(model, opt, step) end
@@ -134,6 +131,7 @@ run:write("report.md", table.concat({
     {"training pairs", #train},
   }), "", "![curves](curves.svg)", "",
 }, "\n"))
+recipe.save_adapter(run, model, config)   -- with lora: adapter/ (and merged/ with save_merged)
 print(string.format("reward: held-out pairwise accuracy %.1f%% (test), %s (validation); report in %s",
   100 * test_accuracy, recipe.fmt("%.1f%%", vacc[#vacc] and 100 * vacc[#vacc]), run:path("report.md")))
 return {accuracy = test_accuracy, run = run}

@@ -16,7 +16,7 @@ local recipe = require "lualign.recipe"
 local plot = require "lualign.plot"
 local log = require "lualign.log"
 
-local config = recipe.config(arg, "sft", {
+local config = recipe.config(arg, "sft", recipe.with_memory_keys{
   {"base", "runs/pretrain", "run folder (or model.safetensors) of the base model; its tokenizer.json is used"},
   {"train", "qa/train.jsonl", "SFT examples: a bundled file or a path"},
   {"extra_train", "", "preference files whose chosen and rejected responses join the training " ..
@@ -41,7 +41,7 @@ local run = recipe.run(config)   -- refuses a folder holding another run; writes
 -- 1. Base model and tokenizer --------------------------------------------------
 local base_file, base_dir = recipe.model_file(config.base, "base")
 local tok = la.tokenizer.load(base_dir .. "/tokenizer.json")
-local model = recipe.load_gpt(base_file)
+local model = recipe.prepare_model(recipe.load_gpt(base_file), config)   -- lora, weights_dtype, checkpoint
 local dp = la.dist.data_parallel(model)   -- under mpirun: rank 0's weights on every rank
 
 -- 2. Data ------------------------------------------------------------------------
@@ -115,14 +115,12 @@ if start == 0 then logger:log(0, data_metrics) end
 for step, batch in recipe.batches(train, start) do
   if step > config.steps then break end
   opt.lr = schedule(step)
-  local loss, info = batch_loss(model, batch)
-  loss = la.dist.global_mean(loss, info.tokens)   -- this rank's share of the global batch's mean
   opt:zero_grad()
-  dp:backward(loss)
+  -- grad_accum micro-batches; the loss is the mean over the (global) batch's completion tokens
+  local loss = recipe.accumulate(config, batch, la.accumulate.tokens, function(mb) return batch_loss(model, mb) end, dp)
   local norm = config.grad_clip > 0 and la.optim.clip_grad_norm(model, config.grad_clip) or nil
-  local loss_value = la.dist.sum(loss:item())
-  if recipe.finite_step(config, step, loss_value, norm or model, logger) then opt:step() end
-  local metrics = {loss = loss_value, lr = opt.lr, grad_norm = norm}
+  if recipe.finite_step(config, step, loss, norm or model, logger) then opt:step() end
+  local metrics = {loss = loss, lr = opt.lr, grad_norm = norm}
   if recipe.eval_due(config, step, config.steps) then metrics.valid_loss = evaluate(model) end
   logger:log(step, metrics)   -- before the checkpoint, so a run killed in between redoes the step
   if metrics.valid_loss or step == config.steps then run:save_checkpoint(model, opt, step, {base_loss = base_loss}) end
@@ -162,6 +160,7 @@ run:write("report.md", table.concat({
   }), "", "![loss](loss.svg)", "", "Greedy answers to held-out questions:", "",
   recipe.md_table({"prompt", "model", "reference"}, sample_rows), "",
 }, "\n"))
+recipe.save_adapter(run, model, config)   -- with lora: adapter/ (and merged/ with save_merged)
 print(string.format("sft: held-out loss %s -> %s; report in %s", recipe.fmt("%.3f", base_loss),
   recipe.fmt("%.3f", final_loss), run:path("report.md")))
 for i = 1, #prompts do print(string.format("  Q: %s\n  A: %s", held_out[i].prompt, answers[i])) end

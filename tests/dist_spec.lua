@@ -266,6 +266,14 @@ describe("data-parallel recipes against one process (same global batch)", functi
     assert.are.equal(0, weights_diff(out .. "/sft2/model.safetensors", out .. "/sft2cut/model.safetensors"))
   end)
 
+  it("SFT with LoRA and grad_accum: 2 ranks x 2 micro-batches give one process's whole batches", function()
+    local a = with(sft, {out_dir = out, base = out .. "/pre", lora = true, lora_r = 4, steps = 6, eval_every = 3})
+    run(1, "sft", with(a, {name = "lora1"}), out .. "/lora1.log")
+    run(2, "sft", with(a, {name = "lora2", grad_accum = 2}), out .. "/lora2.log")
+    same_run("lora1", "lora2", 2e-5, 2e-5)
+    assert.is_truthy(sys.listdir(out .. "/lora2/adapter"), "the adapter folder is written")
+  end)
+
   it("DPO: the same metrics and weights", function()
     local a = with(sft, {out_dir = out, base = out .. "/pre", name = "sftp", steps = 4})
     run(1, "sft", a, out .. "/sftp.log")

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "la.h"
+#include "la_nn.h"
 #include "la_dist.h"
 #include "la_safetensors.h"
 
@@ -319,6 +320,62 @@ static int test_half_conversions(void) {
   return 1;
 }
 
+/* The largest |a - b| of two float32 tensors of one shape (contiguous). */
+static float max_diff(la_tensor *a, la_tensor *b) {
+  float m = 0;
+  for (int64_t i = 0; i < la_numel(a); i++) {
+    float d = fabsf(la_fdata(a)[i] - la_fdata(b)[i]);
+    if (d > m) m = d;
+  }
+  return m;
+}
+
+/* A product with a bfloat16 weight equals sgemm on the weight widened, both
+** ways and over several 4 MiB panels; arithmetic on the 16-bit tensor is refused. */
+static int test_half_weight_gemm(void) {
+  la_manual_seed(3);
+  la_tensor *x = la_randn(2, (int64_t[]){40, 700}), *w = la_randn(2, (int64_t[]){3200, 700});
+  la_tensor *wh = la_to_dtype(w, LA_BFLOAT16), *ww = la_to_dtype(wh, LA_FLOAT32);
+  la_tensor *c16 = la_empty(LA_FLOAT32, 2, (int64_t[]){40, 3200}), *c32 = la_empty(LA_FLOAT32, 2, (int64_t[]){40, 3200});
+  int ok = la_gemm(false, true, 1.0f, x, wh, 0.0f, c16) == 0 && la_gemm(false, true, 1.0f, x, ww, 0.0f, c32) == 0 &&
+           max_diff(c16, c32) < 1e-4f;
+  la_tensor *g = la_randn(2, (int64_t[]){40, 3200});
+  la_tensor *d16 = la_empty(LA_FLOAT32, 2, (int64_t[]){40, 700}), *d32 = la_empty(LA_FLOAT32, 2, (int64_t[]){40, 700});
+  ok = ok && la_gemm(false, false, 1.0f, g, wh, 0.0f, d16) == 0 && la_gemm(false, false, 1.0f, g, ww, 0.0f, d32) == 0 &&
+       max_diff(d16, d32) < 1e-4f;
+  la_tensor *bad = la_unary(LA_EXP, wh);
+  int refused = bad == NULL && strstr(la_error(), "exp: bfloat16 tensors are storage only") != NULL;
+  la_release(bad);
+  la_tensor *all[] = {x, w, wh, ww, c16, c32, g, d16, d32};
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) la_release(all[i]);
+  CHECK(ok, "16-bit weight products differ from float32 ones");
+  CHECK(refused, "exp on a bfloat16 tensor: %s", la_error());
+  return 1;
+}
+
+/* lora_linear = linear + s (x A^T) B^T, and its gradients for x, A and B
+** match the composed ops'. */
+static int test_lora_linear(void) {
+  la_manual_seed(4);
+  la_tensor *x = la_randn(2, (int64_t[]){5, 6}), *w = la_randn(2, (int64_t[]){4, 6});
+  la_tensor *a = la_randn(2, (int64_t[]){2, 6}), *b = la_randn(2, (int64_t[]){4, 2});
+  x->requires_grad = a->requires_grad = b->requires_grad = true;
+  la_tensor *y = la_lora_linear(x, w, NULL, a, b, 0.5, NULL);
+  la_tensor *ones = la_full(LA_FLOAT32, 2, (int64_t[]){5, 4}, 1.0);
+  int ok = y && la_backward(y, ones, false) == 0;
+  la_tensor *gx = ok ? la_clone(x->grad) : NULL, *ga = ok ? la_clone(a->grad) : NULL, *gb = ok ? la_clone(b->grad) : NULL;
+  la_release_p(&x->grad); la_release_p(&a->grad); la_release_p(&b->grad);
+  /* the composition: x W^T + 0.5 (x A^T) B^T */
+  la_tensor *base = la_linear(x, w, NULL), *u = la_linear(x, a, NULL), *up = la_linear(u, b, NULL);
+  la_tensor *upd = la_binary_scalar(LA_MUL, up, 0.5, false), *y2 = la_binary(LA_ADD, base, upd);
+  ok = ok && y2 && max_diff(y, y2) < 1e-5f && la_backward(y2, ones, false) == 0 &&
+       max_diff(gx, x->grad) < 1e-4f && max_diff(ga, a->grad) < 1e-4f && max_diff(gb, b->grad) < 1e-4f;
+  la_tensor *all[] = {x, w, a, b, y, gx, ga, gb, base, u, up, upd, y2, ones};
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) la_release(all[i]);
+  CHECK(ok, "lora_linear differs from its composition: %s", la_error());
+  return 1;
+}
+
 /* ---------------------------------------------------------------- hooked backward */
 
 typedef struct hook_log {
@@ -436,6 +493,8 @@ int main(void) {
   run("anomaly_skips_views", test_anomaly_skips_views);
   run("safetensors_roundtrip", test_safetensors_roundtrip);
   run("half_conversions", test_half_conversions);
+  run("half_weight_gemm", test_half_weight_gemm);
+  run("lora_linear", test_lora_linear);
   run("backward_hook_order", test_backward_hook_order);
   run("backward_hook_error_stops", test_backward_hook_error_stops);
   run("reducer_world_of_one", test_reducer_world_of_one);

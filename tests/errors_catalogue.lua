@@ -64,8 +64,8 @@ return {
      code = [[la.ones(2, 2, "int64"):matmul(la.ones(2, 2, "int64"))]],
      error = [[matmul: needs float32 tensors (got int64 and int64)]]},
     {what = "an unknown dtype name",
-     code = [[la.zeros(2, "float16")]],
-     error = [[bad argument #2 to 'zeros' (unknown dtype 'float16' (use float32, int32, int64 or bool))]]},
+     code = [[la.zeros(2, "float64")]],
+     error = [[bad argument #2 to 'zeros' (unknown dtype 'float64' (use float32, int32, int64, bool, bfloat16 or float16))]]},
     {what = "booleans mixed with numbers",
      code = [[la.tensor({true, 1})]],
      error = [[tensor: cannot mix booleans and numbers]]},
@@ -132,6 +132,40 @@ la.detect_anomaly(function() return x:log() end)]],
      code = [[local x = la.zeros(3):requires_grad()
 la.detect_anomaly(function() x:sqrt():sum():backward() end)]],
      error = [[detect_anomaly: the backward of 'sqrt' produced inf (3 of 3 values) in the gradient of its input 1 (of 1), of shape (3,); the gradient of its output, of shape (3,), was finite]]},
+    {what = "a checkpointed function that captures a tensor with gradient history",
+     code = [[local h = la.ones(2):requires_grad() * 2
+local y = la.nn.functional.checkpoint(function(x) return x + h end, la.ones(2):requires_grad())
+y:sum():backward()]],
+     error = [[backward of 'checkpoint': code:2: add: an input carries gradient history from outside the checkpointed function; pass such tensors to the function as arguments]]},
+    {what = "an optimizer given only frozen parameters",
+     code = [[la.optim.AdamW({la.ones(2)})]],
+     error = [[optimizer: none of the 1 parameters requires gradients (all are frozen)]]},
+  }},
+  {title = "16-bit weights and LoRA", intro = "bfloat16 and float16 tensors hold frozen weights; adapters follow PEFT's rules.", entries = {
+    {what = "arithmetic on a bfloat16 tensor",
+     code = [[local w = la.ones(2, 2):bfloat16()
+local y = w * 2]],
+     error = [[mul: bfloat16 tensors are storage only (frozen weights); mul computes in float32 and int types: convert with :float() first]]},
+    {what = "LoRA targets that match nothing",
+     code = [[local m = la.models.from_config{model_type = "llama", vocab_size = 8, hidden_size = 8,
+  intermediate_size = 8, num_hidden_layers = 1, num_attention_heads = 2}
+la.lora.apply(m, {target_modules = {"qproj"}})]],
+     error = [[lora.apply: target_modules qproj match no linear layer of the model -- did you mean 'q_proj'? (its linear layers: down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj)]]},
+    {what = "an adapter config with an unimplemented option",
+     code = [[write("adapter_config.json", '{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"], "use_dora": true}')
+local m = la.models.from_config{model_type = "llama", vocab_size = 8, hidden_size = 8,
+  intermediate_size = 8, num_hidden_layers = 1, num_attention_heads = 2}
+la.lora.load(m, DIR)]],
+     error = [[lora.load: DIR/adapter_config.json: use_dora = true is not implemented in lualign]]},
+    {what = "saving the base of a model whose adapters are not merged",
+     code = [[local m = la.models.from_config{model_type = "llama", vocab_size = 8, hidden_size = 8,
+  intermediate_size = 8, num_hidden_layers = 1, num_attention_heads = 2}
+la.lora.apply(m, {})
+m:save_pretrained(DIR .. "/merged")]],
+     error = [[save_pretrained: the model has LoRA adapters that are not merged; la.lora.merge(model) writes the merged model, la.lora.save(model, dir) the adapter alone]]},
+    {what = "splitting a batch into more micro-batches than rows",
+     code = [[la.accumulate.split({ids = la.zeros(2, 4)}, 3)]],
+     error = [[accumulate.split: a batch of 2 rows cannot make 3 micro-batches (grad_accum > batch size)]]},
   }},
   {title = "Options and configs",
    intro = "Every table of options or config keys is checked: an unknown key is an error that names it, suggests the likely one, and lists those that exist. Errors raised inside the library are reported at the line of the caller's code.",

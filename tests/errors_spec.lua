@@ -36,8 +36,8 @@ describe("error messages", function()
   it("bad dtypes", function()
     fails_with("matmul: needs float32 tensors (got int64 and float32)",
       function() return la.tensor({{1}}):matmul(la.ones(1, 1)) end)
-    fails_with("unknown dtype 'float16' (use float32, int32, int64 or bool)",
-      function() return la.zeros(2, "float16") end)
+    fails_with("unknown dtype 'float64' (use float32, int32, int64, bool, bfloat16 or float16)",
+      function() return la.zeros(2, "float64") end)
     fails_with("gather: the index must be an int32 or int64 tensor (got float32)",
       function() return a:gather(2, la.zeros(2, 1)) end)
     fails_with("add_: the result would be float32, which cannot be stored in place in a int64 tensor",

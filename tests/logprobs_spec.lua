@@ -288,7 +288,7 @@ describe("log-prob kernels reject bad input", function()
       function() return loss.token_logprobs(la.zeros(5), la.zeros(1, "int64")) end)
     fails_with("temperature must be positive and finite",
       function() return loss.token_logprobs(logits, targets, nil, {temperature = 0}) end)
-    fails_with("sequence_logprobs_hidden: weight must be float32 (V, C) with C = 4",
+    fails_with("sequence_logprobs_hidden: weight must be float32, bfloat16 or float16 (V, C) with C = 4",
       function() return loss.sequence_logprobs_hidden(la.randn(2, 3, 4), la.randn(7, 3), targets) end)
     fails_with("at position 2 is not finite",
       function() return loss.entropy(logits, la.tensor({{1, 0 / 0, 1}, {1, 1, 1}}, "float32")) end)

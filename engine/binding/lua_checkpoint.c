@@ -227,14 +227,15 @@ static int st_write_error(lua_State *L, const char *fmt, const char *key, const 
 }
 
 /* write(path, {name = tensor}, {key = value} [, "F32" | "F16" | "BF16"]):
-** the last argument is the type float32 tensors are stored as.  The arrays
-** handed to the engine are userdata, so an error on the way frees them. */
+** the last argument is the type float tensors are stored as; without it
+** each keeps its own (float32 as F32, bfloat16 as BF16, float16 as F16).
+** The arrays handed to the engine are userdata, so an error on the way frees them. */
 static int st_write(lua_State *L) {
   static const char *const float_types[] = {"F32", "F16", "BF16", NULL};
   static const la_st_dtype float_as[] = {LA_ST_F32, LA_ST_F16, LA_ST_BF16};
   const char *path = luaL_checkstring(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
-  la_st_dtype as = float_as[luaL_checkoption(L, 4, "F32", float_types)];
+  la_st_dtype as = lua_isnoneornil(L, 4) ? LA_ST_NDTYPE : float_as[luaL_checkoption(L, 4, NULL, float_types)];
   if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
   else { lua_settop(L, 2); lua_newtable(L); }
   lua_settop(L, 3);

@@ -401,6 +401,7 @@ int luaopen_lualign_core(lua_State *L) {
   lua_newtable(L);
   luaL_setfuncs(L, l_funcs, 0);
   lt_open_checkpoint(L);
+  lt_open_regex(L);
   lua_pushboolean(L, 0);
   lua_pushcclosure(L, l_random, 1);
   lua_setfield(L, -2, "rand");

@@ -206,7 +206,11 @@ static int ld_reducer_new(lua_State *L) {
 static int ld_reducer_backward(lua_State *L) {
   la_reducer *r = ld_checkreducer(L, 1);
   la_tensor *loss = lt_check(L, 2), *grad = lua_isnoneornil(L, 3) ? NULL : lt_check(L, 3);
-  lt_check_rc(L, la_reducer_backward(r, loss, grad));
+  lua_State *outer = lt_set_backward_state(L);   /* checkpointed blocks call back into Lua */
+  int rc = la_reducer_backward(r, loss, grad);
+  lt_set_backward_state(outer);
+  lt_release_checkpoints(L);
+  lt_check_rc(L, rc);
   lt_after_backward(L);
   return 0;
 }

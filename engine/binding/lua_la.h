@@ -48,6 +48,15 @@ void lt_pace_gc(lua_State *L);        /* GC pacing after allocations */
 void lt_after_backward(lua_State *L); /* GC pacing after a backward pass (lua_tensor.c) */
 void lt_open_tokenizer(lua_State *L); /* adds core.bpe (lua_tokenizer.c) */
 void lt_open_checkpoint(lua_State *L); /* sets _safetensors in the table on top */
+void lt_open_regex(lua_State *L);      /* sets regex_fullmatch in the table on top */
+void lt_open_recompute(lua_State *L);  /* sets checkpoint in the table on top (core.nn) */
+/* Activation checkpointing (lua_recompute.c): the state whose backward()
+** is running, for the nodes that call back into Lua (returns the previous
+** one); and the release of what freed checkpoint nodes held in the registry. */
+lua_State *lt_set_backward_state(lua_State *L);
+void lt_release_checkpoints(lua_State *L);
+/* A collection when a recomputation left much more alive than before it. */
+void lt_collect_after_recompute(lua_State *L, size_t live_before);
 void lt_open_dist(lua_State *L);      /* sets dist in the table on top (lua_dist.c) */
 
 #endif

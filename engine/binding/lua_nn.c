@@ -42,6 +42,12 @@ static int ln_linear(lua_State *L) {
   return lt_result(L, la_linear(lt_check(L, 1), lt_check(L, 2), lt_opttensor(L, 3)));
 }
 
+/* lora_linear(x, weight, bias or nil, lora_A, lora_B, scaling [, dropped x]) */
+static int ln_lora_linear(lua_State *L) {
+  return lt_result(L, la_lora_linear(lt_check(L, 1), lt_check(L, 2), lt_opttensor(L, 3), lt_check(L, 4),
+                                     lt_check(L, 5), luaL_checknumber(L, 6), lt_opttensor(L, 7)));
+}
+
 /* layer_norm(x, weight, bias [, eps = 1e-5]) */
 static int ln_layer_norm(lua_State *L) {
   return lt_result(L, la_layer_norm(lt_check(L, 1), lt_opttensor(L, 2), lt_opttensor(L, 3),
@@ -209,7 +215,7 @@ static int ln_sample(lua_State *L) {
 }
 
 static const luaL_Reg ln_funcs[] = {
-  {"linear", ln_linear}, {"layer_norm", ln_layer_norm}, {"rms_norm", ln_rms_norm},
+  {"linear", ln_linear}, {"lora_linear", ln_lora_linear}, {"layer_norm", ln_layer_norm}, {"rms_norm", ln_rms_norm},
   {"dropout", ln_dropout}, {"attention", ln_attention}, {"attention_qkv", ln_attention_qkv},
   {"cross_entropy", ln_cross_entropy}, {"adamw_step", ln_adamw_step}, {"sgd_step", ln_sgd_step},
   {"clip_grad_norm", ln_clip_grad_norm}, {"sample", ln_sample}, {"swiglu", ln_swiglu},
@@ -224,6 +230,7 @@ void lt_open_nn(lua_State *L) {
   lua_newtable(L);
   luaL_setfuncs(L, ln_funcs, 0);
   lt_open_nn_losses(L);
+  lt_open_recompute(L);
   lua_setfield(L, -2, "nn");
 }
 

@@ -39,15 +39,26 @@ void lt_set_integer(lua_State *L, const char *k, int64_t v) {
 ** full collection runs, and the limit is set again from what survived. */
 
 #define LT_GC_FLOOR ((size_t)64 << 20)
+/* The slack stops growing here: a run whose live bytes are mostly state that
+** lives for the whole run (a full fine-tune's weights, gradients and optimizer
+** moments: 8 GiB for 0.5B parameters) would otherwise let a quarter of that
+** pile up as dead activations before a collection. */
+#define LT_GC_SLACK_CAP ((size_t)512 << 20)
 
 static size_t lt_gc_threshold = LT_GC_FLOOR;
 static size_t lt_gc_step_base;   /* live bytes after the last collection between steps */
 static uint64_t lt_gc_collections;
 
+static size_t lt_gc_limit_for(size_t live) {
+  size_t slack = live / 4;
+  if (slack > LT_GC_SLACK_CAP) slack = LT_GC_SLACK_CAP;
+  return live + (slack > LT_GC_FLOOR ? slack : LT_GC_FLOOR);
+}
+
 static void lt_gc_reset_threshold(void) {
-  size_t live = la_memory_stats().live_bytes, slack = live / 4;
+  size_t live = la_memory_stats().live_bytes;
   if (live < lt_gc_step_base) lt_gc_step_base = live;
-  lt_gc_threshold = live + (slack > LT_GC_FLOOR ? slack : LT_GC_FLOOR);
+  lt_gc_threshold = lt_gc_limit_for(live);
 }
 
 /* Whether it collected: it respects collectgarbage("stop"). */
@@ -62,7 +73,16 @@ static bool lt_collect(lua_State *L) {
 }
 
 void lt_pace_gc(lua_State *L) {
-  if (la_memory_stats().live_bytes > lt_gc_threshold) lt_collect(L);
+  size_t live = la_memory_stats().live_bytes;
+  if (live > lt_gc_threshold) {
+    lt_collect(L);
+  } else if (lt_gc_limit_for(live) < lt_gc_threshold) {
+    /* Live bytes fell (a collection of the user's or of Lua's own, tensors
+    ** closed, a model's float32 weights dropped for 16-bit ones): the limit
+    ** follows them down, so that garbage stays bounded by a quarter of what
+    ** is alive now rather than of what was alive once. */
+    lt_gc_threshold = lt_gc_limit_for(live);
+  }
 }
 
 /* A backward pass frees its graph, and with it the last references to the
@@ -78,6 +98,20 @@ void lt_pace_gc(lua_State *L) {
 void lt_after_backward(lua_State *L) {
   if (la_memory_stats().live_bytes <= lt_gc_step_base + LT_GC_FLOOR) return;
   if (lt_collect(L)) lt_gc_step_base = la_memory_stats().live_bytes;
+}
+
+/* A checkpointed block, run without recording in the forward pass and
+** recomputed in the backward pass (lua_recompute.c), leaves its activations
+** to the Lua handles of its intermediates, dead once it has returned (or its
+** gradient is through), and the next block would stack its own on top.  So
+** when they amount to a share of what was alive before (an eighth, or 64 MiB
+** when that is less), a collection frees them before the next block; smaller
+** ones are left to the threshold. */
+void lt_collect_after_recompute(lua_State *L, size_t live_before) {
+  size_t live = la_memory_stats().live_bytes, share = live_before / 8;
+  if (share > LT_GC_FLOOR) share = LT_GC_FLOOR;
+  if (live > live_before && live - live_before > share && live - live_before > ((size_t)1 << 20))
+    lt_collect(L);
 }
 
 /* The bytes above count only tensor data, so a loop of ops on tiny tensors
@@ -172,6 +206,7 @@ la_tensor *lt_check(lua_State *L, int i) {
 }
 
 static void lt_new_handle(lua_State *L, la_tensor *t) {
+  lt_release_checkpoints(L);   /* what freed checkpoint nodes left in the registry */
   lt_box *b = lua_newuserdatauv(L, sizeof *b, 0);
   b->t = t;
   lt_push_mt(L);
@@ -268,7 +303,7 @@ la_dtype lt_optdtype(lua_State *L, int arg, la_dtype def) {
   const char *name = luaL_checkstring(L, arg);
   la_dtype dt;
   if (la_dtype_from_name(name, &dt) < 0)
-    luaL_argerror(L, arg, lua_pushfstring(L, "unknown dtype '%s' (use float32, int32, int64 or bool)", name));
+    luaL_argerror(L, arg, lua_pushfstring(L, "unknown dtype '%s' (use float32, int32, int64, bool, bfloat16 or float16)", name));
   return dt;
 }
 
@@ -359,6 +394,10 @@ static int lt_is_contiguous(lua_State *L) { lua_pushboolean(L, la_is_contiguous(
 static int lt_is_leaf(lua_State *L) { lua_pushboolean(L, lt_check(L, 1)->grad_fn == NULL); return 1; }
 static int lt_needs_grad(lua_State *L) { lua_pushboolean(L, la_tracks_grad(lt_check(L, 1))); return 1; }
 
+/* Whether t.grad is set, without making a handle for it (a handle keeps the
+** gradient alive until it is collected, after zero_grad has dropped it). */
+static int lt_has_grad(lua_State *L) { lua_pushboolean(L, lt_check(L, 1)->grad != NULL); return 1; }
+
 static int lt_grad_fn(lua_State *L) {
   la_tensor *t = lt_check(L, 1);
   if (t->grad_fn) lua_pushstring(L, t->grad_fn->op);
@@ -385,7 +424,7 @@ static int lt_shares_storage(lua_State *L) {
 }
 
 static void lt_push_value(lua_State *L, la_dtype dt, double v) {
-  if (dt == LA_FLOAT32) lua_pushnumber(L, v);
+  if (la_dtype_is_float(dt)) lua_pushnumber(L, v);
   else if (dt == LA_BOOL) lua_pushboolean(L, v != 0);
   else lua_pushinteger(L, (lua_Integer)v);
 }
@@ -464,7 +503,11 @@ static int lt_backward(lua_State *L) {
     retain = lua_toboolean(L, -1);
     lua_pop(L, 1);
   }
-  lt_check_rc(L, la_backward(t, g, retain));
+  lua_State *outer = lt_set_backward_state(L);
+  int rc = la_backward(t, g, retain);
+  lt_set_backward_state(outer);
+  lt_release_checkpoints(L);
+  lt_check_rc(L, rc);
   if (!retain) lt_after_backward(L);
   return 0;
 }
@@ -956,7 +999,7 @@ static int lt_where_method(lua_State *L) {
 static const luaL_Reg lt_methods[] = {
   {"shape", lt_shape}, {"size", lt_size}, {"stride", lt_stride}, {"dim", lt_dim},
   {"numel", lt_numel}, {"dtype", lt_dtype}, {"is_contiguous", lt_is_contiguous},
-  {"is_leaf", lt_is_leaf}, {"needs_grad", lt_needs_grad}, {"grad_fn", lt_grad_fn},
+  {"is_leaf", lt_is_leaf}, {"needs_grad", lt_needs_grad}, {"has_grad", lt_has_grad}, {"grad_fn", lt_grad_fn},
   {"storage_offset", lt_storage_offset}, {"shares_storage", lt_shares_storage},
   {"all_finite", lt_all_finite},
   {"item", lt_item}, {"totable", lt_totable}, {"get", lt_get}, {"set", lt_set},
@@ -1011,6 +1054,8 @@ static void lt_fill_methods(lua_State *L) {
   lt_set_closure(L, "int", lt_to, LA_INT32);
   lt_set_closure(L, "long", lt_to, LA_INT64);
   lt_set_closure(L, "bool", lt_to, LA_BOOL);
+  lt_set_closure(L, "bfloat16", lt_to, LA_BFLOAT16);
+  lt_set_closure(L, "half", lt_to, LA_FLOAT16);
 }
 
 static int lt_meta_add(lua_State *L) { return lt_binary_at(L, LA_ADD); }

@@ -23,18 +23,31 @@
 
 /* ---------------------------------------------------------------- dtypes */
 
+typedef struct la_tensor la_tensor;
+
 typedef enum la_dtype {
   LA_FLOAT32 = 0,
   LA_INT32,
   LA_INT64,
   LA_BOOL,      /* one byte per element, 0 or 1 */
+  /* 16-bit floats are storage types: frozen weights kept in half the memory.
+  ** Views, copies and conversions take them, and so do the products that
+  ** read a weight (la_gemm's b, linear, lora_linear, the hidden-state
+  ** log-prob kernels, index_select for embeddings), which convert a block
+  ** at a time to float32 and compute in float32.  Every other op refuses
+  ** them with an error naming the op and the dtype (la_check_compute). */
+  LA_BFLOAT16,
+  LA_FLOAT16,
   LA_NDTYPE
 } la_dtype;
 
 size_t la_dtype_size(la_dtype dt);
 const char *la_dtype_name(la_dtype dt);
 int la_dtype_from_name(const char *name, la_dtype *out);   /* 0 ok, -1 unknown */
-bool la_dtype_is_float(la_dtype dt);
+bool la_dtype_is_float(la_dtype dt);   /* float32 or a 16-bit float */
+bool la_dtype_is_half(la_dtype dt);   /* bfloat16 or float16 */
+/* -1 with "op: <dtype> tensors are storage only ..." when t is a 16-bit float. */
+int la_check_compute(const char *op, const la_tensor *t);
 
 /* Float to integer conversion: truncation toward zero as in C and PyTorch,
 ** but saturating out-of-range values and mapping NaN to 0, where a bare C
@@ -63,6 +76,36 @@ uint16_t la_f32_to_bf16(float f);
 /* The same over n values; bf16 picks the format. */
 void la_f32_to_half_n(const float *src, uint16_t *dst, size_t n, bool bf16);
 void la_half_to_f32_n(const uint16_t *src, float *dst, size_t n, bool bf16);
+/* Rows [r0, r1) x columns [c0, c1) of a row-major 16-bit matrix with ld
+** elements per row, widened into a dense float32 block (r1 - r0, c1 - c0). */
+void la_half_block_to_f32(const uint16_t *src, int64_t ld, int64_t r0, int64_t r1, int64_t c0,
+                          int64_t c1, float *dst, bool bf16);
+
+/* One element of any dtype at p, as a double, and back (the general path of
+** element access, copies and the non-float32 kernels). */
+static inline double la_load_elem(la_dtype dt, const void *p) {
+  switch (dt) {
+    case LA_FLOAT32: return *(const float *)p;
+    case LA_INT32: return *(const int32_t *)p;
+    case LA_INT64: return (double)*(const int64_t *)p;
+    case LA_BOOL: return *(const uint8_t *)p;
+    case LA_BFLOAT16: return la_bf16_to_f32(*(const uint16_t *)p);
+    case LA_FLOAT16: return la_f16_to_f32(*(const uint16_t *)p);
+    default: return 0;
+  }
+}
+
+static inline void la_store_elem(la_dtype dt, void *p, double v) {
+  switch (dt) {
+    case LA_FLOAT32: *(float *)p = (float)v; break;
+    case LA_INT32: *(int32_t *)p = la_to_i32(v); break;
+    case LA_INT64: *(int64_t *)p = la_to_i64(v); break;
+    case LA_BOOL: *(uint8_t *)p = v != 0; break;
+    case LA_BFLOAT16: *(uint16_t *)p = la_f32_to_bf16((float)v); break;
+    case LA_FLOAT16: *(uint16_t *)p = la_f32_to_f16((float)v); break;
+    default: break;
+  }
+}
 
 /* ---------------------------------------------------------------- errors */
 
@@ -120,7 +163,7 @@ void la_storage_release(la_storage *s);
 
 typedef struct la_node la_node;
 
-typedef struct la_tensor {
+struct la_tensor {
   int refcount;
   la_dtype dtype;
   int ndim;
@@ -135,7 +178,7 @@ typedef struct la_tensor {
   /* scratch state of a hooked backward pass (la_backward_hooked) */
   int grad_pending;             /* edges of the pass still to deliver to this leaf */
   unsigned grad_visit;
-} la_tensor;
+};
 
 la_tensor *la_retain(la_tensor *t);
 void la_release(la_tensor *t);
@@ -323,6 +366,9 @@ struct la_node {
   int64_t *xarg;             /* extra integer parameters (cat sizes), owned */
   int out_ndim;              /* shape of the output, to check incoming gradients */
   int64_t out_shape[LA_MAX_DIM];
+  void *ctx;                 /* state of a backward supplied from outside the engine */
+  void (*ctx_free)(void *ctx);   /* called on ctx when the node is freed */
+  uint64_t serial;           /* creation order (see la_begin_recompute) */
   bool released;             /* saved values already freed by a backward() */
   bool last_use;             /* set while its backward runs on a graph not retained */
   /* scratch state of the backward engine */
@@ -368,7 +414,17 @@ int la_anomaly_check_backward(const char *op, int input, int n_in, la_tensor *g,
 bool la_all_finite(const la_tensor *t);
 void la_count_nonfinite(const la_tensor *t, int64_t *nan, int64_t *inf);
 
-/* Runs the backward pass from root.  grad may be NULL for a one-element root. */
+/* Recomputation inside a backward pass (activation checkpointing): between
+** la_begin_recompute and la_end_recompute, an op whose input was produced by
+** a node made before the recomputation began fails, naming the op: such a
+** tensor would route gradients into the outer graph while it is being walked.
+** la_begin_recompute returns the setting to restore. */
+uint64_t la_begin_recompute(void);
+void la_end_recompute(uint64_t previous);
+
+/* Runs the backward pass from root.  grad may be NULL for a one-element root.
+** A backward function may run another backward pass on a graph of its own
+** (a checkpointed block recomputed). */
 int la_backward(la_tensor *root, la_tensor *grad, bool retain_graph);
 /* A leaf's gradient is final: no node still to run in this pass can add to
 ** leaf->grad (which is NULL when nothing in the pass gave it one).  Returns 0,

@@ -46,6 +46,15 @@ static void la_nf_row(void *ctx, int64_t n, char *const *p, const int64_t *s) {
 
 void la_count_nonfinite(const la_tensor *t, int64_t *nan, int64_t *inf) {
   la_nf_count c = {0, 0};
+  if (la_dtype_is_half(t->dtype) && la_numel(t) > 0) {
+    /* Widening keeps NaN and inf as they are; counted on a float32 copy. */
+    la_tensor *f = la_to_dtype((la_tensor *)t, LA_FLOAT32);
+    if (f) {
+      la_count_nonfinite(f, nan, inf);
+      la_release(f);
+      return;
+    }
+  }
   if (t->dtype == LA_FLOAT32 && la_numel(t) > 0) {
     la_iter it;
     char *base = la_data(t);

@@ -43,13 +43,30 @@ bool la_needs_record(int n, la_tensor *const *inputs) {
 
 /* ---------------------------------------------------------------- nodes */
 
+/* Serial numbers of nodes, and the first one a recomputation may consume
+** (0: no recomputation running). */
+static uint64_t la_next_serial = 1, la_recompute_floor;
+
+uint64_t la_begin_recompute(void) {
+  uint64_t previous = la_recompute_floor;
+  la_recompute_floor = la_next_serial;
+  return previous;
+}
+
+void la_end_recompute(uint64_t previous) { la_recompute_floor = previous; }
+
 la_node *la_node_new(const char *op, la_backward_fn fn, int n_in, la_tensor *const *in,
                      int n_saved) {
+  for (int i = 0; la_recompute_floor && i < n_in; i++)
+    if (in[i] && in[i]->grad_fn && in[i]->grad_fn->serial < la_recompute_floor)
+      return la_fail("%s: an input carries gradient history from outside the checkpointed "
+                     "function; pass such tensors to the function as arguments", op);
   size_t size = sizeof(la_node) + (size_t)n_in * sizeof(la_edge) +
                 (size_t)n_saved * (sizeof(la_tensor *) + sizeof(unsigned));
   la_node *n = calloc(1, size);
   if (!n) return la_fail("%s: out of memory recording the autograd graph", op);
   n->refcount = 1;
+  n->serial = la_next_serial++;
   n->op = op;
   n->backward = fn;
   n->n_in = n_in;
@@ -111,6 +128,7 @@ static void la_node_free_list(la_node *work) {
     work = cur->link;
     la_node_free_graph(cur, &work);
     la_release_p(&cur->grad_acc);
+    if (cur->ctx_free) cur->ctx_free(cur->ctx);
     free(cur->xarg);
     free(cur);
   }

@@ -17,11 +17,20 @@ static const struct { const char *name; size_t size; } la_dtypes[LA_NDTYPE] = {
   [LA_INT32] = {"int32", 4},
   [LA_INT64] = {"int64", 8},
   [LA_BOOL] = {"bool", 1},
+  [LA_BFLOAT16] = {"bfloat16", 2},
+  [LA_FLOAT16] = {"float16", 2},
 };
 
 size_t la_dtype_size(la_dtype dt) { return la_dtypes[dt].size; }
 const char *la_dtype_name(la_dtype dt) { return la_dtypes[dt].name; }
-bool la_dtype_is_float(la_dtype dt) { return dt == LA_FLOAT32; }
+bool la_dtype_is_float(la_dtype dt) { return dt == LA_FLOAT32 || la_dtype_is_half(dt); }
+bool la_dtype_is_half(la_dtype dt) { return dt == LA_BFLOAT16 || dt == LA_FLOAT16; }
+
+int la_check_compute(const char *op, const la_tensor *t) {
+  if (!la_dtype_is_half(t->dtype)) return 0;
+  return la_failn("%s: %s tensors are storage only (frozen weights); %s computes in float32 and "
+                  "int types: convert with :float() first", op, la_dtype_name(t->dtype), op);
+}
 
 int la_dtype_from_name(const char *name, la_dtype *out) {
   static const struct { const char *alias; la_dtype dt; } aliases[] = {
@@ -29,6 +38,8 @@ int la_dtype_from_name(const char *name, la_dtype *out) {
     {"int32", LA_INT32}, {"int", LA_INT32},
     {"int64", LA_INT64}, {"long", LA_INT64},
     {"bool", LA_BOOL},
+    {"bfloat16", LA_BFLOAT16}, {"bf16", LA_BFLOAT16},
+    {"float16", LA_FLOAT16}, {"f16", LA_FLOAT16}, {"half", LA_FLOAT16},
   };
   for (size_t i = 0; i < sizeof aliases / sizeof aliases[0]; i++)
     if (strcmp(name, aliases[i].alias) == 0) { *out = aliases[i].dt; return 0; }
@@ -200,6 +211,12 @@ static void la_fill_contiguous(void *p, la_dtype dt, int64_t n, double v) {
     case LA_INT32: { int32_t *q = p, x = la_to_i32(v); for (int64_t i = 0; i < n; i++) q[i] = x; break; }
     case LA_INT64: { int64_t *q = p, x = la_to_i64(v); for (int64_t i = 0; i < n; i++) q[i] = x; break; }
     case LA_BOOL: memset(p, v != 0, (size_t)n); break;
+    case LA_BFLOAT16: case LA_FLOAT16: {
+      uint16_t *q = p, h;
+      la_store_elem(dt, &h, v);
+      for (int64_t i = 0; i < n; i++) q[i] = h;
+      break;
+    }
     default: break;
   }
 }
@@ -235,27 +252,13 @@ static size_t la_offset_of(const la_tensor *t, const int64_t *index) {
 }
 
 double la_get(const la_tensor *t, const int64_t *index) {
-  size_t off = la_offset_of(t, index);
-  const void *base = t->storage->data;
-  switch (t->dtype) {
-    case LA_FLOAT32: return ((const float *)base)[off];
-    case LA_INT32: return ((const int32_t *)base)[off];
-    case LA_INT64: return (double)((const int64_t *)base)[off];
-    case LA_BOOL: return ((const uint8_t *)base)[off];
-    default: return 0;
-  }
+  const char *base = t->storage->data;
+  return la_load_elem(t->dtype, base + la_offset_of(t, index) * la_dtype_size(t->dtype));
 }
 
 void la_set(la_tensor *t, const int64_t *index, double v) {
-  size_t off = la_offset_of(t, index);
-  void *base = t->storage->data;
-  switch (t->dtype) {
-    case LA_FLOAT32: ((float *)base)[off] = (float)v; break;
-    case LA_INT32: ((int32_t *)base)[off] = la_to_i32(v); break;
-    case LA_INT64: ((int64_t *)base)[off] = la_to_i64(v); break;
-    case LA_BOOL: ((uint8_t *)base)[off] = v != 0; break;
-    default: break;
-  }
+  char *base = t->storage->data;
+  la_store_elem(t->dtype, base + la_offset_of(t, index) * la_dtype_size(t->dtype), v);
 }
 
 double la_item(const la_tensor *t) {
@@ -349,7 +352,7 @@ la_tensor *la_randint(la_dtype dt, int64_t low, int64_t high, int ndim, const in
   if (high <= low)
     return la_fail("randint: high (%lld) must be greater than low (%lld)", (long long)high,
                    (long long)low);
-  if (dt == LA_FLOAT32 || dt == LA_BOOL)
+  if (dt != LA_INT32 && dt != LA_INT64)
     return la_fail("randint: dtype must be int32 or int64 (got %s)", la_dtype_name(dt));
   la_tensor *t = la_empty(dt, ndim, shape);
   if (!t) return NULL;

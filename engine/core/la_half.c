@@ -74,3 +74,10 @@ void la_half_to_f32_n(const uint16_t *src, float *dst, size_t n, bool bf16) {
     for (size_t i = 0; i < n; i++) dst[i] = la_f16_to_f32(src[i]);
   }
 }
+
+void la_half_block_to_f32(const uint16_t *src, int64_t ld, int64_t r0, int64_t r1, int64_t c0,
+                          int64_t c1, float *dst, bool bf16) {
+  int64_t w = c1 - c0;
+  for (int64_t r = r0; r < r1; r++)
+    la_half_to_f32_n(src + r * ld + c0, dst + (r - r0) * w, (size_t)w, bf16);
+}

@@ -205,6 +205,7 @@ static void la_index_add_slices(void *ctx, int64_t lo, int64_t hi) {
 int la_index_add_(la_tensor *dst, int dim, la_tensor *index, la_tensor *src) {
   char b1[LA_SHAPE_BUF], b2[LA_SHAPE_BUF];
   if ((dim = la_norm_dim("index_add", dim, dst->ndim)) < 0) return -1;
+  if (la_check_compute("index_add", dst) < 0 || la_check_compute("index_add", src) < 0) return -1;
   if (la_check_inplace("index_add", dst) < 0 || la_check_index_dtype("index_add", index) < 0)
     return -1;
   if (dst->dtype != LA_FLOAT32 || src->dtype != LA_FLOAT32)
@@ -283,6 +284,7 @@ static int la_gather_backward(la_node *n, la_tensor *gout, la_tensor **gin) {
 
 la_tensor *la_gather(la_tensor *t, int dim, la_tensor *index) {
   if ((dim = la_norm_dim("gather", dim, t->ndim)) < 0) return NULL;
+  if (la_check_compute("gather", t) < 0) return NULL;
   if (la_gather_check("gather", t, dim, index) < 0) return NULL;
   la_tensor *idx = la_contiguous(index), *x = idx ? la_contiguous(t) : NULL;
   if (!x) { la_release(idx); return NULL; }
@@ -311,6 +313,7 @@ la_tensor *la_gather(la_tensor *t, int dim, la_tensor *index) {
 int la_scatter_add_(la_tensor *dst, int dim, la_tensor *index, la_tensor *src) {
   char b1[LA_SHAPE_BUF], b2[LA_SHAPE_BUF];
   if ((dim = la_norm_dim("scatter_add", dim, dst->ndim)) < 0) return -1;
+  if (la_check_compute("scatter_add", dst) < 0 || la_check_compute("scatter_add", src) < 0) return -1;
   if (la_check_inplace("scatter_add", dst) < 0) return -1;
   if (la_gather_check("scatter_add", dst, dim, index) < 0) return -1;
   if (dst->dtype != LA_FLOAT32 || src->dtype != LA_FLOAT32)

@@ -530,9 +530,9 @@ static la_tensor *la_lp_hidden(la_lp_spec *sp, la_tensor *hidden, la_tensor *wei
                                la_tensor *targets, la_tensor *mask, int64_t chunk) {
   char b1[LA_SHAPE_BUF], b2[LA_SHAPE_BUF];
   if (la_lp_check(sp, hidden, "hidden", targets, mask) < 0) return NULL;
-  if (weight->dtype != LA_FLOAT32 || weight->ndim != 2 ||
+  if ((weight->dtype != LA_FLOAT32 && !la_dtype_is_half(weight->dtype)) || weight->ndim != 2 ||
       weight->shape[1] != hidden->shape[hidden->ndim - 1])
-    return la_fail("%s: weight must be float32 (V, C) with C = %lld, the last dim of hidden %s; "
+    return la_fail("%s: weight must be float32, bfloat16 or float16 (V, C) with C = %lld, the last dim of hidden %s; "
                    "got %s %s", sp->op, (long long)hidden->shape[hidden->ndim - 1],
                    la_shape_str(b1, sizeof b1, hidden->ndim, hidden->shape),
                    la_dtype_name(weight->dtype), la_shape_str(b2, sizeof b2, weight->ndim, weight->shape));

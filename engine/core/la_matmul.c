@@ -161,11 +161,118 @@ static void la_sgemm(const la_mat *a, const la_mat *b, float alpha, float beta, 
 
 static bool la_fits_int(int64_t v) { return v >= 0 && v <= 0x7fffffff; }
 
+/* ---------------------------------------------------------------- 16-bit weights */
+/* A product whose B is a 16-bit weight (bf16 or f16, row-major, contiguous)
+** widens B a panel at a time into a float32 scratch block that stays in the
+** core's L2 cache and multiplies by it with sgemm, so the arithmetic is
+** float32 throughout and the weight is never held in float32 whole.  Debian's
+** OpenBLAS 0.3.21 exports no bf16 GEMM (sbgemm), and one would also round the
+** activations to bf16; bench/half_gemm.c measures this path against sgemm on
+** float32 weights.  Threads take contiguous ranges of C's columns, each with
+** its own scratch. */
+
+/* Each panel's sgemm packs the other operand (the activations) again, so
+** panels are wide: at least LA_HALF_MIN_PANEL rows of the weight (or of its
+** reduction dim), up to LA_HALF_PANEL_BYTES of float32 per thread -- a whole
+** projection's share of a thread in one panel for the usual sizes, and a
+** bounded scratch for an LM head's 150k rows.  bench/half_gemm.c builds this
+** file with other sizes to measure the choice (bench/README.md). */
+#ifndef LA_HALF_PANEL_BYTES
+#define LA_HALF_PANEL_BYTES ((size_t)4 << 20)
+#endif
+#define LA_HALF_MIN_PANEL 256
+
+typedef struct {
+  const la_mat *a;
+  const uint16_t *b;     /* the 16-bit weight, row-major */
+  int64_t brows, bcols;  /* its stored shape */
+  bool tb, bf16;
+  float alpha, beta;
+  float *c;
+  int ldc;
+  int M, N, K;
+  int failed;            /* a scratch allocation failed */
+} la_half_ctx;
+
+/* Columns [c0, c1) of C. */
+static void la_half_cols(la_half_ctx *h, int c0, int c1) {
+  int w = c1 - c0;
+  if (w <= 0) return;
+  size_t panel_floats = LA_HALF_PANEL_BYTES / sizeof(float);
+  if (h->tb) {
+    /* C[:, n] = A B[n, :]^T: panels of whole rows of B (= columns of C). */
+    int K = h->K;
+    int p = (int)(panel_floats / (size_t)(K > 0 ? K : 1));
+    p = p < LA_HALF_MIN_PANEL ? LA_HALF_MIN_PANEL : p & ~15;
+    if (p > w) p = w;
+    float *scratch = malloc((size_t)p * (size_t)K * sizeof(float));
+    if (!scratch) {
+      #pragma omp atomic write
+      h->failed = 1;
+      return;
+    }
+    for (int n0 = c0; n0 < c1; n0 += p) {
+      int pn = c1 - n0 < p ? c1 - n0 : p;
+      la_half_block_to_f32(h->b, h->bcols, n0, n0 + pn, 0, K, scratch, h->bf16);
+      la_mat pm;
+      la_mat_of(scratch, K, pn, 1, K, &pm);   /* B^T's columns n0.., stored as rows */
+      la_sgemm1(h->a, &pm, h->alpha, h->beta, h->c + n0, h->ldc, 0, h->M, 0, pn);
+    }
+    free(scratch);
+  } else {
+    /* C[:, c0:c1] = sum over row panels k of A[:, k] B[k, c0:c1]. */
+    int K = h->K;
+    int q = (int)(panel_floats / (size_t)w);
+    q = q < LA_HALF_MIN_PANEL ? LA_HALF_MIN_PANEL : q & ~15;
+    if (q > K) q = K;
+    float *scratch = malloc((size_t)(q > 0 ? q : 1) * (size_t)w * sizeof(float));
+    if (!scratch) {
+      #pragma omp atomic write
+      h->failed = 1;
+      return;
+    }
+    if (K == 0) la_sgemm1(h->a, &(la_mat){scratch, 0, w, false, w}, h->alpha, h->beta, h->c + c0,
+                          h->ldc, 0, h->M, 0, w);
+    for (int k0 = 0; k0 < K; k0 += q) {
+      int qk = K - k0 < q ? K - k0 : q;
+      la_half_block_to_f32(h->b, h->bcols, k0, k0 + qk, c0, c1, scratch, h->bf16);
+      la_mat am = *h->a, pm;
+      am.p = la_mat_cols(h->a, k0);
+      am.cols = qk;
+      la_mat_of(scratch, qk, w, w, 1, &pm);
+      la_sgemm1(&am, &pm, h->alpha, k0 == 0 ? h->beta : 1.0f, h->c + c0, h->ldc, 0, h->M, 0, w);
+    }
+    free(scratch);
+  }
+}
+
+static int la_gemm_half(const la_mat *a, la_tensor *b, bool tb, float alpha, float beta, float *c,
+                        int ldc, int M, int N, int K) {
+  la_half_ctx h = {a, la_data(b), b->shape[0], b->shape[1], tb, b->dtype == LA_BFLOAT16, alpha, beta,
+                   c, ldc, M, N, K, 0};
+  int nt = la_get_num_threads();
+  double macs = (double)M * N * K;
+  if (nt <= 1 || macs < LA_GEMV_PARALLEL_MACS || N < 32) {
+    la_half_cols(&h, 0, N);
+  } else {
+    #pragma omp parallel num_threads(nt)
+    {
+      int t = omp_get_thread_num(), m = omp_get_num_threads();
+      int lo = (int)((int64_t)N * t / m) & ~15, hi = t == m - 1 ? N : (int)((int64_t)N * (t + 1) / m) & ~15;
+      la_half_cols(&h, lo, hi);
+    }
+  }
+  if (h.failed) return la_failn("gemm: out of memory for a float32 panel of a %s weight", la_dtype_name(b->dtype));
+  return 0;
+}
+
 int la_gemm(bool ta, bool tb, float alpha, la_tensor *a, la_tensor *b, float beta, la_tensor *c) {
   char b1[LA_SHAPE_BUF], b2[LA_SHAPE_BUF], b3[LA_SHAPE_BUF];
+  bool half_b = la_dtype_is_half(b->dtype);
   if (a->ndim != 2 || b->ndim != 2 || c->ndim != 2 || a->dtype != LA_FLOAT32 ||
-      b->dtype != LA_FLOAT32 || c->dtype != LA_FLOAT32)
-    return la_failn("gemm: needs 2-d float32 tensors");
+      (b->dtype != LA_FLOAT32 && !half_b) || c->dtype != LA_FLOAT32)
+    return la_failn("gemm: needs 2-d float32 tensors (b may be bfloat16 or float16; got %s, %s and %s)",
+                    la_dtype_name(a->dtype), la_dtype_name(b->dtype), la_dtype_name(c->dtype));
   int64_t M = ta ? a->shape[1] : a->shape[0], K = ta ? a->shape[0] : a->shape[1];
   int64_t K2 = tb ? b->shape[1] : b->shape[0], N = tb ? b->shape[0] : b->shape[1];
   if (K != K2 || c->shape[0] != M || c->shape[1] != N)
@@ -180,6 +287,22 @@ int la_gemm(bool ta, bool tb, float alpha, la_tensor *a, la_tensor *b, float bet
   if (!la_mat_of(la_fdata(a), M, K, as0, as1, &am)) {
     if (!(ac = la_contiguous(a))) return -1;
     la_mat_of(la_fdata(ac), M, K, ta ? 1 : K, ta ? M : 1, &am);
+  }
+  if (half_b) {
+    /* A 16-bit weight: panels widened inside the product (see above). */
+    int rc = 0;
+    la_tensor *bh = la_contiguous(b), *cc = NULL;
+    if (!bh) rc = -1;
+    else if (c->stride[1] == 1 && c->stride[0] >= N) cc = la_retain(c);
+    else if (!(cc = la_contiguous(c))) rc = -1;
+    if (rc == 0) rc = la_gemm_half(&am, bh, tb, alpha, beta, la_fdata(cc),
+                                   (int)(cc->stride[0] > 0 ? cc->stride[0] : 1), (int)M, (int)N, (int)K);
+    if (rc == 0 && cc != c) rc = la_copy_(c, cc);
+    if (rc == 0) c->storage->version++;
+    la_release(bh);
+    la_release(cc);
+    la_release(ac);
+    return rc;
   }
   if (!la_mat_of(la_fdata(b), K, N, bs0, bs1, &bm)) {
     if (!(bc = la_contiguous(b))) { la_release(ac); return -1; }

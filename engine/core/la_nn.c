@@ -61,45 +61,64 @@ static void la_colsum(const float *x, int64_t M, int64_t C, float *out) {
 
 /* ---------------------------------------------------------------- linear */
 
-static int la_linear_backward(la_node *n, la_tensor *gout, la_tensor **gin) {
-  la_tensor *x = n->saved[0], *w = n->saved[1];
-  la_tensor *g = la_as_rows(gout);
-  if (!g) return -1;
-  int rc = 0;
+/* The gradients of y = x W^T + b for g (M, O) the rows of the output's
+** gradient, shared by linear and lora_linear: dx = g W (shaped as the input
+** edge ex), dW = g^T x, db = the column sums of g; each only when asked (its
+** pointer not NULL). */
+static int la_linear_grads(la_tensor *g, la_tensor *x, la_tensor *w, const la_edge *ex,
+                           la_tensor **dx, la_tensor **dw, la_tensor **db) {
   int64_t M = g->shape[0], O = w->shape[0], I = w->shape[1];
-  if (rc == 0 && LA_NEEDS_GRAD(n, 0)) {            /* dx = g W */
-    la_tensor *dx = la_empty(LA_FLOAT32, n->in[0].ndim, n->in[0].shape);
-    la_tensor *dx2 = dx ? la_as_rows(dx) : NULL;
-    rc = dx2 ? la_gemm(false, false, 1.0f, g, w, 0.0f, dx2) : -1;
-    la_release(dx2);
-    if (rc == 0) gin[0] = dx; else la_release(dx);
+  int rc = 0;
+  if (dx) {                                        /* dx = g W */
+    la_tensor *d = la_empty(LA_FLOAT32, ex->ndim, ex->shape);
+    la_tensor *d2 = d ? la_as_rows(d) : NULL;
+    rc = d2 ? la_gemm(false, false, 1.0f, g, w, 0.0f, d2) : -1;
+    la_release(d2);
+    if (rc == 0) *dx = d; else la_release(d);
   }
-  if (rc == 0 && LA_NEEDS_GRAD(n, 1)) {            /* dW = g^T x */
+  if (rc == 0 && dw) {                             /* dW = g^T x */
     la_tensor *x2 = la_as_rows(x);
-    la_tensor *dw = x2 ? la_empty(LA_FLOAT32, 2, (int64_t[]){O, I}) : NULL;
-    rc = dw ? la_gemm(true, false, 1.0f, g, x2, 0.0f, dw) : -1;
+    la_tensor *d = x2 ? la_empty(LA_FLOAT32, 2, (int64_t[]){O, I}) : NULL;
+    rc = d ? la_gemm(true, false, 1.0f, g, x2, 0.0f, d) : -1;
     la_release(x2);
-    if (rc == 0) gin[1] = dw; else la_release(dw);
+    if (rc == 0) *dw = d; else la_release(d);
   }
-  if (rc == 0 && n->n_in > 2 && LA_NEEDS_GRAD(n, 2)) {   /* db = column sums of g */
-    la_tensor *db = la_empty(LA_FLOAT32, 1, &O);
-    if (db) { la_colsum(la_fdata(g), M, O, la_fdata(db)); gin[2] = db; }
+  if (rc == 0 && db) {                             /* db = column sums of g */
+    la_tensor *d = la_empty(LA_FLOAT32, 1, &O);
+    if (d) { la_colsum(la_fdata(g), M, O, la_fdata(d)); *db = d; }
     else rc = -1;
   }
+  return rc;
+}
+
+static int la_linear_backward(la_node *n, la_tensor *gout, la_tensor **gin) {
+  la_tensor *g = la_as_rows(gout);
+  if (!g) return -1;
+  int rc = la_linear_grads(g, n->saved[0], n->saved[1], &n->in[0],
+                           LA_NEEDS_GRAD(n, 0) ? &gin[0] : NULL, LA_NEEDS_GRAD(n, 1) ? &gin[1] : NULL,
+                           n->n_in > 2 && LA_NEEDS_GRAD(n, 2) ? &gin[2] : NULL);
   la_release(g);
   return rc;
 }
 
-la_tensor *la_linear(la_tensor *x, la_tensor *w, la_tensor *b) {
+/* A weight may be float32 or, frozen, a 16-bit float (see la_gemm). */
+static int la_check_weight(const char *op, const la_tensor *w) {
+  if (w->dtype != LA_FLOAT32 && !la_dtype_is_half(w->dtype))
+    return la_failn("%s: weight must be float32, bfloat16 or float16 (got %s)", op, la_dtype_name(w->dtype));
+  return 0;
+}
+
+/* x W^T + b into a new tensor (..., O), checked, with no graph. */
+static la_tensor *la_linear_forward(const char *op, la_tensor *x, la_tensor *w, la_tensor *b) {
   char b1[LA_SHAPE_BUF], b2[LA_SHAPE_BUF];
-  if (la_check_f32("linear", x, "input") < 0 || la_check_f32("linear", w, "weight") < 0) return NULL;
-  if (b && la_check_f32("linear", b, "bias") < 0) return NULL;
+  if (la_check_f32(op, x, "input") < 0 || la_check_weight(op, w) < 0) return NULL;
+  if (b && la_check_f32(op, b, "bias") < 0) return NULL;
   if (x->ndim < 1 || w->ndim != 2 || x->shape[x->ndim - 1] != w->shape[1])
-    return la_fail("linear: input of shape %s does not fit weight of shape %s (out, in)",
+    return la_fail("%s: input of shape %s does not fit weight of shape %s (out, in)", op,
                    la_shape_str(b1, sizeof b1, x->ndim, x->shape),
                    la_shape_str(b2, sizeof b2, w->ndim, w->shape));
   if (b && (b->ndim != 1 || b->shape[0] != w->shape[0]))
-    return la_fail("linear: bias of shape %s does not fit weight of shape %s",
+    return la_fail("%s: bias of shape %s does not fit weight of shape %s", op,
                    la_shape_str(b1, sizeof b1, b->ndim, b->shape),
                    la_shape_str(b2, sizeof b2, w->ndim, w->shape));
   int64_t O = w->shape[0], shape[LA_MAX_DIM];
@@ -130,6 +149,11 @@ la_tensor *la_linear(la_tensor *x, la_tensor *w, la_tensor *b) {
   la_release(x2);
   la_release(o2);
   if (rc < 0) { la_release(out); return NULL; }
+  return out;
+}
+
+la_tensor *la_linear(la_tensor *x, la_tensor *w, la_tensor *b) {
+  la_tensor *out = la_linear_forward("linear", x, w, b);
   la_tensor *in[3] = {x, w, b};
   la_node *n;
   out = la_record(out, "linear", la_linear_backward, b ? 3 : 2, in, 2, &n);
@@ -137,6 +161,102 @@ la_tensor *la_linear(la_tensor *x, la_tensor *w, la_tensor *b) {
     la_release(out);
     return NULL;
   }
+  return out;
+}
+
+/* ---------------------------------------------------------------- LoRA linear */
+/* y = x W^T + b + s (xd A^T) B^T: a linear layer with a low-rank update
+** (Hu et al. 2021), A (r, in), B (out, r), s the scaling, xd the input after
+** the adapter's dropout (x itself without one).  The rank-r activations
+** u = xd A^T are the only thing stored beyond what linear stores; the
+** backward pass gives
+**   dB = s g^T u,  gu = s g B,  dA = gu^T xd,  dxd = gu A,  dx = g W (+ dxd)
+** and dW, db as linear when the base requires them (a frozen base, the
+** usual case, costs nothing there).  Inputs: x, W, b, A, B, xd; saved: x, W,
+** A, B, u, xd. */
+
+static int la_lora_backward(la_node *n, la_tensor *gout, la_tensor **gin) {
+  la_tensor *x = n->saved[0], *w = n->saved[1], *a = n->saved[2], *bm = n->saved[3], *u = n->saved[4];
+  la_tensor *xd = n->saved[5] ? n->saved[5] : x;
+  float s = (float)n->farg[0];
+  bool need_a = LA_NEEDS_GRAD(n, 3), need_b = LA_NEEDS_GRAD(n, 4), need_xd = LA_NEEDS_GRAD(n, 5);
+  bool need_x = LA_NEEDS_GRAD(n, 0);
+  la_tensor *g = la_as_rows(gout), *gu = NULL, *xd2 = NULL;
+  if (!g) return -1;
+  int64_t M = g->shape[0], R = a->shape[0];
+  /* The base product: dx = g W, dW, db. */
+  int rc = la_linear_grads(g, x, w, &n->in[0], need_x ? &gin[0] : NULL,
+                           LA_NEEDS_GRAD(n, 1) ? &gin[1] : NULL, LA_NEEDS_GRAD(n, 2) ? &gin[2] : NULL);
+  if (rc == 0 && need_b) {                          /* dB = s g^T u */
+    la_tensor *d = la_empty(LA_FLOAT32, 2, bm->shape);
+    rc = d ? la_gemm(true, false, s, g, u, 0.0f, d) : -1;
+    if (rc == 0) gin[4] = d; else la_release(d);
+  }
+  bool dropout = n->saved[5] != NULL;
+  if (rc == 0 && (need_a || need_xd || (need_x && !dropout))) {   /* gu = s g B */
+    gu = la_empty(LA_FLOAT32, 2, (int64_t[]){M, R});
+    rc = gu ? la_gemm(false, false, s, g, bm, 0.0f, gu) : -1;
+  }
+  if (rc == 0 && need_a) {                          /* dA = gu^T xd */
+    xd2 = la_as_rows(xd);
+    la_tensor *d = xd2 ? la_empty(LA_FLOAT32, 2, a->shape) : NULL;
+    rc = d ? la_gemm(true, false, 1.0f, gu, xd2, 0.0f, d) : -1;
+    if (rc == 0) gin[3] = d; else la_release(d);
+  }
+  if (rc == 0 && dropout && need_xd) {              /* dxd = gu A */
+    la_tensor *d = la_empty(LA_FLOAT32, n->in[5].ndim, n->in[5].shape);
+    la_tensor *d2 = d ? la_as_rows(d) : NULL;
+    rc = d2 ? la_gemm(false, false, 1.0f, gu, a, 0.0f, d2) : -1;
+    la_release(d2);
+    if (rc == 0) gin[5] = d; else la_release(d);
+  }
+  if (rc == 0 && !dropout && need_x) {              /* dx += gu A */
+    la_tensor *d2 = la_as_rows(gin[0]);
+    rc = d2 ? la_gemm(false, false, 1.0f, gu, a, 1.0f, d2) : -1;
+    la_release(d2);
+  }
+  la_release(g);
+  la_release(gu);
+  la_release(xd2);
+  return rc;
+}
+
+la_tensor *la_lora_linear(la_tensor *x, la_tensor *w, la_tensor *b, la_tensor *a, la_tensor *bm,
+                          double scale, la_tensor *xd) {
+  char b1[LA_SHAPE_BUF], b2[LA_SHAPE_BUF], b3[LA_SHAPE_BUF];
+  const char *op = "lora_linear";
+  if (la_check_f32(op, a, "lora_A") < 0 || la_check_f32(op, bm, "lora_B") < 0) return NULL;
+  if (xd && la_check_f32(op, xd, "dropped input") < 0) return NULL;
+  if (w->ndim != 2 || a->ndim != 2 || bm->ndim != 2 || a->shape[1] != w->shape[1] ||
+      bm->shape[0] != w->shape[0] || bm->shape[1] != a->shape[0])
+    return la_fail("%s: lora_A %s (r, in) and lora_B %s (out, r) do not fit weight %s (out, in)", op,
+                   la_shape_str(b1, sizeof b1, a->ndim, a->shape), la_shape_str(b2, sizeof b2, bm->ndim, bm->shape),
+                   la_shape_str(b3, sizeof b3, w->ndim, w->shape));
+  if (xd && !la_same_shape(xd, x))
+    return la_fail("%s: the dropped input has shape %s, the input %s", op,
+                   la_shape_str(b1, sizeof b1, xd->ndim, xd->shape), la_shape_str(b2, sizeof b2, x->ndim, x->shape));
+  if (!isfinite(scale)) return la_fail("%s: scaling must be finite (got %g)", op, scale);
+  la_tensor *out = la_linear_forward(op, x, w, b);
+  if (!out) return NULL;
+  int64_t M = la_rows(x), R = a->shape[0];
+  la_tensor *xd2 = la_as_rows(xd ? xd : x), *o2 = xd2 ? la_as_rows(out) : NULL;
+  la_tensor *u = o2 ? la_empty(LA_FLOAT32, 2, (int64_t[]){M, R}) : NULL;
+  int rc = u ? 0 : -1;
+  if (rc == 0) rc = la_gemm(false, true, 1.0f, xd2, a, 0.0f, u);                 /* u = xd A^T */
+  if (rc == 0) rc = la_gemm(false, true, (float)scale, u, bm, 1.0f, o2);       /* y += s u B^T */
+  la_release(xd2);
+  la_release(o2);
+  if (rc < 0) { la_release(u); la_release(out); return NULL; }
+  la_tensor *in[6] = {x, w, b, a, bm, xd};
+  la_node *n;
+  out = la_record(out, op, la_lora_backward, 6, in, 6, &n);
+  if (n) {
+    n->farg[0] = scale;
+    if (la_node_save(n, 0, x) < 0 || la_node_save(n, 1, w) < 0 || la_node_save(n, 2, a) < 0 ||
+        la_node_save(n, 3, bm) < 0 || la_node_save(n, 4, u) < 0 || (xd && la_node_save(n, 5, xd) < 0))
+      la_release_p(&out);
+  }
+  la_release(u);
   return out;
 }
 

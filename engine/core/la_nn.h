@@ -11,8 +11,14 @@
 
 /* ---------------------------------------------------------------- la_nn.c */
 
-/* y = x W^T + b for x (..., in), W (out, in), b (out) or NULL. */
+/* y = x W^T + b for x (..., in), W (out, in), b (out) or NULL.  W may be a
+** frozen bfloat16 or float16 weight (products in float32, see la_gemm). */
 la_tensor *la_linear(la_tensor *x, la_tensor *w, la_tensor *b);
+/* A linear layer with a LoRA update in one op: x W^T + b + scale (xd A^T) B^T
+** for A (r, in), B (out, r), xd the input after the adapter's dropout (or
+** NULL: x itself).  Gradients for every input that needs one. */
+la_tensor *la_lora_linear(la_tensor *x, la_tensor *w, la_tensor *b, la_tensor *a, la_tensor *bm,
+                          double scale, la_tensor *xd);
 /* Normalise over the last dim; w and b (C) may be NULL. */
 la_tensor *la_layer_norm(la_tensor *x, la_tensor *w, la_tensor *b, double eps);
 la_tensor *la_rms_norm(la_tensor *x, la_tensor *w, double eps);

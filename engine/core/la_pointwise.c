@@ -113,27 +113,6 @@ static bool la_unary_needs_x(la_unary_op op) {
 }
 static bool la_unary_needs_y(la_unary_op op) { return !la_unary_needs_x(op) && op != LA_NEG; }
 
-/* Loads any dtype as a double (the general, non-float path). */
-static inline double la_load(la_dtype dt, const char *p) {
-  switch (dt) {
-    case LA_FLOAT32: return *(const float *)p;
-    case LA_INT32: return *(const int32_t *)p;
-    case LA_INT64: return (double)*(const int64_t *)p;
-    case LA_BOOL: return *(const uint8_t *)p;
-    default: return 0;
-  }
-}
-
-static inline void la_store(la_dtype dt, char *p, double v) {
-  switch (dt) {
-    case LA_FLOAT32: *(float *)p = (float)v; break;
-    case LA_INT32: *(int32_t *)p = la_to_i32(v); break;
-    case LA_INT64: *(int64_t *)p = la_to_i64(v); break;
-    case LA_BOOL: *(uint8_t *)p = v != 0; break;
-    default: break;
-  }
-}
-
 /* ---------------------------------------------------------------- unary */
 
 typedef struct { la_unary_op op; la_dtype dt; } la_unary_ctx;
@@ -142,9 +121,9 @@ static void la_unary_row(void *ctx, int64_t n, char *const *p, const int64_t *s)
   const la_unary_ctx *c = ctx;
   if (c->dt != LA_FLOAT32) {
     for (int64_t i = 0; i < n; i++) {
-      double x = la_load(c->dt, p[1] + i * s[1]);
+      double x = la_load_elem(c->dt, p[1] + i * s[1]);
       double y = c->op == LA_NEG ? -x : c->op == LA_ABS ? fabs(x) : x * x;
-      la_store(c->dt, p[0] + i * s[0], y);
+      la_store_elem(c->dt, p[0] + i * s[0], y);
     }
     return;
   }
@@ -227,6 +206,7 @@ static int la_unary_backward(la_node *n, la_tensor *gout, la_tensor **gin) {
 }
 
 la_tensor *la_unary(la_unary_op op, la_tensor *a) {
+  if (la_check_compute(la_unary_names[op], a) < 0) return NULL;
   if (a->dtype != LA_FLOAT32) {
     if (op == LA_NEG || op == LA_ABS || op == LA_SQUARE) {
       if (a->dtype == LA_BOOL)
@@ -372,8 +352,8 @@ static void la_binary_row_any(void *ctx, int64_t n, char *const *p, const int64_
   const la_binary_ctx *c = ctx;
   bool integral = c->out != LA_FLOAT32;
   for (int64_t i = 0; i < n; i++) {
-    double a = la_load(c->a, p[1] + i * s[1]), b = la_load(c->b, p[2] + i * s[2]);
-    la_store(c->out, p[0] + i * s[0], la_binary_d(c->op, a, b, integral));
+    double a = la_load_elem(c->a, p[1] + i * s[1]), b = la_load_elem(c->b, p[2] + i * s[2]);
+    la_store_elem(c->out, p[0] + i * s[0], la_binary_d(c->op, a, b, integral));
   }
 }
 
@@ -468,6 +448,7 @@ static int la_binary_backward(la_node *n, la_tensor *gout, la_tensor **gin) {
 
 la_tensor *la_binary(la_binary_op op, la_tensor *a, la_tensor *b) {
   const char *name = la_binary_names[op];
+  if (la_check_compute(name, a) < 0 || la_check_compute(name, b) < 0) return NULL;
   int nd;
   int64_t shape[LA_MAX_DIM];
   if (la_broadcast_shape(name, a, b, &nd, shape) < 0) return NULL;
@@ -501,6 +482,7 @@ la_tensor *la_binary(la_binary_op op, la_tensor *a, la_tensor *b) {
 }
 
 la_tensor *la_binary_scalar(la_binary_op op, la_tensor *a, double b, bool scalar_first) {
+  if (la_check_compute(la_binary_names[op], a) < 0) return NULL;
   /* An integral number keeps an integer tensor integral; others make float. */
   la_dtype dt = (a->dtype != LA_FLOAT32 && b == floor(b) && fabs(b) < 9e15)
                     ? (a->dtype == LA_BOOL ? LA_INT32 : a->dtype)
@@ -520,8 +502,8 @@ static void la_clamp_row(void *ctx, int64_t n, char *const *p, const int64_t *s)
   const la_clamp_ctx *c = ctx;
   if (c->dt != LA_FLOAT32) {
     for (int64_t i = 0; i < n; i++) {
-      double x = la_load(c->dt, p[1] + i * s[1]);
-      la_store(c->dt, p[0] + i * s[0], x < c->dlo ? c->dlo : (x > c->dhi ? c->dhi : x));
+      double x = la_load_elem(c->dt, p[1] + i * s[1]);
+      la_store_elem(c->dt, p[0] + i * s[0], x < c->dlo ? c->dlo : (x > c->dhi ? c->dhi : x));
     }
     return;
   }
@@ -547,6 +529,7 @@ static int la_clamp_backward(la_node *n, la_tensor *gout, la_tensor **gin) {
 }
 
 la_tensor *la_clamp(la_tensor *a, double lo, double hi) {
+  if (la_check_compute("clamp", a) < 0) return NULL;
   if (lo > hi) return la_fail("clamp: min %g is greater than max %g", lo, hi);
   if (a->dtype == LA_BOOL) return la_fail("clamp: not defined for bool tensors");
   la_clamp_ctx c = {(float)lo, (float)hi, a->dtype, lo, hi};
@@ -579,9 +562,9 @@ static void la_where_row(void *ctx, int64_t n, char *const *p, const int64_t *s)
     return;
   }
   for (int64_t i = 0; i < n; i++) {
-    bool k = la_load(c->cond, p[1] + i * s[1]) != 0;
-    double v = k ? la_load(c->a, p[2] + i * s[2]) : la_load(c->b, p[3] + i * s[3]);
-    la_store(c->out, p[0] + i * s[0], v);
+    bool k = la_load_elem(c->cond, p[1] + i * s[1]) != 0;
+    double v = k ? la_load_elem(c->a, p[2] + i * s[2]) : la_load_elem(c->b, p[3] + i * s[3]);
+    la_store_elem(c->out, p[0] + i * s[0], v);
   }
 }
 
@@ -624,6 +607,9 @@ static int la_where_backward(la_node *n, la_tensor *gout, la_tensor **gin) {
 }
 
 la_tensor *la_where(la_tensor *cond, la_tensor *a, la_tensor *b) {
+  if (la_check_compute("where", a) < 0 || la_check_compute("where", b) < 0 ||
+      la_check_compute("where", cond) < 0)
+    return NULL;
   la_dtype dt = la_promote(a->dtype, b->dtype);
   if (a->dtype == LA_BOOL && b->dtype == LA_BOOL) dt = LA_BOOL;
   if (dt == LA_FLOAT32 && (a->dtype != LA_FLOAT32 || b->dtype != LA_FLOAT32)) {
@@ -663,6 +649,7 @@ static int la_inplace_check_shape(const char *op, la_tensor *dst, la_tensor *src
 int la_binary_(la_binary_op op, la_tensor *dst, la_tensor *src) {
   char name[32];
   snprintf(name, sizeof name, "%s_", la_binary_names[op]);
+  if (la_check_compute(name, dst) < 0 || la_check_compute(name, src) < 0) return -1;
   if (la_check_inplace(name, dst) < 0 || la_inplace_check_shape(name, dst, src) < 0) return -1;
   if (la_is_compare(op)) return la_failn("%s: comparisons have no in-place form", name);
   la_dtype rt = op == LA_DIV ? LA_FLOAT32 : la_promote(dst->dtype, src->dtype);
@@ -683,6 +670,7 @@ int la_binary_(la_binary_op op, la_tensor *dst, la_tensor *src) {
 }
 
 int la_binary_scalar_(la_binary_op op, la_tensor *dst, double v) {
+  if (la_check_compute(la_binary_names[op], dst) < 0) return -1;
   la_tensor *s = la_scalar(dst->dtype == LA_BOOL ? LA_INT32 : dst->dtype, v);
   if (!s) return -1;
   if (dst->dtype != LA_FLOAT32 && v != floor(v)) {

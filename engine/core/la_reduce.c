@@ -182,6 +182,7 @@ static int la_sum_backward(la_node *n, la_tensor *gout, la_tensor **gin) {
 
 static la_tensor *la_reduce_sum(la_tensor *t, int dim, bool keepdim, bool mean) {
   const char *op = mean ? "mean" : "sum";
+  if (la_check_compute(op, t) < 0) return NULL;
   bool all = dim < 0;
   if (!all && (dim = la_norm_dim(op, dim, t->ndim)) < 0) return NULL;
   if (mean && t->dtype != LA_FLOAT32) {
@@ -252,6 +253,7 @@ static int la_extreme_backward(la_node *n, la_tensor *gout, la_tensor **gin) {
 
 static la_tensor *la_extreme(la_tensor *t, int dim, bool keepdim, la_tensor **indices, bool want_max) {
   const char *op = want_max ? "max" : "min";
+  if (la_check_compute(op, t) < 0) return NULL;
   char b1[LA_SHAPE_BUF];
   bool all = dim < 0;
   if (!all && (dim = la_norm_dim(op, dim, t->ndim)) < 0) return NULL;
@@ -453,6 +455,7 @@ static void la_smx_range(void *ctx, int64_t lo, int64_t hi) {
 static la_tensor *la_smx(la_smx_kind kind, la_tensor *t, int dim, bool keepdim, bool all) {
   static const char *const names[] = {"softmax", "log_softmax", "logsumexp"};
   const char *op = names[kind];
+  if (la_check_compute(op, t) < 0) return NULL;
   if (t->dtype != LA_FLOAT32) {
     la_tensor *f = la_to_dtype(t, LA_FLOAT32);
     la_tensor *r = f ? la_smx(kind, f, dim, keepdim, all) : NULL;

@@ -313,11 +313,27 @@ typedef struct { la_dtype dst, src; } la_copy_ctx;
     default: break;                                                               \
   }
 
+/* A row to or from a 16-bit float type, through float32. */
+static void la_copy_row_half(const la_copy_ctx *c, int64_t n, char *const *p, const int64_t *s) {
+  bool unit = s[0] == (int64_t)la_dtype_size(c->dst) && s[1] == (int64_t)la_dtype_size(c->src);
+  if (unit && c->src == LA_FLOAT32 && la_dtype_is_half(c->dst)) {
+    la_f32_to_half_n((const float *)p[1], (uint16_t *)p[0], (size_t)n, c->dst == LA_BFLOAT16);
+  } else if (unit && c->dst == LA_FLOAT32 && la_dtype_is_half(c->src)) {
+    la_half_to_f32_n((const uint16_t *)p[1], (float *)p[0], (size_t)n, c->src == LA_BFLOAT16);
+  } else {
+    for (int64_t i = 0; i < n; i++) la_store_elem(c->dst, p[0] + i * s[0], la_load_elem(c->src, p[1] + i * s[1]));
+  }
+}
+
 static void la_copy_row(void *ctx, int64_t n, char *const *p, const int64_t *s) {
   const la_copy_ctx *c = ctx;
   size_t es = la_dtype_size(c->dst);
   if (c->dst == c->src && s[0] == (int64_t)es && s[1] == (int64_t)es) {
     memcpy(p[0], p[1], (size_t)n * es);
+    return;
+  }
+  if (la_dtype_is_half(c->dst) || la_dtype_is_half(c->src)) {
+    la_copy_row_half(c, n, p, s);
     return;
   }
   switch (c->dst) {

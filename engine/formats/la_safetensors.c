@@ -869,6 +869,14 @@ int la_st_read_into(la_st_file *f, size_t i, la_tensor *dst) {
                     NAMEA(e->name, e->name_len), la_shape_str(b1, sizeof b1, e->ndim, e->shape),
                     la_shape_str(b2, sizeof b2, dst->ndim, dst->shape));
   la_dtype dt;
+  if (((dst->dtype == LA_BFLOAT16 && e->dtype == LA_ST_BF16) || (dst->dtype == LA_FLOAT16 && e->dtype == LA_ST_F16)) &&
+      la_is_contiguous(dst)) {
+    /* A 16-bit weight kept in its file's format: the bytes as they are. */
+    int rc = st_read_at(f->fd, la_data(dst), (size_t)(e->end - e->begin), 8 + f->h->header_len + e->begin);
+    if (rc < 0) la_error_prefix("%s: tensor " NAMEF ": ", f->path, NAMEA(e->name, e->name_len));
+    else dst->storage->version++;
+    return rc;
+  }
   if (la_st_load_dtype(e->dtype, &dt) == 0 && dt == dst->dtype && la_is_contiguous(dst)) {
     /* Straight into the destination's memory: no temporary tensor. */
     uint64_t offset = 8 + f->h->header_len + e->begin;
@@ -1001,6 +1009,27 @@ static int st_write_half(int fd, const float *src, size_t n, bool bf16) {
   return 0;
 }
 
+/* Writes n 16-bit floats (bf16 when src_bf16, else f16) as out: F32, or the
+** other 16-bit type, converted through float32 in bounce buffers. */
+static int st_write_widened(int fd, const uint16_t *src, size_t n, bool src_bf16, la_st_dtype out) {
+  float wide[ST_BOUNCE / sizeof(float)];
+  uint16_t narrow[ST_BOUNCE / sizeof(float)];
+  size_t per = sizeof wide / sizeof wide[0];
+  for (size_t done = 0; done < n; done += per) {
+    size_t k = n - done < per ? n - done : per;
+    la_half_to_f32_n(src + done, wide, k, src_bf16);
+    int rc;
+    if (out == LA_ST_F32) {
+      rc = st_write_all(fd, wide, k * sizeof(float));
+    } else {
+      la_f32_to_half_n(wide, narrow, k, out == LA_ST_BF16);
+      rc = st_write_all(fd, narrow, k * sizeof(uint16_t));
+    }
+    if (rc < 0) return -1;
+  }
+  return 0;
+}
+
 /* Builds and checks the header: returns it (padded so that the data starts
 ** at a multiple of 8 bytes from the start of the file) or NULL. */
 static char *st_build_header(const char *path, size_t n, const la_st_named *tensors, size_t n_meta,
@@ -1015,6 +1044,10 @@ static char *st_build_header(const char *path, size_t n, const la_st_named *tens
     outs[i].src = t;
     switch (t->tensor->dtype) {
       case LA_FLOAT32: outs[i].dtype = st_is_half(t->as) ? t->as : LA_ST_F32; break;
+      case LA_BFLOAT16: case LA_FLOAT16:
+        outs[i].dtype = st_is_half(t->as) || t->as == LA_ST_F32 ? t->as
+                        : t->tensor->dtype == LA_BFLOAT16 ? LA_ST_BF16 : LA_ST_F16;
+        break;
       case LA_INT32: outs[i].dtype = LA_ST_I32; break;
       case LA_INT64: outs[i].dtype = LA_ST_I64; break;
       case LA_BOOL: outs[i].dtype = LA_ST_BOOL; break;
@@ -1192,9 +1225,14 @@ int la_st_save(const char *path, size_t n, const la_st_named *tensors, size_t n_
       free(order);
       goto fail;
     }
-    int rc = st_is_half(order[i]->dtype)
-                 ? st_write_half(fd, la_fdata(c), (size_t)la_numel(c), order[i]->dtype == LA_ST_BF16)
-                 : st_write_all(fd, la_data(c), (size_t)order[i]->nbytes);
+    la_st_dtype own = c->dtype == LA_BFLOAT16 ? LA_ST_BF16 : c->dtype == LA_FLOAT16 ? LA_ST_F16 : LA_ST_NDTYPE;
+    int rc;
+    if (la_dtype_is_half(c->dtype) && order[i]->dtype != own)
+      rc = st_write_widened(fd, la_data(c), (size_t)la_numel(c), c->dtype == LA_BFLOAT16, order[i]->dtype);
+    else if (c->dtype == LA_FLOAT32 && st_is_half(order[i]->dtype))
+      rc = st_write_half(fd, la_fdata(c), (size_t)la_numel(c), order[i]->dtype == LA_ST_BF16);
+    else
+      rc = st_write_all(fd, la_data(c), (size_t)order[i]->nbytes);
     la_release(c);
     if (rc < 0) {
       la_failn("%s: cannot write tensor " NAMEF ": %s", path, NAMEA(src->name, src->name_len), strerror(errno));

@@ -87,7 +87,8 @@ const la_st_header *la_st_file_header(const la_st_file *f);
 la_tensor *la_st_read(la_st_file *f, size_t i);
 /* Reads tensor i into dst, an existing tensor of the same shape: straight
 ** into its memory when it is contiguous and of the type the tensor loads as
-** (F16/BF16/F64 converted on the way through a small buffer), otherwise read
+** (F16/BF16/F64 converted on the way through a small buffer) or a bfloat16
+** (float16) tensor read from BF16 (F16) as it is, otherwise read
 ** and copied across (dst a view, or another dtype).  No autograd checks: the
 ** caller writes model parameters under no-grad. */
 int la_st_read_into(la_st_file *f, size_t i, la_tensor *dst);
@@ -98,10 +99,12 @@ void la_st_close(la_st_file *f);
 typedef struct la_st_named {
   const char *name;
   size_t name_len;
-  la_tensor *tensor;        /* float32, int32, int64 or bool; any strides */
+  la_tensor *tensor;        /* any dtype; any strides */
   la_st_dtype as;           /* LA_ST_F16 or LA_ST_BF16: a float32 tensor stored in half
-                            ** precision (rounded to nearest even); any other value
-                            ** (zero-initialised included): stored as its own dtype */
+                            ** precision (rounded to nearest even); a bfloat16 or float16
+                            ** tensor is stored as 'as' when that is F32, F16 or BF16
+                            ** (converted through float32 unless it is its own type); any
+                            ** other value (zero-initialised included): stored as its own dtype */
 } la_st_named;
 
 /* Writes the tensors and the metadata to path atomically: into a temporary

@@ -38,7 +38,8 @@ end
 --- Writes tensors and metadata to a safetensors file, atomically.
 --
 -- `named_tensors` maps names (strings) to tensors of any dtype lualign has
--- (float32 as F32, int32 as I32, int64 as I64, bool as BOOL); views and other
+-- (float32 as F32, bfloat16 as BF16, float16 as F16, int32 as I32, int64 as
+-- I64, bool as BOOL); views and other
 -- non-contiguous tensors are written as their values, row-major.  `metadata`
 -- (optional) maps strings to strings; numbers and booleans are written with
 -- tostring, anything else is an error.  The file is written beside `path`
@@ -46,12 +47,13 @@ end
 -- `path` holds either its old contents or the complete new file, never a
 -- part; on any error the old file is left as it was and the temporary one
 -- removed.  Header keys are sorted, so the same tensors give the same bytes.
--- `opts.dtype` stores the float32 tensors in half precision: "bf16"
--- (bfloat16) or "f16" (IEEE half), rounded to nearest even; "f32" (the
--- default) keeps them as they are.  Integer and bool tensors are unaffected.
+-- `opts.dtype` stores every float tensor as one type: "bf16" (bfloat16) or
+-- "f16" (IEEE half), rounded to nearest even, or "f32"; without it each
+-- keeps its own dtype.  Integer and bool tensors are unaffected.
 function M.save(path, named_tensors, metadata, opts)
   check_path("save", path)
   local float_type = M.float_type("checkpoint.save", opts)
+  if opts == nil or opts.dtype == nil then float_type = nil end
   if type(named_tensors) ~= "table" or core.is_tensor(named_tensors) then
     fail("save", "expected a table of name = tensor (got a " .. type(named_tensors) .. ")")
   end

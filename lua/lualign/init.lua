@@ -28,6 +28,7 @@ la.Tensor = core.Tensor
 
 la.float32, la.int32, la.int64, la.bool = "float32", "int32", "int64", "bool"
 la.float, la.int, la.long = "float32", "int32", "int64"
+la.bfloat16, la.float16, la.half = "bfloat16", "float16", "float16"
 
 la.version = "0.1.0"
 
@@ -160,7 +161,8 @@ local submodules = {
   gradcheck = "lualign.gradcheck", nn = "lualign.nn", optim = "lualign.optim",
   loss = "lualign.loss", data = "lualign.data", tokenizer = "lualign.tokenizer",
   checkpoint = "lualign.checkpoint", models = "lualign.models", plot = "lualign.plot",
-  recipe = "lualign.recipe", dist = "lualign.dist",
+  recipe = "lualign.recipe", lora = "lualign.lora", accumulate = "lualign.accumulate",
+  dist = "lualign.dist",
 }
 -- (lualign.log, the training log, is reached with require: la.log is the logarithm.)
 

@@ -8,6 +8,9 @@
 --
 -- Parameters may be given as a module, a list of tensors, a list of {name,
 -- tensor} pairs, or a list of groups {params = ..., weight_decay = ...}.
+-- Those that do not require gradients (frozen: a LoRA model's base, a
+-- reference model) are left out: the optimizer holds no state for them and
+-- never changes them.
 -- Weight decay applies by default only to tensors of two or more dims (weight
 -- matrices and embeddings), not to biases or norm weights.
 
@@ -39,7 +42,14 @@ local function collect(params)
     add_list(params, nil)
   end
   if #entries == 0 then util.error("optimizer: no parameters given") end
-  return entries
+  local trainable = {}
+  for _, e in ipairs(entries) do
+    if e.tensor:needs_grad() then trainable[#trainable + 1] = e end
+  end
+  if #trainable == 0 then
+    util.error(string.format("optimizer: none of the %d parameters requires gradients (all are frozen)", #entries))
+  end
+  return trainable
 end
 
 local function decays_by_default(t) return t:dim() >= 2 end
@@ -85,7 +95,7 @@ end
 function AdamW:step()
   self.step_count = self.step_count + 1
   for i, p in ipairs(self.params) do
-    if p.grad and not self.m[i] then
+    if not self.m[i] and p:has_grad() then   -- (p.grad would make a handle that outlives zero_grad)
       self.m[i] = core.zeros(p:shape())
       self.v[i] = core.zeros(p:shape())
     end
@@ -139,7 +149,7 @@ end
 function SGD:step()
   if self.momentum ~= 0 then
     for i, p in ipairs(self.params) do
-      if p.grad and not self.buffers[i] then self.buffers[i] = core.zeros(p:shape()) end
+      if not self.buffers[i] and p:has_grad() then self.buffers[i] = core.zeros(p:shape()) end
     end
   end
   K.sgd_step(self.params, self.buffers, self.decay,

@@ -67,7 +67,7 @@ end
 
 local function value_formatter(t, rows)
   local dt = t:dtype()
-  if dt == "float32" then return float_formatter(rows) end
+  if dt == "float32" or dt == "bfloat16" or dt == "float16" then return float_formatter(rows) end
   if dt == "bool" then return function(v) return v and "true" or "false" end end
   return function(v) return string.format("%d", v) end
 end

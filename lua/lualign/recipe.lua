@@ -40,7 +40,8 @@ local common = {
 }
 
 -- Keys whose value must be one of a few words.
-local choices = {nonfinite = {stop = true, skip = true}}
+local choices = {nonfinite = {stop = true, skip = true},
+                 weights_dtype = {float32 = true, bfloat16 = true, float16 = true}}
 
 local function kind_of(default, declared)
   if declared then return declared end
@@ -50,6 +51,11 @@ end
 
 -- Converts a command-line string to the key's kind, or returns nil and why.
 local function convert(key, value, kind)
+  if type(value) ~= "string" and kind == "blocks" then   -- true, false or a count
+    if value == true then return 1 elseif value == false then return 0 end
+    if math.tointeger(value) and value >= 0 then return math.tointeger(value) end
+    return nil, string.format("%s must be true, false or a number of blocks (got %s)", key, tostring(value))
+  end
   if type(value) ~= "string" then
     local ok = (kind == "integer" and math.type(value) == "integer") or
                (kind == "number" and type(value) == "number") or type(value) == kind
@@ -66,6 +72,10 @@ local function convert(key, value, kind)
   elseif kind == "boolean" then
     local b = ({["true"] = true, ["1"] = true, yes = true, ["false"] = false, ["0"] = false, no = false})[value]
     if b ~= nil then return b end
+  elseif kind == "blocks" then
+    local b = ({["true"] = 1, yes = 1, ["false"] = 0, no = 0})[value] or math.tointeger(tonumber(value))
+    if b and b >= 0 then return b end
+    return nil, string.format("%s must be true, false or a number of blocks (got '%s')", key, value)
   else
     return value
   end
@@ -476,7 +486,7 @@ function Run:save_model(model, metadata, file)
   local checkpoint = require "lualign.checkpoint"
   check_started(self, "saving " .. (file or "model.safetensors"))
   local path = self:path(file or "model.safetensors")
-  local tensors = model:state_dict()
+  local tensors = recipe.model_weights(model)
   recipe.check_finite_tensors("save_model", path, tensors)
   local meta = {config = recipe.json(self.config)}
   if model.config then meta.model_config = recipe.json(model.config) end
@@ -715,6 +725,117 @@ function recipe.write_atomic(path, text)
   if not ok then os.remove(tmp); error("cannot write " .. path .. ": " .. tostring(werr), 2) end
   local done, cerr = sys.commit(tmp, path)
   if not done then error(cerr, 2) end
+end
+
+----------------------------------------------------------------------------
+-- Memory: LoRA, 16-bit frozen weights, activation checkpointing, gradient
+-- accumulation (docs/memory.md), the same keys in every training recipe.
+
+--- The keys of recipe.memory_keys, to append to a recipe's own:
+--     recipe.config(arg, "sft", recipe.with_memory_keys{ {...}, ... })
+recipe.memory_keys = {
+  {"lora", false, "train LoRA adapters, the rest frozen, instead of every weight"},
+  {"lora_r", 16, "LoRA rank"},
+  {"lora_alpha", 32, "LoRA alpha (the update is scaled by alpha / r)"},
+  {"lora_dropout", 0.0, "dropout on the adapters' input"},
+  {"lora_targets", "all-linear", "layers to adapt: all-linear, a comma-separated list of names, or a regex"},
+  {"grad_accum", 1, "micro-batches per optimizer step (the loss is normalised over the whole step)"},
+  {"checkpoint", 0, "activation checkpointing: true (every block), k (k blocks at a time) or false", "blocks"},
+  {"weights_dtype", "float32", "storage of frozen weights: float32, bfloat16 or float16"},
+  {"save_merged", false, "with lora: also write the merged model as a Hugging Face folder (merged/)"},
+}
+
+--- specs followed by recipe.memory_keys.
+function recipe.with_memory_keys(specs)
+  local out = {}
+  for _, s in ipairs(specs) do out[#out + 1] = s end
+  for _, s in ipairs(recipe.memory_keys) do out[#out + 1] = s end
+  return out
+end
+
+-- target_modules from the lora_targets key: "all-linear", a list, or a regex
+-- (anything with a character other than letters, digits, _ , . and commas).
+local function lora_targets(v)
+  if v == "all-linear" or v:find("[^%w_.,%s]") then return v end
+  local list = {}
+  for name in v:gmatch("[^,%s]+") do list[#list + 1] = name end
+  return list
+end
+
+--- Applies a recipe's memory keys to the model it trains: LoRA adapters
+-- (lora, lora_r, lora_alpha, lora_dropout, lora_targets; opts.modules_to_save
+-- lists heads trained in full, e.g. {"reward_head"}), then the frozen weights'
+-- storage (weights_dtype) and activation checkpointing (checkpoint).
+-- Returns model.
+function recipe.prepare_model(model, config, opts)
+  opts = opts or {}
+  if config.lora then
+    require("lualign.lora").apply(model, {r = config.lora_r, alpha = config.lora_alpha,
+      dropout = config.lora_dropout, target_modules = lora_targets(config.lora_targets),
+      modules_to_save = opts.modules_to_save})
+  end
+  if config.weights_dtype ~= "float32" then model:frozen_weights_to(config.weights_dtype) end
+  model:set_checkpointing(config.checkpoint)
+  return model
+end
+
+--- A frozen model (a reward model, a reference without LoRA) with its
+-- weights stored as weights_dtype says.  Returns model.
+function recipe.prepare_frozen(model, config)
+  model:requires_grad(false):eval()
+  if config.weights_dtype ~= "float32" then model:frozen_weights_to(config.weights_dtype) end
+  return model
+end
+
+--- The reference model of a policy, as a function that runs fn(ref) and
+-- returns what it returns: with lora, the policy itself with its adapters
+-- turned off for the call (no second copy in memory); otherwise the frozen
+-- model load() returns, loaded now.
+function recipe.reference(policy, config, load)
+  if config.lora then
+    local lora = require "lualign.lora"
+    return function(fn)
+      local off <close> = lora.disable(policy)
+      return fn(policy)
+    end
+  end
+  local ref = recipe.prepare_frozen(load(), config)
+  return function(fn) return fn(ref) end
+end
+
+--- One optimizer step's gradients from a batch under grad_accum: the batch
+-- split into grad_accum micro-batches, each micro-batch's mean loss
+-- (loss_fn(mb) -> loss [, metrics]) backpropagated with its share of the
+-- units count(mb) (la.accumulate.tokens or .pairs) of the whole batch.
+-- Under data parallelism (dp, la.dist.data_parallel) the batch is this rank's
+-- share and the loss and metrics are the global batch's.
+-- Returns the batch's loss (a number) and metrics, as la.accumulate.run.
+function recipe.accumulate(config, batch, count, loss_fn, dp)
+  local A = require "lualign.accumulate"
+  local r = A.run(A.split(batch, config.grad_accum), count, loss_fn, dp)
+  return r.loss, r.metrics
+end
+
+--- The weights a run writes for the next stage to load: the model's state
+-- dict, or with LoRA adapters the merged weights of a plain model.
+function recipe.model_weights(model)
+  local lora = require "lualign.lora"
+  if lora.has_adapters(model) then return lora.merged_state_dict(model) end
+  return model:state_dict()
+end
+
+--- At the end of a LoRA run: the adapter in PEFT's format (<run>/adapter/)
+-- and, with save_merged, the merged model as a Hugging Face folder
+-- (<run>/merged/, through save_pretrained).  Nothing without lora.
+function recipe.save_adapter(run, model, config)
+  if not config.lora then return end
+  local lora = require "lualign.lora"
+  lora.save(model, run:path("adapter"))
+  if config.save_merged then
+    lora.merge(model)
+    model:save_pretrained(run:path("merged"))
+    lora.unmerge(model)
+  end
 end
 
 --- JSON text of a Lua value with sorted keys and integers kept as integers

@@ -168,25 +168,27 @@ function GPT:hidden(ids, opts)
   if opts.position_ids then
     x = x + F.embedding(opts.position_ids, self.wpe.weight)
   else
-    x = x + self.wpe.weight:narrow(1, pos0 + 1, T)
+    x = x + self.wpe.weight:narrow(1, pos0 + 1, T):float()   -- float32 also when frozen in 16 bits
   end
   x = F.dropout(x, cfg.dropout, self.training)
-  x = gpt.run_blocks(self.h, x, {key_mask = opts.attention_mask, segments = opts.segments}, cache, pos0)
+  x = gpt.run_blocks(self, self.h, x, {key_mask = opts.attention_mask, segments = opts.segments}, cache, pos0)
   return self.ln_f(x)
 end
 
 --- Runs x (B, T, C) through a list of blocks, each called as block(x, o); with
 -- a KV cache, block i gets o.cache = cache.layers[i] starting at position
--- pos0, and the cache's length grows by T.
-function gpt.run_blocks(blocks, x, o, cache, pos0)
-  for i, block in ipairs(blocks._list) do
+-- pos0, and the cache's length grows by T.  The model's activation
+-- checkpointing (set_checkpointing) applies: see nn.run_blocks.
+function gpt.run_blocks(model, blocks, x, o, cache, pos0)
+  local T = x:size(2)
+  x = nn.run_blocks(model, blocks._list, x, function(i, block, h)
     if cache then
       o.cache = cache.layers[i]
       cache.layers[i].len = pos0
     end
-    x = block(x, o)
-  end
-  if cache then cache.len = pos0 + x:size(2) end
+    return block(h, o)
+  end)
+  if cache then cache.len = pos0 + T end
   return x
 end
 

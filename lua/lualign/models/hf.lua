@@ -370,11 +370,11 @@ local gpt_conv1d = {["attn.c_attn.weight"] = true, ["attn.c_proj.weight"] = true
 local function is_gpt(model) return model.config.model_type == nil end
 
 -- The model's tensors under their Hugging Face names (GPT's Conv1D weights as
--- transposed views), without the value and reward heads.
+-- transposed views), without the value and reward heads and LoRA adapters.
 local function hf_tensors(model)
   local out = {}
   for name, t in pairs(model:state_dict()) do
-    if not name:match("^value_head%.") and not name:match("^reward_head%.") then
+    if not name:match("^value_head%.") and not name:match("^reward_head%.") and not name:match("%.lora_[AB]%.weight$") then
       if is_gpt(model) then
         local suffix = name:match("^h%.%d+%.(.*)$")
         if name ~= "lm_head.weight" then
@@ -452,7 +452,9 @@ local generation_defaults_from_config = {"bos_token_id", "eos_token_id", "pad_to
 --- A model for a Hugging Face folder (config.json, generation_config.json,
 -- model.safetensors or sharded files with model.safetensors.index.json).
 -- opts: overrides of config keys (value_head = true, reward_head = true, or
--- dropout for GPT-2).  Returns a model of lualign.models.llama, or a GPT for
+-- dropout for GPT-2), and weights_dtype ("bfloat16" or "float16": a frozen
+-- model whose weight matrices are read straight into 16-bit tensors -- the
+-- base for LoRA, a reward or reference model).  Returns a model of lualign.models.llama, or a GPT for
 -- gpt2 folders; model.generation_config holds generation_config.json (or
 -- the token ids of config.json when there is none) and model.source_dir the folder.
 function hf.from_pretrained(dir, opts)
@@ -460,11 +462,20 @@ function hf.from_pretrained(dir, opts)
   dir = dir:gsub("/+$", "")
   local raw, err = hf.read_json(dir .. "/config.json")
   if not raw then util.error("from_pretrained: " .. dir .. "/config.json: " .. tostring(err)) end
-  for k, v in pairs(opts or {}) do raw[k] = v end
+  local weights_dtype
+  for k, v in pairs(opts or {}) do
+    if k == "weights_dtype" then weights_dtype = v else raw[k] = v end
+  end
   -- Built without drawing random weights: every parameter is read from the
   -- folder (or its absence is an error), except scalar heads asked for in
-  -- opts, initialised afterwards.
-  local model = require("lualign.nn").without_init(hf.from_config, raw)
+  -- opts, initialised afterwards.  With weights_dtype (bfloat16, float16)
+  -- the model is frozen and its weight matrices are read into 16-bit tensors
+  -- (lualign.lora.apply then adds trainable adapters): never float32 whole.
+  local model = require("lualign.nn").without_init(function()
+    local m = hf.from_config(raw)
+    if weights_dtype and weights_dtype ~= "float32" then m:requires_grad(false):frozen_weights_to(weights_dtype) end
+    return m
+  end)
   hf.load_weights(model, dir)
   init_heads(model)
   local gen = hf.read_json(dir .. "/generation_config.json")
@@ -550,7 +561,11 @@ end
 function hf.save_pretrained(model, dir, opts)
   opts = util.check_options("save_pretrained", opts, {"dtype", "max_shard_size", "tokenizer"})
   if type(dir) ~= "string" or dir == "" then util.error("save_pretrained: expected a folder path") end
-  local float_type = checkpoint.float_type("save_pretrained", {dtype = opts.dtype})
+  if rawget(model, "_lora") and not require("lualign.lora").is_merged(model) then
+    util.error("save_pretrained: the model has LoRA adapters that are not merged; la.lora.merge(model) "
+      .. "writes the merged model, la.lora.save(model, dir) the adapter alone")
+  end
+  local float_type = checkpoint.float_type("save_pretrained", {dtype = opts.dtype or "f32"})
   local limit = shard_bytes(opts.max_shard_size)
   local made, merr = require("lualign.sys").mkdir(dir)
   if not made then util.error("save_pretrained: " .. tostring(merr)) end
@@ -572,12 +587,12 @@ function hf.save_pretrained(model, dir, opts)
   local stale = {dir .. "/model.safetensors", dir .. "/model.safetensors.index.json"}
   if #shards == 1 then
     os.remove(dir .. "/model.safetensors.index.json")
-    checkpoint.save(dir .. "/model.safetensors", shards[1], meta, {dtype = opts.dtype})
+    checkpoint.save(dir .. "/model.safetensors", shards[1], meta, {dtype = opts.dtype or "f32"})
   else
     local map = {}
     for i, shard in ipairs(shards) do
       local file = string.format("model-%05d-of-%05d.safetensors", i, #shards)
-      checkpoint.save(dir .. "/" .. file, shard, meta, {dtype = opts.dtype})
+      checkpoint.save(dir .. "/" .. file, shard, meta, {dtype = opts.dtype or "f32"})
       for name in pairs(shard) do map[name] = file end
     end
     os.remove(stale[1])

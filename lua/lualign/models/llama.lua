@@ -128,6 +128,9 @@ end
 
 function MLP:forward(x)
   local down = self.down_proj
+  if getmetatable(down) ~= nn.Linear then   -- an adapted layer (LoRA) computes itself
+    return down(F.swiglu(self.gate_proj(x), self.up_proj(x)))
+  end
   return F.swiglu_linear(self.gate_proj(x), self.up_proj(x), down.weight, down.bias)
 end
 
@@ -242,7 +245,7 @@ function Llama:hidden(ids, opts)
   local o = {positions = positions, rope = self:rope_table(last + 1), key_mask = opts.attention_mask,
              segments = opts.segments, window = cfg.model_type == "mistral" and cfg.sliding_window or nil}
   local x = F.embedding(ids, self.model.embed_tokens.weight)
-  x = gpt.run_blocks(self.model.layers, x, o, cache, pos0)
+  x = gpt.run_blocks(self, self.model.layers, x, o, cache, pos0)
   return self.model.norm(x)
 end
 

@@ -25,12 +25,15 @@ function F.dropout(x, p, training)
   return K.dropout(x, p)
 end
 
---- Rows of weight picked by 0-based ids of any shape: (..., dim).  An id out
--- of range is an error at the line that called (model(ids), or this).
+--- Rows of weight picked by 0-based ids of any shape: (..., dim), float32 (a
+-- frozen bfloat16 or float16 table's rows are widened).  An id out of range is
+-- an error at the line that called (model(ids), or this).
 F.embedding = util.raise_at_caller(function(ids, weight)
   local shape = ids:shape()
   shape[#shape + 1] = weight:size(2)
-  return weight:index_select(1, ids:reshape(-1)):view(shape)
+  local rows = weight:index_select(1, ids:reshape(-1))
+  if rows:dtype() ~= "float32" then rows = rows:float() end
+  return rows:view(shape)
 end)
 
 --- softmax(q k^T * scale + masks) v for q (B, H, T, D), k and v (B, H, S, D).
@@ -62,6 +65,21 @@ F.rope_table = K.rope_table
 --- Attention from a fused projection qkv (B, T, 3 * C) with n_head heads; returns (B, T, C).
 function F.attention_qkv(qkv, n_head, opts)
   return K.attention_qkv(qkv, n_head, util.check_options("attention_qkv", opts, ATTENTION_OPTS))
+end
+
+--- Activation checkpointing: fn(...) (which returns a tensor) without keeping
+-- its intermediate activations.  The forward pass runs fn without recording a
+-- graph; the backward pass runs it again, recording, with the same random
+-- draws (dropout replays), and backpropagates through it.  Tensors that carry
+-- gradient history must reach fn as arguments; parameters (leaves) may be
+-- used freely.  Under no_grad it is a plain call.
+F.checkpoint = K.checkpoint
+
+--- y = x W^T + b + scaling * (xd A^T) B^T in one op: a linear layer with a
+-- LoRA update, A (r, in), B (out, r), xd the input after the adapter's dropout
+-- (nil: x).  W may be a frozen bfloat16/float16 weight.
+function F.lora_linear(x, weight, bias, lora_A, lora_B, scaling, xd)
+  return K.lora_linear(x, weight, bias, lora_A, lora_B, scaling, xd)
 end
 
 --- Mean cross-entropy of logits (N, V) against 0-based targets (N,).

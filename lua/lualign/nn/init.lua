@@ -215,6 +215,86 @@ function Module:requires_grad(on)
   return self
 end
 
+--- Stores the frozen weight matrices -- parameters of two or more dims
+-- (linear and embedding weights) that do not require gradients -- in dtype:
+-- "bfloat16" or "float16" halve their memory (products still compute in
+-- float32, see docs/memory.md), "float32" widens them back.  Trainable
+-- tensors and 1-d ones (norms, biases) stay float32.  Tied weights stay tied
+-- (they are read through the module that owns them).  The old tensors are
+-- collected as it goes, so the model is never held twice.  Under
+-- nn.without_init the new tensors are allocated, not filled (a loader fills
+-- them).  Returns self.
+function Module:frozen_weights_to(dtype)
+  if dtype ~= "bfloat16" and dtype ~= "float16" and dtype ~= "float32" then
+    error("frozen_weights_to: dtype must be 'bfloat16', 'float16' or 'float32' (got " .. tostring(dtype) .. ")", 2)
+  end
+  local modules = {self}
+  for _, m in ipairs(self:named_modules()) do modules[#modules + 1] = m[2] end
+  local previous = core.set_grad_enabled(false)
+  local dropped = 0
+  for _, m in ipairs(modules) do
+    for _, key in ipairs(m._order) do
+      local t = rawget(m, key)
+      if m._kinds[key] == "param" and core.is_tensor(t) and t:dim() >= 2 and not t:needs_grad()
+          and t:dtype() ~= dtype then
+        rawset(m, key, nn.init_skipped() and core.empty(t:shape(), dtype) or t:to(dtype))
+        dropped = dropped + t:numel() * (t:dtype() == "float32" and 4 or 2)
+        t = nil
+        if dropped > 256 << 20 then   -- the old tensors' memory back before it adds up
+          collectgarbage()
+          core.empty_cache()
+          dropped = 0
+        end
+      end
+    end
+  end
+  core.set_grad_enabled(previous)
+  collectgarbage()
+  core.empty_cache()
+  return self
+end
+
+--- Activation checkpointing for the model's transformer blocks (those it runs
+-- through nn.run_blocks): true or 1 keeps only each block's input and
+-- recomputes the block in the backward pass; k > 1 keeps the input of every
+-- k-th block and recomputes k blocks at a time; false or 0 turns it off.
+-- It applies while gradients are recorded.  Returns self.
+function Module:set_checkpointing(every)
+  if every == true then every = 1 elseif every == false or every == nil then every = 0 end
+  if math.type(every) ~= "integer" or every < 0 then
+    error("set_checkpointing: expected true, false or a number of blocks >= 0 (got " .. tostring(every) .. ")", 2)
+  end
+  rawset(self, "_checkpoint_every", every)
+  return self
+end
+
+--- Runs x through blocks (a list) as step(i, block, x) does for each, under
+-- model's activation checkpointing (set_checkpointing): one recomputed
+-- segment per k blocks when it is on, gradients are recorded and something
+-- in the blocks or x requires them; plain calls otherwise.
+function nn.run_blocks(model, blocks, x, step)
+  local every = rawget(model, "_checkpoint_every") or 0
+  local function trains()
+    if x:needs_grad() then return true end
+    for _, b in ipairs(blocks) do
+      for _, p in ipairs(b:parameters()) do if p:needs_grad() then return true end end
+    end
+    return false
+  end
+  if every == 0 or not core.is_grad_enabled() or not trains() then
+    for i, b in ipairs(blocks) do x = step(i, b, x) end
+    return x
+  end
+  for first = 1, #blocks, every do
+    local last = math.min(first + every - 1, #blocks)
+    x = F.checkpoint(function(h)
+      for i = first, last do h = step(i, blocks[i], h) end
+      return h
+    end, x)
+  end
+  return x
+end
+
 -- A one-line summary of a module's own settings, shown by tostring.
 function Module:extra_repr() return "" end
 

@@ -1,0 +1,134 @@
+-- bench/memory_compare.lua -- the memory benchmark: DPO steps of a
+-- Qwen2.5-0.5B-shaped model, lualign (bench/memory.lua) against the PyTorch
+-- peer (bench/memory_torch.py), in one command, rounds alternating.
+--
+--   flock /tmp/lualign-bench.lock lua5.4 bench/memory_compare.lua [rounds] [steps]
+--   (make bench-memory)
+--
+-- In each round every contender runs in a process of its own (so its peak RSS
+-- is its configuration's), in an order that reverses every other round:
+-- lualign's lora and full configurations, and the peer's lora (float32 base,
+-- no checkpointing: its fastest) and full (float32, checkpointing: without it
+-- a full fine-tune does not fit beside the other jobs of this machine), each
+-- with the stock allocator, glibc's malloc tuned and jemalloc.  The first round
+-- adds lualign's lora_f32 and the peer's lora with the memory savings
+-- lualign's lora uses (bfloat16 base, checkpointing).  Step time is the median
+-- over rounds of each run's median step after the first; the peer is credited
+-- with its fastest allocator.  The sgemm ceiling is lualign's 2048^3 matmul in
+-- the same command; a step's model FLOPs are 3 forward passes' worth (see
+-- bench/README.md).
+
+
+local rounds = tonumber(arg[1]) or 2
+local steps = tonumber(arg[2]) or 3
+local here = arg[0]:match("^(.*)/[^/]*$") or "."
+package.path = here .. "/?.lua;" .. package.path
+local common = require "common"
+local median = common.median
+local lua_env = common.lua_env(here)
+local allocators = common.allocators()
+
+local function run_json(cmd)
+  io.stderr:write("$ " .. cmd .. "\n")
+  return common.run_json(cmd)
+end
+
+-- The median step of a run, the first (warm-up) step left out.
+local function step_time(res)
+  local t = {table.unpack(res.step_s, math.min(2, #res.step_s))}
+  return median(t)
+end
+
+local samples = {}
+local function record(key, res)
+  samples[key] = samples[key] or {time = {}, rss = {}, loss = {}}
+  table.insert(samples[key].time, step_time(res))
+  table.insert(samples[key].rss, res.peak_rss_MiB)
+  table.insert(samples[key].loss, res.loss[#res.loss])
+end
+
+-- The BF16 Hugging Face folder every lualign run loads, written once.
+local folder = os.tmpname()
+os.remove(folder)
+run_json(string.format("%s lua5.4 %s/memory.lua prepare %s", lua_env, here, folder))
+
+local function lualign(config)
+  return run_json(string.format("%s lua5.4 %s/memory.lua %s %s %d", lua_env, here, config, folder, steps))
+end
+
+local function peer(config, alloc, extra)
+  return run_json(string.format("OMP_WAIT_POLICY=PASSIVE %s /usr/bin/python3 %s/memory_torch.py %s --steps %d --threads 2 %s",
+    alloc.env, here, config, steps, extra or ""))
+end
+
+local peer_extra = {lora = "", full = "--checkpoint"}
+local ceilings = {}
+for r = 1, rounds do
+  local list = {{"lualign", "lora"}, {"lualign", "full"}}
+  for _, c in ipairs({"lora", "full"}) do
+    for _, a in ipairs(allocators) do list[#list + 1] = {"torch " .. a.name, c, a} end
+  end
+  if r == 1 then
+    list[#list + 1] = {"lualign", "lora_f32"}
+    list[#list + 1] = {"torch jemalloc", "lora", allocators[#allocators], "--checkpoint --base-dtype bfloat16", "lora_bf16_ckpt"}
+  end
+  if r % 2 == 0 then
+    local rev = {}
+    for i = #list, 1, -1 do rev[#rev + 1] = list[i] end
+    list = rev
+  end
+  ceilings[#ceilings + 1] = run_json(string.format("%s lua5.4 %s/memory.lua ceiling", lua_env, here)).gflops
+  for _, c in ipairs(list) do
+    local who, config, alloc, extra, label = c[1], c[2], c[3], c[4], c[5]
+    local res = who == "lualign" and lualign(config) or peer(config, alloc, extra or peer_extra[config])
+    local key = who .. " " .. (label or config)
+    record(key, res)
+    io.stderr:write(string.format("round %d  %-28s step %.2f s  peak RSS %.0f MiB\n", r, key, step_time(res),
+      res.peak_rss_MiB))
+  end
+end
+
+os.execute("rm -rf '" .. folder .. "'")
+
+-- Model FLOPs of a step: three forward passes' worth (policy forward,
+-- backward of twice a forward, and for LoRA a reference forward in place of
+-- the weight gradients: dx only, so forward + reference + dx = 3 forwards).
+local N, T, B = 2048, 512, 4
+local block_params = 24 * (896 * 896 * 2 + 128 * 896 * 2 + 4864 * 896 * 3)
+local head = 151936 * 896
+local attention = 24 * 2 * (2 * B * 14 * T * T * 64)
+local forward = 2 * N * (block_params + head) + attention
+local step_flops = 3 * forward
+local ceiling = median(ceilings)
+
+local function med(key, what) return samples[key] and median(samples[key][what]) or 0 / 0 end
+local function best_peer(config)
+  local best, name = math.huge, nil
+  for _, a in ipairs(allocators) do
+    local t = med("torch " .. a.name .. " " .. config, "time")
+    if t < best then best, name = t, "torch " .. a.name .. " " .. config end
+  end
+  return name
+end
+
+print(string.format("sgemm ceiling (lualign matmul 2048^3, 2 threads, best of 5; median of %d rounds): %.1f GFLOP/s",
+  rounds, ceiling))
+print(string.format("model FLOPs per step: %.2f TFLOP (3 forward passes of %.2f TFLOP)", step_flops / 1e12, forward / 1e12))
+print("")
+print("| contender and configuration | step time | share of sgemm ceiling | peak RSS | loss after the last step |")
+print("|---|---|---|---|---|")
+local keys = {}
+for k in pairs(samples) do keys[#keys + 1] = k end
+table.sort(keys)
+for _, k in ipairs(keys) do
+  local t = med(k, "time")
+  print(string.format("| %s | %.1f s | %.0f%% | %.0f MiB | %.4f |", k, t, 100 * step_flops / t / 1e9 / ceiling,
+    med(k, "rss"), med(k, "loss")))
+end
+print("")
+for _, c in ipairs({"lora", "full"}) do
+  local pk = best_peer(c)
+  local lk = "lualign " .. c
+  print(string.format("%s: lualign/peer step time %.2f (peer = %s), peak RSS %.2f (%.0f / %.0f MiB)", c,
+    med(lk, "time") / med(pk, "time"), pk, med(lk, "rss") / med(pk, "rss"), med(lk, "rss"), med(pk, "rss")))
+end
