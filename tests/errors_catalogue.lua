@@ -180,7 +180,7 @@ la.loss.dpo(x, x, x, x, {bta = 0.5})]],
     {what = "a misspelt generate option",
      code = [[local m = la.models.gpt{vocab_size = 8, n_positions = 8, n_embd = 8, n_layer = 1, n_head = 2}
 m:generate({{1, 2}}, {max_new_tokens = 2, temprature = 0})]],
-     error = [[generate: unknown option 'temprature' -- did you mean 'temperature'? (known: eos_id, max_new_tokens, pad_id, repetition_penalty, return_logprobs, stop_strings, temperature, tokenizer, top_k, top_p, use_cache)]]},
+     error = [[generate: unknown option 'temprature' -- did you mean 'temperature'? (known: eos_id, max_new_tokens, pad_id, repetition_penalty, return_logprobs, seeds, stop_strings, temperature, tokenizer, top_k, top_p, use_cache)]]},
     {what = "a misspelt optimizer option",
      code = [[la.optim.AdamW(la.nn.Linear(2, 2), {lr = 1e-3, weight_decy = 0})]],
      error = [[AdamW: unknown option 'weight_decy' -- did you mean 'weight_decay'? (known: betas, decay_filter, eps, lr, weight_decay)]]},
