@@ -251,6 +251,111 @@ function loss.ppo_rewards(scores, logprobs, ref_logprobs, mask, opts)
   return rewards, metrics
 end
 
+----------------------------------------------------------------------------
+-- GRPO (Shao et al. 2024, DeepSeekMath; Liu et al. 2025, Dr. GRPO)
+
+--- Group-relative advantages of rewards (G, K): K samples of each of G
+-- prompts.  A = (r - mean_group) / (std_group + eps), std the unbiased
+-- (Bessel) standard deviation of the group's K rewards, as TRL computes it;
+-- opts.scale = false leaves out the division (Dr. GRPO: A = r - mean_group).
+-- opts: scale (true), eps (1e-4).  Returns (G, K) advantages (no history)
+-- and the share of groups whose rewards are all equal (no signal).
+function loss.grpo_advantages(rewards, opts)
+  opts = options("grpo_advantages", opts, {"scale", "eps"})
+  if rewards:dim() ~= 2 or rewards:size(2) < 2 then
+    util.error(string.format("loss.grpo_advantages: rewards must be (groups, samples) with at least 2 samples per "
+      .. "group (got shape %s)", rewards:shape_str()))
+  end
+  local previous = core.set_grad_enabled(false)
+  local r = rewards:float()
+  local K = r:size(2)
+  local mean = r:mean(2, true)
+  local centred = r - mean
+  local std = (centred:square():sum(2, true) / (K - 1)):sqrt()
+  local flat = std:eq(0):float():mean():item()
+  local adv = centred
+  if opts.scale ~= false then adv = centred / (std + (opts.eps or 1e-4)) end
+  core.set_grad_enabled(previous)
+  return adv, flat
+end
+
+-- What each loss_type divides the summed per-token losses by, named.
+local GRPO_LOSS_TYPES = {grpo = true, token = true, dr_grpo = true}
+
+--- The GRPO loss of a batch of sampled completions, as a mean over units:
+-- per token, l = -min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A) + beta k3,
+-- rho = exp(logprobs - old_logprobs) (the ratio to the policy that sampled),
+-- A the completion's advantage, k3 = exp(ref - logp) - (ref - logp) - 1 the
+-- per-token KL estimate against the reference.  logprobs (B, T)
+-- (differentiable), old_logprobs and ref_logprobs (B, T) data, advantages (B,),
+-- mask (B, T) of the completions' tokens.  opts.loss_type says how the
+-- token losses are averaged, and which units the returned mean is over:
+--   "grpo"     each completion's mean over its tokens, then the mean over
+--              completions (DeepSeekMath's 1/G sum_i 1/|o_i| sum_t); units:
+--              completions;
+--   "token"    the sum over every token of the batch / their number (DAPO's
+--              token-level mean; TRL's "dapo"); units: tokens;
+--   "dr_grpo"  each completion's sum over its tokens / max_tokens (a
+--              constant: Dr. GRPO's length normalisation), then the mean over
+--              completions; units: completions.
+-- opts: clip_eps (0.2), clip_eps_high (clip_eps), beta (0), ref_logprobs
+-- (needed when beta > 0), loss_type ("grpo"), max_tokens (for dr_grpo).
+-- Returns the loss (scalar) and metrics, means over the same units: kl
+-- (mean k3), clip_ratio (share of tokens whose ratio was clipped),
+-- units (how many units the mean is over).
+function loss.grpo(logprobs, old_logprobs, advantages, mask, opts)
+  opts = options("grpo", opts, {"clip_eps", "clip_eps_high", "beta", "ref_logprobs", "loss_type", "max_tokens"})
+  local loss_type = opts.loss_type or "grpo"
+  if not GRPO_LOSS_TYPES[loss_type] then
+    util.error(string.format("loss.grpo: loss_type must be 'grpo', 'token' or 'dr_grpo' (got '%s')", tostring(loss_type)))
+  end
+  local beta = opts.beta or 0
+  if beta ~= 0 and not opts.ref_logprobs then util.error("loss.grpo: beta > 0 needs opts.ref_logprobs") end
+  if loss_type == "dr_grpo" and not (type(opts.max_tokens) == "number" and opts.max_tokens > 0) then
+    util.error("loss.grpo: loss_type 'dr_grpo' needs opts.max_tokens (the completion length cap)")
+  end
+  local B = logprobs:size(1)
+  if advantages:dim() ~= 1 or advantages:size(1) ~= B then
+    util.error(string.format("loss.grpo: advantages must be (B,) = (%d,) (got shape %s)", B, advantages:shape_str()))
+  end
+  local low = opts.clip_eps or 0.2
+  local high = opts.clip_eps_high or low
+  local m = mask:float()
+  local A = advantages:detach():float():unsqueeze(2)
+  local ratio = (logprobs - old_logprobs:detach()):exp()
+  local clipped = ratio:clamp(1 - low, 1 + high)
+  local per_token = -(ratio * A):minimum(clipped * A)
+  local kl
+  if opts.ref_logprobs then
+    local d = opts.ref_logprobs:detach() - logprobs
+    kl = d:exp() - d - 1
+    if beta ~= 0 then per_token = per_token + kl * beta end
+  end
+  local tokens = m:sum(2)
+  local value, units
+  local previous = core.set_grad_enabled(false)
+  -- weights of the loss, and of the metrics (a token share, per completion
+  -- unless the units are tokens)
+  local weights, per_unit
+  if loss_type == "token" then
+    units = m:sum():item()
+    per_unit = m / units
+    weights = per_unit
+  else
+    units = B
+    per_unit = m / (tokens:clamp(1):unsqueeze(2) * B)
+    weights = loss_type == "grpo" and per_unit or m / (opts.max_tokens * B)
+  end
+  -- The clip binds (and the token's gradient is 0) where the ratio left the
+  -- range on the side its advantage pushes it to.
+  local was_clipped = ratio:gt(1 + high):float() * A:gt(0):float() + ratio:lt(1 - low):float() * A:lt(0):float()
+  local metrics = {units = units, clip_ratio = (was_clipped * per_unit):sum():item()}
+  if kl then metrics.kl = (kl * per_unit):sum():item() end
+  core.set_grad_enabled(previous)
+  value = (per_token * weights):sum()
+  return value, metrics
+end
+
 --- Masked mean sum(x * mask) / sum(mask), over everything or along dim.
 function loss.masked_mean(x, mask, dim)
   local m = mask:float()
