@@ -133,12 +133,6 @@ tok:save(run:path("tokenizer.json"))
 local data_metrics = recipe.describe_data(config, "prompts", train_info)
 for k, v in pairs(recipe.describe_data(config, "eval_prompts", eval_info)) do data_metrics[k] = v end
 
--- The contiguous share [lo, hi] of n items that this rank takes.
-local function my_share(n)
-  local r, s = dist.rank(), dist.size()
-  return n * r // s + 1, n * (r + 1) // s
-end
-
 -- Rollouts ---------------------------------------------------------------------------
 -- n completions of each of `items` (rows (i - 1) * n + 1 .. i * n), as one
 -- left-padded batch ready for a forward pass.  Sampled rows draw from random
@@ -204,7 +198,7 @@ if rm then reward_names[n_rewards] = "reward_model" end
 -- draws at every evaluation; the ranks split the prompts, eval_chunk at a time.
 local eval_chunk = 32
 local function evaluate(model)
-  local lo, hi = my_share(#eval_set)
+  local lo, hi = dist.share(#eval_set)
   local R, S = n_rewards, config.eval_samples
   local sums = {}
   for k = 1, 2 * (R + 1) do sums[k] = 0 end
@@ -257,7 +251,7 @@ if start == 0 then logger:log(0, data_metrics) end
 local K = config.num_generations
 for it = start + 1, config.iterations do
   -- 1-3. this rank's share of the prompts: rollouts, rewards, group advantages
-  local lo, hi = my_share(config.prompts_per_step)
+  local lo, hi = dist.share(config.prompts_per_step)
   local items = {}
   for j = lo, hi do items[#items + 1] = prompt_of(it, j) end
   local g = sample(policy, items, lo, K, config.temperature, it)

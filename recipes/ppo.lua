@@ -124,12 +124,6 @@ if n_prompts < dist.size() then
     dist.size()), 0)
 end
 
--- The contiguous share [lo, hi] of n items that this rank takes.
-local function my_share(n)
-  local r, s = dist.rank(), dist.size()
-  return n * r // s + 1, n * (r + 1) // s
-end
-
 -- Rollouts ---------------------------------------------------------------------------
 -- Generates responses; generate lays out prompt + response as one left-padded
 -- row: ids (B, P+N), attention mask, position ids, and the response's mask (B, N).
@@ -195,7 +189,7 @@ end
 -- draws at every evaluation; the ranks split the prompts.
 local function evaluate(model)
   local n = math.min(config.eval_batch, #eval_prompts)
-  local lo, hi = my_share(n)
+  local lo, hi = dist.share(n)
   local prompts, seeds = {}, {}
   for j = lo, hi do prompts[#prompts + 1], seeds[#seeds + 1] = eval_prompts[j], {config.seed, 0, j} end
   local sums = {0, 0, 0}
@@ -224,7 +218,7 @@ print(string.format("ppo: starting policy: reward %.3f, judge %.3f on held-out p
 local logger = log.open(run, {total = config.iterations, start_step = start, every = 1,
   show = {"objective/scores", "objective/kl", "judge"}})
 if start == 0 then logger:log(0, data_metrics) end
-local lo, hi = my_share(n_prompts)
+local lo, hi = dist.share(n_prompts)
 local row_lo = (lo - 1) * per_prompt + 1                  -- this rank's rows of the global batch
 local B_global = n_prompts * per_prompt
 for it = start + 1, config.iterations do

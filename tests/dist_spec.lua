@@ -55,6 +55,15 @@ describe("la.dist in a world of one", function()
     assert.are.same({a = 1, b = "x"}, dist.mean_metrics({a = 1, b = "x"}, 3))
   end)
 
+  it("shares n items in contiguous parts that differ by at most one", function()
+    assert.are.same({1, 5}, {dist.share(5)})
+    local parts = {}
+    for r = 0, 2 do parts[r + 1] = {dist.share(10, r, 3)} end
+    assert.are.same({{1, 3}, {4, 6}, {7, 10}}, parts)
+    local first, last = dist.share(1, 0, 2)
+    assert.is_true(last < first, "rank 0 of 2 gets none of 1 item")
+  end)
+
   it("global_mean rescales a share's mean to the global batch's", function()
     local loss = la.tensor(2.0)
     assert.are.equal(0.5, dist.global_mean(loss, 2, 8):item())
