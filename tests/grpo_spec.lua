@@ -201,6 +201,23 @@ describe("recipes/grpo.lua on a miniature model", function()
     assert.are.equal(h.read(out .. "/full/metrics.jsonl"), h.read(out .. "/cut/metrics.jsonl"))
   end)
 
+  it("weighs a reward function and a reward model, and trains LoRA adapters against the adapters-off reference", function()
+    recipe.run_script("recipes/reward.lua", {out_dir = out, name = "rm", base = out .. "/pre", steps = 4,
+      eval_every = 0, batch_size = 8, max_len = 48})
+    local r = recipe.run_script("recipes/grpo.lua", {out_dir = out, name = "mixed", policy = out .. "/sft",
+      reward_script = reward_e, reward_model = out .. "/rm", reward_weights = "1,0.5", source_prefix = "",
+      iterations = 2, eval_every = 0, prompts_per_step = 2, num_generations = 3, eval_examples = 4, eval_samples = 2,
+      max_new_tokens = 6, lora = true, lora_r = 4})
+    for _, row in ipairs(log.read(r.run:path("metrics.jsonl"))) do
+      if row.reward then
+        near(row.reward, row["rewards/reward_e"] + 0.5 * row["rewards/reward_model"], 1e-5, "weighted reward")
+        assert.is_true(row["rewards/reward_model"] ~= 0)
+      end
+    end
+    near(r.after.sampled, r.after.parts.reward_e.sampled + 0.5 * r.after.parts.reward_model.sampled, 1e-5)
+    assert.is_true(r.run:exists("adapter/adapter_model.safetensors"))
+  end)
+
   it("names bad reward settings", function()
     local base = {out_dir = out, name = "bad", policy = out .. "/sft", overwrite = true}
     local function with(t) local a = {} for k, v in pairs(base) do a[k] = v end for k, v in pairs(t) do a[k] = v end return a end
