@@ -76,6 +76,9 @@ local policy_file, policy_dir = recipe.model_file(config.policy, "policy")
 local tok = la.tokenizer.load(policy_dir .. "/tokenizer.json")
 local policy = recipe.prepare_model(recipe.load_gpt(policy_file), config)   -- lora, weights_dtype, checkpoint
 local dp = dist.data_parallel(policy)   -- under mpirun: rank 0's weights on every rank
+-- Dropout stays off throughout: the ratio to the sampling policy must compare
+-- the function that sampled with itself.
+policy:eval()
 -- The reference for the KL (beta > 0): with lora the policy with its adapters off, else a frozen copy.
 local with_ref = config.beta > 0 and recipe.reference(policy, config, function() return recipe.load_gpt(policy_file) end)
 
