@@ -81,6 +81,7 @@ local dp = dist.data_parallel(policy)   -- under mpirun: rank 0's weights on eve
 policy:eval()
 -- The reference for the KL (beta > 0): with lora the policy with its adapters off, else a frozen copy.
 local with_ref = config.beta > 0 and recipe.reference(policy, config, function() return recipe.load_gpt(policy_file) end)
+if with_ref then with_ref(dist.broadcast_parameters) end   -- under mpirun: rank 0's reference everywhere
 
 -- Rewards: functions (by name or file), then the reward model; and their weights.
 local reward_fns = {}
@@ -90,6 +91,10 @@ end
 local rm
 if config.reward_model ~= "" then
   rm = recipe.prepare_frozen(recipe.load_gpt((recipe.model_file(config.reward_model, "reward_model"))), config)
+  if rm.config.vocab_size ~= policy.config.vocab_size then
+    error(string.format("reward_model: its vocabulary (%d tokens) is not the policy's (%d): it scores the policy's "
+      .. "token ids, so it must share the policy's tokenizer", rm.config.vocab_size, policy.config.vocab_size), 0)
+  end
 end
 local n_rewards = #reward_fns + (rm and 1 or 0)
 if n_rewards == 0 then error("no reward: give reward_script and/or reward_model", 0) end
