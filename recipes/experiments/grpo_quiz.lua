@@ -2,25 +2,53 @@
 -- the quiz questions of data/qa with an exact-match reward, over several
 -- seeds, against the SFT model it starts from.
 --
---   lualign recipes/experiments/grpo_quiz.lua policy=runs/sft seeds=1,2,3
+--   lualign recipes/experiments/grpo_quiz.lua base=runs/pretrain seeds=1,2,3
 --
--- Needs an SFT model (the pipeline's runs/sft).  Every seed runs
--- recipes/grpo.lua with its defaults (quiz questions of qa/train.jsonl,
--- reward exact_match) from the same SFT model, and is measured on the quiz
--- questions of qa/validation.jsonl, which neither SFT nor GRPO trains on:
--- the exact-match accuracy of greedy answers and of sampled ones (the mean
--- over eval_samples per question, at temperature 1), before and after.
--- Writes runs/grpo_quiz/results.md.
+-- Needs a pretrained model (the pipeline's runs/pretrain).  First fine-tunes
+-- it with recipes/sft.lua on the quiz questions of qa/train.jsonl alone (the
+-- pipeline's SFT model, trained on every QA pair and review sentences, answers
+-- none of them exactly, so GRPO would get no reward to learn from), then runs
+-- recipes/grpo.lua with its defaults for every seed from that SFT model
+-- (but for prompt_format: questions are written as they are, in SFT and GRPO):
+-- GRPO on the same quiz questions with the exact_match reward, measured on
+-- the 168 quiz questions of qa/validation.jsonl, which neither SFT nor GRPO
+-- trains on -- the exact-match accuracy of greedy answers and of sampled ones
+-- (the mean over eval_samples per question, at temperature 1), before and
+-- after.  Writes runs/grpo_quiz/results.md.
 
 local recipe = require "lualign.recipe"
+local la = require "lualign"
+local cjson = require "cjson"
 
 local config = recipe.config(arg, "grpo_quiz", {
-  {"policy", "runs/sft", "the SFT model every run starts from"},
-  {"seeds", "1,2,3", "seeds (comma-separated)"},
+  {"base", "runs/pretrain", "the pretrained model the quiz SFT starts from"},
+  {"sft_steps", 300, "steps of the quiz SFT"},
+  {"seeds", "1,2,3", "GRPO seeds (comma-separated)"},
 })
 local run = recipe.run(config):start()
 local here = debug.getinfo(1, "S").source:match("^@(.*)/experiments/[^/]*$") or "recipes"
-local la = require "lualign"
+
+-- The quiz lines of a bundled QA file, written to the run folder.
+local function quiz_file(bundled, file)
+  local lines = {}
+  for line in io.lines(la.data.path(bundled)) do
+    local ok, ex = pcall(cjson.decode, line)
+    if ok and type(ex) == "table" and tostring(ex.source or ""):sub(1, 5) == "quiz/" then lines[#lines + 1] = line end
+  end
+  run:write(file, table.concat(lines, "\n") .. "\n")
+  return run:path(file), #lines
+end
+local train, n_train = quiz_file("qa/train.jsonl", "quiz_train.jsonl")
+local valid, n_valid = quiz_file("qa/validation.jsonl", "quiz_validation.jsonl")
+print(string.format("grpo_quiz: %d quiz questions to train on, %d held out", n_train, n_valid))
+local sft_name = config.name .. "_sft"
+local t0 = la.clock()
+-- The question as it is, and the answer right after it: the same text for SFT's
+-- training and held-out examples and for GRPO's prompts.
+local sft = recipe.run_script(here .. "/sft.lua", {name = sft_name, out_dir = config.out_dir, overwrite = config.overwrite,
+  seed = config.seed, base = config.base, train = train, valid = valid, steps = config.sft_steps,
+  prompt_format = "%s", completion_format = "%s"})
+local sft_seconds = la.clock() - t0
 
 local function mean_sd(xs)
   local n, s = #xs, 0
@@ -31,31 +59,47 @@ local function mean_sd(xs)
 end
 
 local rows, columns = {}, {greedy_before = {}, greedy_after = {}, sampled_before = {}, sampled_after = {},
-                           greedy_gain = {}, sampled_gain = {}, seconds = {}}
+                           greedy_gain = {}, sampled_gain = {}, seconds = {}, rollouts_first = {},
+                           rollouts_last = {}}
+-- The mean of a metric over the first and the last n iterations that logged it.
+local function ends(path, key, n)
+  local xs = {}
+  for _, row in ipairs(require("lualign.log").read(path)) do if row[key] then xs[#xs + 1] = row[key] end end
+  local a, b = 0, 0
+  for i = 1, n do a, b = a + xs[i] / n, b + xs[#xs - n + i] / n end
+  return a, b
+end
 for seed in config.seeds:gmatch("[^,]+") do
   local name = config.name .. "_seed" .. seed
   local t0 = la.clock()
   local r = recipe.run_script(here .. "/grpo.lua", {name = name, out_dir = config.out_dir, overwrite = config.overwrite,
-                                                    seed = seed, policy = config.policy})
+                                                    seed = seed, policy = config.out_dir .. "/" .. sft_name,
+                                                    prompt_format = "%s"})
   local b, a = r.before, r.after
-  local values = {greedy_before = b.greedy, greedy_after = a.greedy, sampled_before = b.sampled,
+  local first, last = ends(r.run:path("metrics.jsonl"), "reward", 10)
+  local values = {rollouts_first = first, rollouts_last = last, greedy_before = b.greedy, greedy_after = a.greedy, sampled_before = b.sampled,
                   sampled_after = a.sampled, greedy_gain = a.greedy - b.greedy, sampled_gain = a.sampled - b.sampled,
                   seconds = la.clock() - t0}
   for k, v in pairs(values) do table.insert(columns[k], v) end
   rows[#rows + 1] = {seed, string.format("%.3f -> %.3f", b.greedy, a.greedy),
-                     string.format("%.3f -> %.3f", b.sampled, a.sampled), string.format("%.0f s", values.seconds)}
+                     string.format("%.3f -> %.3f", b.sampled, a.sampled), string.format("%.3f -> %.3f", first, last),
+                     string.format("%.0f s", values.seconds)}
 end
 local function ms(k, fmt)
   local m, sd = mean_sd(columns[k])
   return string.format(fmt or "%.3f ± %.3f", m, sd)
 end
 rows[#rows + 1] = {"mean ± sd", ms("greedy_before") .. " -> " .. ms("greedy_after"),
-                   ms("sampled_before") .. " -> " .. ms("sampled_after"), ms("seconds", "%.0f ± %.0f s")}
+                   ms("sampled_before") .. " -> " .. ms("sampled_after"),
+                   ms("rollouts_first") .. " -> " .. ms("rollouts_last"), ms("seconds", "%.0f ± %.0f s")}
 local text = table.concat({
   "# GRPO on the quiz questions: held-out exact-match accuracy", "",
-  "Policy " .. config.policy .. "; held-out: the quiz questions of qa/validation.jsonl; greedy answers, and the mean "
-    .. "over sampled answers (temperature 1).", "",
-  recipe.md_table({"seed", "greedy: SFT -> GRPO", "sampled: SFT -> GRPO", "time"}, rows), "",
+  string.format("SFT on the %d quiz questions of qa/train.jsonl from %s (%d steps, held-out completion loss "
+    .. "%.3f -> %.3f, %.0f s); GRPO from it with its defaults on the same questions (prompt_format=%%s). Held out: the %d quiz questions "
+    .. "of qa/validation.jsonl; greedy answers, and the mean over sampled answers (temperature 1).", n_train,
+    config.base, config.sft_steps, sft.base_loss or 0 / 0, sft.valid_loss or 0 / 0, sft_seconds, n_valid), "",
+  recipe.md_table({"seed", "held out, greedy: SFT -> GRPO", "held out, sampled: SFT -> GRPO",
+                   "training questions, rollouts: first -> last 10 iterations", "time"}, rows), "",
   string.format("Gain over the SFT model (mean ± sd over seeds %s): greedy %s, sampled %s.", config.seeds,
     ms("greedy_gain", "%+.3f ± %.3f"), ms("sampled_gain", "%+.3f ± %.3f")), "",
 }, "\n")
