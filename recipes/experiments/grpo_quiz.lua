@@ -9,12 +9,15 @@
 -- pipeline's SFT model, trained on every QA pair and review sentences, answers
 -- none of them exactly, so GRPO would get no reward to learn from), then runs
 -- recipes/grpo.lua with its defaults for every seed from that SFT model
--- (but for prompt_format: questions are written as they are, in SFT and GRPO):
--- GRPO on the same quiz questions with the exact_match reward, measured on
--- the 168 quiz questions of qa/validation.jsonl, which neither SFT nor GRPO
--- trains on -- the exact-match accuracy of greedy answers and of sampled ones
+-- (but for prompt_format: questions are written as they are, in SFT and GRPO)
+-- with the exact_match reward.  held_out=validation: GRPO on the same quiz
+-- questions, measured on the 168 quiz questions of qa/validation.jsonl, which
+-- neither SFT nor GRPO trains on.  held_out=half: GRPO on every second quiz
+-- question of qa/train.jsonl, measured on the others (which SFT trained on):
+-- whether GRPO improves answers beyond the questions it practises on.  The
+-- measure: the exact-match accuracy of greedy answers and of sampled ones
 -- (the mean over eval_samples per question, at temperature 1), before and
--- after.  Writes runs/grpo_quiz/results.md.
+-- after.  Writes <out_dir>/<name>/results.md.
 
 local recipe = require "lualign.recipe"
 local la = require "lualign"
@@ -24,23 +27,36 @@ local config = recipe.config(arg, "grpo_quiz", {
   {"base", "runs/pretrain", "the pretrained model the quiz SFT starts from"},
   {"sft_steps", 300, "steps of the quiz SFT"},
   {"seeds", "1,2,3", "GRPO seeds (comma-separated)"},
+  {"held_out", "validation", "what GRPO is measured on: 'validation' (the quiz questions of qa/validation.jsonl, "
+   .. "which SFT never saw) or 'half' (every second quiz question of qa/train.jsonl, which SFT trained on and "
+   .. "GRPO does not; GRPO trains on the others)"},
 })
+recipe.check_choice(config, "held_out", {"validation", "half"})
 local run = recipe.run(config):start()
 local here = debug.getinfo(1, "S").source:match("^@(.*)/experiments/[^/]*$") or "recipes"
 
--- The quiz lines of a bundled QA file, written to the run folder.
-local function quiz_file(bundled, file)
-  local lines = {}
+-- The quiz lines of a bundled QA file (those at positions keep(i) of them, when
+-- given), written to the run folder.
+local function quiz_file(bundled, file, keep)
+  local lines, i = {}, 0
   for line in io.lines(la.data.path(bundled)) do
     local ok, ex = pcall(cjson.decode, line)
-    if ok and type(ex) == "table" and tostring(ex.source or ""):sub(1, 5) == "quiz/" then lines[#lines + 1] = line end
+    if ok and type(ex) == "table" and tostring(ex.source or ""):sub(1, 5) == "quiz/" then
+      i = i + 1
+      if not keep or keep(i) then lines[#lines + 1] = line end
+    end
   end
   run:write(file, table.concat(lines, "\n") .. "\n")
   return run:path(file), #lines
 end
 local train, n_train = quiz_file("qa/train.jsonl", "quiz_train.jsonl")
 local valid, n_valid = quiz_file("qa/validation.jsonl", "quiz_validation.jsonl")
-print(string.format("grpo_quiz: %d quiz questions to train on, %d held out", n_train, n_valid))
+local grpo_train, grpo_eval, n_grpo, n_eval = train, valid, n_train, n_valid
+if config.held_out == "half" then
+  grpo_train, n_grpo = quiz_file("qa/train.jsonl", "grpo_train.jsonl", function(i) return i % 2 == 1 end)
+  grpo_eval, n_eval = quiz_file("qa/train.jsonl", "grpo_held_out.jsonl", function(i) return i % 2 == 0 end)
+end
+print(string.format("grpo_quiz: SFT on %d quiz questions; GRPO on %d, measured on %d others", n_train, n_grpo, n_eval))
 local sft_name = config.name .. "_sft"
 local t0 = la.clock()
 -- The question as it is, and the answer right after it: the same text for SFT's
@@ -74,7 +90,8 @@ for seed in config.seeds:gmatch("[^,]+") do
   local t0 = la.clock()
   local r = recipe.run_script(here .. "/grpo.lua", {name = name, out_dir = config.out_dir, overwrite = config.overwrite,
                                                     seed = seed, policy = config.out_dir .. "/" .. sft_name,
-                                                    prompt_format = "%s"})
+                                                    prompt_format = "%s", prompts = grpo_train,
+                                                    eval_prompts = grpo_eval})
   local b, a = r.before, r.after
   local first, last = ends(r.run:path("metrics.jsonl"), "reward", 10)
   local values = {rollouts_first = first, rollouts_last = last, greedy_before = b.greedy, greedy_after = a.greedy, sampled_before = b.sampled,
@@ -94,10 +111,13 @@ rows[#rows + 1] = {"mean ± sd", ms("greedy_before") .. " -> " .. ms("greedy_aft
                    ms("rollouts_first") .. " -> " .. ms("rollouts_last"), ms("seconds", "%.0f ± %.0f s")}
 local text = table.concat({
   "# GRPO on the quiz questions: held-out exact-match accuracy", "",
-  string.format("SFT on the %d quiz questions of qa/train.jsonl from %s (%d steps, held-out completion loss "
-    .. "%.3f -> %.3f, %.0f s); GRPO from it with its defaults on the same questions (prompt_format=%%s). Held out: the %d quiz questions "
-    .. "of qa/validation.jsonl; greedy answers, and the mean over sampled answers (temperature 1).", n_train,
-    config.base, config.sft_steps, sft.base_loss or 0 / 0, sft.valid_loss or 0 / 0, sft_seconds, n_valid), "",
+  string.format("SFT on the %d quiz questions of qa/train.jsonl from %s (%d steps; completion loss on the %d quiz "
+    .. "questions of qa/validation.jsonl %.3f -> %.3f; %.0f s); GRPO from it with its defaults (prompt_format=%%s) on "
+    .. "%s. Held out from GRPO: %s; greedy answers, and the mean over sampled answers (temperature 1).", n_train,
+    config.base, config.sft_steps, n_valid, sft.base_loss or 0 / 0, sft.valid_loss or 0 / 0, sft_seconds,
+    config.held_out == "half" and string.format("every second one of them (%d)", n_grpo) or "the same questions",
+    config.held_out == "half" and string.format("the first 200 of the other %d, which SFT trained on", n_eval)
+      or string.format("the %d quiz questions of qa/validation.jsonl, which SFT never saw", n_valid)), "",
   recipe.md_table({"seed", "held out, greedy: SFT -> GRPO", "held out, sampled: SFT -> GRPO",
                    "training questions, rollouts: first -> last 10 iterations", "time"}, rows), "",
   string.format("Gain over the SFT model (mean ± sd over seeds %s): greedy %s, sampled %s.", config.seeds,
