@@ -48,7 +48,7 @@ local config = recipe.config(arg, "grpo", recipe.with_memory_keys{
   {"num_iterations", 2, "optimizer steps (passes) over each iteration's completions"},
   {"max_new_tokens", 12, "completion length cap"},
   {"temperature", 1.0, "sampling temperature of rollouts (the log-probs are taken at the same temperature)"},
-  {"lr", 2e-4, "learning rate (AdamW, constant)"},
+  {"lr", 3e-5, "learning rate (AdamW, constant)"},
   {"clip_eps", 0.2, "ratio clip: [1 - clip_eps, 1 + clip_eps_high]"},
   {"clip_eps_high", 0.0, "upper clip (0: the same as clip_eps)"},
   {"beta", 0.04, "coefficient of the k3 KL to the reference (0: no reference model is loaded)"},

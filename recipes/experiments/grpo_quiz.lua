@@ -26,6 +26,7 @@ local cjson = require "cjson"
 local config = recipe.config(arg, "grpo_quiz", {
   {"base", "runs/pretrain", "the pretrained model the quiz SFT starts from"},
   {"sft_steps", 300, "steps of the quiz SFT"},
+  {"policy", "", "an SFT run of an earlier grpo_quiz to start from, instead of fine-tuning one (empty: fine-tune)"},
   {"seeds", "1,2,3", "GRPO seeds (comma-separated)"},
   {"held_out", "validation", "what GRPO is measured on: 'validation' (the quiz questions of qa/validation.jsonl, "
    .. "which SFT never saw) or 'half' (every second quiz question of qa/train.jsonl, which SFT trained on and "
@@ -57,13 +58,18 @@ if config.held_out == "half" then
   grpo_eval, n_eval = quiz_file("qa/train.jsonl", "grpo_held_out.jsonl", function(i) return i % 2 == 0 end)
 end
 print(string.format("grpo_quiz: SFT on %d quiz questions; GRPO on %d, measured on %d others", n_train, n_grpo, n_eval))
-local sft_name = config.name .. "_sft"
+local sft_run = config.out_dir .. "/" .. config.name .. "_sft"
 local t0 = la.clock()
 -- The question as it is, and the answer right after it: the same text for SFT's
 -- training and held-out examples and for GRPO's prompts.
-local sft = recipe.run_script(here .. "/sft.lua", {name = sft_name, out_dir = config.out_dir, overwrite = config.overwrite,
-  seed = config.seed, base = config.base, train = train, valid = valid, steps = config.sft_steps,
-  prompt_format = "%s", completion_format = "%s"})
+local sft = {}
+if config.policy == "" then
+  sft = recipe.run_script(here .. "/sft.lua", {name = config.name .. "_sft", out_dir = config.out_dir,
+    overwrite = config.overwrite, seed = config.seed, base = config.base, train = train, valid = valid,
+    steps = config.sft_steps, prompt_format = "%s", completion_format = "%s"})
+else
+  sft_run = config.policy
+end
 local sft_seconds = la.clock() - t0
 
 local function mean_sd(xs)
@@ -89,7 +95,7 @@ for seed in config.seeds:gmatch("[^,]+") do
   local name = config.name .. "_seed" .. seed
   local t0 = la.clock()
   local r = recipe.run_script(here .. "/grpo.lua", {name = name, out_dir = config.out_dir, overwrite = config.overwrite,
-                                                    seed = seed, policy = config.out_dir .. "/" .. sft_name,
+                                                    seed = seed, policy = sft_run,
                                                     prompt_format = "%s", prompts = grpo_train,
                                                     eval_prompts = grpo_eval})
   local b, a = r.before, r.after
@@ -111,10 +117,11 @@ rows[#rows + 1] = {"mean ± sd", ms("greedy_before") .. " -> " .. ms("greedy_aft
                    ms("rollouts_first") .. " -> " .. ms("rollouts_last"), ms("seconds", "%.0f ± %.0f s")}
 local text = table.concat({
   "# GRPO on the quiz questions: held-out exact-match accuracy", "",
-  string.format("SFT on the %d quiz questions of qa/train.jsonl from %s (%d steps; completion loss on the %d quiz "
+  string.format("SFT on the %d quiz questions of qa/train.jsonl from %s (%d steps%s; completion loss on the %d quiz "
     .. "questions of qa/validation.jsonl %.3f -> %.3f; %.0f s); GRPO from it with its defaults (prompt_format=%%s) on "
     .. "%s. Held out from GRPO: %s; greedy answers, and the mean over sampled answers (temperature 1).", n_train,
-    config.base, config.sft_steps, n_valid, sft.base_loss or 0 / 0, sft.valid_loss or 0 / 0, sft_seconds,
+    config.base, config.sft_steps, config.policy ~= "" and (": the run " .. config.policy) or "", n_valid,
+    sft.base_loss or 0 / 0, sft.valid_loss or 0 / 0, sft_seconds,
     config.held_out == "half" and string.format("every second one of them (%d)", n_grpo) or "the same questions",
     config.held_out == "half" and string.format("the first 200 of the other %d, which SFT trained on", n_eval)
       or string.format("the %d quiz questions of qa/validation.jsonl, which SFT never saw", n_valid)), "",
