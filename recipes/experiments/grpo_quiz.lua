@@ -117,11 +117,11 @@ rows[#rows + 1] = {"mean ± sd", ms("greedy_before") .. " -> " .. ms("greedy_aft
                    ms("rollouts_first") .. " -> " .. ms("rollouts_last"), ms("seconds", "%.0f ± %.0f s")}
 local text = table.concat({
   "# GRPO on the quiz questions: held-out exact-match accuracy", "",
-  string.format("SFT on the %d quiz questions of qa/train.jsonl from %s (%d steps%s; completion loss on the %d quiz "
-    .. "questions of qa/validation.jsonl %.3f -> %.3f; %.0f s); GRPO from it with its defaults (prompt_format=%%s) on "
-    .. "%s. Held out from GRPO: %s; greedy answers, and the mean over sampled answers (temperature 1).", n_train,
-    config.base, config.sft_steps, config.policy ~= "" and (": the run " .. config.policy) or "", n_valid,
-    sft.base_loss or 0 / 0, sft.valid_loss or 0 / 0, sft_seconds,
+  string.format("SFT on the %d quiz questions of qa/train.jsonl from %s (%s); GRPO from it with its defaults "
+    .. "(prompt_format=%%s) on %s. Held out from GRPO: %s; greedy answers, and the mean over sampled answers "
+    .. "(temperature 1).", n_train, config.base, config.policy ~= "" and ("the run " .. config.policy)
+      or string.format("%d steps; completion loss on the %d quiz questions of qa/validation.jsonl %.3f -> %.3f; %.0f s",
+                       config.sft_steps, n_valid, sft.base_loss, sft.valid_loss, sft_seconds),
     config.held_out == "half" and string.format("every second one of them (%d)", n_grpo) or "the same questions",
     config.held_out == "half" and string.format("the first 200 of the other %d, which SFT trained on", n_eval)
       or string.format("the %d quiz questions of qa/validation.jsonl, which SFT never saw", n_valid)), "",
