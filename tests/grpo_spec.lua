@@ -218,6 +218,25 @@ describe("recipes/grpo.lua on a miniature model", function()
     assert.is_true(r.run:exists("adapter/adapter_model.safetensors"))
   end)
 
+  it("gives the same run with grad_accum = 4 (uneven micro-batches) as with whole batches, for each loss_type", function()
+    for _, loss_type in ipairs({"grpo", "token"}) do
+      local args = {out_dir = out, policy = out .. "/sft", reward_script = reward_e, source_prefix = "",
+        iterations = 3, eval_every = 0, prompts_per_step = 2, num_generations = 3, eval_examples = 2, eval_samples = 2,
+        max_new_tokens = 6, lr = 1e-3, loss_type = loss_type}
+      args.name = "whole_" .. loss_type
+      recipe.run_script("recipes/grpo.lua", args)
+      args.name, args.grad_accum = "accum_" .. loss_type, 4   -- 6 completions: micro-batches of 2, 2, 1, 1
+      recipe.run_script("recipes/grpo.lua", args)
+      local a, b = log.read(out .. "/whole_" .. loss_type .. "/metrics.jsonl"), log.read(out .. "/accum_" .. loss_type .. "/metrics.jsonl")
+      assert.are.equal(#a, #b)
+      for i = 2, #a do
+        for _, k in ipairs({"reward", "loss", "kl", "grad_norm"}) do
+          near(b[i][k], a[i][k], 1e-4, string.format("%s, iteration %d, %s", loss_type, i - 1, k))
+        end
+      end
+    end
+  end)
+
   it("names bad reward settings", function()
     local base = {out_dir = out, name = "bad", policy = out .. "/sft", overwrite = true}
     local function with(t) local a = {} for k, v in pairs(base) do a[k] = v end for k, v in pairs(t) do a[k] = v end return a end
