@@ -27,8 +27,9 @@ local plot = require "lualign.plot"
 local log = require "lualign.log"
 
 local config = recipe.config(arg, "gdpo", recipe.with_memory_keys{
-  {"policy", "runs/sft", "starting policy: run folder or .safetensors (tokenizer.json from its folder)"},
-  {"tokenizer", "", "tokenizer.json (default: the policy's folder)"},
+  {"policy", "runs/sft", "starting policy: a run folder (or its model.safetensors) or a Hugging Face model folder"},
+  {"reference", "", "reference model, the same kinds (default: the policy, or its fine-tuned copy with sft_steps)"},
+  {"tokenizer", "", "tokenizer.json or a folder holding one (default: the policy's folder)"},
   {"train", "vader/modest/train.jsonl", "soft-label preference pairs"},
   {"eval_prompts", "vader/prompts_test.jsonl", "held-out prompts for the win rate"},
   {"test", "vader/test.jsonl", "held-out pairs of held-out words, labelled by the judge's raters ('': none)"},
@@ -52,14 +53,20 @@ local run = recipe.run(config)   -- refuses a folder holding another run; writes
 recipe.check_choice(config, "loss", la.loss.preference_losses)
 
 -- Models and data ------------------------------------------------------------------
-local policy_file, policy_dir = recipe.model_file(config.policy, "policy")
-local tok_file = config.tokenizer ~= "" and config.tokenizer or (policy_dir .. "/tokenizer.json")
-local tok = la.tokenizer.load(tok_file)
+local policy_source = recipe.model_source(config.policy, "policy")   -- a lualign run or a Hugging Face folder
+local tok, tok_dir = recipe.load_tokenizer(config.tokenizer, policy_source.dir)
 if config.lora and config.sft_steps > 0 then
   error("gdpo: sft_steps with lora: fine-tune the reference first with recipes/sft.lua lora=true (its "
     .. "model.safetensors holds the merged weights) and start from it", 0)
 end
-local policy = recipe.prepare_model(recipe.load_gpt(policy_file), config)   -- lora, weights_dtype, checkpoint
+if config.reference ~= "" and (config.lora or config.sft_steps > 0) then
+  error(string.format("gdpo: reference=%s with %s: the reference is then %s", config.reference,
+    config.lora and "lora" or "sft_steps", config.lora and "the policy with its adapters off"
+    or "the policy fine-tuned on the pairs"), 0)
+end
+local reference_source = config.reference ~= "" and recipe.model_source(config.reference, "reference")
+  or policy_source
+local policy = recipe.prepare_model(recipe.load_model(policy_source), config)   -- lora, weights_dtype, checkpoint
 local train_file = recipe.data_file(config.train, "train")
 local pairs_ = la.data.load(train_file, "preference")
 for i, ex in ipairs(pairs_) do ex.index = i end
@@ -80,19 +87,19 @@ local test_loader = in_order(test_pairs)
 test_loader.name = test_file
 recipe.check_batches(loader)
 run:start()                      -- the inputs are there: config.json, and from here the run's files
-tok:save(run:path("tokenizer.json"))
+run:save_tokenizer(tok, tok_dir)
 local data_metrics = recipe.describe_data(config, "train", loader)
 if test_file then
   for k, v in pairs(recipe.describe_data(config, "test", test_loader)) do data_metrics[k] = v end
 end
 local judge = la.data.judge()
 local id = recipe.file_identity
+local tokenizer_id = recipe.tokenizer_identity(tok_dir)
 
 -- 1. The reference: the data's distribution, as an SFT model would fit it ----------
-local reference_file = policy_file
 if config.sft_steps > 0 then
-  reference_file = run:cached("reference.safetensors", {policy = id(policy_file), train = id(train_file),
-      tokenizer = id(tok_file), max_len = config.max_len, batch_size = config.batch_size, seed = config.seed,
+  local file = run:cached("reference.safetensors", {policy = recipe.model_identity(policy_source),
+      train = id(train_file), tokenizer = tokenizer_id, max_len = config.max_len, batch_size = config.batch_size, seed = config.seed,
       sft_steps = config.sft_steps, sft_lr = config.sft_lr}, function()
     local sft_examples = {}
     for _, ex in ipairs(pairs_) do
@@ -111,10 +118,11 @@ if config.sft_steps > 0 then
     end
     run:save_model(policy, {stage = "reference"}, "reference.safetensors")
   end)
-  recipe.load_weights(policy, reference_file)     -- the policy starts from the reference
+  recipe.load_weights(policy, file)     -- the policy starts from the reference
+  reference_source = recipe.model_source(file, "reference")
 end
 -- The reference: with lora the policy with its adapters off, else a frozen copy.
-local with_ref = recipe.reference(policy, config, function() return recipe.load_gpt(reference_file) end)
+local with_ref = recipe.reference(policy, config, function() return recipe.load_model(reference_source) end)
 with_ref(la.dist.broadcast_parameters)     -- under mpirun: rank 0's policy and reference on every rank
 local dp = la.dist.data_parallel(policy)
 dp:shard(loader)                            -- this rank's share of every batch
@@ -132,7 +140,8 @@ end
 
 -- 2. Reference log-probs of every pair of a file, once, kept in the run folder ------
 local function reference_logps(file, list, data_path)
-  local path = run:cached(file, {reference = id(reference_file), data = id(data_path), tokenizer = id(tok_file),
+  local path = run:cached(file, {reference = recipe.model_identity(reference_source), data = id(data_path),
+                                 tokenizer = tokenizer_id,
                                  max_len = config.max_len, weights_dtype = config.weights_dtype}, function(out)
     local c, r = {}, {}
     la.no_grad(function()
@@ -163,8 +172,8 @@ local function sample(model)
   for _, p in ipairs(eval_prompts) do
     for _ = 1, config.eval_samples do prompts[#prompts + 1] = p end
   end
-  local out = model:generate(prompts, {max_new_tokens = config.max_new_tokens, temperature = 1,
-                                       eos_id = tok.eos_id, return_logprobs = true})
+  local out = model:generate(prompts, recipe.sampling_options(tok, {max_new_tokens = config.max_new_tokens,
+                                                                   return_logprobs = true}))
   local texts, seq_lp = {}, {}
   for i = 1, #prompts do
     texts[i] = tok:decode(out.sequences[i], {skip_special_tokens = true})
@@ -294,7 +303,7 @@ run:write("report.md", table.concat({
   "held-out pairs of held-out words (each model picks one word of a pair by its own odds of the two).",
   "", "![curves](curves.svg)", "",
 }, "\n"))
-recipe.save_adapter(run, policy, config)   -- with lora: adapter/ (and merged/ with save_merged)
+local saved = recipe.save_final(run, policy, config)   -- hf/ (save_pretrained), or with lora adapter/
 if last then
   print(string.format("%s: win rate vs reference %.3f (best %s at step %s), judge %.3f, KL %.3f, held-out words %s; "
     .. "report in %s", config.loss, last.win_rate, recipe.fmt("%.3f", best and best.win_rate), recipe.fmt("%d", best and best.step),
@@ -302,4 +311,5 @@ if last then
 else
   print(string.format("%s: not evaluated (eval_every=0); report in %s", config.loss, run:path("report.md")))
 end
-return {last = last, best = best, curve = {kl = ks, win_rate = ws, judge = js, step = es, test_win_rate = ts}, run = run}
+return {last = last, best = best, curve = {kl = ks, win_rate = ws, judge = js, step = es, test_win_rate = ts}, run = run,
+        saved = saved}

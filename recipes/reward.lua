@@ -16,7 +16,8 @@ local plot = require "lualign.plot"
 local log = require "lualign.log"
 
 local config = recipe.config(arg, "reward", recipe.with_memory_keys{
-  {"base", "runs/pretrain", "run folder (or model.safetensors) whose trunk starts the reward model"},
+  {"base", "runs/pretrain", "model whose trunk starts the reward model: a run folder or a Hugging Face model folder"},
+  {"tokenizer", "", "tokenizer.json or a folder holding one (default: the base model's folder)"},
   {"train", "sentiment/train.jsonl", "preference pairs: a bundled file or a path"},
   {"valid", "sentiment/validation.jsonl", "held-out pairs, for accuracy during training"},
   {"test", "sentiment/test.jsonl", "held-out pairs for the final accuracy"},
@@ -35,9 +36,9 @@ local config = recipe.config(arg, "reward", recipe.with_memory_keys{
 local run = recipe.run(config)   -- refuses a folder holding another run; writes nothing yet
 
 -- 1. Model ---------------------------------------------------------------------
-local base_file, base_dir = recipe.model_file(config.base, "base")
-local tok = la.tokenizer.load(base_dir .. "/tokenizer.json")
-local model = recipe.prepare_model(recipe.load_gpt(base_file, {reward_head = true}), config,
+local base = recipe.model_source(config.base, "base")   -- a lualign run or a Hugging Face folder
+local tok, tok_dir = recipe.load_tokenizer(config.tokenizer, base.dir)
+local model = recipe.prepare_model(recipe.load_model(base, {reward_head = true}), config,
                                    {modules_to_save = {"reward_head"}})
 
 -- 2. Data ----------------------------------------------------------------------
@@ -52,7 +53,7 @@ local valid = loader("valid", {shuffle = false})
 local test = loader("test", {shuffle = false})
 recipe.check_batches(train)
 run:start()                      -- the inputs are there: config.json, and from here the run's files
-tok:save(run:path("tokenizer.json"))
+run:save_tokenizer(tok, tok_dir)
 local data_metrics = {}
 for _, set in ipairs({{"train", train}, {"valid", valid}, {"test", test}}) do
   for k, v in pairs(recipe.describe_data(config, set[1], set[2])) do data_metrics[k] = v end
@@ -131,7 +132,8 @@ run:write("report.md", table.concat({
     {"training pairs", #train},
   }), "", "![curves](curves.svg)", "",
 }, "\n"))
-recipe.save_adapter(run, model, config)   -- with lora: adapter/ (and merged/ with save_merged)
+-- hf/: a sequence-classification folder (save_pretrained), or with lora adapter/
+local saved = recipe.save_final(run, model, config, {reward_model = true})
 print(string.format("reward: held-out pairwise accuracy %.1f%% (test), %s (validation); report in %s",
   100 * test_accuracy, recipe.fmt("%.1f%%", vacc[#vacc] and 100 * vacc[#vacc]), run:path("report.md")))
-return {accuracy = test_accuracy, run = run}
+return {accuracy = test_accuracy, run = run, saved = saved}

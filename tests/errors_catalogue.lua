@@ -375,7 +375,7 @@ la.tokenizer.load(DIR)]],
      error = [[loss must be one of dpo, cdpo, rdpo, ipo, hinge, gdpo, gipo (got 'kto') -- did you mean 'dpo'?]]},
     {what = "a base model that is not there (nothing is written)",
      code = [[recipe.run_script("recipes/sft.lua", {out_dir = DIR, base = DIR .. "/nothing"})]],
-     error = [[base: no such run folder or model file: DIR/nothing]]},
+     error = [[base: no such run folder, model file or Hugging Face model folder: DIR/nothing]]},
     {what = "a data file that is not there (nothing is written)",
      code = [[recipe.data_file(DIR .. "/mine/train.jsonl", "train")]],
      error = [[train: no such file: DIR/mine/train.jsonl (nor a bundled dataset of that name in ]]
@@ -398,7 +398,7 @@ recipe.run(recipe.config({"out_dir=" .. DIR, "resume=true", "lr=0.01"}, "sft", {
     {what = "a run folder without a model",
      code = [[require("lualign.sys").mkdir(DIR .. "/half")
 recipe.model_file(DIR .. "/half", "policy")]],
-     error = [[policy: the run folder DIR/half holds no model.safetensors (has its run finished?)]],
+     error = [[policy: the run folder DIR/half holds no model.safetensors (has its run finished?), nor is it a Hugging Face model folder (config.json with a model_type)]],
      leaves = {"half"}},
     {what = "training data smaller than one batch",
      code = [[local tok = la.tokenizer.byte()

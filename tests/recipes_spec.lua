@@ -144,7 +144,7 @@ describe("recipes on miniature configs", function()
       .. table.concat(la.data.search_dirs(), ", ") .. ")")
     args.train, args.policy = out .. "/pairs.jsonl", out .. "/no_such_run"
     assert.has_error(function() recipe.run_script(script("gdpo"), args) end,
-      "policy: no such run folder or model file: " .. out .. "/no_such_run")
+      "policy: no such run folder, model file or Hugging Face model folder: " .. out .. "/no_such_run")
     assert.are.equal(first, read(out .. "/gdpo/config.json"))
   end)
 

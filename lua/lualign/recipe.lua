@@ -401,20 +401,204 @@ function recipe.data_file(path, key)
     table.concat(data.search_dirs(), ", ")), 0)
 end
 
---- The model file of a run folder or a .safetensors path named by config key
--- `key`, and the folder it is in (where its tokenizer.json is); an error
--- naming the key when there is no such folder or file.
-function recipe.model_file(path, key)
-  local file = path:match("%.safetensors$") and path or (path .. "/model.safetensors")
-  local f = io.open(file, "rb")
-  if f then
+----------------------------------------------------------------------------
+-- Models and tokenizers: a lualign run or a Hugging Face folder
+
+-- Whether a safetensors file was written by lualign (Run:save_model): its
+-- metadata holds the model's config.
+local function lualign_model_file(file)
+  local ok, header = pcall(require("lualign.checkpoint").header, file)
+  return ok and header.metadata and header.metadata.model_config ~= nil
+end
+
+-- config.json of a folder, decoded, or nil.
+local function json_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local ok, v = pcall(cjson.decode, f:read("a"))
+  f:close()
+  return ok and type(v) == "table" and v or nil
+end
+
+--- What a model path named by config key `key` is: a lualign run folder (its
+-- model.safetensors holds the model config in its metadata), a .safetensors
+-- file written by lualign, or a Hugging Face model folder (config.json with a
+-- model_type, and safetensors weights: what la.models.from_pretrained reads,
+-- e.g. a downloaded SmolLM2 or Qwen2.5 folder, or a run's hf/ folder).
+-- Returns {kind = "run" or "hf", path = the path given, dir = the folder
+-- (where the tokenizer files are), file = the weights file of a run}.  An
+-- error names the key when the path is none of these.
+function recipe.model_source(path, key)
+  if type(path) ~= "string" or path == "" then error(key .. ": expected a run folder or a model folder", 0) end
+  path = path:gsub("/+$", "")
+  if path:match("%.safetensors$") then
+    local f = io.open(path, "rb")
+    if not f then error(string.format("%s: no such model file: %s", key, path), 0) end
     f:close()
-    return file, file:match("^(.*)/[^/]*$") or "."
+    if not lualign_model_file(path) then
+      error(string.format("%s: %s holds no model_config in its metadata: not a model file lualign wrote "
+        .. "(for a Hugging Face model give its folder)", key, path), 0)
+    end
+    return {kind = "run", path = path, dir = path:match("^(.*)/[^/]*$") or ".", file = path}
   end
-  if file ~= path and sys.listdir(path) then
-    error(string.format("%s: the run folder %s holds no model.safetensors (has its run finished?)", key, path), 0)
+  if not sys.listdir(path) then
+    error(string.format("%s: no such run folder, model file or Hugging Face model folder: %s", key, path), 0)
   end
-  error(string.format("%s: no such run folder or model file: %s", key, path), 0)
+  local file = path .. "/model.safetensors"
+  if lualign_model_file(file) then return {kind = "run", path = path, dir = path, file = file} end
+  local cfg = json_file(path .. "/config.json")
+  if cfg and type(cfg.model_type) == "string" then return {kind = "hf", path = path, dir = path} end
+  error(string.format("%s: the run folder %s holds no model.safetensors (has its run finished?), nor is it a "
+    .. "Hugging Face model folder (config.json with a model_type)", key, path), 0)
+end
+
+--- The model a path names (recipe.model_source: a lualign run, its
+-- model.safetensors, or a Hugging Face folder read by
+-- la.models.from_pretrained), and the metadata of a lualign file ({} for a
+-- Hugging Face folder).  overrides change config keys (e.g. {value_head =
+-- true} adds a freshly initialised head).  key names the config key in
+-- errors ("model" by default).  recipe.load_gpt is the same function.
+function recipe.load_model(path, overrides, key)
+  local source = type(path) == "table" and path or recipe.model_source(path, key or "model")
+  if source.kind == "hf" then
+    return require("lualign.models").from_pretrained(source.dir, overrides), {}
+  end
+  local checkpoint = require "lualign.checkpoint"
+  local tensors, meta = checkpoint.load(source.file)
+  local cfg = require("lualign.models.hf").integers(cjson.decode(meta.model_config))
+  for k, v in pairs(overrides or {}) do cfg[k] = v end
+  local model
+  if cfg.model_type then
+    model = require("lualign.models").from_config(cfg)
+  else
+    model = require("lualign.models.gpt")(cfg)
+  end
+  -- Heads added by overrides keep their fresh initialisation.
+  model:load_state_dict(tensors, {strict = not overrides})
+  return model, meta
+end
+recipe.load_gpt = recipe.load_model
+
+--- The model file of a run folder, or the folder of a Hugging Face model,
+-- named by config key `key` -- what recipe.load_model takes -- and the
+-- folder its tokenizer files are in; the source (recipe.model_source) third.
+function recipe.model_file(path, key)
+  local source = recipe.model_source(path, key)
+  return source.file or source.dir, source.dir, source
+end
+
+-- name -> identity of the files of a folder whose names keep(name) accepts.
+local function folder_identity(dir, keep)
+  local ids = {}
+  for _, name in ipairs(sys.listdir(dir) or {}) do
+    if keep(name) then ids[name] = recipe.file_identity(dir .. "/" .. name) end
+  end
+  return ids
+end
+
+--- What a model was loaded from, for run:cached's inputs: the identity of
+-- its weights file, or of a Hugging Face folder's config.json and weights.
+function recipe.model_identity(path)
+  local source = type(path) == "table" and path or recipe.model_source(path, "model")
+  if source.kind == "run" then return recipe.file_identity(source.file) end
+  return folder_identity(source.dir, function(name)
+    return name == "config.json" or name:match("%.safetensors$") or name == "model.safetensors.index.json"
+  end)
+end
+
+--- What a tokenizer was loaded from (the folder recipe.load_tokenizer
+-- returns), for run:cached's inputs: its tokenizer files' identities.
+function recipe.tokenizer_identity(dir)
+  local names = {["encoder.json"] = true, ["vocab.bpe"] = true}
+  for _, f in ipairs(require("lualign.models.hf").tokenizer_files) do names[f] = true end
+  return folder_identity(dir, function(name) return names[name] end)
+end
+
+--- The tokenizer of a run: the file or folder `given` (config key
+-- `tokenizer`), else the one in the model's folder -- a run's tokenizer.json,
+-- or a Hugging Face folder's tokenizer.json with its tokenizer_config.json
+-- (roles, chat template).  Returns the tokenizer and the folder its files
+-- are in (recipe.save_tokenizer copies them into the run).
+function recipe.load_tokenizer(given, model_dir, key)
+  local path = (given and given ~= "") and given or model_dir
+  local f = io.open(path, "rb")
+  if f then f:close() end
+  local is_dir = sys.listdir(path) ~= nil
+  if not is_dir and not f then
+    error(string.format("%s: no such tokenizer file or folder: %s", key or "tokenizer", path), 0)
+  end
+  if is_dir then
+    local t = io.open(path .. "/tokenizer.json", "rb")
+    if t then t:close() else
+      local g = io.open(path .. "/encoder.json", "rb")
+      if g then g:close() else
+        error(string.format("%s: %s holds no tokenizer.json%s", key or "tokenizer", path,
+          (given and given ~= "") and "" or " (give one with tokenizer=FILE_OR_FOLDER)"), 0)
+      end
+    end
+  end
+  local tok = require("lualign.tokenizer").load(path)
+  return tok, is_dir and path or (path:match("^(.*)/[^/]*$") or ".")
+end
+
+--- Writes the run's tokenizer into its folder: the tokenizer files of the
+-- folder it was loaded from, copied as they are (a Hugging Face tokenizer's
+-- pipeline and chat template stay exact), or tok:save for a tokenizer made
+-- in memory or read from GPT-2's encoder.json and vocab.bpe.
+function Run:save_tokenizer(tok, from_dir)
+  check_started(self, "writing the tokenizer")
+  if from_dir == self.dir then return end
+  if from_dir and #require("lualign.models.hf").copy_tokenizer_files(from_dir, self.dir) > 0 then return end
+  tok:save(self:path("tokenizer.json"))
+end
+
+--- The trained model at the end of a run, ready for Hugging Face tools and
+-- for any recipe's policy=/base=: without lora, <run>/hf/ through
+-- save_pretrained, with the run's tokenizer files; with lora, the adapter
+-- in PEFT's format (<run>/adapter/) and, with save_merged, the merged model
+-- (<run>/merged/).  opts.reward_model: a reward model, written as a
+-- sequence-classification folder (its head is Hugging Face's bias-free
+-- `score`: a bias the head learned is left out, which shifts every reward by
+-- the same amount and is said in a line).  Only rank 0 writes.  Returns the
+-- folder written.
+function recipe.save_final(run, model, config, opts)
+  if not dist.is_main() then return nil end
+  local hf_opts = {reward_model = opts and opts.reward_model or nil}
+  if hf_opts.reward_model then
+    local b = model.reward_head.bias:item()
+    if b ~= 0 then
+      print(string.format("%s: the reward head's bias (%.6g) has no place in Hugging Face's score layer: the "
+        .. "folder's rewards are this run's minus %.6g (the same order and Bradley-Terry probabilities)",
+        config.name, b, b))
+    end
+  end
+  if config.lora then
+    local lora = require "lualign.lora"
+    lora.save(model, run:path("adapter"))
+    if not config.save_merged then return run:path("adapter") end
+    lora.merge(model)
+    model:save_pretrained(run:path("merged"), hf_opts)
+    lora.unmerge(model)
+    require("lualign.models.hf").copy_tokenizer_files(run.dir, run:path("merged"))
+    return run:path("merged")
+  end
+  local dir = run:path("hf")
+  model:save_pretrained(dir, hf_opts)
+  require("lualign.models.hf").copy_tokenizer_files(run.dir, dir)
+  return dir
+end
+
+--- Options for model:generate that sample from the model's own distribution
+-- (at `temperature`), whatever a Hugging Face folder's generation_config.json
+-- asks for (top_k 50, top_p, repetition_penalty): what a policy's rollouts,
+-- their log-probs and a KL estimate assume.  Generation stops on the
+-- tokenizer's end ids (tok.eos_ids: a chat model's end-of-turn too).  opts
+-- adds or replaces options.
+function recipe.sampling_options(tok, opts)
+  local o = {temperature = 1.0, top_k = 0, top_p = 1.0, repetition_penalty = 1.0,
+             eos_id = tok.eos_ids or tok.eos_id, pad_id = tok.pad_id or tok.eos_id}
+  for k, v in pairs(opts or {}) do o[k] = v end
+  return o
 end
 
 --- Prints a line on a data set the run uses -- how many examples, and how
@@ -614,31 +798,6 @@ function recipe.load_weights(model, path)
   return model
 end
 
---- A model rebuilt from a model.safetensors that lualign wrote (its config
--- is in the metadata: a GPT's keys, or a Hugging Face config's with
--- model_type for the Llama family), or from a run folder holding one.
--- overrides change config keys (e.g. {value_head = true} adds a freshly
--- initialised head).  recipe.load_gpt is the same function.
-function recipe.load_model(path, overrides)
-  local checkpoint = require "lualign.checkpoint"
-  if not path:match("%.safetensors$") then path = path .. "/model.safetensors" end
-  local tensors, meta = checkpoint.load(path)
-  if not meta.model_config then
-    error(path .. ": no model_config in the metadata (was it written by a lualign recipe?)", 2)
-  end
-  local cfg = require("lualign.models.hf").integers(cjson.decode(meta.model_config))
-  for k, v in pairs(overrides or {}) do cfg[k] = v end
-  local model
-  if cfg.model_type then
-    model = require("lualign.models").from_config(cfg)
-  else
-    model = require("lualign.models.gpt")(cfg)
-  end
-  -- Heads added by overrides keep their fresh initialisation.
-  model:load_state_dict(tensors, {strict = not overrides})
-  return model, meta
-end
-recipe.load_gpt = recipe.load_model
 
 --- Raises an error saying both numbers when a loader's data is smaller than
 -- one batch (so it would yield nothing): a recipe checks its training data
@@ -822,20 +981,6 @@ function recipe.model_weights(model)
   local lora = require "lualign.lora"
   if lora.has_adapters(model) then return lora.merged_state_dict(model) end
   return model:state_dict()
-end
-
---- At the end of a LoRA run: the adapter in PEFT's format (<run>/adapter/)
--- and, with save_merged, the merged model as a Hugging Face folder
--- (<run>/merged/, through save_pretrained).  Nothing without lora.
-function recipe.save_adapter(run, model, config)
-  if not config.lora then return end
-  local lora = require "lualign.lora"
-  lora.save(model, run:path("adapter"))
-  if config.save_merged then
-    lora.merge(model)
-    model:save_pretrained(run:path("merged"))
-    lora.unmerge(model)
-  end
 end
 
 --- JSON text of a Lua value with sorted keys and integers kept as integers
