@@ -108,7 +108,8 @@ if #pref > 0 then
   add("")
   add("Soft labels: win rate against the reference (the SFT model fitted to each label set's completions) " ..
       "under the held-out judge, of completions sampled for held-out prompts, with the KL to the reference, " ..
-      "at the best checkpoint and the last one; and on held-out pairs of held-out words.")
+      "at the best checkpoint (lowest held-out loss on the set's validation pairs) and the last one; and on " ..
+      "held-out pairs of held-out words.")
   add("")
   local prow = {}
   for _, p in ipairs(pref) do

@@ -175,8 +175,10 @@ local function evaluate(model)
 end
 
 -- Training -------------------------------------------------------------------------------
+-- The value model and its optimizer share the policy's checkpoint, so a resumed run continues both.
+local others = critic and {critic = {critic, vopt}} or nil
 local start, extra = 0, {}
-if config.resume then start, extra = run:restore_checkpoint(policy, popt) end
+if config.resume then start, extra = run:restore_checkpoint(policy, popt, others) end
 start, extra = start or 0, extra or {}
 local kl_coef = extra.kl_coef or config.kl_coef
 local rng_state = la.get_rng_state()
@@ -292,7 +294,7 @@ for it = start + 1, config.iterations do
   if save then
     if critic then run:save_model(critic, {step = it}, "value_model.safetensors") end
     run:save_checkpoint(policy, popt, it, {kl_coef = kl_coef,
-      before = {reward = before.reward, judge = before.judge, kl = before.kl}})
+      before = {reward = before.reward, judge = before.judge, kl = before.kl}}, others)
   end
   recipe.check_stop(config, it, logger)
 end

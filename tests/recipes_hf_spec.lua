@@ -39,7 +39,7 @@ local function max_diff(a, b) return (a - b):abs():max():item() end
 local ids = la.tensor({{5, 9, 33, 70, 2, 41, 8, 12}}, "int64")
 
 describe("recipes on a Hugging Face model folder", function()
-  local sft_chat, pref_chat, prompts
+  local sft_chat, pref_chat, pref_eval, prompts
   setup(function()
     -- tokenizer: a small BPE on the bundled questions, with a chat template
     local texts = {}
@@ -63,6 +63,9 @@ describe("recipes on a Hugging Face model folder", function()
       return {messages = {user(ex.prompt)[1], assistant(ex.completion)[1]}}
     end)
     pref_chat = convert("vader/modest/train.jsonl", 48, out .. "/pref_chat.jsonl", function(ex)
+      return {prompt = user(ex.prompt), chosen = assistant(ex.chosen), rejected = assistant(ex.rejected), p = ex.p}
+    end)
+    pref_eval = convert("vader/modest/validation.jsonl", 16, out .. "/pref_eval.jsonl", function(ex)
       return {prompt = user(ex.prompt), chosen = assistant(ex.chosen), rejected = assistant(ex.rejected), p = ex.p}
     end)
     prompts = convert("vader/prompts_test.jsonl", 4, out .. "/prompts.jsonl", function(ex) return ex end)
@@ -100,14 +103,14 @@ describe("recipes on a Hugging Face model folder", function()
 
   it("gdpo trains a Hugging Face policy against a Hugging Face reference and writes it", function()
     local r = recipe.run_script(script("gdpo"), with{name = "dpo", policy = out .. "/sft/hf", reference = base,
-      train = pref_chat, test = "", eval_prompts = prompts, loss = "dpo", steps = 4, batch_size = 8, max_len = 48})
+      train = pref_chat, eval = pref_eval, loss = "dpo", steps = 4, batch_size = 8, max_len = 48})
     local back = la.models.from_pretrained(r.saved)
     assert.are.equal(0, max_diff(back(ids), recipe.load_model(out .. "/dpo")(ids)))
   end)
 
   it("gdpo with lora writes a PEFT adapter that loads onto the policy's folder", function()
-    local r = recipe.run_script(script("gdpo"), with{name = "dpo_lora", policy = base, train = pref_chat, test = "",
-      eval_prompts = prompts, loss = "dpo", steps = 3, batch_size = 8, max_len = 48, lora = true, lora_r = 4,
+    local r = recipe.run_script(script("gdpo"), with{name = "dpo_lora", policy = base, train = pref_chat,
+      eval = pref_eval, loss = "dpo", steps = 3, batch_size = 8, max_len = 48, lora = true, lora_r = 4,
       lr = 1e-2})
     assert.are.equal(out .. "/dpo_lora/adapter", r.saved)
     local m = la.models.from_pretrained(base)
@@ -115,6 +118,51 @@ describe("recipes on a Hugging Face model folder", function()
     local merged = recipe.load_model(out .. "/dpo_lora")   -- model.safetensors: the merged weights
     assert.is_true(max_diff(m(ids), merged(ids)) < 1e-4)
     assert.is_true(max_diff(m(ids), la.models.from_pretrained(base)(ids)) > 1e-4)
+  end)
+
+  it("simpo on a held-out split of the training file, judged by a Lua function", function()
+    -- questions with their answer as chosen and another question's answer as rejected:
+    -- 96 distinct prompts, a quarter of them held out with their pairs
+    local qa = {}
+    for line in io.lines(la.data.path("qa/train.jsonl")) do
+      if #qa == 97 then break end
+      qa[#qa + 1] = require("cjson").decode(line)
+    end
+    local lines = {}
+    for i = 1, 96 do
+      lines[i] = recipe.json({prompt = user(qa[i].prompt), chosen = assistant(qa[i].completion),
+                              rejected = assistant(qa[i + 1].completion)})
+    end
+    local own = h.write(out .. "/qa_pairs.jsonl", table.concat(lines, "\n") .. "\n")
+    local judge = h.write(out .. "/judge.lua", "return function(prompt, response) return #response end\n")
+    local r = recipe.run_script(script("gdpo"), with{name = "simpo", policy = out .. "/sft/hf", train = own,
+      eval_fraction = 0.25, judge = judge, loss = "simpo", beta = 2, simpo_gamma = 0.5, steps = 4, batch_size = 8,
+      max_len = 64, eval_every = 2, eval_samples = 2, eval_prompt_count = 4, best_by = "win_rate"})
+    local rows = log.read(r.run:path("metrics.jsonl"))
+    local n_train, n_eval = rows[1]["train/examples"], rows[1]["eval/examples"]
+    assert.are.equal(96, n_train + n_eval)
+    assert.is_true(n_eval >= 12 and n_eval <= 36, "held out " .. n_eval)
+    for _, key in ipairs({"eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "kl", "win_rate"}) do
+      assert.is_number(r.last[key], key)
+    end
+    -- SimPO has no reference log-probs to compute
+    assert.is_false(r.run:exists("ref_logps.safetensors"))
+    assert.is_true(r.run:exists("best.safetensors"))
+    local report = h.read(r.run:path("report.md"))
+    assert.is_truthy(report:find(judge, 1, true))
+    assert.is_truthy(report:find("highest win rate", 1, true))
+  end)
+
+  it("ipo with length-normalised log-probs, judged by the reward model's folder", function()
+    local r = recipe.run_script(script("gdpo"), with{name = "ipo_avg", policy = out .. "/sft/hf", train = pref_chat,
+      eval = pref_eval, loss = "ipo", average = true, judge = out .. "/rm/hf", steps = 2, batch_size = 8,
+      max_len = 48, eval_every = 2, eval_samples = 2, eval_prompt_count = 2})
+    assert.is_number(r.last.win_rate)
+    assert.is_number(r.last.judge)
+    -- the reference log-probs are per-token means: far smaller in size than sums over the completions
+    local ref = la.checkpoint.load(r.run:path("ref_logps.safetensors"))
+    local per_token = -math.log(la.models.from_pretrained(base).config.vocab_size)
+    assert.is_true(ref.chosen:mean():item() > 2 * per_token, "mean reference log-prob " .. ref.chosen:mean():item())
   end)
 
   it("ppo runs a Hugging Face policy against a sequence-classification reward folder", function()

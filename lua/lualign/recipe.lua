@@ -601,6 +601,62 @@ function recipe.sampling_options(tok, opts)
   return o
 end
 
+--- A judge of sampled responses, named by config key `key`: "lexicon" (the
+-- bundled VADER lexicon's mean rating of the response), a .lua file that
+-- returns function(prompt, response) -> number, or a reward model (a
+-- reward.lua run or a sequence-classification folder; it reads the policy's
+-- tokens, so it must share the policy's vocabulary: vocab_size is checked).
+-- Returns {name = ..., scores = function(s) -> list}, where s holds
+-- `prompts` and `responses` (texts) and `batch` (generate's out.batch).
+function recipe.load_judge(spec, key, vocab_size)
+  if spec == "lexicon" then
+    local lexicon = require("lualign.data").judge()
+    return {name = "lexicon (VADER ratings)", scores = function(s)
+      local out = {}
+      for i, text in ipairs(s.responses) do out[i] = lexicon:score(text) end
+      return out
+    end}
+  end
+  if spec:match("%.lua$") then
+    local chunk, err = loadfile(spec)
+    if not chunk then error(key .. ": " .. err, 0) end
+    local fn = chunk()
+    if type(fn) ~= "function" then
+      error(string.format("%s: %s must return function(prompt, response) -> number (it returned a %s)", key, spec,
+        type(fn)), 0)
+    end
+    return {name = spec, scores = function(s)
+      local out = {}
+      for i, text in ipairs(s.responses) do
+        local v = fn(s.prompts[i], text)
+        if type(v) ~= "number" then
+          error(string.format("%s: %s returned a %s for a response, not a number", key, spec, type(v)), 0)
+        end
+        out[i] = v
+      end
+      return out
+    end}
+  end
+  local source = recipe.model_source(spec, key)
+  local rm = recipe.load_model(source)
+  rm:requires_grad(false):eval()
+  if not rawget(rm, "reward_head") then
+    error(string.format("%s: %s has no reward head (a reward.lua run or a sequence-classification folder)", key, spec), 0)
+  end
+  local v = rm.config.vocab_size
+  if vocab_size and v ~= vocab_size then
+    error(string.format("%s: the reward model's vocabulary (%d) is not the policy's (%d): it must read the "
+      .. "policy's tokens", key, v, vocab_size), 0)
+  end
+  return {name = "reward model " .. spec, scores = function(s)
+    local b = s.batch
+    return require("lualign").no_grad(function()
+      return rm:rewards(rm:hidden(b.ids, {attention_mask = b.attention_mask, position_ids = b.position_ids}),
+        b.attention_mask):totable()
+    end)
+  end}
+end
+
 --- Prints a line on a data set the run uses -- how many examples, and how
 -- many of them the length limits cut ("sft: train (qa/train.jsonl): 3263
 -- examples, 12 truncated at max_len 128") -- and returns the same as metrics
@@ -642,23 +698,32 @@ end
 -- In a data-parallel job rank 0 writes the job's checkpoint, and every rank
 -- returns once it is on disk, so that a rank stopping right after (stop_at,
 -- an error) cannot end the job while the file is being written.
-function Run:save_checkpoint(model, optimizer, step, extra)
+--
+-- `others` adds more models to the same file, each with its optimizer:
+-- {critic = {value_model, value_optimizer}} (names "critic.model.*",
+-- "critic.optim.*"), restored by restore_checkpoint(model, optimizer, others),
+-- so that a run with several trained models resumes from one consistent file.
+function Run:save_checkpoint(model, optimizer, step, extra, others)
   if not dist.is_main() then dist.barrier() return end
   local checkpoint = require "lualign.checkpoint"
   local tensors = {}
-  for name, t in pairs(model:state_dict()) do tensors["model." .. name] = t end
-  local scalars = {}
-  if optimizer then
-    local opt_tensors
-    opt_tensors, scalars = optimizer:state_dict()
-    for name, t in pairs(opt_tensors) do tensors["optim." .. name] = t end
+  local function add(prefix, m, opt)
+    for name, t in pairs(m:state_dict()) do tensors[prefix .. "model." .. name] = t end
+    if not opt then return {} end
+    local opt_tensors, s = opt:state_dict()
+    for name, t in pairs(opt_tensors) do tensors[prefix .. "optim." .. name] = t end
+    return s
   end
+  local scalars = add("", model, optimizer)
+  local other_scalars = {}
+  for key, pair in pairs(others or {}) do other_scalars[key] = add(key .. ".", pair[1], pair[2]) end
   local path = self:path("checkpoint.safetensors")
   recipe.check_finite_tensors("save_checkpoint", path, tensors)
   self:save_model(model, {step = tostring(step)})
   checkpoint.save(path, tensors, {
     step = tostring(step), optimizer = recipe.json(scalars),
     rng = recipe.json(core.get_rng_state()), extra = recipe.json(extra or {}),
+    others = next(other_scalars) and recipe.json(other_scalars) or nil,
   })
   dist.barrier()
 end
@@ -762,23 +827,35 @@ end
 recipe.MAX_SKIPS = 20
 
 --- Restores a checkpoint written by save_checkpoint into model and
--- optimizer (and the generator).  Returns the step and the extra table, or
--- nil when the run folder has no checkpoint.  In a data-parallel job rank 0
--- reads it and every rank gets its tensors and metadata.
-function Run:restore_checkpoint(model, optimizer)
+-- optimizer (and the generator; and `others`, as save_checkpoint took them).
+-- Returns the step and the extra table, or nil when the run folder has no
+-- checkpoint.  In a data-parallel job rank 0 reads it and every rank gets its
+-- tensors and metadata.
+function Run:restore_checkpoint(model, optimizer, others)
   local tensors, meta
   if dist.is_main() and self:exists("checkpoint.safetensors") then
     tensors, meta = require("lualign.checkpoint").load(self:path("checkpoint.safetensors"))
   end
   tensors, meta = dist.broadcast_state(tensors, meta)
   if not tensors then return nil end
-  local model_part, optim_part = {}, {}
+  local parts = {[""] = {{}, {}}}
+  for key in pairs(others or {}) do parts[key .. "."] = {{}, {}} end
   for name, t in pairs(tensors) do
-    local m = name:match("^model%.(.*)$")
-    if m then model_part[m] = t else optim_part[name:match("^optim%.(.*)$") or name] = t end
+    local prefix, rest = name:match("^([%w_]+%.)(.*)$")
+    if not parts[prefix] or not (rest:match("^model%.") or rest:match("^optim%.")) then prefix, rest = "", name end
+    local m = rest:match("^model%.(.*)$")
+    if m then parts[prefix][1][m] = t else parts[prefix][2][rest:match("^optim%.(.*)$") or rest] = t end
   end
-  model:load_state_dict(model_part)
-  if optimizer then optimizer:load_state_dict(optim_part, cjson.decode(meta.optimizer or "{}")) end
+  model:load_state_dict(parts[""][1])
+  if optimizer then optimizer:load_state_dict(parts[""][2], cjson.decode(meta.optimizer or "{}")) end
+  local other_scalars = cjson.decode(meta.others or "{}")
+  for key, pair in pairs(others or {}) do
+    if not other_scalars[key] then
+      error(string.format("%s: the checkpoint holds no '%s' model to resume", self.config.name, key), 0)
+    end
+    pair[1]:load_state_dict(parts[key .. "."][1])
+    if pair[2] then pair[2]:load_state_dict(parts[key .. "."][2], other_scalars[key]) end
+  end
   if meta.rng then core.set_rng_state(cjson.decode(meta.rng)) end
   return math.tointeger(tonumber(meta.step)) or 0, cjson.decode(meta.extra or "{}")
 end
