@@ -92,38 +92,17 @@ local train_file = recipe.data_file(config.train, "train")
 -- The bundled VADER sets come with their held-out files and judge; other data
 -- gets a split of its own and no judge unless one is named.
 local vader_set = config.train:match("^vader/(%w+)/train%.jsonl$")
-local bundled = vader_set and train_file == select(2, pcall(la.data.path, config.train))
-local function auto(key, for_bundled, otherwise)
-  if config[key] ~= "auto" then return config[key] end
-  return bundled and for_bundled or otherwise
-end
-local eval_spec = auto("eval", vader_set and ("vader/" .. vader_set .. "/validation.jsonl"), "")
-local prompts_spec = auto("eval_prompts", "vader/prompts_test.jsonl", "")
-local judge_spec = auto("judge", "lexicon", "none")
-local test_spec = auto("test", "vader/test.jsonl", "")
+local bundled = vader_set ~= nil and recipe.is_bundled(config, "train", "vader/")
+local eval_spec = recipe.auto(config, "eval", bundled, "vader/" .. tostring(vader_set) .. "/validation.jsonl", "")
+local prompts_spec = recipe.auto(config, "eval_prompts", bundled, "vader/prompts_test.jsonl", "")
+local judge_spec = recipe.auto(config, "judge", bundled, "lexicon", "none")
+local test_spec = recipe.auto(config, "test", bundled, "vader/test.jsonl", "")
 if config.best_by == "win_rate" and judge_spec == "none" then
   error("best_by=win_rate needs a judge (judge=a reward model, a .lua file or lexicon)", 0)
 end
-if not (config.eval_fraction > 0 and config.eval_fraction < 1) then
-  error(string.format("eval_fraction must be in (0, 1) (got %g)", config.eval_fraction), 0)
-end
-
-local pairs_ = la.data.load(train_file, "preference")
-local held_out, eval_file, eval_id
-if eval_spec ~= "" then
-  eval_file = recipe.data_file(eval_spec, "eval")
-  held_out, eval_id = la.data.load(eval_file, "preference"), recipe.file_identity(eval_file)
-else
-  -- a share of the prompts, with all their pairs, by a digest of the prompt: the same
-  -- pairs whatever the seed or the order of the lines, and no prompt on both sides
-  pairs_, held_out = la.data.split_by_prompt(pairs_, config.eval_fraction)
-  if #held_out == 0 then
-    error(string.format("eval_fraction=%g held out none of %s's %d pairs (too few distinct prompts); give eval=FILE "
-      .. "or a larger eval_fraction", config.eval_fraction, train_file, #pairs_), 0)
-  end
-  eval_file = train_file .. string.format(" (%d held-out pairs, eval_fraction %g)", #held_out, config.eval_fraction)
-  eval_id = {train = recipe.file_identity(train_file), eval_fraction = config.eval_fraction}
-end
+-- held-out pairs: eval=FILE, or a share of the training prompts with all their pairs
+local pairs_, held_out, eval_file, eval_id = recipe.held_out(la.data.load(train_file, "preference"), train_file,
+  eval_spec, config.eval_fraction, "preference", "eval")
 for i, ex in ipairs(pairs_) do ex.index = i end
 for i, ex in ipairs(held_out) do ex.index = i end
 local eval_list = {table.unpack(held_out, 1, config.eval_pairs > 0 and math.min(#held_out, config.eval_pairs) or #held_out)}
@@ -453,6 +432,8 @@ local function panel(title, key, eval_key, ylabel)
   return p
 end
 local es, ks = curve("kl")
+local _, ws = curve("win_rate")
+local _, js = curve("judge")
 local curves = {
   panel(config.loss .. " loss", "loss", "eval_loss"),
   panel("implicit-reward accuracy", "rewards/accuracies", "eval_rewards/accuracies"),
@@ -461,7 +442,6 @@ local curves = {
     :line(es, ks, {label = config.loss, markers = true}),
 }
 if judge then
-  local _, ws = curve("win_rate")
   curves[#curves + 1] = plot.new{title = "win rate against the reference vs KL", xlabel = "KL(policy || reference)",
     ylabel = "win rate"}:line(ks, ws, {label = config.loss, markers = true})
 end
@@ -499,4 +479,5 @@ if last then
 else
   print(string.format("%s: not evaluated (eval_every=0); report in %s", config.loss, run:path("report.md")))
 end
-return {last = last, best = best, first = first, run = run, saved = saved}
+return {last = last, best = best, first = first, run = run, saved = saved,
+        curve = {step = es, kl = ks, win_rate = ws, judge = js, test_win_rate = ts}}

@@ -23,7 +23,9 @@ local config = recipe.config(arg, "sft", recipe.with_memory_keys{
   {"train", "qa/train.jsonl", "SFT examples: a bundled file or a path"},
   {"extra_train", "", "preference files whose chosen and rejected responses join the training " ..
    "examples as they are, without the formats (comma-separated)"},
-  {"valid", "qa/validation.jsonl", "held-out SFT examples"},
+  {"valid", "auto", "held-out SFT examples: a file, or '' for eval_fraction of the training prompts ('auto': " ..
+   "qa/validation.jsonl for the bundled data, else '')"},
+  {"eval_fraction", 0.05, "share of the training file's prompts held out (with all their examples) when valid is ''"},
   {"chat", false, "prompt/completion examples through the tokenizer's chat template (a user turn and an " ..
    "assistant turn) instead of the formats; messages examples always go through it"},
   {"prompt_format", "Question: %s\nAnswer:", "how a prompt is written (%s: the prompt)"},
@@ -57,7 +59,11 @@ local function loader(source, opts)
   for k, v in pairs(opts or {}) do o[k] = v end
   return la.data.sft_loader(source, tok, o)
 end
-local train_examples = la.data.load(recipe.data_file(config.train, "train"), "sft")
+local train_file = recipe.data_file(config.train, "train")
+-- held-out examples: valid=FILE, or a share of the training prompts with all their examples
+local train_examples, valid_examples, valid_name = recipe.held_out(la.data.load(train_file, "sft"), train_file,
+  recipe.auto(config, "valid", recipe.is_bundled(config, "train", "qa/"), "qa/validation.jsonl", ""),
+  config.eval_fraction, "sft", "valid")
 for i, ex in ipairs(train_examples) do   -- the formats, applied once here (chats keep their template)
   if ex.prompt and ex.completion and not config.chat then
     train_examples[i] = {prompt = config.prompt_format:format(ex.prompt),
@@ -74,10 +80,9 @@ local plain = {prompt_format = "%s", completion_format = "%s"}
 local train = dp:shard(loader(train_examples, {pack = config.pack, drop_last = true,
   prompt_format = plain.prompt_format, completion_format = plain.completion_format}))
 train.name = config.train .. (config.extra_train ~= "" and (" + " .. config.extra_train) or "")
-local valid_examples = la.data.load(recipe.data_file(config.valid, "valid"), "sft")
 local held_out = {table.unpack(valid_examples, 1, math.min(#valid_examples, config.eval_examples))}
 local valid = loader(held_out, {shuffle = false})
-valid.name = config.valid
+valid.name = valid_name
 recipe.check_batches(train)
 run:start()                      -- the inputs are there: config.json, and from here the run's files
 run:save_tokenizer(tok, tok_dir)

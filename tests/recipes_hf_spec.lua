@@ -73,9 +73,13 @@ describe("recipes on a Hugging Face model folder", function()
   teardown(function() os.execute("rm -rf '" .. out .. "'") end)
 
   it("sft trains the folder's model on chat data and writes a Hugging Face folder that loads back", function()
-    local r = recipe.run_script(script("sft"), with{name = "sft", base = base, train = sft_chat, valid = sft_chat,
+    local r = recipe.run_script(script("sft"), with{name = "sft", base = base, train = sft_chat, eval_fraction = 0.25,
       steps = 6, batch_size = 8, max_len = 64, lr = 3e-3, eval_every = 3, eval_examples = 16, samples = 1})
     assert.is_true(r.valid_loss < r.base_loss, string.format("%.3f -> %.3f", r.base_loss, r.valid_loss))
+    -- a quarter of the 64 questions held out, none of them trained on
+    local rows = log.read(r.run:path("metrics.jsonl"))
+    local held = 64 - rows[1]["train/examples"]
+    assert.is_true(held >= 8 and held <= 24, "held out " .. held)
     assert.are.equal(out .. "/sft/hf", r.saved)
     local back = la.models.from_pretrained(r.saved)
     local trained = recipe.load_model(out .. "/sft")
@@ -90,7 +94,7 @@ describe("recipes on a Hugging Face model folder", function()
 
   it("reward starts from the folder and writes a sequence-classification folder", function()
     local r = recipe.run_script(script("reward"), with{name = "rm", base = base, train = pref_chat,
-      valid = pref_chat, test = pref_chat, steps = 4, batch_size = 8, max_len = 48})
+      valid = pref_eval, test = "", steps = 4, batch_size = 8, max_len = 48})
     local cfg = require("lualign.models.hf").read_json(r.saved .. "/config.json")
     assert.are.same({"LlamaForSequenceClassification"}, cfg.architectures)
     local back = la.models.from_pretrained(r.saved)

@@ -657,6 +657,49 @@ function recipe.load_judge(spec, key, vocab_size)
   end}
 end
 
+--- Whether config key `key` names a bundled data file under `prefix` (as
+-- "vader/" or "qa/"), not a file of one's own of the same name.
+function recipe.is_bundled(config, key, prefix)
+  local path = config[key]
+  if path:sub(1, #prefix) ~= prefix then return false end
+  local ok, bundled = pcall(require("lualign.data").path, path)
+  return ok and recipe.data_file(path, key) == bundled
+end
+
+--- config[key], or when it is "auto", `for_bundled` if the run's data is
+-- bundled (`bundled`, a boolean) and `otherwise` if not: the defaults that
+-- only make sense for the bundled data (its held-out files, its judge).
+function recipe.auto(config, key, bundled, for_bundled, otherwise)
+  if config[key] ~= "auto" then return config[key] end
+  if bundled then return for_bundled end
+  return otherwise
+end
+
+--- A recipe's held-out examples (`kind`: "sft" or "preference"): those of
+-- the file `spec` (named by config key `key`), or with spec "" a share
+-- `fraction` of the training examples by prompt (la.data.split_by_prompt:
+-- whole prompts, the same whatever the seed or the order of the lines),
+-- which then leave the training list.  Returns the training list, the
+-- held-out list, a name for messages and reports, and what the held-out
+-- examples were taken from (for run:cached's inputs).  An error says so when
+-- the share holds no example.
+function recipe.held_out(train, train_file, spec, fraction, kind, key)
+  if spec ~= "" then
+    local file = recipe.data_file(spec, key)
+    return train, require("lualign.data").load(file, kind), file, recipe.file_identity(file)
+  end
+  if type(fraction) ~= "number" or not (fraction > 0 and fraction < 1) then
+    error(string.format("eval_fraction must be in (0, 1) (got %s)", tostring(fraction)), 0)
+  end
+  local kept, held = require("lualign.data").split_by_prompt(train, fraction)
+  if #held == 0 or #kept == 0 then
+    error(string.format("eval_fraction=%g held out %s of %s's %d examples (too few distinct prompts); give %s=FILE "
+      .. "or another eval_fraction", fraction, #held == 0 and "none" or "all", train_file, #train, key), 0)
+  end
+  return kept, held, string.format("%s (%d held-out examples, eval_fraction %g)", train_file, #held, fraction),
+    {train = recipe.file_identity(train_file), eval_fraction = fraction}
+end
+
 --- Prints a line on a data set the run uses -- how many examples, and how
 -- many of them the length limits cut ("sft: train (qa/train.jsonl): 3263
 -- examples, 12 truncated at max_len 128") -- and returns the same as metrics
