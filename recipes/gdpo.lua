@@ -73,6 +73,17 @@ local simpo = config.loss == "simpo"            -- reference-free, always length
 local average = config.average or simpo
 
 -- Models and data ------------------------------------------------------------------
+-- The bundled VADER sets come with their held-out files and judge; other data
+-- gets a split of its own and no judge unless one is named.
+local vader_set = config.train:match("^vader/(%w+)/train%.jsonl$")
+local bundled = vader_set ~= nil and recipe.is_bundled(config, "train", "vader/")
+local eval_spec = recipe.auto(config, "eval", bundled, "vader/" .. tostring(vader_set) .. "/validation.jsonl", "")
+local prompts_spec = recipe.auto(config, "eval_prompts", bundled, "vader/prompts_test.jsonl", "")
+local judge_spec = recipe.auto(config, "judge", bundled, "lexicon", "none")
+local test_spec = recipe.auto(config, "test", bundled, "vader/test.jsonl", "")
+if config.best_by == "win_rate" and judge_spec == "none" then
+  error("best_by=win_rate needs a judge (judge=a reward model, a .lua file or lexicon)", 0)
+end
 local policy_source = recipe.model_source(config.policy, "policy")   -- a lualign run or a Hugging Face folder
 local tok, tok_dir = recipe.load_tokenizer(config.tokenizer, policy_source.dir)
 if config.lora and config.sft_steps > 0 then
@@ -89,17 +100,6 @@ local reference_source = config.reference ~= "" and recipe.model_source(config.r
 local policy = recipe.prepare_model(recipe.load_model(policy_source), config)   -- lora, weights_dtype, checkpoint
 local train_file = recipe.data_file(config.train, "train")
 
--- The bundled VADER sets come with their held-out files and judge; other data
--- gets a split of its own and no judge unless one is named.
-local vader_set = config.train:match("^vader/(%w+)/train%.jsonl$")
-local bundled = vader_set ~= nil and recipe.is_bundled(config, "train", "vader/")
-local eval_spec = recipe.auto(config, "eval", bundled, "vader/" .. tostring(vader_set) .. "/validation.jsonl", "")
-local prompts_spec = recipe.auto(config, "eval_prompts", bundled, "vader/prompts_test.jsonl", "")
-local judge_spec = recipe.auto(config, "judge", bundled, "lexicon", "none")
-local test_spec = recipe.auto(config, "test", bundled, "vader/test.jsonl", "")
-if config.best_by == "win_rate" and judge_spec == "none" then
-  error("best_by=win_rate needs a judge (judge=a reward model, a .lua file or lexicon)", 0)
-end
 -- held-out pairs: eval=FILE, or a share of the training prompts with all their pairs
 local pairs_, held_out, eval_file, eval_id = recipe.held_out(la.data.load(train_file, "preference"), train_file,
   eval_spec, config.eval_fraction, "preference", "eval")

@@ -179,3 +179,42 @@ describe("recipes on a Hugging Face model folder", function()
     assert.is_number(rows[#rows]["objective/scores"])
   end)
 end)
+
+describe("reward models as sequence-classification folders", function()
+  local dir = h.tmpdir()
+  teardown(function() os.execute("rm -rf '" .. dir .. "'") end)
+  local ids = la.tensor({{3, 7, 1, 9, 4}}, "int64")
+  local mask = la.ones(1, 5)
+
+  for _, case in ipairs({
+    {"gpt2", function() return la.models.gpt{vocab_size = 16, n_positions = 8, n_embd = 8, n_layer = 1, n_head = 2,
+                                             reward_head = true} end, "GPT2ForSequenceClassification"},
+    {"llama", function() return la.models.from_config{model_type = "llama", vocab_size = 16, hidden_size = 8,
+      intermediate_size = 16, num_hidden_layers = 1, num_attention_heads = 2, num_key_value_heads = 1,
+      max_position_embeddings = 8, tie_word_embeddings = false, reward_head = true} end,
+      "LlamaForSequenceClassification"},
+  }) do
+    it(case[1] .. ": score.weight is the reward head, the trunk is the same, the bias is left out", function()
+      la.manual_seed(5)
+      local m = case[2]()
+      la.no_grad(function() m.reward_head.bias:fill(0.25) end)
+      local out = dir .. "/" .. case[1]
+      m:save_pretrained(out, {reward_model = true})
+      local cfg = require("lualign.models.hf").read_json(out .. "/config.json")
+      assert.are.same({case[3]}, cfg.architectures)
+      local names = la.checkpoint.header(out .. "/model.safetensors").names
+      local has = {}
+      for _, n in ipairs(names) do has[n] = true end
+      assert.is_true(has["score.weight"])
+      assert.is_nil(has["lm_head.weight"])
+      local back = la.models.from_pretrained(out)
+      h.near(back:rewards(back:hidden(ids), mask):item(), m:rewards(m:hidden(ids), mask):item() - 0.25, 1e-5, "reward")
+      -- the trunk alone, e.g. to start a value model
+      local trunk = la.models.from_pretrained(out, {reward_head = false, value_head = true})
+      assert.is_nil(rawget(trunk, "reward_head"))
+      assert.are.equal(0, (trunk:hidden(ids) - m:hidden(ids)):abs():max():item())
+      h.fails_with("save_pretrained: reward_model = true, but the model has no reward head",
+        function() trunk:save_pretrained(dir .. "/none", {reward_model = true}) end)
+    end)
+  end
+end)
