@@ -149,7 +149,7 @@ if test_file then
   for k, v in pairs(recipe.describe_data(config, "test", test_loader)) do data_metrics[k] = v end
 end
 local id = recipe.file_identity
-local tokenizer_id = recipe.tokenizer_identity(tok_dir)
+local tokenizer_id = recipe.tokenizer_identity(tok_dir or config.tokenizer)
 
 -- 1. The reference: the data's distribution, as an SFT model would fit it ----------
 if config.sft_steps > 0 then

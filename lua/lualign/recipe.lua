@@ -507,8 +507,10 @@ function recipe.model_identity(path)
 end
 
 --- What a tokenizer was loaded from (the folder recipe.load_tokenizer
--- returns), for run:cached's inputs: its tokenizer files' identities.
+-- returns, or the file), for run:cached's inputs: its tokenizer files'
+-- identities.
 function recipe.tokenizer_identity(dir)
+  if not sys.listdir(dir) then return {file = recipe.file_identity(dir)} end
   local names = {["encoder.json"] = true, ["vocab.bpe"] = true}
   for _, f in ipairs(require("lualign.models.hf").tokenizer_files) do names[f] = true end
   return folder_identity(dir, function(name) return names[name] end)
@@ -518,7 +520,8 @@ end
 -- `tokenizer`), else the one in the model's folder -- a run's tokenizer.json,
 -- or a Hugging Face folder's tokenizer.json with its tokenizer_config.json
 -- (roles, chat template).  Returns the tokenizer and the folder its files
--- are in (recipe.save_tokenizer copies them into the run).
+-- are in (run:save_tokenizer copies them into the run; nil for a file not
+-- named tokenizer.json).
 function recipe.load_tokenizer(given, model_dir, key)
   local path = (given and given ~= "") and given or model_dir
   local f = io.open(path, "rb")
@@ -538,7 +541,10 @@ function recipe.load_tokenizer(given, model_dir, key)
     end
   end
   local tok = require("lualign.tokenizer").load(path)
-  return tok, is_dir and path or (path:match("^(.*)/[^/]*$") or ".")
+  if is_dir then return tok, path end
+  -- a tokenizer.json beside its configuration: that folder; a file of another name: none (tok:save writes it)
+  if path:match("^tokenizer%.json$") or path:match("/tokenizer%.json$") then return tok, path:match("^(.*)/[^/]*$") or "." end
+  return tok, nil
 end
 
 --- Writes the run's tokenizer into its folder: the tokenizer files of the
