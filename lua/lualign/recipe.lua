@@ -573,9 +573,8 @@ function recipe.save_final(run, model, config, opts)
   if hf_opts.reward_model then
     local b = model.reward_head.bias:item()
     if b ~= 0 then
-      print(string.format("%s: the reward head's bias (%.6g) has no place in Hugging Face's score layer: the "
-        .. "folder's rewards are this run's minus %.6g (the same order and Bradley-Terry probabilities)",
-        config.name, b, b))
+      print(string.format("%s: the reward head's bias b = %.6g has no place in Hugging Face's score layer: the "
+        .. "folder's rewards are this run's minus b (the same order and Bradley-Terry probabilities)", config.name, b))
     end
   end
   if config.lora then
