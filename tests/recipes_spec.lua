@@ -63,6 +63,11 @@ describe("recipes on miniature configs", function()
       assert.is_true(pre.run:exists(f), f)
     end
     assert.is_truthy(read(pre.run:path("report.md")):find("held-out loss after training", 1, true))
+    -- hf/: the same model as a GPT-2 folder
+    local ids = la.tensor({{1, 5, 9, 200}}, "int64")
+    local back, trained = la.models.from_pretrained(pre.saved), recipe.load_model(pre.run.dir)
+    assert.are.equal(0, (back(ids) - trained(ids)):abs():max():item())
+    assert.are.equal(trained.config.vocab_size, la.tokenizer.load(pre.saved).vocab_size)
   end)
 
   it("resumes to the same metrics as an uninterrupted run", function()
