@@ -78,8 +78,8 @@ local rm, score_fn, rm_source
 if config.reward == "model" then
   rm_source = recipe.model_source(config.reward_model, "reward_model")
   rm = recipe.prepare_frozen(recipe.load_model(rm_source), config)
-  if not rm.reward_head then
-    error(string.format("reward_model: %s has no reward head (train one with recipes/reward.lua and give its run folder)",
+  if not rawget(rm, "reward_head") then
+    error(string.format("reward_model: %s has no reward head (a reward.lua run or a sequence-classification folder)",
       config.reward_model), 0)
   end
 else
