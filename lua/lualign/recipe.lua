@@ -328,12 +328,15 @@ function Run:write_json(file, value)
   self:write(file, recipe.json(value) .. "\n")
 end
 
---- Whether a file exists in the run folder.
-function Run:exists(file)
-  local f = io.open(self:path(file), "rb")
+-- Whether a file can be opened.
+local function file_exists(path)
+  local f = io.open(path, "rb")
   if f then f:close() end
   return f ~= nil
 end
+
+--- Whether a file exists in the run folder.
+function Run:exists(file) return file_exists(self:path(file)) end
 
 ----------------------------------------------------------------------------
 -- Inputs, and the files a run computes once
@@ -432,9 +435,7 @@ function recipe.model_source(path, key)
   if type(path) ~= "string" or path == "" then error(key .. ": expected a run folder or a model folder", 0) end
   path = path:gsub("/+$", "")
   if path:match("%.safetensors$") then
-    local f = io.open(path, "rb")
-    if not f then error(string.format("%s: no such model file: %s", key, path), 0) end
-    f:close()
+    if not file_exists(path) then error(string.format("%s: no such model file: %s", key, path), 0) end
     if not lualign_model_file(path) then
       error(string.format("%s: %s holds no model_config in its metadata: not a model file lualign wrote "
         .. "(for a Hugging Face model give its folder)", key, path), 0)
@@ -524,21 +525,13 @@ end
 -- named tokenizer.json).
 function recipe.load_tokenizer(given, model_dir, key)
   local path = (given and given ~= "") and given or model_dir
-  local f = io.open(path, "rb")
-  if f then f:close() end
   local is_dir = sys.listdir(path) ~= nil
-  if not is_dir and not f then
+  if not is_dir and not file_exists(path) then
     error(string.format("%s: no such tokenizer file or folder: %s", key or "tokenizer", path), 0)
   end
-  if is_dir then
-    local t = io.open(path .. "/tokenizer.json", "rb")
-    if t then t:close() else
-      local g = io.open(path .. "/encoder.json", "rb")
-      if g then g:close() else
-        error(string.format("%s: %s holds no tokenizer.json%s", key or "tokenizer", path,
-          (given and given ~= "") and "" or " (give one with tokenizer=FILE_OR_FOLDER)"), 0)
-      end
-    end
+  if is_dir and not file_exists(path .. "/tokenizer.json") and not file_exists(path .. "/encoder.json") then
+    error(string.format("%s: %s holds no tokenizer.json%s", key or "tokenizer", path,
+      (given and given ~= "") and "" or " (give one with tokenizer=FILE_OR_FOLDER)"), 0)
   end
   local tok = require("lualign.tokenizer").load(path)
   if is_dir then return tok, path end
