@@ -33,14 +33,17 @@ local L = la.loss
 local dist = la.dist
 
 local config = recipe.config(arg, "grpo", recipe.with_memory_keys{
-  {"policy", "runs/sft", "run folder (or model.safetensors) of the starting policy; its tokenizer.json is used"},
+  {"policy", "runs/sft", "starting policy: a run folder (or its model.safetensors) or a Hugging Face model folder"},
+  {"reference", "", "reference of the KL penalty, the same kinds (default: the starting policy)"},
+  {"tokenizer", "", "tokenizer.json or a folder holding one (default: the policy's folder)"},
   {"prompts", "qa/train.jsonl", "training prompts: JSONL with \"prompt\" and what the rewards read (\"completion\" or \"answer\", ...)"},
   {"eval_prompts", "qa/validation.jsonl", "held-out prompts"},
   {"source_prefix", "quiz/", "keep only examples whose \"source\" field starts with this (empty: every example)"},
   {"prompt_format", "Question: %s\nAnswer:", "how a prompt is written (%s: the prompt)"},
   {"reward_script", "exact_match", "reward functions, comma-separated: built-in names (exact_match) or Lua files "
    .. "returning function(prompt, completion, example) -> number"},
-  {"reward_model", "", "run folder of a reward model whose score is one more reward (empty: none)"},
+  {"reward_model", "", "a reward model whose score is one more reward: a reward.lua run or a sequence-classification "
+   .. "folder (empty: none)"},
   {"reward_weights", "", "weights of the rewards, comma-separated, the scripts' then the model's (empty: all 1)"},
   {"num_generations", 8, "completions sampled per prompt (the group size K)"},
   {"prompts_per_step", 16, "prompts per iteration"},
@@ -72,15 +75,19 @@ end
 la.data.on_ignored_fields(function() end)
 
 -- Models ------------------------------------------------------------------------
-local policy_file, policy_dir = recipe.model_file(config.policy, "policy")
-local tok = la.tokenizer.load(policy_dir .. "/tokenizer.json")
-local policy = recipe.prepare_model(recipe.load_gpt(policy_file), config)   -- lora, weights_dtype, checkpoint
+local policy_source = recipe.model_source(config.policy, "policy")   -- a lualign run or a Hugging Face folder
+local tok, tok_dir = recipe.load_tokenizer(config.tokenizer, policy_source.dir)
+local policy = recipe.prepare_model(recipe.load_model(policy_source), config)   -- lora, weights_dtype, checkpoint
+if config.lora and config.reference ~= "" then
+  error("grpo: reference=" .. config.reference .. " with lora: the reference is then the policy with its adapters off", 0)
+end
+local reference_source = config.reference ~= "" and recipe.model_source(config.reference, "reference") or policy_source
 local dp = dist.data_parallel(policy)   -- under mpirun: rank 0's weights on every rank
 -- Dropout stays off throughout: the ratio to the sampling policy must compare
 -- the function that sampled with itself.
 policy:eval()
 -- The reference for the KL (beta > 0): with lora the policy with its adapters off, else a frozen copy.
-local with_ref = config.beta > 0 and recipe.reference(policy, config, function() return recipe.load_gpt(policy_file) end)
+local with_ref = config.beta > 0 and recipe.reference(policy, config, function() return recipe.load_model(reference_source) end)
 if with_ref then with_ref(dist.broadcast_parameters) end   -- under mpirun: rank 0's reference everywhere
 
 -- Rewards: functions (by name or file), then the reward model; and their weights.
@@ -90,7 +97,11 @@ for name in config.reward_script:gmatch("[^,%s]+") do
 end
 local rm
 if config.reward_model ~= "" then
-  rm = recipe.prepare_frozen(recipe.load_gpt((recipe.model_file(config.reward_model, "reward_model"))), config)
+  rm = recipe.prepare_frozen(recipe.load_model(recipe.model_source(config.reward_model, "reward_model")), config)
+  if not rawget(rm, "reward_head") then
+    error(string.format("reward_model: %s has no reward head (a reward.lua run or a sequence-classification folder)",
+      config.reward_model), 0)
+  end
   if rm.config.vocab_size ~= policy.config.vocab_size then
     error(string.format("reward_model: its vocabulary (%d tokens) is not the policy's (%d): it scores the policy's "
       .. "token ids, so it must share the policy's tokenizer", rm.config.vocab_size, policy.config.vocab_size), 0)
@@ -132,12 +143,12 @@ local function prompt_set(key, limit)
   list = {table.unpack(list, 1, math.min(#list, limit or #list))}
   for _, item in ipairs(list) do if item.cut then cut = cut + 1 end end
   return list, {examples = #list, truncated = cut, name = path,
-                limits = string.format("max_positions - max_new_tokens = %d tokens", room)}
+                limits = string.format("the context minus max_new_tokens = %d tokens", room)}
 end
 local train_set, train_info = prompt_set("prompts")
 local eval_set, eval_info = prompt_set("eval_prompts", config.eval_examples)
 run:start()                      -- the inputs are there: config.json, and from here the run's files
-tok:save(run:path("tokenizer.json"))
+run:save_tokenizer(tok, tok_dir)
 local data_metrics = recipe.describe_data(config, "prompts", train_info)
 for k, v in pairs(recipe.describe_data(config, "eval_prompts", eval_info)) do data_metrics[k] = v end
 
@@ -321,8 +332,9 @@ for it = start + 1, config.iterations do
   end
   logger:log(it, metrics)   -- before the checkpoint, so a run killed in between redoes the iteration
   if due or it == config.iterations then
+    -- (the sample text stays out: a completion need not be valid UTF-8, which the metadata must be)
     run:save_checkpoint(policy, opt, it, {before = {greedy = before.greedy, sampled = before.sampled,
-                                                    parts = before.parts, sample = before.sample}})
+                                                    parts = before.parts}})
   end
   recipe.check_stop(config, it, logger)
 end
@@ -364,10 +376,10 @@ run:write("report.md", table.concat({
   recipe.md_table({"reward", "greedy: start -> end", "sampled: start -> end"}, per_reward), "",
   "![curves](curves.svg)", "",
   "A held-out prompt: " .. tostring(after.sample and after.sample.prompt):gsub("\n", " "), "",
-  "greedy before: " .. tostring(before.sample and before.sample.greedy):gsub("\n", " "), "",
+  "greedy before: " .. (before.sample and before.sample.greedy or "(from before a resume: not kept)"):gsub("\n", " "), "",
   "greedy after: " .. tostring(after.sample and after.sample.greedy):gsub("\n", " "), "",
 }, "\n"))
-recipe.save_adapter(run, policy, config)   -- with lora: adapter/ (and merged/ with save_merged)
+local saved = recipe.save_final(run, policy, config)   -- hf/ (save_pretrained), or with lora adapter/
 print(string.format("grpo: held-out reward %.3f -> %.3f greedy, %.3f -> %.3f sampled; report in %s",
   before.greedy, after.greedy, before.sampled, after.sampled, run:path("report.md")))
-return {before = before, after = after, run = run}
+return {before = before, after = after, run = run, saved = saved}

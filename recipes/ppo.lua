@@ -26,8 +26,10 @@ local log = require "lualign.log"
 local L = la.loss
 
 local config = recipe.config(arg, "ppo", recipe.with_memory_keys{
-  {"policy", "runs/sft", "run folder (or model.safetensors) of the starting policy"},
-  {"reward_model", "runs/reward", "run folder of the reward model (reward=model)"},
+  {"policy", "runs/sft", "starting policy: a run folder (or its model.safetensors) or a Hugging Face model folder"},
+  {"reference", "", "reference of the KL penalty, the same kinds (default: the starting policy)"},
+  {"tokenizer", "", "tokenizer.json or a folder holding one (default: the policy's folder)"},
+  {"reward_model", "runs/reward", "reward model (reward=model): a reward.lua run, or a sequence-classification folder"},
   {"reward", "model", "'model' (a trained reward model) or 'script' (a Lua function)"},
   {"reward_script", "", "Lua file returning function(prompt, response) -> score (reward=script)"},
   {"prompts", "sentiment/prompts_train.jsonl", "training prompts"},
@@ -62,15 +64,23 @@ recipe.check_choice(config, "advantage", {"gae", "rloo"})
 recipe.check_choice(config, "kl_estimator", {"k1", "k2", "k3"})
 
 -- Models ------------------------------------------------------------------------
-local policy_file, policy_dir = recipe.model_file(config.policy, "policy")
-local tok = la.tokenizer.load(policy_dir .. "/tokenizer.json")
-local policy = recipe.prepare_model(recipe.load_gpt(policy_file), config)   -- lora, weights_dtype, checkpoint
+local policy_source = recipe.model_source(config.policy, "policy")   -- a lualign run or a Hugging Face folder
+local tok, tok_dir = recipe.load_tokenizer(config.tokenizer, policy_source.dir)
+local policy = recipe.prepare_model(recipe.load_model(policy_source), config)   -- lora, weights_dtype, checkpoint
+if config.lora and config.reference ~= "" then
+  error("ppo: reference=" .. config.reference .. " with lora: the reference is then the policy with its adapters off", 0)
+end
+local reference_source = config.reference ~= "" and recipe.model_source(config.reference, "reference") or policy_source
 -- The reference for the KL: with lora the policy with its adapters off, else a frozen copy.
-local with_ref = recipe.reference(policy, config, function() return recipe.load_gpt(policy_file) end)
-local rm, score_fn, rm_file
+local with_ref = recipe.reference(policy, config, function() return recipe.load_model(reference_source) end)
+local rm, score_fn, rm_source
 if config.reward == "model" then
-  rm_file = recipe.model_file(config.reward_model, "reward_model")
-  rm = recipe.prepare_frozen(recipe.load_gpt(rm_file), config)
+  rm_source = recipe.model_source(config.reward_model, "reward_model")
+  rm = recipe.prepare_frozen(recipe.load_model(rm_source), config)
+  if not rawget(rm, "reward_head") then
+    error(string.format("reward_model: %s has no reward head (a reward.lua run or a sequence-classification folder)",
+      config.reward_model), 0)
+  end
 else
   local chunk, err = loadfile(config.reward_script)
   if not chunk then error("reward_script: " .. err, 0) end
@@ -80,7 +90,7 @@ else
   end
 end
 local critic = config.advantage == "gae" and
-  recipe.prepare_model(recipe.load_gpt(rm_file or policy_file, {value_head = true, reward_head = false}), config,
+  recipe.prepare_model(recipe.load_model(rm_source or policy_source, {value_head = true, reward_head = false}), config,
                        {modules_to_save = {"value_head"}}) or nil
 local judge = la.data.judge()
 
@@ -91,20 +101,20 @@ local vopt = critic and la.optim.AdamW(critic, {lr = config.value_lr, weight_dec
 -- Prompts longer than the context leaves room for keep their end.
 local function prompt_ids(key)
   local path = recipe.data_file(config[key], key)
-  local list, room, cut = {}, policy.config.n_positions - config.max_new_tokens, 0
+  local list, room, cut = {}, policy:max_positions() - config.max_new_tokens, 0
   for ex in la.data.prompts(path) do
     local ids = tok:encode(ex.prompt)
     if #ids > room then cut = cut + 1 end
     list[#list + 1] = {text = ex.prompt, ids = {table.unpack(ids, math.max(1, #ids - room + 1))}}
   end
   return list, {examples = #list, truncated = cut, name = path,
-                limits = string.format("n_positions - max_new_tokens = %d tokens", room)}
+                limits = string.format("the context minus max_new_tokens = %d tokens", room)}
 end
 local train_prompts, train_info = prompt_ids("prompts")
 local eval_prompts, eval_info = prompt_ids("eval_prompts")
 local order = la.data.permutation(#train_prompts, config.seed, 1)
 run:start()                      -- the inputs are there: config.json, and from here the run's files
-tok:save(run:path("tokenizer.json"))
+run:save_tokenizer(tok, tok_dir)
 local data_metrics = recipe.describe_data(config, "prompts", train_info)
 for k, v in pairs(recipe.describe_data(config, "eval_prompts", eval_info)) do data_metrics[k] = v end
 
@@ -208,8 +218,10 @@ local function evaluate(model)
 end
 
 -- Training -------------------------------------------------------------------------------
+-- The value model and its optimizer share the policy's checkpoint, so a resumed run continues both.
+local others = critic and {critic = {critic, vopt}} or nil
 local start, extra = 0, {}
-if config.resume then start, extra = run:restore_checkpoint(policy, popt) end
+if config.resume then start, extra = run:restore_checkpoint(policy, popt, others) end
 start, extra = start or 0, extra or {}
 local kl_coef = extra.kl_coef or config.kl_coef
 local before = extra.before or evaluate(policy)
@@ -336,7 +348,7 @@ for it = start + 1, config.iterations do
   if save then
     if critic then run:save_model(critic, {step = it}, "value_model.safetensors") end
     run:save_checkpoint(policy, popt, it, {kl_coef = kl_coef,
-      before = {reward = before.reward, judge = before.judge, kl = before.kl}})
+      before = {reward = before.reward, judge = before.judge, kl = before.kl}}, others)
   end
   recipe.check_stop(config, it, logger)
 end
@@ -366,7 +378,7 @@ run:write("report.md", table.concat({
   "A held-out sample before: " .. tostring(before.sample):gsub("\n", " "), "",
   "and after: " .. tostring(after.sample):gsub("\n", " "), "",
 }, "\n"))
-recipe.save_adapter(run, policy, config)   -- with lora: adapter/ (and merged/ with save_merged)
+local saved = recipe.save_final(run, policy, config)   -- hf/ (save_pretrained), or with lora adapter/
 print(string.format("ppo: held-out reward %.3f -> %.3f, judge %.3f -> %.3f, KL %.3f; report in %s",
   before.reward, after.reward, before.judge, after.judge, after.kl, run:path("report.md")))
-return {before = before, after = after, run = run}
+return {before = before, after = after, run = run, saved = saved}

@@ -95,7 +95,7 @@ end
 -- Preference losses over per-sequence log-probs
 
 --- The preference losses, by name: la.loss.<name>(...) exists for each.
-loss.preference_losses = {"dpo", "cdpo", "rdpo", "ipo", "hinge", "gdpo", "gipo"}
+loss.preference_losses = {"dpo", "cdpo", "rdpo", "ipo", "hinge", "gdpo", "gipo", "simpo"}
 
 --- A preference loss by name (see loss.preference_losses), for the pair
 -- policy_chosen, policy_rejected, ref_chosen, ref_rejected: (B,) sequence
@@ -108,6 +108,7 @@ loss.preference_losses = {"dpo", "cdpo", "rdpo", "ipo", "hinge", "gdpo", "gipo"}
 -- rewards/margins, logps/chosen, logps/rejected (means over the batch, with
 -- "chosen" the side the label prefers; rewards are beta * log-ratios).
 function loss.preference(name, policy_chosen, policy_rejected, ref_chosen, ref_rejected, opts)
+  if name == "simpo" then return loss.simpo(policy_chosen, policy_rejected, ref_chosen, ref_rejected, opts) end
   opts = options(name, opts, {"beta", "p", "label_smoothing", "eps"})
   local p = opts.p
   if type(p) == "number" then p = core.full({policy_chosen:numel()}, p) end
@@ -133,6 +134,41 @@ function loss.hinge(pc, pr, rc, rr, opts) return loss.preference("hinge", pc, pr
 function loss.gdpo(pc, pr, rc, rr, opts) return loss.preference("gdpo", pc, pr, rc, rr, opts) end
 --- GIPO, geometric averaging applied to IPO: ((2p - 1) h - 1/(2 beta))^2.
 function loss.gipo(pc, pr, rc, rr, opts) return loss.preference("gipo", pc, pr, rc, rr, opts) end
+
+--- SimPO (Meng et al. 2024), reference-free with a target margin gamma:
+-- -log sigmoid(beta (a1 - a2) - gamma) over a1, a2 the (B,) per-token mean
+-- log-probs of the two sequences (sequence_logprobs with average = true).
+-- With soft labels p (as for the other losses): -p log sigmoid(beta (a1 -
+-- a2) - gamma) - (1 - p) log sigmoid(beta (a2 - a1) - gamma), each side
+-- asking for the margin in its favour, so p = 1 is SimPO and the swap
+-- (y1, y2, p) -> (y2, y1, 1 - p) leaves the loss unchanged.  The reference
+-- arguments must be nil.  opts: beta (2), gamma (1), p, label_smoothing.
+-- Metrics as for the other losses (rewards are beta * a).
+function loss.simpo(pc, pr, rc, rr, opts)
+  opts = options("simpo", opts, {"beta", "gamma", "p", "label_smoothing"})
+  if rc ~= nil or rr ~= nil then
+    util.error("loss.simpo: SimPO is reference-free: give nil for the reference log-probs")
+  end
+  local beta, gamma = opts.beta or 2.0, opts.gamma or 1.0
+  if not (beta > 0) then util.error(string.format("loss.simpo: beta must be positive (got %s)", tostring(beta))) end
+  local B = pc:numel()
+  local p = opts.p
+  if p == nil then p = 1 - (opts.label_smoothing or 0) end
+  if type(p) == "number" then p = core.full({B}, p) end
+  local d = (pc - pr) * beta
+  local per_pair = -(p * (d - gamma):logsigmoid() + (1 - p) * (-d - gamma):logsigmoid())
+  local value = per_pair:mean()
+  -- metrics in the label's orientation: the side p prefers is "chosen" (p = 0.5 keeps the order)
+  local first = p:ge(0.5):float()
+  local a1, a2 = pc:detach(), pr:detach()
+  local ch, rj = a1 * first + a2 * (1 - first), a2 * first + a1 * (1 - first)
+  local metrics = {
+    ["rewards/chosen"] = (ch * beta):mean():item(), ["rewards/rejected"] = (rj * beta):mean():item(),
+    ["rewards/accuracies"] = ch:gt(rj):float():mean():item(), ["rewards/margins"] = ((ch - rj) * beta):mean():item(),
+    ["logps/chosen"] = ch:mean():item(), ["logps/rejected"] = rj:mean():item(),
+  }
+  return value, metrics
+end
 
 ----------------------------------------------------------------------------
 -- Reward model
