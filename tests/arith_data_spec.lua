@@ -6,13 +6,6 @@ local helpers = require "helpers"
 
 local FILES = {"arith/sft.jsonl", "arith/train.jsonl", "arith/test.jsonl"}
 
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
 local function manifest_lines(path)
   local lines = {}
   for line in io.lines(path) do
@@ -28,7 +21,9 @@ describe("data/arith", function()
     assert.is_true(os.execute("lua5.4 data/build.lua arith '" .. out .. "' 2>/dev/null"))
     local committed, built = manifest_lines(la.data.path("MANIFEST.tsv")), manifest_lines(out .. "/MANIFEST.tsv")
     for _, rel in ipairs(FILES) do
-      assert.are.equal(read(la.data.path(rel)), read(out .. "/" .. rel), rel)
+      local built_bytes = helpers.read(out .. "/" .. rel)
+      assert.is_string(built_bytes, rel .. " was not written")
+      assert.are.equal(helpers.read(la.data.path(rel)), built_bytes, rel)
       assert.is_string(committed[rel], rel .. " is not in MANIFEST.tsv")
       assert.are.equal(committed[rel], built[rel])
     end

@@ -17,6 +17,17 @@ function M.mean_sd(xs)
   return m, n > 1 and math.sqrt(v / (n - 1)) or 0
 end
 
+--- The SFT run an experiment starts from: the run `given`, or when `given` is
+--- empty a new one, recipes/sft.lua (the path `script`) run with `options` (its
+--- folder: options.out_dir/options.name).  Returns the run's folder, what sft.lua
+--- returned (an empty table for a given run) and the seconds it took.
+function M.sft_run(script, given, options)
+  if given ~= "" then return given, {}, 0 end
+  local t0 = la.clock()
+  local result = recipe.run_script(script, options)
+  return options.out_dir .. "/" .. options.name, result, la.clock() - t0
+end
+
 -- The mean of a logged metric over the first and over the last n rows that have it.
 local function ends(path, key, n)
   local xs = {}

@@ -41,18 +41,12 @@ end
 print(string.format("grpo_arith: SFT on %d problems; GRPO on %d others, measured on %d more",
   count(SFT), count(TRAIN), count(TEST)))
 
-local sft_run, sft = config.out_dir .. "/" .. config.name .. "_sft", {}
-local t0 = la.clock()
-if config.policy == "" then
-  -- The problem as it is, and the answer right after it: the same text for
-  -- SFT's examples and for GRPO's prompts.
-  sft = recipe.run_script(here .. "/sft.lua", {name = config.name .. "_sft", out_dir = config.out_dir,
-    overwrite = config.overwrite, seed = config.seed, base = config.base, train = SFT, valid = TRAIN,
-    steps = config.sft_steps, prompt_format = "%s", completion_format = "%s"})
-else
-  sft_run = config.policy
-end
-local sft_seconds = la.clock() - t0
+-- The problem as it is, and the answer right after it: the same text for SFT's
+-- examples and for GRPO's prompts.
+local sft_run, sft, sft_seconds = experiment.sft_run(here .. "/sft.lua", config.policy,
+  {name = config.name .. "_sft", out_dir = config.out_dir, overwrite = config.overwrite, seed = config.seed,
+   base = config.base, train = SFT, valid = TRAIN, steps = config.sft_steps, prompt_format = "%s",
+   completion_format = "%s"})
 
 local table_md, gains = experiment.grpo_seeds(here .. "/grpo.lua", config.name, config.seeds,
   {out_dir = config.out_dir, overwrite = config.overwrite, policy = sft_run, prompt_format = "%s",

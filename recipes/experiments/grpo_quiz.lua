@@ -22,6 +22,7 @@
 local recipe = require "lualign.recipe"
 local la = require "lualign"
 local cjson = require "cjson"
+local experiment = require "lualign.experiment"
 
 local config = recipe.config(arg, "grpo_quiz", {
   {"base", "runs/pretrain", "the pretrained model the quiz SFT starts from"},
@@ -58,21 +59,14 @@ if config.held_out == "half" then
   grpo_eval, n_eval = quiz_file("qa/train.jsonl", "grpo_held_out.jsonl", function(i) return i % 2 == 0 end)
 end
 print(string.format("grpo_quiz: SFT on %d quiz questions; GRPO on %d, measured on %d others", n_train, n_grpo, n_eval))
-local sft_run = config.out_dir .. "/" .. config.name .. "_sft"
-local t0 = la.clock()
 -- The question as it is, and the answer right after it: the same text for SFT's
 -- training and held-out examples and for GRPO's prompts.
-local sft = {}
-if config.policy == "" then
-  sft = recipe.run_script(here .. "/sft.lua", {name = config.name .. "_sft", out_dir = config.out_dir,
-    overwrite = config.overwrite, seed = config.seed, base = config.base, train = train, valid = valid,
-    steps = config.sft_steps, prompt_format = "%s", completion_format = "%s"})
-else
-  sft_run = config.policy
-end
-local sft_seconds = la.clock() - t0
+local sft_run, sft, sft_seconds = experiment.sft_run(here .. "/sft.lua", config.policy,
+  {name = config.name .. "_sft", out_dir = config.out_dir, overwrite = config.overwrite, seed = config.seed,
+   base = config.base, train = train, valid = valid, steps = config.sft_steps, prompt_format = "%s",
+   completion_format = "%s"})
 
-local table_md, gains = require("lualign.experiment").grpo_seeds(here .. "/grpo.lua", config.name, config.seeds,
+local table_md, gains = experiment.grpo_seeds(here .. "/grpo.lua", config.name, config.seeds,
   {out_dir = config.out_dir, overwrite = config.overwrite, policy = sft_run, prompt_format = "%s",
    prompts = grpo_train, eval_prompts = grpo_eval})
 local text = table.concat({
