@@ -28,6 +28,7 @@ local config = recipe.config(arg, "grpo_arith", {
   {"sft_steps", 1000, "steps of the arithmetic SFT"},
   {"policy", "", "an SFT run of an earlier grpo_arith to start from, instead of fine-tuning one (empty: fine-tune)"},
   {"seeds", "1,2,3", "GRPO seeds (comma-separated)"},
+  {"lr", 3e-5, "GRPO's learning rate (grpo.lua's default)"},
 })
 local run = recipe.run(config):start()
 local here = debug.getinfo(1, "S").source:match("^@(.*)/experiments/[^/]*$") or "recipes"
@@ -50,16 +51,16 @@ local sft_run, sft, sft_seconds = experiment.sft_run(here .. "/sft.lua", config.
 
 local table_md, gains = experiment.grpo_seeds(here .. "/grpo.lua", config.name, config.seeds,
   {out_dir = config.out_dir, overwrite = config.overwrite, policy = sft_run, prompt_format = "%s",
-   source_prefix = "arith/", prompts = TRAIN, eval_prompts = TEST})
+   source_prefix = "arith/", prompts = TRAIN, eval_prompts = TEST, lr = config.lr})
 local text = table.concat({
   "# GRPO on arithmetic problems: held-out exact-match accuracy", "",
   string.format("SFT on the %d problems of %s from %s (%s); GRPO from it with its defaults (prompt_format=%%s, "
-    .. "source_prefix=arith/) on the %d problems of %s; measured on the first 200 of the %d problems of %s, "
+    .. "source_prefix=arith/, lr %g) on the %d problems of %s; measured on the first 200 of the %d problems of %s, "
     .. "whose operand pairs neither SFT nor GRPO trains on; greedy answers, and the mean over sampled answers "
     .. "(temperature 1).", count(SFT), SFT, config.base, config.policy ~= "" and ("the run " .. config.policy)
       or string.format("%d steps; completion loss on %s %.3f -> %.3f; %.0f s", config.sft_steps, TRAIN,
                        sft.base_loss, sft.valid_loss, sft_seconds),
-    count(TRAIN), TRAIN, count(TEST), TEST), "",
+    config.lr, count(TRAIN), TRAIN, count(TEST), TEST), "",
   table_md, "", gains, "",
 }, "\n")
 run:write("results.md", text)
