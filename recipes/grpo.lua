@@ -167,8 +167,8 @@ local function sample(model, items, first, n, temperature, it)
       seeds[#seeds + 1] = {config.seed, it, first + i - 1, k}
     end
   end
-  local out = model:generate(lists, {max_new_tokens = config.max_new_tokens, temperature = temperature,
-    eos_id = tok.eos_id, pad_id = tok.pad_id or tok.eos_id, seeds = temperature > 0 and seeds or nil})
+  local out = model:generate(lists, recipe.sampling_options(tok, {max_new_tokens = config.max_new_tokens,
+    temperature = temperature, seeds = temperature > 0 and seeds or nil}))
   local texts = {}
   for b = 1, #lists do texts[b] = tok:decode(out.sequences[b], {skip_special_tokens = true}) end
   local batch = out.batch

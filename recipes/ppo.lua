@@ -143,8 +143,8 @@ end
 local function rollout(model, prompts, seeds)
   local lists = {}
   for i, p in ipairs(prompts) do lists[i] = p.ids end
-  local out = model:generate(lists, {max_new_tokens = config.max_new_tokens, temperature = config.temperature,
-                                     eos_id = tok.eos_id, pad_id = tok.pad_id or tok.eos_id, seeds = seeds})
+  local out = model:generate(lists, recipe.sampling_options(tok, {max_new_tokens = config.max_new_tokens,
+                                     temperature = config.temperature, seeds = seeds}))
   local texts = {}
   for b = 1, #prompts do texts[b] = tok:decode(out.sequences[b], {skip_special_tokens = true}) end
   local batch = out.batch
