@@ -40,7 +40,9 @@ local function step_time(res)
 end
 
 local samples = {}
+local ref_logps = {}   -- the first run's reference log-probs of each contender and configuration
 local function record(key, res)
+  ref_logps[key] = ref_logps[key] or res.ref_logp
   samples[key] = samples[key] or {time = {}, rss = {}, loss = {}}
   table.insert(samples[key].time, step_time(res))
   table.insert(samples[key].rss, res.peak_rss_MiB)
@@ -57,8 +59,8 @@ local function lualign(config)
 end
 
 local function peer(config, alloc, extra)
-  return run_json(string.format("OMP_WAIT_POLICY=PASSIVE %s /usr/bin/python3 %s/memory_torch.py %s --steps %d --threads 2 %s",
-    alloc.env, here, config, steps, extra or ""))
+  return run_json(string.format("OMP_WAIT_POLICY=PASSIVE %s /usr/bin/python3 %s/memory_torch.py %s %s --steps %d --threads 2 %s",
+    alloc.env, here, config, folder, steps, extra or ""))
 end
 
 local peer_extra = {lora = "", full = "--checkpoint"}
@@ -126,9 +128,24 @@ for _, k in ipairs(keys) do
     med(k, "rss"), med(k, "loss")))
 end
 print("")
+-- Both sides run the same model on the same tokens: their reference
+-- log-probs (sums over 256 tokens) agree to float32 rounding.
+local worst = 0
+for key, lp in pairs(ref_logps) do
+  local base = ref_logps["lualign " .. key:match("(%S+)$")] or ref_logps["lualign lora"]
+  for i = 1, #lp do worst = math.max(worst, math.abs(lp[i] - base[i]) / math.abs(base[i])) end
+end
+print(string.format("reference log-probs, every run against lualign's (%s): largest relative difference %.1e",
+  table.concat(ref_logps["lualign lora"], ", "), worst))
 for _, c in ipairs({"lora", "full"}) do
   local pk = best_peer(c)
   local lk = "lualign " .. c
   print(string.format("%s: lualign/peer step time %.2f (peer = %s), peak RSS %.2f (%.0f / %.0f MiB)", c,
     med(lk, "time") / med(pk, "time"), pk, med(lk, "rss") / med(pk, "rss"), med(lk, "rss"), med(pk, "rss")))
+end
+local saving = "torch jemalloc lora_bf16_ckpt"
+if samples[saving] then
+  print(string.format("lora against the peer with lualign's memory savings (%s): step time %.2f, peak RSS %.2f (%.0f MiB)",
+    saving, med("lualign lora", "time") / med(saving, "time"), med("lualign lora", "rss") / med(saving, "rss"),
+    med(saving, "rss")))
 end
