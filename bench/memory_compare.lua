@@ -17,6 +17,11 @@
 -- with its fastest allocator.  The sgemm ceiling is lualign's 2048^3 matmul in
 -- the same command; a step's model FLOPs are 3 forward passes' worth (see
 -- bench/README.md).
+--
+-- BENCH_BEFORE=DIR adds, in every round, lualign's lora and full from the
+-- built checkout DIR (its own bench/memory.lua, library and engine), named
+-- "lualign before": a change measured against the code it replaces in the
+-- same command.
 
 
 local rounds = tonumber(arg[1]) or 2
@@ -54,8 +59,11 @@ local folder = os.tmpname()
 os.remove(folder)
 run_json(string.format("%s lua5.4 %s/memory.lua prepare %s", lua_env, here, folder))
 
-local function lualign(config)
-  return run_json(string.format("%s lua5.4 %s/memory.lua %s %s %d", lua_env, here, config, folder, steps))
+local before = os.getenv("BENCH_BEFORE")
+
+local function lualign(config, checkout_bench)
+  local dir = checkout_bench or here
+  return run_json(string.format("%s lua5.4 %s/memory.lua %s %s %d", common.lua_env(dir), dir, config, folder, steps))
 end
 
 local function peer(config, alloc, extra)
@@ -70,6 +78,10 @@ for r = 1, rounds do
   for _, c in ipairs({"lora", "full"}) do
     for _, a in ipairs(allocators) do list[#list + 1] = {"torch " .. a.name, c, a} end
   end
+  if before then
+    table.insert(list, 3, {"lualign before", "lora"})
+    table.insert(list, 4, {"lualign before", "full"})
+  end
   if r == 1 then
     list[#list + 1] = {"lualign", "lora_f32"}
     list[#list + 1] = {"torch jemalloc", "lora", allocators[#allocators], "--checkpoint --base-dtype bfloat16", "lora_bf16_ckpt"}
@@ -82,7 +94,10 @@ for r = 1, rounds do
   ceilings[#ceilings + 1] = run_json(string.format("%s lua5.4 %s/memory.lua ceiling", lua_env, here)).gflops
   for _, c in ipairs(list) do
     local who, config, alloc, extra, label = c[1], c[2], c[3], c[4], c[5]
-    local res = who == "lualign" and lualign(config) or peer(config, alloc, extra or peer_extra[config])
+    local res
+    if who == "lualign" then res = lualign(config)
+    elseif who == "lualign before" then res = lualign(config, before .. "/bench")
+    else res = peer(config, alloc, extra or peer_extra[config]) end
     local key = who .. " " .. (label or config)
     record(key, res)
     io.stderr:write(string.format("round %d  %-28s step %.2f s  peak RSS %.0f MiB\n", r, key, step_time(res),
@@ -95,11 +110,13 @@ os.execute("rm -rf '" .. folder .. "'")
 -- Model FLOPs of a step: three forward passes' worth (policy forward,
 -- backward of twice a forward, and for LoRA a reference forward in place of
 -- the weight gradients: dx only, so forward + reference + dx = 3 forwards).
+-- The head counts at the 1024 positions the mask counts, where both sides
+-- run it.
 local N, T, B = 2048, 512, 4
 local block_params = 24 * (896 * 896 * 2 + 128 * 896 * 2 + 4864 * 896 * 3)
 local head = 151936 * 896
 local attention = 24 * 2 * (2 * B * 14 * T * T * 64)
-local forward = 2 * N * (block_params + head) + attention
+local forward = 2 * N * block_params + 2 * (B * 256) * head + attention
 local step_flops = 3 * forward
 local ceiling = median(ceilings)
 
@@ -137,11 +154,13 @@ for key, lp in pairs(ref_logps) do
 end
 print(string.format("reference log-probs, every run against lualign's (%s): largest relative difference %.1e",
   table.concat(ref_logps["lualign lora"], ", "), worst))
-for _, c in ipairs({"lora", "full"}) do
-  local pk = best_peer(c)
-  local lk = "lualign " .. c
-  print(string.format("%s: lualign/peer step time %.2f (peer = %s), peak RSS %.2f (%.0f / %.0f MiB)", c,
-    med(lk, "time") / med(pk, "time"), pk, med(lk, "rss") / med(pk, "rss"), med(lk, "rss"), med(pk, "rss")))
+for _, who in ipairs(before and {"lualign before", "lualign"} or {"lualign"}) do
+  for _, c in ipairs({"lora", "full"}) do
+    local pk = best_peer(c)
+    local lk = who .. " " .. c
+    print(string.format("%s: %s/peer step time %.2f (peer = %s), peak RSS %.2f (%.0f / %.0f MiB)", c, who,
+      med(lk, "time") / med(pk, "time"), pk, med(lk, "rss") / med(pk, "rss"), med(lk, "rss"), med(pk, "rss")))
+  end
 end
 local saving = "torch jemalloc lora_bf16_ckpt"
 if samples[saving] then
