@@ -18,10 +18,10 @@
 -- the same command; a step's model FLOPs are 3 forward passes' worth (see
 -- bench/README.md).
 --
--- BENCH_BEFORE=DIR adds, in every round, lualign's lora and full from the
--- built checkout DIR (its own bench/memory.lua, library and engine), named
--- "lualign before": a change measured against the code it replaces in the
--- same command.
+-- BENCH_BEFORE=DIR adds, in every round, lualign's lora and full (or the
+-- configurations BENCH_BEFORE_CONFIGS lists, comma-separated) from the built
+-- checkout DIR (its own bench/memory.lua, library and engine), named "lualign
+-- before": a change measured against the code it replaces in the same command.
 
 
 local rounds = tonumber(arg[1]) or 2
@@ -60,6 +60,11 @@ os.remove(folder)
 run_json(string.format("%s lua5.4 %s/memory.lua prepare %s", lua_env, here, folder))
 
 local before = os.getenv("BENCH_BEFORE")
+local before_configs = {}
+for c in (os.getenv("BENCH_BEFORE_CONFIGS") or "lora,full"):gmatch("[^,]+") do
+  if c ~= "lora" and c ~= "full" then error("BENCH_BEFORE_CONFIGS: lora or full, not " .. c) end
+  before_configs[#before_configs + 1] = c
+end
 
 local function lualign(config, checkout_bench)
   local dir = checkout_bench or here
@@ -79,8 +84,7 @@ for r = 1, rounds do
     for _, a in ipairs(allocators) do list[#list + 1] = {"torch " .. a.name, c, a} end
   end
   if before then
-    table.insert(list, 3, {"lualign before", "lora"})
-    table.insert(list, 4, {"lualign before", "full"})
+    for i, c in ipairs(before_configs) do table.insert(list, 2 + i, {"lualign before", c}) end
   end
   if r == 1 then
     list[#list + 1] = {"lualign", "lora_f32"}
@@ -99,6 +103,7 @@ for r = 1, rounds do
     elseif who == "lualign before" then res = lualign(config, before .. "/bench")
     else res = peer(config, alloc, extra or peer_extra[config]) end
     local key = who .. " " .. (label or config)
+    io.stderr:write(key .. ": " .. require("cjson").encode(res) .. "\n")   -- the whole result, for the record
     record(key, res)
     io.stderr:write(string.format("round %d  %-28s step %.2f s  peak RSS %.0f MiB\n", r, key, step_time(res),
       res.peak_rss_MiB))
@@ -158,8 +163,8 @@ for _, who in ipairs(before and {"lualign before", "lualign"} or {"lualign"}) do
   for _, c in ipairs({"lora", "full"}) do
     local pk = best_peer(c)
     local lk = who .. " " .. c
-    print(string.format("%s: %s/peer step time %.2f (peer = %s), peak RSS %.2f (%.0f / %.0f MiB)", c, who,
-      med(lk, "time") / med(pk, "time"), pk, med(lk, "rss") / med(pk, "rss"), med(lk, "rss"), med(pk, "rss")))
+    if samples[lk] then print(string.format("%s: %s/peer step time %.2f (peer = %s), peak RSS %.2f (%.0f / %.0f MiB)", c, who,
+      med(lk, "time") / med(pk, "time"), pk, med(lk, "rss") / med(pk, "rss"), med(lk, "rss"), med(pk, "rss"))) end
   end
 end
 local saving = "torch jemalloc lora_bf16_ckpt"
