@@ -2,7 +2,7 @@
 -- Qwen2.5-0.5B-shaped model, lualign (bench/memory.lua) against the PyTorch
 -- peer (bench/memory_torch.py), in one command, rounds alternating.
 --
---   flock /tmp/lualign-bench.lock lua5.4 bench/memory_compare.lua [rounds] [steps]
+--   flock /tmp/lualign-bench.lock lua5.4 bench/memory_compare.lua [rounds] [steps] [extras]
 --   (make bench-memory)
 --
 -- In each round every contender runs in a process of its own (so its peak RSS
@@ -12,7 +12,7 @@
 -- a full fine-tune does not fit beside the other jobs of this machine), each
 -- with the stock allocator, glibc's malloc tuned and jemalloc.  The first round
 -- adds lualign's lora_f32 and the peer's lora with the memory savings
--- lualign's lora uses (bfloat16 base, checkpointing).  Step time is the median
+-- lualign's lora uses (bfloat16 base, checkpointing), unless extras is 0.  Step time is the median
 -- over rounds of each run's median step after the first; the peer is credited
 -- with its fastest allocator.  The sgemm ceiling is lualign's 2048^3 matmul in
 -- the same command; a step's model FLOPs are 3 forward passes' worth (see
@@ -26,6 +26,7 @@
 
 local rounds = tonumber(arg[1]) or 2
 local steps = tonumber(arg[2]) or 3
+local extras = arg[3] ~= "0"
 local here = arg[0]:match("^(.*)/[^/]*$") or "."
 package.path = here .. "/?.lua;" .. package.path
 local common = require "common"
@@ -86,7 +87,7 @@ for r = 1, rounds do
   if before then
     for i, c in ipairs(before_configs) do table.insert(list, 2 + i, {"lualign before", c}) end
   end
-  if r == 1 then
+  if r == 1 and extras then
     list[#list + 1] = {"lualign", "lora_f32"}
     list[#list + 1] = {"torch jemalloc", "lora", allocators[#allocators], "--checkpoint --base-dtype bfloat16", "lora_bf16_ckpt"}
   end
