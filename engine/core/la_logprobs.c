@@ -437,6 +437,21 @@ static void la_gather_rows(const float *h, const int64_t *active, int64_t k0, in
     memcpy(hc + k * C, h + active[k0 + k] * C, (size_t)C * sizeof(float));
 }
 
+/* dst[active[k]] = (G W)[k] for the r rows of a chunk's logit gradients G
+** (r, V), through the scratch rows (at least r, C).  Returns 0 or -1. */
+static int la_scatter_gw(la_tensor *g, la_tensor *w, la_tensor *scratch, const int64_t *active, int64_t r,
+                         int64_t C, la_tensor *dst) {
+  la_tensor *sv = la_rows_of(scratch, 0, r, C);
+  int rc = sv ? la_gemm(false, false, 1.0f, g, w, 0.0f, sv) : -1;
+  if (rc == 0) {
+    float *d = la_fdata(dst);
+    const float *src = la_fdata(sv);
+    for (int64_t k = 0; k < r; k++) memcpy(d + active[k] * C, src + k * C, (size_t)C * sizeof(float));
+  }
+  la_release(sv);
+  return rc;
+}
+
 /* saved: hidden (rows, C), weight (V, C), targets or NULL, mask or NULL,
 ** lse, entropy or NULL.  iarg: entropy, reduce, chunk.  farg: scale. */
 static int la_logprobs_hidden_backward(la_node *n, la_tensor *gout, la_tensor **gin) {
@@ -497,17 +512,7 @@ static int la_logprobs_hidden_backward(la_node *n, la_tensor *gout, la_tensor **
           else la_row_grad_logprob(row, V, 1.0f, lp[i], la_id_at(tg, i), g[i] * s, row);
         }
       }
-      if (step == 0 && need_h) {
-        la_tensor *dv = la_rows_of(dhc, 0, r, C);
-        step = dv ? la_gemm(false, false, 1.0f, sv, w, 0.0f, dv) : -1;   /* dH = G W */
-        if (step == 0) {
-          float *dst = la_fdata(dh);
-          const float *src = la_fdata(dv);
-          for (int64_t k = 0; k < r; k++)
-            memcpy(dst + active[k0 + k] * C, src + k * C, (size_t)C * sizeof(float));
-        }
-        la_release(dv);
-      }
+      if (step == 0 && need_h) step = la_scatter_gw(sv, w, dhc, active + k0, r, C, dh);   /* dH = G W */
       if (step == 0 && need_w) {   /* dW += G^T H */
         step = la_gemm(true, false, 1.0f, sv, hv, first ? 0.0f : 1.0f, dw);
         first = false;
@@ -633,17 +638,8 @@ static la_tensor *la_lp_hidden(la_lp_spec *sp, la_tensor *hidden, la_tensor *wei
           }
         }
       }
-      if (step == 0 && frozen) {   /* J = (d value / d z) s W for the chunk's rows */
-        la_tensor *jv = la_rows_of(jc, 0, r, C);
-        step = jv ? la_gemm(false, false, 1.0f, sv, w, 0.0f, jv) : -1;
-        if (step == 0) {
-          float *dst = la_fdata(J);
-          const float *src = la_fdata(jv);
-          for (int64_t k = 0; k < r; k++)
-            memcpy(dst + active[k0 + k] * C, src + k * C, (size_t)C * sizeof(float));
-        }
-        la_release(jv);
-      }
+      /* J = (d value / d z) s W for the chunk's rows */
+      if (step == 0 && frozen) step = la_scatter_gw(sv, w, jc, active + k0, r, C, J);
       la_release(hv);
       la_release(sv);
       if (step < 0) goto done;
