@@ -80,12 +80,14 @@ end
 local peer_extra = {lora = "", full = "--checkpoint"}
 local ceilings = {}
 for r = 1, rounds do
-  local list = {{"lualign", "lora"}, {"lualign", "full"}}
+  -- each configuration's runs together, so that a cut-short run still compares
+  local list = {}
   for _, c in ipairs({"lora", "full"}) do
+    list[#list + 1] = {"lualign", c}
     for _, a in ipairs(allocators) do list[#list + 1] = {"torch " .. a.name, c, a} end
   end
   if before then
-    for i, c in ipairs(before_configs) do table.insert(list, 2 + i, {"lualign before", c}) end
+    for _, c in ipairs(before_configs) do list[#list + 1] = {"lualign before", c} end
   end
   if r == 1 and extras then
     list[#list + 1] = {"lualign", "lora_f32"}
