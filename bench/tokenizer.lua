@@ -2,7 +2,8 @@
 -- this machine's Node.js, in the same command.
 --
 --   bin/lualign bench/tokenizer.lua [--mb 4] [--runs 5] [--tokenizers gpt2,qwen3,mistral]
---                                   [--peers js-tiktoken,gpt-tokenizer,tiktoken]
+--                                   [--peers js-tiktoken,gpt-tokenizer,tiktoken | none]
+--                                   [--against DIR,...]
 --
 -- from the repository root after `make`.  Needs Node.js and npm (the npm
 -- registry, once, to install the peers).
@@ -16,6 +17,9 @@
 -- (@anush008/tokenizers, Hugging Face's Rust library through its Node
 -- binding).  gpt-3-encoder is a further GPT-2 peer, left out by default: it
 -- is quadratic in the length of a document (about 0.02 MB/s here).
+-- --peers none runs no npm peer.  --against DIR runs lualign from another
+-- checkout DIR (built with make; its lua/ and build/) as one more peer, in
+-- the same alternation: an A/B of two versions of lualign.
 --
 -- Corpus: the Debian copyright files under /usr/share/doc (English prose,
 -- names, licences, some non-ASCII), sorted by path, valid UTF-8 only,
@@ -97,6 +101,7 @@ for t in opts.tokenizers:gmatch("[^,]+") do
 end
 local function peers_of(t)
   local list = {}
+  if opts.peers == "none" then return list end
   for p in ((t == "gpt2" and opts.peers) or (t == "gpt2" and "js-tiktoken,gpt-tokenizer,tiktoken") or HF_PEERS)
       :gmatch("[^,]+") do
     if not PEER_VERSIONS[p] then error("unknown peer " .. p) end
@@ -175,17 +180,26 @@ for _, tname in ipairs(tokenizers) do
   -- the child sees the same module paths as this process
   local lua_cmd = string.format("LUA_PATH='%s' LUA_CPATH='%s' lua5.4 bench/tokenizer.lua --run lualign %s %s",
     package.path, package.cpath, corpus, tname)
-  local results, names = {lualign = {}}, {"lualign"}
-  for _, p in ipairs(peers) do results[p] = {}; names[#names + 1] = p end
+  local results, names, commands = {lualign = {}}, {"lualign"}, {lualign = lua_cmd}
+  for _, p in ipairs(peers) do
+    results[p] = {}
+    names[#names + 1] = p
+    commands[p] = string.format("NODE_PATH=build/bench/node/node_modules node bench/tokenizer_peer.js %s %s %s", p,
+      corpus, HF_DIRS[tname] or "")
+  end
+  for dir in (opts.against or ""):gmatch("[^,]+") do
+    local name = "lualign " .. dir
+    results[name] = {}
+    names[#names + 1] = name
+    commands[name] = string.format("LUA_PATH='%s/lua/?.lua;%s/lua/?/init.lua;;' LUA_CPATH='%s/build/?.so;;' "
+      .. "lua5.4 bench/tokenizer.lua --run lualign %s %s", dir, dir, dir, corpus, tname)
+  end
   print(string.format("\ntokenizer %s", tname))
   for r = 1, runs do
     local order = {}   -- alternate the order from run to run
     for i = 1, #names do order[i] = names[(r % 2 == 1) and i or (#names - i + 1)] end
     for _, name in ipairs(order) do
-      local cmd = name == "lualign" and lua_cmd
-        or string.format("NODE_PATH=build/bench/node/node_modules node bench/tokenizer_peer.js %s %s %s", name, corpus,
-          HF_DIRS[tname] or "")
-      results[name][r] = run_one(cmd)
+      results[name][r] = run_one(commands[name])
       io.write(string.format("run %d %-16s pass1 %7.2f MB/s  pass2 %7.2f MB/s  tokens %d\n", r, name,
         results[name][r][3] / results[name][r][1] / 1e6, results[name][r][3] / results[name][r][2] / 1e6,
         results[name][r][4]))
@@ -206,8 +220,7 @@ for _, tname in ipairs(tokenizers) do
   print(string.format("%-32s %10s %10s %12s %16s %16s", "tokenizer", "pass 1", "pass 2", "tokens",
     "lualign/peer p1", "lualign/peer p2"))
   for _, name in ipairs(names) do
-    local label = name == "lualign" and "lualign"
-      or ("npm " .. (PEER_PACKAGES[name] or name) .. " " .. PEER_VERSIONS[name])
+    local label = PEER_VERSIONS[name] and ("npm " .. (PEER_PACKAGES[name] or name) .. " " .. PEER_VERSIONS[name]) or name
     local m = med[name]
     local r1 = name == "lualign" and "" or string.format("%.2fx", med.lualign[1] / m[1])
     local r2 = name == "lualign" and "" or string.format("%.2fx", med.lualign[2] / m[2])

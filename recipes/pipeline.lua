@@ -69,7 +69,7 @@ if wanted.gdpo then
     for loss in config.losses:gmatch("[^,]+") do
       local name = "gdpo_" .. ds .. "_" .. loss
       local args = {name = name, loss = loss, beta = config.beta, train = "vader/" .. ds .. "/train.jsonl",
-                    steps = steps(150), eval_every = steps(25)}
+                    steps = steps(150), eval_every = steps(25), best_by = "win_rate"}
       if reference then
         args.policy = reference
       else
@@ -108,7 +108,7 @@ if #pref > 0 then
   add("")
   add("Soft labels: win rate against the reference (the SFT model fitted to each label set's completions) " ..
       "under the held-out judge, of completions sampled for held-out prompts, with the KL to the reference, " ..
-      "at the best checkpoint and the last one; and on held-out pairs of held-out words.")
+      "at the best checkpoint (by that win rate) and the last one; and on held-out pairs of held-out words.")
   add("")
   local prow = {}
   for _, p in ipairs(pref) do

@@ -45,10 +45,11 @@ local train_text = la.data.read_text(train_file)
 local valid_text = la.data.read_text(recipe.data_file(config.valid_text, "valid_text"))
 local extra_files = {}
 for f in config.extra_texts:gmatch("[^,]+") do extra_files[#extra_files + 1] = recipe.data_file(f, "extra_texts") end
-local tok = config.tokenizer ~= "" and la.tokenizer.load(config.tokenizer) or nil
+local tok, tok_dir
+if config.tokenizer ~= "" then tok, tok_dir = recipe.load_tokenizer(config.tokenizer) end
 run:start()                      -- the inputs are there: config.json, and from here the run's files
 if tok then
-  tok:save(run:path("tokenizer.json"))
+  run:save_tokenizer(tok, tok_dir)
 else
   -- trained once; a resumed run keeps its ids (computed again if the texts or vocab_size differ)
   local inputs = {train_text = recipe.file_identity(train_file), vocab_size = config.vocab_size, extra_texts = {}}
@@ -142,7 +143,8 @@ run:write("report.md", table.concat({
   "![loss](loss.svg)", "",
   "Sample (temperature 0.8, top-k 50):", "", "> " .. sample_text:gsub("\n", " "), "",
 }, "\n"))
+local saved = recipe.save_final(run, model, config)   -- hf/: the model as a Hugging Face folder
 print(string.format("pretrain: held-out loss %s (ln V = %.3f); report in %s", recipe.fmt("%.3f", final_valid, "not evaluated"),
   math.log(tok.vocab_size), run:path("report.md")))
 print("sample: " .. sample_text:gsub("\n", " "))
-return {valid_loss = final_valid, first_valid_loss = first_valid, run = run}
+return {valid_loss = final_valid, first_valid_loss = first_valid, run = run, saved = saved}

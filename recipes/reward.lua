@@ -16,10 +16,15 @@ local plot = require "lualign.plot"
 local log = require "lualign.log"
 
 local config = recipe.config(arg, "reward", recipe.with_memory_keys{
-  {"base", "runs/pretrain", "run folder (or model.safetensors) whose trunk starts the reward model"},
-  {"train", "sentiment/train.jsonl", "preference pairs: a bundled file or a path"},
-  {"valid", "sentiment/validation.jsonl", "held-out pairs, for accuracy during training"},
-  {"test", "sentiment/test.jsonl", "held-out pairs for the final accuracy"},
+  {"base", "runs/pretrain", "model whose trunk starts the reward model: a run folder or a Hugging Face model folder"},
+  {"tokenizer", "", "tokenizer.json or a folder holding one (default: the base model's folder)"},
+  {"train", "sentiment/train.jsonl", "preference pairs (plain or conversational): a bundled file or a path"},
+  {"valid", "auto", "held-out pairs for accuracy during training: a file, or '' for eval_fraction of the " ..
+   "training prompts ('auto': sentiment/validation.jsonl for the bundled data, else '')"},
+  {"eval_fraction", 0.1, "share of the training file's prompts held out (with all their pairs) when valid is ''"},
+  {"test", "auto", "held-out pairs for the final accuracy ('': the valid pairs; 'auto': sentiment/test.jsonl " ..
+   "for the bundled data, else '')"},
+  {"chat", false, "plain pairs' prompts through the tokenizer's chat template (conversational pairs always)"},
   {"soft_labels", true, "use each pair's p (when given) instead of a hard label"},
   {"use_margin", true, "subtract each pair's margin (when given)"},
   {"center", 0.01, "reward centring coefficient c (0: off)"},
@@ -35,24 +40,34 @@ local config = recipe.config(arg, "reward", recipe.with_memory_keys{
 local run = recipe.run(config)   -- refuses a folder holding another run; writes nothing yet
 
 -- 1. Model ---------------------------------------------------------------------
-local base_file, base_dir = recipe.model_file(config.base, "base")
-local tok = la.tokenizer.load(base_dir .. "/tokenizer.json")
-local model = recipe.prepare_model(recipe.load_gpt(base_file, {reward_head = true}), config,
+local base = recipe.model_source(config.base, "base")   -- a lualign run or a Hugging Face folder
+local tok, tok_dir = recipe.load_tokenizer(config.tokenizer, base.dir)
+local model = recipe.prepare_model(recipe.load_model(base, {reward_head = true}), config,
                                    {modules_to_save = {"reward_head"}})
 
 -- 2. Data ----------------------------------------------------------------------
-local function loader(key, opts)
-  local o = {batch_size = config.batch_size, seed = config.seed, max_len = config.max_len}
+local bundled = recipe.is_bundled(config, "train", "sentiment/")
+local train_file = recipe.data_file(config.train, "train")
+-- held-out pairs: valid=FILE, or a share of the training prompts with all their pairs
+local train_list, valid_list, valid_name = recipe.held_out(la.data.load(train_file, "preference"), train_file,
+  recipe.auto(config, "valid", bundled, "sentiment/validation.jsonl", ""), config.eval_fraction, "preference", "valid")
+local test_spec = recipe.auto(config, "test", bundled, "sentiment/test.jsonl", "")
+local test_name = test_spec ~= "" and recipe.data_file(test_spec, "test") or valid_name
+local test_list = test_spec ~= "" and la.data.load(test_name, "preference") or valid_list
+local function loader(list, name, opts)
+  local o = {batch_size = config.batch_size, seed = config.seed, max_len = config.max_len, chat = config.chat}
   for k, v in pairs(opts or {}) do o[k] = v end
-  return la.data.preference_loader(recipe.data_file(config[key], key), tok, o)
+  local l = la.data.preference_loader(list, tok, o)
+  l.name = name
+  return l
 end
 local dp = la.dist.data_parallel(model)   -- under mpirun: rank 0's weights (and fresh head) everywhere
-local train = dp:shard(loader("train", {drop_last = true}))
-local valid = loader("valid", {shuffle = false})
-local test = loader("test", {shuffle = false})
+local train = dp:shard(loader(train_list, train_file, {drop_last = true}))
+local valid = loader(valid_list, valid_name, {shuffle = false})
+local test = loader(test_list, test_name, {shuffle = false})
 recipe.check_batches(train)
 run:start()                      -- the inputs are there: config.json, and from here the run's files
-tok:save(run:path("tokenizer.json"))
+run:save_tokenizer(tok, tok_dir)
 local data_metrics = {}
 for _, set in ipairs({{"train", train}, {"valid", valid}, {"test", test}}) do
   for k, v in pairs(recipe.describe_data(config, set[1], set[2])) do data_metrics[k] = v end
@@ -126,12 +141,13 @@ plot.save_grid(run:path("curves.svg"), {
 run:write("report.md", table.concat({
   "# Reward model: " .. config.name, "",
   recipe.md_table({"", "value"}, {
-    {"pairwise accuracy, test set", string.format("%.1f%%", 100 * test_accuracy)},
+    {"pairwise accuracy, test set (" .. test_name .. ")", string.format("%.1f%%", 100 * test_accuracy)},
     {"pairwise accuracy, validation (last)", recipe.fmt("%.1f%%", vacc[#vacc] and 100 * vacc[#vacc], "not evaluated (eval_every=0)")},
     {"training pairs", #train},
   }), "", "![curves](curves.svg)", "",
 }, "\n"))
-recipe.save_adapter(run, model, config)   -- with lora: adapter/ (and merged/ with save_merged)
+-- hf/: a sequence-classification folder (save_pretrained), or with lora adapter/
+local saved = recipe.save_final(run, model, config, {reward_model = true})
 print(string.format("reward: held-out pairwise accuracy %.1f%% (test), %s (validation); report in %s",
   100 * test_accuracy, recipe.fmt("%.1f%%", vacc[#vacc] and 100 * vacc[#vacc]), run:path("report.md")))
-return {accuracy = test_accuracy, run = run}
+return {accuracy = test_accuracy, run = run, saved = saved}

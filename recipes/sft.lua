@@ -3,7 +3,8 @@
 --
 --   lualign recipes/sft.lua base=runs/pretrain steps=300        (lualign sft --help)
 --
--- 1. Load the base model and its tokenizer from a pretraining run.
+-- 1. Load the base model and its tokenizer: a lualign run (pretraining) or a
+--    Hugging Face model folder (its tokenizer and chat template come with it).
 -- 2. Batch the examples: prompt + completion + EOS, labels masked to the
 --    completion; optionally pack several examples per row (segment ids keep
 --    them from attending to each other).
@@ -17,11 +18,16 @@ local plot = require "lualign.plot"
 local log = require "lualign.log"
 
 local config = recipe.config(arg, "sft", recipe.with_memory_keys{
-  {"base", "runs/pretrain", "run folder (or model.safetensors) of the base model; its tokenizer.json is used"},
+  {"base", "runs/pretrain", "base model: a run folder (or its model.safetensors) or a Hugging Face model folder"},
+  {"tokenizer", "", "tokenizer.json or a folder holding one (default: the base model's folder)"},
   {"train", "qa/train.jsonl", "SFT examples: a bundled file or a path"},
   {"extra_train", "", "preference files whose chosen and rejected responses join the training " ..
    "examples as they are, without the formats (comma-separated)"},
-  {"valid", "qa/validation.jsonl", "held-out SFT examples"},
+  {"valid", "auto", "held-out SFT examples: a file, or '' for eval_fraction of the training prompts ('auto': " ..
+   "qa/validation.jsonl for the bundled data, else '')"},
+  {"eval_fraction", 0.05, "share of the training file's prompts held out (with all their examples) when valid is ''"},
+  {"chat", false, "prompt/completion examples through the tokenizer's chat template (a user turn and an " ..
+   "assistant turn) instead of the formats; messages examples always go through it"},
   {"prompt_format", "Question: %s\nAnswer:", "how a prompt is written (%s: the prompt)"},
   {"completion_format", " %s", "how a completion is written"},
   {"max_len", 128, "longest training sequence (prompt + completion)"},
@@ -39,23 +45,27 @@ local config = recipe.config(arg, "sft", recipe.with_memory_keys{
 local run = recipe.run(config)   -- refuses a folder holding another run; writes nothing yet
 
 -- 1. Base model and tokenizer --------------------------------------------------
-local base_file, base_dir = recipe.model_file(config.base, "base")
-local tok = la.tokenizer.load(base_dir .. "/tokenizer.json")
-local model = recipe.prepare_model(recipe.load_gpt(base_file), config)   -- lora, weights_dtype, checkpoint
+local base = recipe.model_source(config.base, "base")   -- a lualign run or a Hugging Face folder
+local tok, tok_dir = recipe.load_tokenizer(config.tokenizer, base.dir)
+local model = recipe.prepare_model(recipe.load_model(base), config)   -- lora, weights_dtype, checkpoint
 local dp = la.dist.data_parallel(model)   -- under mpirun: rank 0's weights on every rank
 
 -- 2. Data ------------------------------------------------------------------------
 local fmt = {prompt_format = config.prompt_format, completion_format = config.completion_format,
-             max_len = config.max_len}
+             max_len = config.max_len, chat = config.chat}
 local function loader(source, opts)
   local o = {batch_size = config.batch_size, seed = config.seed}
   for k, v in pairs(fmt) do o[k] = v end
   for k, v in pairs(opts or {}) do o[k] = v end
   return la.data.sft_loader(source, tok, o)
 end
-local train_examples = la.data.load(recipe.data_file(config.train, "train"), "sft")
+local train_file = recipe.data_file(config.train, "train")
+-- held-out examples: valid=FILE, or a share of the training prompts with all their examples
+local train_examples, valid_examples, valid_name = recipe.held_out(la.data.load(train_file, "sft"), train_file,
+  recipe.auto(config, "valid", recipe.is_bundled(config, "train", "qa/"), "qa/validation.jsonl", ""),
+  config.eval_fraction, "sft", "valid")
 for i, ex in ipairs(train_examples) do   -- the formats, applied once here (chats keep their template)
-  if not ex.messages then
+  if ex.prompt and ex.completion and not config.chat then
     train_examples[i] = {prompt = config.prompt_format:format(ex.prompt),
                          completion = config.completion_format:format(ex.completion)}
   end
@@ -70,13 +80,12 @@ local plain = {prompt_format = "%s", completion_format = "%s"}
 local train = dp:shard(loader(train_examples, {pack = config.pack, drop_last = true,
   prompt_format = plain.prompt_format, completion_format = plain.completion_format}))
 train.name = config.train .. (config.extra_train ~= "" and (" + " .. config.extra_train) or "")
-local valid_examples = la.data.load(recipe.data_file(config.valid, "valid"), "sft")
 local held_out = {table.unpack(valid_examples, 1, math.min(#valid_examples, config.eval_examples))}
 local valid = loader(held_out, {shuffle = false})
-valid.name = config.valid
+valid.name = valid_name
 recipe.check_batches(train)
 run:start()                      -- the inputs are there: config.json, and from here the run's files
-tok:save(run:path("tokenizer.json"))
+run:save_tokenizer(tok, tok_dir)
 local data_metrics = recipe.describe_data(config, "train", train)
 for k, v in pairs(recipe.describe_data(config, "valid", valid)) do data_metrics[k] = v end
 
@@ -139,18 +148,34 @@ plot.new{title = "SFT loss (completion tokens)", xlabel = "step", ylabel = "nats
   :vline(0, {label = "base model held-out " .. recipe.fmt("%.2f", base_loss, "not evaluated")})
   :save(run:path("loss.svg"))
 
-local prompts, answers = {}, {}
-local n_positions = model.config.n_positions
-local max_new = math.min(32, n_positions // 2)
-for i = 1, math.min(config.samples, #held_out) do
-  local ids = tok:encode(config.prompt_format:format(held_out[i].prompt))
-  prompts[i] = {table.unpack(ids, math.max(1, #ids - (n_positions - max_new) + 1))}   -- keep the end
+-- A held-out example as a prompt to answer: its ids (formatted, or through the
+-- chat template: a conversation up to its last assistant turn), the question
+-- shown and the reference answer.
+local function prompt_of(ex)
+  if ex.prompt and ex.completion and not config.chat then
+    return tok:encode(config.prompt_format:format(ex.prompt)), ex.prompt, ex.completion
+  end
+  local last = #ex.messages
+  while ex.messages[last].role ~= "assistant" do last = last - 1 end
+  local context = {table.unpack(ex.messages, 1, last - 1)}
+  local ids = tok:apply_chat_template(context, {add_generation_prompt = true})
+  return ids, context[#context] and context[#context].content or "", ex.messages[last].content
 end
-local out = model:generate(prompts, {max_new_tokens = max_new, temperature = 0, eos_id = tok.eos_id})
+local prompts, questions, answers = {}, {}, {}
+local n_positions = model:max_positions()
+local max_new = math.min(32, n_positions // 2)
 local sample_rows = {}
+for i = 1, math.min(config.samples, #held_out) do
+  local ids, question, reference = prompt_of(held_out[i])
+  prompts[i] = {table.unpack(ids, math.max(1, #ids - (n_positions - max_new) + 1))}   -- keep the end
+  questions[i] = question
+  sample_rows[i] = {(question:gsub("|", "/")), "", (reference:gsub("|", "/"))}
+end
+local out = model:generate(prompts, {max_new_tokens = max_new, temperature = 0, eos_id = tok.eos_ids or tok.eos_id,
+                                     pad_id = tok.pad_id or tok.eos_id})
 for i = 1, #prompts do
   answers[i] = tok:decode(out.sequences[i], {skip_special_tokens = true}):gsub("\n", " ")
-  sample_rows[i] = {(held_out[i].prompt:gsub("|", "/")), (answers[i]:gsub("|", "/")), (held_out[i].completion:gsub("|", "/"))}
+  sample_rows[i][2] = answers[i]:gsub("|", "/")
 end
 run:write("report.md", table.concat({
   "# Supervised fine-tuning: " .. config.name, "",
@@ -160,8 +185,8 @@ run:write("report.md", table.concat({
   }), "", "![loss](loss.svg)", "", "Greedy answers to held-out questions:", "",
   recipe.md_table({"prompt", "model", "reference"}, sample_rows), "",
 }, "\n"))
-recipe.save_adapter(run, model, config)   -- with lora: adapter/ (and merged/ with save_merged)
+local saved = recipe.save_final(run, model, config)   -- hf/ (save_pretrained), or with lora adapter/
 print(string.format("sft: held-out loss %s -> %s; report in %s", recipe.fmt("%.3f", base_loss),
   recipe.fmt("%.3f", final_loss), run:path("report.md")))
-for i = 1, #prompts do print(string.format("  Q: %s\n  A: %s", held_out[i].prompt, answers[i])) end
-return {base_loss = base_loss, valid_loss = final_loss, run = run}
+for i = 1, #prompts do print(string.format("  Q: %s\n  A: %s", questions[i], answers[i])) end
+return {base_loss = base_loss, valid_loss = final_loss, run = run, saved = saved}

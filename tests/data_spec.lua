@@ -258,6 +258,37 @@ describe("data readers", function()
     assert.is_nil(none)
     assert.are.equal('prompts: field "prompt" must be a string, got number', msg)
   end)
+
+  it("split_by_prompt holds out whole prompts, the same ones whatever the order", function()
+    local list = data.load(data.path("qa/train.jsonl"), "sft")
+    local train, held = data.split_by_prompt(list, 0.1)
+    assert.are.equal(#list, #train + #held)
+    -- 3263 examples: a tenth is 326, with a standard deviation of about 17 for a fair digest
+    assert.is_true(#held > 260 and #held < 400, "held out " .. #held)
+    local in_train = {}
+    for _, ex in ipairs(train) do in_train[ex.prompt] = true end
+    for _, ex in ipairs(held) do assert.is_nil(in_train[ex.prompt], ex.prompt) end
+    -- reversed lines give the same held-out examples
+    local reversed = {}
+    for i = #list, 1, -1 do reversed[#reversed + 1] = list[i] end
+    local _, held2 = data.split_by_prompt(reversed, 0.1)
+    local lines = {}
+    for _, ex in ipairs(held) do lines[ex.line] = true end
+    assert.are.equal(#held, #held2)
+    for _, ex in ipairs(held2) do assert.is_true(lines[ex.line]) end
+    -- pairs that share a prompt stay together; conversations split by the turns before the answer
+    local pairs_ = {}
+    for i = 1, 60 do
+      pairs_[i] = {prompt_messages = {{role = "user", content = "q" .. (i % 20)}}, prompt = "q" .. (i % 20), line = i}
+    end
+    local t2, h2 = data.split_by_prompt(pairs_, 0.5)
+    local side = {}
+    for _, ex in ipairs(t2) do side[ex.prompt] = "train" end
+    for _, ex in ipairs(h2) do assert.is_nil(side[ex.prompt]) end
+    assert.are.equal(0, #h2 % 3)
+    assert.has_error(function() data.split_by_prompt(list, 1.5) end,
+      "split_by_prompt: fraction must be a number in [0, 1] (got 1.5)")
+  end)
 end)
 
 ----------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 -- la.dist: in a world of one (every build), and across two processes under
 -- `mpirun --oversubscribe -np 2` when lualign is built with Open MPI:
 -- collectives and the gradient reducer (tests/dist/collectives.lua), an
--- error on one rank ending the job, and SFT and DPO runs of two processes
--- against one process with the same global batch.
+-- error on one rank ending the job, and pretraining, SFT, reward, DPO, GRPO
+-- and PPO runs of two processes against one process with the same global batch.
 local la = require "lualign"
 local sys = require "lualign.sys"
 local dist = la.dist
@@ -53,6 +53,15 @@ describe("la.dist in a world of one", function()
     assert.is_truthy(w.grad)
     assert.is_true(w:eq(expected):all())
     assert.are.same({a = 1, b = "x"}, dist.mean_metrics({a = 1, b = "x"}, 3))
+  end)
+
+  it("shares n items in contiguous parts that differ by at most one", function()
+    assert.are.same({1, 5}, {dist.share(5)})
+    local parts = {}
+    for r = 0, 2 do parts[r + 1] = {dist.share(10, r, 3)} end
+    assert.are.same({{1, 3}, {4, 6}, {7, 10}}, parts)
+    local first, last = dist.share(1, 0, 2)
+    assert.is_true(last < first, "rank 0 of 2 gets none of 1 item")
   end)
 
   it("global_mean rescales a share's mean to the global batch's", function()
@@ -287,5 +296,35 @@ describe("data-parallel recipes against one process (same global batch)", functi
     run(2, "gdpo", with(g, {name = "dpo2"}), out .. "/dpo2.log")
     same_run("dpo1", "dpo2", 2e-5, 2e-5)
     assert.are.same(before, sys.listdir(private))
+  end)
+
+  -- GRPO and PPO: each rank samples its share of every iteration's prompts (and of
+  -- the held-out ones); every completion draws from a random stream seeded by its
+  -- place in the global batch, so both jobs sample the same completions.
+  local function rl_start()
+    if not h.exists(out .. "/sftrl/model.safetensors") then
+      run(1, "sft", with(sft, {out_dir = out, base = out .. "/pre", name = "sftrl", steps = 4}), out .. "/sftrl.log")
+    end
+    return h.write(out .. "/reward_e.lua",
+      "return function(prompt, response) local _, n = response:gsub('e', '') return n / 4 end\n")
+  end
+
+  it("GRPO: the same completions, metrics and weights", function()
+    local g = {out_dir = out, policy = out .. "/sftrl", reward_script = rl_start(), source_prefix = "", iterations = 4,
+               eval_every = 2, prompts_per_step = 4, num_generations = 4, eval_examples = 8, eval_samples = 2,
+               max_new_tokens = 6, lr = 1e-3, threads = 1}
+    run(1, "grpo", with(g, {name = "grpo1"}), out .. "/grpo1.log")
+    run(2, "grpo", with(g, {name = "grpo2"}), out .. "/grpo2.log")
+    same_run("grpo1", "grpo2", 2e-5, 2e-5)
+  end)
+
+  it("PPO (GAE, value model, whitening): the same completions, metrics and weights", function()
+    local p = {out_dir = out, policy = out .. "/sftrl", reward = "script", reward_script = rl_start(), iterations = 4,
+               batch_size = 8, mini_batch_size = 4, max_new_tokens = 6, lr = 1e-3, eval_every = 2, eval_batch = 8,
+               threads = 1}
+    run(1, "ppo", with(p, {name = "ppo1"}), out .. "/ppo1.log")
+    run(2, "ppo", with(p, {name = "ppo2"}), out .. "/ppo2.log")
+    same_run("ppo1", "ppo2", 2e-5, 2e-5)
+    assert.is_true(weights_diff(out .. "/ppo1/value_model.safetensors", out .. "/ppo2/value_model.safetensors") < 2e-5)
   end)
 end)

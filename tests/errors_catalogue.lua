@@ -180,7 +180,7 @@ la.loss.dpo(x, x, x, x, {bta = 0.5})]],
     {what = "a misspelt generate option",
      code = [[local m = la.models.gpt{vocab_size = 8, n_positions = 8, n_embd = 8, n_layer = 1, n_head = 2}
 m:generate({{1, 2}}, {max_new_tokens = 2, temprature = 0})]],
-     error = [[generate: unknown option 'temprature' -- did you mean 'temperature'? (known: eos_id, max_new_tokens, pad_id, repetition_penalty, return_logprobs, stop_strings, temperature, tokenizer, top_k, top_p, use_cache)]]},
+     error = [[generate: unknown option 'temprature' -- did you mean 'temperature'? (known: eos_id, max_new_tokens, pad_id, repetition_penalty, return_logprobs, seeds, stop_strings, temperature, tokenizer, top_k, top_p, use_cache)]]},
     {what = "a misspelt optimizer option",
      code = [[la.optim.AdamW(la.nn.Linear(2, 2), {lr = 1e-3, weight_decy = 0})]],
      error = [[AdamW: unknown option 'weight_decy' -- did you mean 'weight_decay'? (known: betas, decay_filter, eps, lr, weight_decay)]]},
@@ -372,10 +372,10 @@ la.tokenizer.load(DIR)]],
      error = [[argument 'nonfinite=ignore': nonfinite must be 'skip' or 'stop' (got 'ignore')]]},
     {what = "an unknown preference loss (nothing is written)",
      code = [[recipe.run_script("recipes/gdpo.lua", {out_dir = DIR, loss = "kto"})]],
-     error = [[loss must be one of dpo, cdpo, rdpo, ipo, hinge, gdpo, gipo (got 'kto') -- did you mean 'dpo'?]]},
+     error = [[loss must be one of dpo, cdpo, rdpo, ipo, hinge, gdpo, gipo, simpo (got 'kto') -- did you mean 'dpo'?]]},
     {what = "a base model that is not there (nothing is written)",
      code = [[recipe.run_script("recipes/sft.lua", {out_dir = DIR, base = DIR .. "/nothing"})]],
-     error = [[base: no such run folder or model file: DIR/nothing]]},
+     error = [[base: no such run folder, model file or Hugging Face model folder: DIR/nothing]]},
     {what = "a data file that is not there (nothing is written)",
      code = [[recipe.data_file(DIR .. "/mine/train.jsonl", "train")]],
      error = [[train: no such file: DIR/mine/train.jsonl (nor a bundled dataset of that name in ]]
@@ -398,7 +398,7 @@ recipe.run(recipe.config({"out_dir=" .. DIR, "resume=true", "lr=0.01"}, "sft", {
     {what = "a run folder without a model",
      code = [[require("lualign.sys").mkdir(DIR .. "/half")
 recipe.model_file(DIR .. "/half", "policy")]],
-     error = [[policy: the run folder DIR/half holds no model.safetensors (has its run finished?)]],
+     error = [[policy: the run folder DIR/half holds no model.safetensors (has its run finished?), nor is it a Hugging Face model folder (config.json with a model_type)]],
      leaves = {"half"}},
     {what = "training data smaller than one batch",
      code = [[local tok = la.tokenizer.byte()
@@ -406,6 +406,36 @@ local loader = la.data.preference_loader(write("pairs.jsonl", '{"prompt": "a", "
   tok, {batch_size = 4, drop_last = true})
 recipe.check_batches(loader)]],
      error = [[DIR/pairs.jsonl: 1 examples are fewer than one batch of 4 (batch_size); lower batch_size or give more data]]},
+    {what = "a .safetensors file that lualign did not write, as a model",
+     code = [[la.checkpoint.save(DIR .. "/w.safetensors", {w = la.zeros(2)})
+recipe.model_source(DIR .. "/w.safetensors", "policy")]],
+     error = [[policy: DIR/w.safetensors holds no model_config in its metadata: not a model file lualign wrote (for a Hugging Face model give its folder)]],
+     leaves = {"w.safetensors"}},
+    {what = "a folder without a tokenizer",
+     code = [[require("lualign.sys").mkdir(DIR .. "/model")
+recipe.load_tokenizer("", DIR .. "/model")]],
+     error = [[tokenizer: DIR/model holds no tokenizer.json (give one with tokenizer=FILE_OR_FOLDER)]],
+     leaves = {"model"}},
+    {what = "a held-out share that holds no example",
+     code = [[local pairs_ = {}
+for i = 1, 8 do pairs_[i] = {prompt = "the same prompt", chosen = "a", rejected = "b"} end
+recipe.held_out(pairs_, "pairs.jsonl", "", 0.1, "preference", "eval")]],
+     error = [[eval_fraction=0.1 held out all of pairs.jsonl's 8 examples (too few distinct prompts); give eval=FILE or another eval_fraction]]},
+    {what = "a judge file that returns no function",
+     code = [[recipe.load_judge(write("judge.lua", "return 3"), "judge")]],
+     error = [[judge: DIR/judge.lua must return function(prompt, response) -> number (it returned a number)]]},
+    {what = "a judge that returns no number",
+     code = [[local judge = recipe.load_judge(write("judge.lua", "return function(p, r) return 'good' end"), "judge")
+judge.scores({prompts = {"p"}, responses = {"r"}})]],
+     error = [[judge: DIR/judge.lua returned a string for a response, not a number]]},
+    {what = "a win-rate choice of the best checkpoint without a judge (nothing is written)",
+     code = [[recipe.run_script("recipes/gdpo.lua", {out_dir = DIR, best_by = "win_rate", train = write("p.jsonl",
+  '{"prompt": "a", "chosen": "b", "rejected": "c"}\n'), policy = DIR})]],
+     error = [[best_by=win_rate needs a judge (judge=a reward model, a .lua file or lexicon)]]},
+    {what = "reference log-probs given to SimPO",
+     code = [[local a = la.zeros(2)
+la.loss.simpo(a, a, a, a)]],
+     error = [[loss.simpo: SimPO is reference-free: give nil for the reference log-probs]]},
   }},
   {title = "Non-finite values in training",
    intro = "A recipe stops (nonfinite=stop, the default) or skips the step (nonfinite=skip) when the loss or the gradient norm is NaN or inf; weights holding NaN or inf are never written.",

@@ -106,9 +106,14 @@ describe("preference-loss identities", function()
     local pc, pr, rc, rr = random_batch(8)
     local soft = la.tensor({0.9, 0.1, 0.7, 0.35, 1, 0, 0.6, 0.45})
     for _, name in ipairs(loss.preference_losses) do
-      local a = loss[name](pc, pr, rc, rr, {beta = 0.4, p = soft, eps = 0.2}):item()
-      local b = loss[name](pr, pc, rr, rc, {beta = 0.4, p = 1 - soft, eps = 0.2}):item()
-      near(a, b, 1e-6, name)
+      if name == "simpo" then   -- reference-free
+        local a = loss.simpo(pc, pr, nil, nil, {beta = 0.4, p = soft, gamma = 0.3}):item()
+        near(a, loss.simpo(pr, pc, nil, nil, {beta = 0.4, p = 1 - soft, gamma = 0.3}):item(), 1e-6, name)
+      else
+        local a = loss[name](pc, pr, rc, rr, {beta = 0.4, p = soft, eps = 0.2}):item()
+        local b = loss[name](pr, pc, rr, rc, {beta = 0.4, p = 1 - soft, eps = 0.2}):item()
+        near(a, b, 1e-6, name)
+      end
     end
   end)
 
@@ -132,8 +137,32 @@ describe("preference-loss identities", function()
     for _, name in ipairs(loss.preference_losses) do
       local inputs = {la.randn(4):requires_grad(), la.randn(4):requires_grad(),
                       la.randn(4):requires_grad(), la.randn(4):requires_grad()}
-      check(function(a, b, c, d) return (loss[name](a, b, c, d, {beta = 0.7, p = soft, eps = 0.15})) end, inputs)
+      if name == "simpo" then   -- reference-free: two inputs
+        check(function(a, b) return (loss.simpo(a, b, nil, nil, {beta = 0.7, p = soft, gamma = 0.4})) end,
+          {inputs[1], inputs[2]})
+      else
+        check(function(a, b, c, d) return (loss[name](a, b, c, d, {beta = 0.7, p = soft, eps = 0.15})) end, inputs)
+      end
     end
+  end)
+
+  it("SimPO: -log sigmoid(beta (a1 - a2) - gamma), its soft form, and no reference", function()
+    local a1, a2 = la.tensor({-1.0, -2.0, -0.5}), la.tensor({-1.5, -1.0, -0.5})
+    local want = (softplus(-(2 * 0.5 - 1)) + softplus(-(2 * -1.0 - 1)) + softplus(-(0 - 1))) / 3
+    local l, m = loss.simpo(a1, a2, nil, nil, {beta = 2, gamma = 1})
+    near(l:item(), want, 1e-6, "simpo")
+    near(m["rewards/margins"], 2 * (0.5 - 1.0 + 0) / 3, 1e-6, "margins")
+    near(m["rewards/accuracies"], 1 / 3, 1e-6, "accuracies")
+    -- p = 1 is SimPO; p = 0.3 weighs each side's margin term: -0.3 log s(d - g) - 0.7 log s(-d - g)
+    near(loss.simpo(a1, a2, nil, nil, {beta = 2, gamma = 1, p = 1}):item(), want, 1e-6, "p = 1")
+    local d = 2 * (-1.0 + 1.5)
+    near(loss.simpo(la.tensor({-1.0}), la.tensor({-1.5}), nil, nil, {beta = 2, gamma = 1, p = 0.3}):item(),
+      0.3 * softplus(-(d - 1)) + 0.7 * softplus(-(-d - 1)), 1e-6, "p = 0.3")
+    -- at p = 0.5 and equal log-probs no side is pushed
+    local x, y = la.tensor({-0.7}):requires_grad(), la.tensor({-0.7}):requires_grad()
+    loss.simpo(x, y, nil, nil, {p = 0.5}):backward()
+    assert.are.equal(0, x.grad:abs():item())
+    fails_with("loss.simpo: SimPO is reference-free", function() return loss.simpo(a1, a2, a1, a2) end)
   end)
 
   it("rejects bad options with messages naming the loss", function()

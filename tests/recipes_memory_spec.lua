@@ -100,6 +100,8 @@ describe("recipes with memory keys", function()
     end
     recipe.write_atomic(pairs_file, table.concat(lines, "\n") .. "\n")
     local r = run("gdpo", {name = "gdpo_lora", policy = out .. "/sft_lora", train = pairs_file, steps = 20,
+                           eval = "vader/modest/validation.jsonl", eval_pairs = 32,
+                           eval_prompts = "vader/prompts_test.jsonl",
                            batch_size = 16, lr = 5e-3, eval_every = 20, eval_samples = 2, lora = true, lora_r = 4,
                            grad_accum = 2, weights_dtype = "bfloat16", checkpoint = true})
     local margins = series(r, "rewards/margins")

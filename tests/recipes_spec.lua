@@ -43,6 +43,10 @@ local function first_pairs(n, path)
   return h.write(path, table.concat(lines, "\n") .. "\n")
 end
 
+-- The bundled VADER set's held-out files and judge, for a training file of pairs taken from it.
+local vader_eval = {eval = "vader/modest/validation.jsonl", eval_pairs = 64, eval_prompts = "vader/prompts_test.jsonl",
+                    judge = "lexicon", test = "vader/test.jsonl"}
+
 describe("recipes on miniature configs", function()
   local pre
   setup(function()
@@ -59,6 +63,11 @@ describe("recipes on miniature configs", function()
       assert.is_true(pre.run:exists(f), f)
     end
     assert.is_truthy(read(pre.run:path("report.md")):find("held-out loss after training", 1, true))
+    -- hf/: the same model as a GPT-2 folder
+    local ids = la.tensor({{1, 5, 9, 200}}, "int64")
+    local back, trained = la.models.from_pretrained(pre.saved), recipe.load_model(pre.run.dir)
+    assert.are.equal(0, (back(ids) - trained(ids)):abs():max():item())
+    assert.are.equal(trained.config.vocab_size, la.tokenizer.load(pre.saved).vocab_size)
   end)
 
   it("resumes to the same metrics as an uninterrupted run", function()
@@ -113,21 +122,37 @@ describe("recipes on miniature configs", function()
       string.format("held-out score %.3f -> %.3f", r.before.reward, r.after.reward))
   end)
 
+  it("ppo resumes (policy, value model and both optimizers) to the metrics of an uninterrupted run", function()
+    local args = {out_dir = out, name = "ppo_full", policy = out .. "/sft", reward_model = out .. "/rm",
+      advantage = "gae", iterations = 6, batch_size = 8, mini_batch_size = 4, max_new_tokens = 6, eval_every = 2,
+      eval_batch = 8, target_kl = 0.5}
+    recipe.run_script(script("ppo"), args)
+    args.name, args.stop_at = "ppo_cut", 4
+    assert.has_error(function() recipe.run_script(script("ppo"), args) end, "ppo_cut: stopped after step 4 (stop_at)")
+    args.stop_at, args.resume = 0, true
+    recipe.run_script(script("ppo"), args)
+    local full, cut = read(out .. "/ppo_full/metrics.jsonl"), read(out .. "/ppo_cut/metrics.jsonl")
+    assert.is_truthy(full:find('value_avg', 1, true))   -- the value model trained
+    assert.are.equal(full, cut)
+    assert.are.equal(read(out .. "/ppo_full/hf/model.safetensors"), read(out .. "/ppo_cut/hf/model.safetensors"))
+  end)
+
   it("gdpo widens the margin between chosen and rejected", function()
     -- 32 soft-label pairs seen 20 times: the margin must grow as they are learned
     local small = first_pairs(32, out .. "/pairs.jsonl")
-    local r = recipe.run_script(script("gdpo"), {out_dir = out, name = "gdpo", policy = out .. "/sft", train = small,
-      sft_steps = 10, steps = 40, batch_size = 16, lr = 1e-3, eval_every = 20, eval_samples = 4})
+    local r = recipe.run_script(script("gdpo"), with(vader_eval, {name = "gdpo", policy = out .. "/sft", train = small,
+      sft_steps = 10, steps = 40, batch_size = 16, lr = 1e-3, eval_every = 20, eval_samples = 4}))
     local first, last = ends(r.run:path("metrics.jsonl"), "rewards/margins", 5)
     assert.is_true(last > first + 0.1, string.format("margin %.3f -> %.3f", first, last))
     assert.is_true(r.run:exists("ref_logps.safetensors"))
     assert.is_number(r.last.win_rate)
+    assert.is_number(r.last["eval_rewards/accuracies"])
   end)
 
   it("never mixes two runs in one folder: a second run refuses, a resumed one must keep its config", function()
     local first = read(out .. "/gdpo/config.json")
-    local args = {out_dir = out, name = "gdpo", policy = out .. "/sft", train = "vader/confident/train.jsonl",
-                  sft_steps = 10, steps = 40, batch_size = 16, lr = 1e-3, eval_every = 20, eval_samples = 4}
+    local args = with(vader_eval, {name = "gdpo", policy = out .. "/sft", train = "vader/confident/train.jsonl",
+                  sft_steps = 10, steps = 40, batch_size = 16, lr = 1e-3, eval_every = 20, eval_samples = 4})
     local ok, err = pcall(recipe.run_script, script("gdpo"), args)
     assert.is_false(ok)
     assert.matches(out:gsub("%p", "%%%0") .. "/gdpo already holds a run %(.*%); to replace it: overwrite=true; "
@@ -144,7 +169,7 @@ describe("recipes on miniature configs", function()
       .. table.concat(la.data.search_dirs(), ", ") .. ")")
     args.train, args.policy = out .. "/pairs.jsonl", out .. "/no_such_run"
     assert.has_error(function() recipe.run_script(script("gdpo"), args) end,
-      "policy: no such run folder or model file: " .. out .. "/no_such_run")
+      "policy: no such run folder, model file or Hugging Face model folder: " .. out .. "/no_such_run")
     assert.are.equal(first, read(out .. "/gdpo/config.json"))
   end)
 
@@ -160,14 +185,14 @@ describe("recipes on miniature configs", function()
     local f = assert(io.open(small, "w"))
     f:write(table.concat(lines, "\n"), "\n")
     f:close()
-    recipe.run_script(script("gdpo"), {out_dir = out, name = "gdpo", policy = out .. "/sft", train = small,
-      sft_steps = 10, steps = 40, batch_size = 16, lr = 1e-3, eval_every = 20, eval_samples = 4, resume = true})
+    recipe.run_script(script("gdpo"), with(vader_eval, {name = "gdpo", policy = out .. "/sft", train = small,
+      sft_steps = 10, steps = 40, batch_size = 16, lr = 1e-3, eval_every = 20, eval_samples = 4, resume = true}))
     local now = cjson.decode(read(out .. "/gdpo/caches.json"))
     local id = recipe.file_identity(small)
+    local function train_digest(inputs) return (inputs.train or inputs.data.train).digest end
     for _, file in ipairs({"reference.safetensors", "ref_logps.safetensors"}) do
-      assert.are_not.equal(caches[file].inputs.train or caches[file].inputs.data,
-        (now[file].inputs.train or now[file].inputs.data).digest, file)
-      assert.are.equal(id.digest, (now[file].inputs.train or now[file].inputs.data).digest, file)
+      assert.are_not.equal(train_digest(caches[file].inputs), train_digest(now[file].inputs), file)
+      assert.are.equal(id.digest, train_digest(now[file].inputs), file)
     end
     -- the held-out pairs' log-probs depend on the reference, which changed with the data
     assert.are_not.equal(caches["ref_logps_test.safetensors"].inputs.reference.digest,
@@ -183,15 +208,15 @@ describe("recipes on miniature configs", function()
     assert.is_truthy(read(r.run:path("report.md")):find("not evaluated (eval_every=0)", 1, true))
     local tiny = first_pairs(5, out .. "/five_pairs.jsonl")
     assert.has_error(function()
-      recipe.run_script(script("gdpo"), {out_dir = out, name = "five", policy = out .. "/sft", train = tiny,
-        batch_size = 16})
+      recipe.run_script(script("gdpo"), with(vader_eval, {name = "five", policy = out .. "/sft", train = tiny,
+        batch_size = 16}))
     end, tiny .. ": 5 examples are fewer than one batch of 16 (batch_size); lower batch_size or give more data")
     assert.is_nil(require("lualign.sys").listdir(out .. "/five"))   -- refused before anything was written
   end)
 
   it("rejects unknown losses and keys", function()
     assert.has_error(function() recipe.run_script(script("gdpo"), {out_dir = out, name = "kto", loss = "kto"}) end,
-      "loss must be one of dpo, cdpo, rdpo, ipo, hinge, gdpo, gipo (got 'kto') -- did you mean 'dpo'?")
+      "loss must be one of dpo, cdpo, rdpo, ipo, hinge, gdpo, gipo, simpo (got 'kto') -- did you mean 'dpo'?")
     assert.has_error(function() recipe.run_script(script("sft"), {out_dir = out, step = 3}) end)
   end)
 end)

@@ -86,6 +86,48 @@ fail:
   return 0;
 }
 
+/* More distinct words than the word cache holds (2^18): the cache starts
+** afresh when full, and the words cached after that, short (up to 8 bytes,
+** kept in their slots) and long, give their ids again on a second pass. */
+static int test_word_cache_restarts(void) {
+  enum { NWORDS = 300000 };
+  la_ids out = {0};
+  char *text = malloc(NWORDS * 16);
+  int32_t *expect = malloc(NWORDS * 16 * sizeof *expect);
+  size_t n = 0, m = 0;
+  la_bpe *t = byte_level();
+  CHECK(t && text && expect, "%s", la_error());
+  CHECK(la_bpe_add_token(t, "ab", 2) == 256, "id of ab");
+  CHECK(la_bpe_add_merge(t, "a", 1, "b", 1) == 0, "%s", la_error());
+  for (int i = 0; i < NWORDS; i++) {   /* " ab" and i in base 24 ('c'..'z'), 2 to 9 digits: 5 to 12 bytes */
+    char digits[16];
+    int k = 0, width = 2 + i % 8;
+    for (int v = i; v > 0 || k < width; v /= 24) digits[k++] = (char)('c' + v % 24);
+    memcpy(text + n, " ab", 3);
+    memcpy(text + n + 3, digits, (size_t)k);
+    n += 3 + (size_t)k;
+    expect[m++] = ' ';
+    expect[m++] = 256;
+    for (int j = 0; j < k; j++) expect[m++] = (unsigned char)digits[j];
+  }
+  for (int pass = 0; pass < 2; pass++) {
+    out.n = 0;
+    CHECK(la_bpe_encode(t, text, n, true, &out) == 0, "%s", la_error());
+    CHECK(same_ids(&out, expect, m), "pass %d gave %zu ids, not the %zu expected (or other ids)", pass + 1, out.n, m);
+  }
+  la_ids_free(&out);
+  la_bpe_free(t);
+  free(text);
+  free(expect);
+  return 1;
+fail:
+  la_ids_free(&out);
+  la_bpe_free(t);
+  free(text);
+  free(expect);
+  return 0;
+}
+
 static int test_specials_and_invalid_utf8(void) {
   la_ids out = {0};
   la_bpe *t = byte_level();
@@ -235,6 +277,72 @@ fail:
   return 0;
 }
 
+/* The lengths of a text's pre-tokens, in order (they cover the text). */
+typedef struct {
+  size_t len[64];
+  size_t n;
+} piece_lens;
+
+static int collect_len(void *ctx, const char *p, size_t len) {
+  (void)p;
+  piece_lens *c = ctx;
+  if (c->n == 64) return -1;
+  c->len[c->n++] = len;
+  return 0;
+}
+
+static bool same_split(la_bpe *a, la_bpe *b, const char *text, size_t n) {
+  piece_lens x = {.n = 0}, y = {.n = 0};
+  if (la_bpe_pretokenize(a, text, n, collect_len, &x) < 0 || la_bpe_pretokenize(b, text, n, collect_len, &y) < 0)
+    return false;
+  return x.n == y.n && memcmp(x.len, y.len, x.n * sizeof x.len[0]) == 0;
+}
+
+/* GPT-2's pattern is matched over ASCII without PCRE2; the same pattern in
+** other words ("(?:...)") is matched by PCRE2 alone.  Both must split
+** alike: texts mixing the cases the pattern tells apart (contractions,
+** runs of spaces before a word or at the end, White_Space beyond ASCII,
+** letters and digits beyond ASCII, bytes that are not UTF-8). */
+static int test_gpt2_pattern_without_pcre2(void) {
+  static const char *const parts[] = {
+    "a", "Zq", "0", "97", " ", "  ", "\t", "\n", "\r\n", "\v", "\f", "'", "'s", "'t", "'re", "'ve", "'m", "'ll",
+    "'d", "'S", "'r", "'l", "'v", "!", ".,", "\0", "\x1c", "\x7f", "_", "\xc3\xa9", "\xc2\xa0", "\xe3\x80\x80",
+    "\xc2\x85", "\xe2\x80\xa8", "\xc2\xb2", "\xd9\xa3", "\xff", "\xc3", "\x80", "\xef\xbb\xbf", "\xe2\x80\x94",
+    "\xe6\x97\xa5"};
+  const size_t nparts = sizeof parts / sizeof parts[0];
+  char pattern[512];
+  snprintf(pattern, sizeof pattern, "(?:%s)", la_bpe_gpt2_pattern);
+  la_bpe *fast = la_bpe_new(NULL, false), *pcre = la_bpe_new(pattern, false);
+  CHECK(fast && pcre, "%s", la_error());
+  static const char hello[] = "Hello, world! It's 42    x\n\ny  ";
+  piece_lens c = {.n = 0};
+  CHECK(la_bpe_pretokenize(fast, hello, sizeof hello - 1, collect_len, &c) == 0, "%s", la_error());
+  static const size_t want[] = {5, 1, 6, 1, 3, 2, 3, 3, 2, 1, 1, 1, 2};   /* Hello , _world ! _It 's _42 ___ _x \n \n y __ */
+  CHECK(c.n == 13 && memcmp(c.len, want, sizeof want) == 0, "'%s' split into %zu pieces", hello, c.n);
+  uint32_t seed = 12345;
+  char text[128];
+  for (int k = 0; k < 40000; k++) {
+    size_t n = 0;
+    seed = seed * 1664525u + 1013904223u;
+    int count = 1 + (int)(seed >> 28);   /* 1..16 parts */
+    for (int i = 0; i < count; i++) {
+      seed = seed * 1664525u + 1013904223u;
+      const char *part = parts[(seed >> 8) % nparts];
+      size_t len = part[0] ? strlen(part) : 1;   /* "\0" is one NUL byte */
+      memcpy(text + n, part, len);
+      n += len;
+    }
+    CHECK(same_split(fast, pcre, text, n), "text %d splits otherwise than PCRE2 splits it", k);
+  }
+  la_bpe_free(fast);
+  la_bpe_free(pcre);
+  return 1;
+fail:
+  la_bpe_free(fast);
+  la_bpe_free(pcre);
+  return 0;
+}
+
 /* ByteFallback's bytes (U+FFFD for each byte that is not UTF-8), Replace,
 ** Fuse, Strip. */
 static int test_decoders(void) {
@@ -265,11 +373,13 @@ fail:
 int main(void) {
   run("tokenizer_byte_table", test_byte_table);
   run("tokenizer_merge_order", test_merge_order);
+  run("tokenizer_word_cache_restarts", test_word_cache_restarts);
   run("tokenizer_specials_and_invalid_utf8", test_specials_and_invalid_utf8);
   run("tokenizer_errors", test_errors);
   run("tokenizer_train", test_train);
   run("tokenizer_normalizers", test_normalizers);
   run("tokenizer_pretokenizers", test_pretokenizers);
+  run("tokenizer_gpt2_pattern_without_pcre2", test_gpt2_pattern_without_pcre2);
   run("tokenizer_decoders", test_decoders);
   printf("%d passed, %d failed\n", passed, failed);
   return failed != 0;

@@ -198,12 +198,32 @@ static int ln_clip_grad_norm(lua_State *L) {
   return 1;
 }
 
-/* sample(logits (B, V) [, {temperature, top_k, top_p}]) -> ids (B,) int64, logprobs (B,) */
+/* The list opts.uniforms of B numbers, copied into a userdata left on the
+** stack (collected with it), or NULL when opts has none. */
+static const double *lt_field_uniforms(lua_State *L, int t, int64_t B) {
+  if (lua_isnoneornil(L, t)) return NULL;
+  lua_getfield(L, t, "uniforms");
+  if (lua_isnil(L, -1)) { lua_pop(L, 1); return NULL; }
+  if (!lua_istable(L, -1)) luaL_error(L, "sample: uniforms must be a list of numbers");
+  if ((int64_t)luaL_len(L, -1) != B)
+    luaL_error(L, "sample: %d uniform draws for %d rows", (int)luaL_len(L, -1), (int)B);
+  double *u = lua_newuserdatauv(L, (size_t)(B > 0 ? B : 1) * sizeof(double), 0);
+  for (int64_t b = 0; b < B; b++) {
+    lua_geti(L, -2, b + 1);
+    u[b] = luaL_checknumber(L, -1);
+    lua_pop(L, 1);
+  }
+  lua_remove(L, -2);   /* the list; the userdata stays until the call returns */
+  return u;
+}
+
+/* sample(logits (B, V) [, {temperature, top_k, top_p, uniforms}]) -> ids (B,) int64, logprobs (B,) */
 static int ln_sample(lua_State *L) {
   la_tensor *logits = lt_check(L, 1);
-  la_sample_opts o = {lt_field_number(L, 2, "temperature", 1.0),
-                      (int64_t)lt_field_number(L, 2, "top_k", 0), lt_field_number(L, 2, "top_p", 1.0)};
   int64_t B = logits->ndim == 2 ? logits->shape[0] : 0;
+  la_sample_opts o = {lt_field_number(L, 2, "temperature", 1.0),
+                      (int64_t)lt_field_number(L, 2, "top_k", 0), lt_field_number(L, 2, "top_p", 1.0),
+                      lt_field_uniforms(L, 2, B)};
   la_tensor *ids = la_empty(LA_INT64, 1, &B);
   if (!ids) return lt_error(L);
   lt_result(L, ids);

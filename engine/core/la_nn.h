@@ -95,12 +95,15 @@ typedef struct la_sample_opts {
   double temperature;      /* 0: greedy */
   int64_t top_k;           /* 0: off */
   double top_p;            /* 1: off */
+  const double *uniforms;  /* NULL: draw from the engine's generator; else row b's draw in [0, 1) */
 } la_sample_opts;
 
 /* One token per row of logits (B, V); writes ids (int64) and, if logprobs is
 ** not NULL, the log-probability of each chosen token under the softmax of
 ** logits / temperature before top-k/top-p truncation (temperature 1 when
-** greedy) -- the policy PPO later evaluates -- as float32. */
+** greedy) -- the policy PPO later evaluates -- as float32.  With o->uniforms,
+** row b samples with the uniform draw uniforms[b] instead of one from the
+** generator, so that its caller can give each row a random stream of its own. */
 int la_sample(la_tensor *logits, const la_sample_opts *o, la_tensor *ids, la_tensor *logprobs);
 
 /* ---------------------------------------------------------------- la_logprobs.c */

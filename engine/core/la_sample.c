@@ -18,8 +18,8 @@ static int la_cand_desc(const void *a, const void *b) {
 }
 
 /* Samples from the candidates' softmax at temperature tau, after top-k and
-** top-p truncation.  cand is sorted in place. */
-static int64_t la_sample_row(la_cand *cand, int64_t V, double tau, int64_t top_k, double top_p) {
+** top-p truncation, with the uniform draw u01 in [0, 1).  cand is sorted in place. */
+static int64_t la_sample_row(la_cand *cand, int64_t V, double tau, int64_t top_k, double top_p, double u01) {
   qsort(cand, (size_t)V, sizeof *cand, la_cand_desc);
   int64_t keep = top_k > 0 && top_k < V ? top_k : V;
   double m = cand[0].logit, total = 0;
@@ -36,7 +36,7 @@ static int64_t la_sample_row(la_cand *cand, int64_t V, double tau, int64_t top_k
     keep = j > 0 ? j : 1;
     total = acc > 0 ? acc : w[0];
   }
-  double u = la_rng_uniform() * total, acc = 0;
+  double u = u01 * total, acc = 0;
   int64_t pick = keep - 1;
   for (int64_t j = 0; j < keep; j++) {
     acc += w[j];
@@ -61,6 +61,9 @@ int la_sample(la_tensor *logits, const la_sample_opts *o, la_tensor *ids, la_ten
   if (!(o->temperature >= 0) || !(o->top_p > 0 && o->top_p <= 1) || o->top_k < 0)
     return la_failn("sample: temperature must be >= 0, top_p in (0, 1], top_k >= 0 (got %g, %g, %lld)",
                     o->temperature, o->top_p, (long long)o->top_k);
+  for (int64_t b = 0; o->uniforms && b < B; b++)
+    if (!(o->uniforms[b] >= 0 && o->uniforms[b] < 1))
+      return la_failn("sample: uniform draw %lld is %g, outside [0, 1)", (long long)b + 1, o->uniforms[b]);
   la_tensor *x = la_contiguous(logits);
   if (!x) return -1;
   bool greedy = o->temperature == 0;
@@ -75,7 +78,8 @@ int la_sample(la_tensor *logits, const la_sample_opts *o, la_tensor *ids, la_ten
       for (int64_t j = 1; j < V; j++) if (row[j] > row[pick]) pick = j;
     } else {
       for (int64_t j = 0; j < V; j++) cand[j] = (la_cand){row[j], j};
-      pick = la_sample_row(cand, V, tau, o->top_k, o->top_p);
+      double u01 = o->uniforms ? o->uniforms[b] : la_rng_uniform();
+      pick = la_sample_row(cand, V, tau, o->top_k, o->top_p, u01);
     }
     out[b] = pick;
     if (logprobs) {   /* under the tempered, untruncated softmax */

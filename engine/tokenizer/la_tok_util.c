@@ -3,6 +3,8 @@
 */
 #include "la_tok_util.h"
 
+#include "la_tokenizer.h"
+
 int tk_regex_compile(tk_regex *r, const char *pattern, size_t len, bool literal, const char *what) {
   int err;
   PCRE2_SIZE erroff;
@@ -16,10 +18,40 @@ int tk_regex_compile(tk_regex *r, const char *pattern, size_t len, bool literal,
     return la_failn("tokenizer: bad %s regex at offset %zu: %s", what, (size_t)erroff, (const char *)msg);
   }
   r->jit = pcre2_jit_compile(r->re, PCRE2_JIT_COMPLETE) == 0;
+  r->gpt2 = !literal && len == strlen(la_bpe_gpt2_pattern) && memcmp(pattern, la_bpe_gpt2_pattern, len) == 0;
   r->md = pcre2_match_data_create_from_pattern(r->re, NULL);
   if (!r->md) {
     tk_regex_free(r);
     return la_failn("tokenizer: out of memory");
+  }
+  return 0;
+}
+
+/* The classes of ASCII bytes, one letter each (see la_tok_util.h). */
+const char tk_ascii_classes[128] =
+    "oooooooooSSSSSoooooooooooooooooo"    /* 0x00-0x1F: \t \n \v \f \r are White_Space */
+    "SoooooooooooooooNNNNNNNNNNoooooo"    /* 0x20-0x3F: space, punctuation, 0-9 */
+    "oLLLLLLLLLLLLLLLLLLLLLLLLLLooooo"    /* 0x40-0x5F: A-Z */
+    "oLLLLLLLLLLLLLLLLLLLLLLLLLLooooo";   /* 0x60-0x7F: a-z */
+
+int tk_regex_pcre2_next(tk_regex *r, const char *s, size_t n, size_t off, size_t *ms, size_t *me) {
+  while (off < n) {
+    int rc = r->jit ? pcre2_jit_match(r->re, (PCRE2_SPTR)s, n, off, 0, r->md, NULL)
+                    : pcre2_match(r->re, (PCRE2_SPTR)s, n, off, 0, r->md, NULL);
+    if (rc == PCRE2_ERROR_NOMATCH) return 0;
+    if (rc < 0) {
+      PCRE2_UCHAR msg[256];
+      pcre2_get_error_message(rc, msg, sizeof msg);
+      return la_failn("tokenizer: regex match failed at byte %zu: %s", off, (const char *)msg);
+    }
+    PCRE2_SIZE *ov = pcre2_get_ovector_pointer(r->md);
+    if (ov[1] > ov[0]) {
+      *ms = ov[0];
+      *me = ov[1];
+      return 1;
+    }
+    int32_t cp;
+    off = ov[0] + tk_utf8((const unsigned char *)s + ov[0], n - ov[0], &cp);
   }
   return 0;
 }

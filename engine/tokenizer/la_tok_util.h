@@ -104,38 +104,71 @@ static inline void tk_buf_free(tk_buf *b) {
 }
 
 /* A compiled pattern with its match data.  literal: the pattern is plain
-** text to find, not a regex. */
+** text to find, not a regex.  gpt2: the pattern is GPT-2's
+** (la_bpe_gpt2_pattern), whose matches over ASCII tk_gpt2_ascii finds. */
 typedef struct {
   pcre2_code *re;
   pcre2_match_data *md;
   bool jit;
+  bool gpt2;
 } tk_regex;
 
 int tk_regex_compile(tk_regex *r, const char *pattern, size_t len, bool literal, const char *what);
 void tk_regex_free(tk_regex *r);
 
+/* ASCII's classes in GPT-2's pattern: \p{L}, \p{N}, White_Space, and the
+** rest ([^\s\p{L}\p{N}]), by byte (tk_ascii_classes); TK_HIGH for a byte
+** >= 0x80, which only PCRE2 classifies (a character beyond ASCII, or not
+** UTF-8 at all). */
+enum { TK_LETTER = 'L', TK_DIGIT = 'N', TK_SPACE = 'S', TK_OTHER = 'o', TK_HIGH = 'H' };
+extern const char tk_ascii_classes[128];
+
+static inline int tk_ascii_class(unsigned char c) { return c < 0x80 ? tk_ascii_classes[c] : TK_HIGH; }
+
+/* The match of GPT-2's pattern
+**   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+** that starts at s[off] (off < n), found without PCRE2 when every byte it
+** looks at is ASCII: 1 with the match's end in *me, or 0 when a byte >= 0x80
+** takes part in the decision (PCRE2 then matches from off).  Every ASCII
+** character starts a match of one alternative, taken in the pattern's
+** order (PCRE2's leftmost-first), each run greedy as there.  Most text is
+** ASCII, and a PCRE2 call per pre-token costs more than the rest of
+** encoding it from the word cache. */
+static inline int tk_gpt2_ascii(const unsigned char *s, size_t n, size_t off, size_t *me) {
+  size_t i = off;
+  int c = tk_ascii_class(s[i]);
+  if (c == TK_HIGH) return 0;
+  if (s[i] == '\'' && i + 1 < n) {   /* the contractions, byte for byte */
+    unsigned char a = s[i + 1], b = i + 2 < n ? s[i + 2] : 0;
+    if (a == 's' || a == 't' || a == 'm' || a == 'd') { *me = i + 2; return 1; }
+    if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')) { *me = i + 3; return 1; }
+  }
+  if (s[i] == ' ' && i + 1 < n) {   /* " ?": a space joins a run of letters, digits or the rest after it */
+    int next = tk_ascii_class(s[i + 1]);
+    if (next == TK_HIGH) return 0;
+    if (next != TK_SPACE) c = next, i++;
+  }
+  size_t j = i + 1;
+  while (j < n && tk_ascii_class(s[j]) == c) j++;
+  if (j < n && s[j] >= 0x80) return 0;   /* the run may go on beyond ASCII */
+  /* \s+(?!\S): a run of spaces before a non-space leaves its last one to
+  ** the next match, unless it is the only one (then \s+ takes it). */
+  if (c == TK_SPACE && j < n && j - 1 > off) j--;
+  *me = j;
+  return 1;
+}
+
+/* tk_regex_next through PCRE2. */
+int tk_regex_pcre2_next(tk_regex *r, const char *s, size_t n, size_t off, size_t *ms, size_t *me);
+
 /* The next non-empty match in s[off, n): 1 with *ms, *me set, 0 when there
 ** is none, -1 on error.  An empty match steps over one character. */
 static inline int tk_regex_next(tk_regex *r, const char *s, size_t n, size_t off, size_t *ms, size_t *me) {
-  while (off < n) {
-    int rc = r->jit ? pcre2_jit_match(r->re, (PCRE2_SPTR)s, n, off, 0, r->md, NULL)
-                    : pcre2_match(r->re, (PCRE2_SPTR)s, n, off, 0, r->md, NULL);
-    if (rc == PCRE2_ERROR_NOMATCH) return 0;
-    if (rc < 0) {
-      PCRE2_UCHAR msg[256];
-      pcre2_get_error_message(rc, msg, sizeof msg);
-      return la_failn("tokenizer: regex match failed at byte %zu: %s", off, (const char *)msg);
-    }
-    PCRE2_SIZE *ov = pcre2_get_ovector_pointer(r->md);
-    if (ov[1] > ov[0]) {
-      *ms = ov[0];
-      *me = ov[1];
-      return 1;
-    }
-    int32_t cp;
-    off = ov[0] + tk_utf8((const unsigned char *)s + ov[0], n - ov[0], &cp);
+  if (r->gpt2 && off < n && tk_gpt2_ascii((const unsigned char *)s, n, off, me)) {
+    *ms = off;
+    return 1;
   }
-  return 0;
+  return tk_regex_pcre2_next(r, s, n, off, ms, me);
 }
 
 /* A copy of s[0, n) with a NUL after it (malloc'd), or NULL with the error set. */

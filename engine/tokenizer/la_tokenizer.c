@@ -34,18 +34,35 @@ static inline uint64_t tk_mix(uint64_t h) {
   return h;
 }
 
-static uint64_t tk_hash(const char *p, size_t n) {
-  uint64_t h = 0x9E3779B97F4A7C15ULL ^ (uint64_t)n;
-  while (n >= 8) {
-    uint64_t v;
-    memcpy(&v, p, 8);
+/* The bytes of a string of 1 to 8 bytes in one integer, read without
+** going past its end: two overlapping 4-byte loads, or three bytes for
+** 1 to 3.  Strings of the same length pack alike only when they are
+** equal.  (Reading the tail byte by byte into an integer would stall the
+** load that follows on the bytes' stores.) */
+static inline uint64_t tk_pack8(const char *p, size_t n) {
+  if (n >= 4) {
+    uint32_t lo, hi;
+    memcpy(&lo, p, 4);
+    memcpy(&hi, p + n - 4, 4);
+    return (uint64_t)lo | (uint64_t)hi << 32;
+  }
+  return (uint64_t)(unsigned char)p[0] | (uint64_t)(unsigned char)p[n / 2] << 8 |
+         (uint64_t)(unsigned char)p[n - 1] << 16;
+}
+
+static inline uint64_t tk_hash_short(uint64_t packed, size_t n) {
+  return tk_mix(packed ^ (uint64_t)n * 0x9E3779B97F4A7C15ULL);
+}
+
+static inline uint64_t tk_hash(const char *p, size_t n) {
+  if (n <= 8) return n ? tk_hash_short(tk_pack8(p, n), n) : 0;
+  uint64_t h = 0x9E3779B97F4A7C15ULL ^ (uint64_t)n, v;
+  for (size_t i = 0; i + 8 < n; i += 8) {
+    memcpy(&v, p + i, 8);
     h = (h ^ v) * 0x100000001b3ULL;
     h ^= h >> 29;
-    p += 8;
-    n -= 8;
   }
-  uint64_t v = 0;
-  memcpy(&v, p, n);
+  memcpy(&v, p + n - 8, 8);   /* the last 8 bytes, overlapping the chunk before */
   return tk_mix(h ^ v);
 }
 
@@ -103,12 +120,6 @@ static void tk_smap_free(tk_smap *m) {
   free(m->ent);
   free(m->keys);
   memset(m, 0, sizeof *m);
-}
-
-static void tk_smap_clear(tk_smap *m) {
-  if (m->slots) memset(m->slots, 0xFF, m->cap * sizeof *m->slots);
-  m->n = 0;
-  m->klen = 0;
 }
 
 static int64_t *tk_smap_find(const tk_smap *m, const char *key, size_t len, uint64_t h) {
@@ -246,6 +257,27 @@ typedef struct {
 #define TK_CACHE_MAX_ENTRIES (1 << 18)
 #define TK_CACHE_MAX_IDS (1 << 22)
 
+/* The word cache: pre-token -> its ids, open addressing over 16-byte
+** slots.  A word of up to 8 bytes is kept in its slot (packed, tk_pack8),
+** and so is a result of one id, so that the common lookup -- a short word
+** that is one token -- reads one slot and nothing else: one cache miss
+** where a map of entries, keys and ids takes three in a row. */
+typedef struct {
+  uint64_t key;    /* len <= 8: the word packed; longer: the hash's high half << 32 | the word's offset in keys */
+  uint32_t val;    /* nids == 1: the id; otherwise the offset of the ids in ids */
+  uint16_t len;    /* the word's length; 0 marks an empty slot */
+  uint16_t nids;
+} tk_cslot;
+
+typedef struct {
+  tk_cslot *slots;
+  size_t cap, n;   /* cap: a power of two, or 0 */
+  char *keys;      /* the words longer than 8 bytes */
+  size_t klen, kcap;
+  int32_t *ids;    /* the results of more than one id */
+  size_t nids, icap;
+} tk_wcache;
+
 struct la_bpe {
   tk_token *tok;
   size_t ntok, tokcap;
@@ -281,9 +313,7 @@ struct la_bpe {
   la_pretok *pretok;
   la_decoder *dec;
 
-  tk_smap cache;               /* pre-token -> (offset << 16 | count) into cids */
-  int32_t *cids;
-  size_t cn, ccap;
+  tk_wcache cache;             /* pre-token -> ids */
 
   /* scratch for one word */
   int32_t *sym, *rk, *aux, *nxt;
@@ -339,8 +369,9 @@ void la_bpe_free(la_bpe *t) {
   la_norm_free(t->norm);
   la_pretok_free(t->pretok);
   la_decoder_free(t->dec);
-  tk_smap_free(&t->cache);
-  free(t->cids);
+  free(t->cache.slots);
+  free(t->cache.keys);
+  free(t->cache.ids);
   free(t->sym);
   free(t->rk);
   free(t->aux);
@@ -627,8 +658,94 @@ void la_bpe_set_heap_threshold(la_bpe *t, size_t nbytes) {
 }
 
 void la_bpe_clear_cache(la_bpe *t) {
-  tk_smap_clear(&t->cache);
-  t->cn = 0;
+  tk_wcache *c = &t->cache;
+  if (c->n) memset(c->slots, 0, c->cap * sizeof *c->slots);
+  c->n = c->klen = c->nids = 0;
+}
+
+/* ---------------------------------------------------------------- the word cache */
+
+static inline bool tk_wcache_holds(const tk_wcache *c, const tk_cslot *s, const char *w, size_t n, uint64_t packed,
+                                   uint64_t h) {
+  if (n <= 8) return s->key == packed;
+  return (uint32_t)(s->key >> 32) == (uint32_t)(h >> 32) && memcmp(c->keys + (uint32_t)s->key, w, n) == 0;
+}
+
+/* The slot of word w (1 to TK_CACHE_MAX_WORD bytes), or NULL; its hash in *hash. */
+static inline const tk_cslot *tk_wcache_find(const tk_wcache *c, const char *w, size_t n, uint64_t *hash) {
+  uint64_t packed = n <= 8 ? tk_pack8(w, n) : 0;
+  uint64_t h = n <= 8 ? tk_hash_short(packed, n) : tk_hash(w, n);
+  *hash = h;
+  if (!c->cap) return NULL;
+  size_t mask = c->cap - 1;
+  for (size_t i = (size_t)h & mask;; i = (i + 1) & mask) {
+    const tk_cslot *s = &c->slots[i];
+    if (s->len == n && tk_wcache_holds(c, s, w, n, packed, h)) return s;
+    if (s->len == 0) return NULL;
+  }
+}
+
+/* Appends the ids of a cached word. */
+static inline int tk_wcache_emit(const tk_wcache *c, const tk_cslot *s, la_ids *out) {
+  if (s->nids == 1) return tk_push_id(out, (int32_t)s->val);
+  size_t m = s->nids;
+  if (out->n + m > out->cap && tk_grow(&out->ids, &out->cap, out->n + m, sizeof *out->ids) < 0) return -1;
+  if (m) memcpy(out->ids + out->n, c->ids + s->val, m * sizeof *out->ids);
+  out->n += m;
+  return 0;
+}
+
+static inline size_t tk_wcache_home(const tk_wcache *c, const tk_cslot *s) {
+  uint64_t h = s->len <= 8 ? tk_hash_short(s->key, s->len) : tk_hash(c->keys + (uint32_t)s->key, s->len);
+  return (size_t)h & (c->cap - 1);
+}
+
+static int tk_wcache_rehash(tk_wcache *c, size_t ncap) {
+  tk_cslot *ns = calloc(ncap, sizeof *ns), *old = c->slots;
+  if (!ns) return la_failn("tokenizer: out of memory");
+  size_t ocap = c->cap;
+  c->slots = ns;
+  c->cap = ncap;
+  for (size_t j = 0; j < ocap; j++) {
+    if (!old[j].len) continue;
+    size_t i = tk_wcache_home(c, &old[j]);
+    while (ns[i].len) i = (i + 1) & (ncap - 1);
+    ns[i] = old[j];
+  }
+  free(old);
+  return 0;
+}
+
+/* Caches word w (absent; h its hash) as ids[0 .. m); starts the cache
+** afresh when it is full. */
+static int tk_wcache_put(tk_wcache *c, const char *w, size_t n, uint64_t h, const int32_t *ids, size_t m) {
+  if (c->n >= TK_CACHE_MAX_ENTRIES || c->nids + m > TK_CACHE_MAX_IDS) {
+    memset(c->slots, 0, c->cap * sizeof *c->slots);
+    c->n = c->klen = c->nids = 0;
+  }
+  if ((c->n + 1) * 2 > c->cap && tk_wcache_rehash(c, c->cap ? c->cap * 2 : 1024) < 0) return -1;
+  tk_cslot e = {.len = (uint16_t)n, .nids = (uint16_t)m};
+  if (n <= 8) {
+    e.key = tk_pack8(w, n);
+  } else {
+    if (tk_grow(&c->keys, &c->kcap, c->klen + n, 1) < 0) return -1;
+    memcpy(c->keys + c->klen, w, n);
+    e.key = (h >> 32) << 32 | (uint64_t)c->klen;
+    c->klen += n;
+  }
+  if (m == 1) {
+    e.val = (uint32_t)ids[0];
+  } else {
+    if (tk_grow(&c->ids, &c->icap, c->nids + m, sizeof *c->ids) < 0) return -1;
+    if (m) memcpy(c->ids + c->nids, ids, m * sizeof *ids);
+    e.val = (uint32_t)c->nids;
+    c->nids += m;
+  }
+  size_t mask = c->cap - 1, i = (size_t)h & mask;
+  while (c->slots[i].len) i = (i + 1) & mask;
+  c->slots[i] = e;
+  c->n++;
+  return 0;
 }
 
 /* ---------------------------------------------------------------- merging one word */
@@ -806,16 +923,20 @@ static int32_t tk_whole_word(la_bpe *t, const char *w, size_t n) {
   return v ? (int32_t)*v : -1;
 }
 
-/* A pre-token not in the cache: its symbols merged, appended to out, and
-** cached (h: its hash when short enough to cache). */
+/* A pre-token not in the cache: the whole word as one token (when
+** ignore_merges), else its symbols merged; appended to out and cached
+** (h: its hash when short enough to cache). */
 static int tk_word_merge(la_bpe *t, const char *w, size_t n, uint64_t h, la_ids *out) {
   if (n > (size_t)INT32_MAX / 4)
     return la_failn("tokenizer: a pre-token of %zu bytes is too long (the limit is %d)", n, INT32_MAX / 4);
   if (tk_scratch(t, n) < 0) return -1;
-  ptrdiff_t ns = tk_symbols(t, w, n);
+  int32_t whole = t->ignore_merges ? tk_whole_word(t, w, n) : -1;
+  ptrdiff_t ns = 1;
+  if (whole >= 0) t->sym[0] = whole;
+  else ns = tk_symbols(t, w, n);
   if (ns < 0) return -1;
   size_t m = (size_t)ns;
-  if (t->nmerges && m > 1) {
+  if (whole < 0 && t->nmerges && m > 1) {
     if (m > t->heap_threshold) {
       if (tk_merge_heap(t, m, &m) < 0) return -1;
     } else {
@@ -825,17 +946,11 @@ static int tk_word_merge(la_bpe *t, const char *w, size_t n, uint64_t h, la_ids 
   if (out->n + m > out->cap && tk_grow(&out->ids, &out->cap, out->n + m, sizeof *out->ids) < 0) return -1;
   memcpy(out->ids + out->n, t->sym, m * sizeof *t->sym);
   out->n += m;
-  if (n <= TK_CACHE_MAX_WORD) {
-    if (t->cache.n >= TK_CACHE_MAX_ENTRIES || t->cn + m > TK_CACHE_MAX_IDS) la_bpe_clear_cache(t);
-    if (tk_grow(&t->cids, &t->ccap, t->cn + m, sizeof *t->cids) < 0) return -1;
-    memcpy(t->cids + t->cn, t->sym, m * sizeof *t->sym);
-    if (tk_smap_add(&t->cache, w, n, h, ((int64_t)t->cn << 16) | (int64_t)m) < 0) return -1;
-    t->cn += m;
-  }
+  if (n <= TK_CACHE_MAX_WORD) return tk_wcache_put(&t->cache, w, n, h, t->sym, m);
   return 0;
 }
 
-/* Appends the ids of one pre-token: the cases that need no merging here
+/* Appends the ids of one pre-token: a byte, or a word in the cache, here
 ** (inlined into the pre-tokenizers' callbacks: this is the hot path), the
 ** rest in tk_word_merge. */
 static inline int tk_word(la_bpe *t, const char *w, size_t n, la_ids *out) {
@@ -845,22 +960,10 @@ static inline int tk_word(la_bpe *t, const char *w, size_t n, la_ids *out) {
     if (id < 0) return la_failn("tokenizer: the vocabulary has no token for byte 0x%02X", (unsigned char)w[0]);
     return tk_push_id(out, id);
   }
-  if (t->ignore_merges) {
-    int32_t id = tk_whole_word(t, w, n);
-    if (id >= 0) return tk_push_id(out, id);
-  }
   uint64_t h = 0;
   if (n <= TK_CACHE_MAX_WORD) {
-    h = tk_hash(w, n);
-    int64_t *v = tk_smap_find(&t->cache, w, n, h);
-    if (v) {
-      size_t off = (size_t)(*v >> 16), cnt = (size_t)(*v & 0xFFFF);
-      if (out->n + cnt > out->cap && tk_grow(&out->ids, &out->cap, out->n + cnt, sizeof *out->ids) < 0)
-        return -1;
-      memcpy(out->ids + out->n, t->cids + off, cnt * sizeof *t->cids);
-      out->n += cnt;
-      return 0;
-    }
+    const tk_cslot *s = tk_wcache_find(&t->cache, w, n, &h);
+    if (s) return tk_wcache_emit(&t->cache, s, out);
   }
   return tk_word_merge(t, w, n, h, out);
 }
@@ -869,7 +972,7 @@ static inline int tk_word(la_bpe *t, const char *w, size_t n, la_ids *out) {
 
 /* GPT-2's way: each regex match is a pre-token, and so is each stretch
 ** between two matches (bytes that are not valid UTF-8, which match nothing). */
-static int tk_pieces(la_bpe *t, const char *text, size_t len, la_bpe_piece_fn fn, void *ctx) {
+static inline int tk_pieces(la_bpe *t, const char *text, size_t len, la_bpe_piece_fn fn, void *ctx) {
   size_t off = 0;
   for (;;) {
     size_t s = 0, e = 0;

@@ -95,6 +95,15 @@ function dist.broadcast_string(s, root)
   return checked(C.broadcast_string, s, root or 0)
 end
 
+--- The contiguous share first, last (1-based, inclusive; empty when last <
+-- first) of n items that rank takes among size ranks (this rank of this
+-- world by default): rank r takes items r n / size + 1 .. (r + 1) n / size,
+-- rounded down, so the shares differ in size by at most one.
+function dist.share(n, rank, size)
+  rank, size = rank or C.rank(), size or C.size()
+  return rank * n // size + 1, (rank + 1) * n // size
+end
+
 ----------------------------------------------------------------------------
 -- Losses and metrics of a global batch split across the ranks
 

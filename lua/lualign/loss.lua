@@ -95,7 +95,7 @@ end
 -- Preference losses over per-sequence log-probs
 
 --- The preference losses, by name: la.loss.<name>(...) exists for each.
-loss.preference_losses = {"dpo", "cdpo", "rdpo", "ipo", "hinge", "gdpo", "gipo"}
+loss.preference_losses = {"dpo", "cdpo", "rdpo", "ipo", "hinge", "gdpo", "gipo", "simpo"}
 
 --- A preference loss by name (see loss.preference_losses), for the pair
 -- policy_chosen, policy_rejected, ref_chosen, ref_rejected: (B,) sequence
@@ -108,6 +108,7 @@ loss.preference_losses = {"dpo", "cdpo", "rdpo", "ipo", "hinge", "gdpo", "gipo"}
 -- rewards/margins, logps/chosen, logps/rejected (means over the batch, with
 -- "chosen" the side the label prefers; rewards are beta * log-ratios).
 function loss.preference(name, policy_chosen, policy_rejected, ref_chosen, ref_rejected, opts)
+  if name == "simpo" then return loss.simpo(policy_chosen, policy_rejected, ref_chosen, ref_rejected, opts) end
   opts = options(name, opts, {"beta", "p", "label_smoothing", "eps"})
   local p = opts.p
   if type(p) == "number" then p = core.full({policy_chosen:numel()}, p) end
@@ -133,6 +134,41 @@ function loss.hinge(pc, pr, rc, rr, opts) return loss.preference("hinge", pc, pr
 function loss.gdpo(pc, pr, rc, rr, opts) return loss.preference("gdpo", pc, pr, rc, rr, opts) end
 --- GIPO, geometric averaging applied to IPO: ((2p - 1) h - 1/(2 beta))^2.
 function loss.gipo(pc, pr, rc, rr, opts) return loss.preference("gipo", pc, pr, rc, rr, opts) end
+
+--- SimPO (Meng et al. 2024), reference-free with a target margin gamma:
+-- -log sigmoid(beta (a1 - a2) - gamma) over a1, a2 the (B,) per-token mean
+-- log-probs of the two sequences (sequence_logprobs with average = true).
+-- With soft labels p (as for the other losses): -p log sigmoid(beta (a1 -
+-- a2) - gamma) - (1 - p) log sigmoid(beta (a2 - a1) - gamma), each side
+-- asking for the margin in its favour, so p = 1 is SimPO and the swap
+-- (y1, y2, p) -> (y2, y1, 1 - p) leaves the loss unchanged.  The reference
+-- arguments must be nil.  opts: beta (2), gamma (1), p, label_smoothing.
+-- Metrics as for the other losses (rewards are beta * a).
+function loss.simpo(pc, pr, rc, rr, opts)
+  opts = options("simpo", opts, {"beta", "gamma", "p", "label_smoothing"})
+  if rc ~= nil or rr ~= nil then
+    util.error("loss.simpo: SimPO is reference-free: give nil for the reference log-probs")
+  end
+  local beta, gamma = opts.beta or 2.0, opts.gamma or 1.0
+  if not (beta > 0) then util.error(string.format("loss.simpo: beta must be positive (got %s)", tostring(beta))) end
+  local B = pc:numel()
+  local p = opts.p
+  if p == nil then p = 1 - (opts.label_smoothing or 0) end
+  if type(p) == "number" then p = core.full({B}, p) end
+  local d = (pc - pr) * beta
+  local per_pair = -(p * (d - gamma):logsigmoid() + (1 - p) * (-d - gamma):logsigmoid())
+  local value = per_pair:mean()
+  -- metrics in the label's orientation: the side p prefers is "chosen" (p = 0.5 keeps the order)
+  local first = p:ge(0.5):float()
+  local a1, a2 = pc:detach(), pr:detach()
+  local ch, rj = a1 * first + a2 * (1 - first), a2 * first + a1 * (1 - first)
+  local metrics = {
+    ["rewards/chosen"] = (ch * beta):mean():item(), ["rewards/rejected"] = (rj * beta):mean():item(),
+    ["rewards/accuracies"] = ch:gt(rj):float():mean():item(), ["rewards/margins"] = ((ch - rj) * beta):mean():item(),
+    ["logps/chosen"] = ch:mean():item(), ["logps/rejected"] = rj:mean():item(),
+  }
+  return value, metrics
+end
 
 ----------------------------------------------------------------------------
 -- Reward model
@@ -249,6 +285,111 @@ function loss.ppo_rewards(scores, logprobs, ref_logprobs, mask, opts)
   core.set_grad_enabled(previous)
   if not ok then error(rewards, 2) end
   return rewards, metrics
+end
+
+----------------------------------------------------------------------------
+-- GRPO (Shao et al. 2024, DeepSeekMath; Liu et al. 2025, Dr. GRPO)
+
+--- Group-relative advantages of rewards (G, K): K samples of each of G
+-- prompts.  A = (r - mean_group) / (std_group + eps), std the unbiased
+-- (Bessel) standard deviation of the group's K rewards, as TRL computes it;
+-- opts.scale = false leaves out the division (Dr. GRPO: A = r - mean_group).
+-- opts: scale (true), eps (1e-4).  Returns (G, K) advantages (no history)
+-- and the share of groups whose rewards are all equal (no signal).
+function loss.grpo_advantages(rewards, opts)
+  opts = options("grpo_advantages", opts, {"scale", "eps"})
+  if rewards:dim() ~= 2 or rewards:size(2) < 2 then
+    util.error(string.format("loss.grpo_advantages: rewards must be (groups, samples) with at least 2 samples per "
+      .. "group (got shape %s)", rewards:shape_str()))
+  end
+  local previous = core.set_grad_enabled(false)
+  local r = rewards:float()
+  local K = r:size(2)
+  local mean = r:mean(2, true)
+  local centred = r - mean
+  local std = (centred:square():sum(2, true) / (K - 1)):sqrt()
+  local flat = std:eq(0):float():mean():item()
+  local adv = centred
+  if opts.scale ~= false then adv = centred / (std + (opts.eps or 1e-4)) end
+  core.set_grad_enabled(previous)
+  return adv, flat
+end
+
+-- What each loss_type divides the summed per-token losses by, named.
+local GRPO_LOSS_TYPES = {grpo = true, token = true, dr_grpo = true}
+
+--- The GRPO loss of a batch of sampled completions, as a mean over units:
+-- per token, l = -min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A) + beta k3,
+-- rho = exp(logprobs - old_logprobs) (the ratio to the policy that sampled),
+-- A the completion's advantage, k3 = exp(ref - logp) - (ref - logp) - 1 the
+-- per-token KL estimate against the reference.  logprobs (B, T)
+-- (differentiable), old_logprobs and ref_logprobs (B, T) data, advantages (B,),
+-- mask (B, T) of the completions' tokens.  opts.loss_type says how the
+-- token losses are averaged, and which units the returned mean is over:
+--   "grpo"     each completion's mean over its tokens, then the mean over
+--              completions (DeepSeekMath's 1/G sum_i 1/|o_i| sum_t); units:
+--              completions;
+--   "token"    the sum over every token of the batch / their number (DAPO's
+--              token-level mean; TRL's "dapo"); units: tokens;
+--   "dr_grpo"  each completion's sum over its tokens / max_tokens (a
+--              constant: Dr. GRPO's length normalisation), then the mean over
+--              completions; units: completions.
+-- opts: clip_eps (0.2), clip_eps_high (clip_eps), beta (0), ref_logprobs
+-- (needed when beta > 0), loss_type ("grpo"), max_tokens (for dr_grpo).
+-- Returns the loss (scalar) and metrics, means over the same units: kl
+-- (mean k3), clip_ratio (share of tokens whose ratio was clipped),
+-- units (how many units the mean is over).
+function loss.grpo(logprobs, old_logprobs, advantages, mask, opts)
+  opts = options("grpo", opts, {"clip_eps", "clip_eps_high", "beta", "ref_logprobs", "loss_type", "max_tokens"})
+  local loss_type = opts.loss_type or "grpo"
+  if not GRPO_LOSS_TYPES[loss_type] then
+    util.error(string.format("loss.grpo: loss_type must be 'grpo', 'token' or 'dr_grpo' (got '%s')", tostring(loss_type)))
+  end
+  local beta = opts.beta or 0
+  if beta ~= 0 and not opts.ref_logprobs then util.error("loss.grpo: beta > 0 needs opts.ref_logprobs") end
+  if loss_type == "dr_grpo" and not (type(opts.max_tokens) == "number" and opts.max_tokens > 0) then
+    util.error("loss.grpo: loss_type 'dr_grpo' needs opts.max_tokens (the completion length cap)")
+  end
+  local B = logprobs:size(1)
+  if advantages:dim() ~= 1 or advantages:size(1) ~= B then
+    util.error(string.format("loss.grpo: advantages must be (B,) = (%d,) (got shape %s)", B, advantages:shape_str()))
+  end
+  local low = opts.clip_eps or 0.2
+  local high = opts.clip_eps_high or low
+  local m = mask:float()
+  local A = advantages:detach():float():unsqueeze(2)
+  local ratio = (logprobs - old_logprobs:detach()):exp()
+  local clipped = ratio:clamp(1 - low, 1 + high)
+  local per_token = -(ratio * A):minimum(clipped * A)
+  local kl
+  if opts.ref_logprobs then
+    local d = opts.ref_logprobs:detach() - logprobs
+    kl = d:exp() - d - 1
+    if beta ~= 0 then per_token = per_token + kl * beta end
+  end
+  local tokens = m:sum(2)
+  local value, units
+  local previous = core.set_grad_enabled(false)
+  -- weights of the loss, and of the metrics (a token share, per completion
+  -- unless the units are tokens)
+  local weights, per_unit
+  if loss_type == "token" then
+    units = m:sum():item()
+    per_unit = m / units
+    weights = per_unit
+  else
+    units = B
+    per_unit = m / (tokens:clamp(1):unsqueeze(2) * B)
+    weights = loss_type == "grpo" and per_unit or m / (opts.max_tokens * B)
+  end
+  -- The clip binds (and the token's gradient is 0) where the ratio left the
+  -- range on the side its advantage pushes it to.
+  local was_clipped = ratio:gt(1 + high):float() * A:gt(0):float() + ratio:lt(1 - low):float() * A:lt(0):float()
+  local metrics = {units = units, clip_ratio = (was_clipped * per_unit):sum():item()}
+  if kl then metrics.kl = (kl * per_unit):sum():item() end
+  core.set_grad_enabled(previous)
+  value = (per_token * weights):sum()
+  return value, metrics
 end
 
 --- Masked mean sum(x * mask) / sum(mask), over everything or along dim.

@@ -328,12 +328,15 @@ function Run:write_json(file, value)
   self:write(file, recipe.json(value) .. "\n")
 end
 
---- Whether a file exists in the run folder.
-function Run:exists(file)
-  local f = io.open(self:path(file), "rb")
+-- Whether a file can be opened.
+local function file_exists(path)
+  local f = io.open(path, "rb")
   if f then f:close() end
   return f ~= nil
 end
+
+--- Whether a file exists in the run folder.
+function Run:exists(file) return file_exists(self:path(file)) end
 
 ----------------------------------------------------------------------------
 -- Inputs, and the files a run computes once
@@ -401,20 +404,298 @@ function recipe.data_file(path, key)
     table.concat(data.search_dirs(), ", ")), 0)
 end
 
---- The model file of a run folder or a .safetensors path named by config key
--- `key`, and the folder it is in (where its tokenizer.json is); an error
--- naming the key when there is no such folder or file.
+----------------------------------------------------------------------------
+-- Models and tokenizers: a lualign run or a Hugging Face folder
+
+-- Whether a safetensors file was written by lualign (Run:save_model): its
+-- metadata holds the model's config.
+local function lualign_model_file(file)
+  local ok, header = pcall(require("lualign.checkpoint").header, file)
+  return ok and header.metadata and header.metadata.model_config ~= nil
+end
+
+-- config.json of a folder, decoded, or nil.
+local function json_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local ok, v = pcall(cjson.decode, f:read("a"))
+  f:close()
+  return ok and type(v) == "table" and v or nil
+end
+
+--- What a model path named by config key `key` is: a lualign run folder (its
+-- model.safetensors holds the model config in its metadata), a .safetensors
+-- file written by lualign, or a Hugging Face model folder (config.json with a
+-- model_type, and safetensors weights: what la.models.from_pretrained reads,
+-- e.g. a downloaded SmolLM2 or Qwen2.5 folder, or a run's hf/ folder).
+-- Returns {kind = "run" or "hf", path = the path given, dir = the folder
+-- (where the tokenizer files are), file = the weights file of a run}.  An
+-- error names the key when the path is none of these.
+function recipe.model_source(path, key)
+  if type(path) ~= "string" or path == "" then error(key .. ": expected a run folder or a model folder", 0) end
+  path = path:gsub("/+$", "")
+  if path:match("%.safetensors$") then
+    if not file_exists(path) then error(string.format("%s: no such model file: %s", key, path), 0) end
+    if not lualign_model_file(path) then
+      error(string.format("%s: %s holds no model_config in its metadata: not a model file lualign wrote "
+        .. "(for a Hugging Face model give its folder)", key, path), 0)
+    end
+    return {kind = "run", path = path, dir = path:match("^(.*)/[^/]*$") or ".", file = path}
+  end
+  if not sys.listdir(path) then
+    error(string.format("%s: no such run folder, model file or Hugging Face model folder: %s", key, path), 0)
+  end
+  local file = path .. "/model.safetensors"
+  if lualign_model_file(file) then return {kind = "run", path = path, dir = path, file = file} end
+  local cfg = json_file(path .. "/config.json")
+  if cfg and type(cfg.model_type) == "string" then return {kind = "hf", path = path, dir = path} end
+  error(string.format("%s: the run folder %s holds no model.safetensors (has its run finished?), nor is it a "
+    .. "Hugging Face model folder (config.json with a model_type)", key, path), 0)
+end
+
+--- The model a path names (recipe.model_source: a lualign run, its
+-- model.safetensors, or a Hugging Face folder read by
+-- la.models.from_pretrained), and the metadata of a lualign file ({} for a
+-- Hugging Face folder).  overrides change config keys (e.g. {value_head =
+-- true} adds a freshly initialised head).  key names the config key in
+-- errors ("model" by default).  recipe.load_gpt is the same function.
+function recipe.load_model(path, overrides, key)
+  local source = type(path) == "table" and path or recipe.model_source(path, key or "model")
+  if source.kind == "hf" then
+    return require("lualign.models").from_pretrained(source.dir, overrides), {}
+  end
+  local checkpoint = require "lualign.checkpoint"
+  local tensors, meta = checkpoint.load(source.file)
+  local cfg = require("lualign.models.hf").integers(cjson.decode(meta.model_config))
+  for k, v in pairs(overrides or {}) do cfg[k] = v end
+  local model
+  if cfg.model_type then
+    model = require("lualign.models").from_config(cfg)
+  else
+    model = require("lualign.models.gpt")(cfg)
+  end
+  -- Heads added by overrides keep their fresh initialisation.
+  model:load_state_dict(tensors, {strict = not overrides})
+  return model, meta
+end
+recipe.load_gpt = recipe.load_model
+
+--- The model file of a run folder, or the folder of a Hugging Face model,
+-- named by config key `key` -- what recipe.load_model takes -- and the
+-- folder its tokenizer files are in; the source (recipe.model_source) third.
 function recipe.model_file(path, key)
-  local file = path:match("%.safetensors$") and path or (path .. "/model.safetensors")
-  local f = io.open(file, "rb")
-  if f then
-    f:close()
-    return file, file:match("^(.*)/[^/]*$") or "."
+  local source = recipe.model_source(path, key)
+  return source.file or source.dir, source.dir, source
+end
+
+-- name -> identity of the files of a folder whose names keep(name) accepts.
+local function folder_identity(dir, keep)
+  local ids = {}
+  for _, name in ipairs(sys.listdir(dir) or {}) do
+    if keep(name) then ids[name] = recipe.file_identity(dir .. "/" .. name) end
   end
-  if file ~= path and sys.listdir(path) then
-    error(string.format("%s: the run folder %s holds no model.safetensors (has its run finished?)", key, path), 0)
+  return ids
+end
+
+--- What a model was loaded from, for run:cached's inputs: the identity of
+-- its weights file, or of a Hugging Face folder's config.json and weights.
+function recipe.model_identity(path)
+  local source = type(path) == "table" and path or recipe.model_source(path, "model")
+  if source.kind == "run" then return recipe.file_identity(source.file) end
+  return folder_identity(source.dir, function(name)
+    return name == "config.json" or name:match("%.safetensors$") or name == "model.safetensors.index.json"
+  end)
+end
+
+--- What a tokenizer was loaded from (the folder recipe.load_tokenizer
+-- returns, or the file), for run:cached's inputs: its tokenizer files'
+-- identities.
+function recipe.tokenizer_identity(dir)
+  if not sys.listdir(dir) then return {file = recipe.file_identity(dir)} end
+  local names = {["encoder.json"] = true, ["vocab.bpe"] = true}
+  for _, f in ipairs(require("lualign.models.hf").tokenizer_files) do names[f] = true end
+  return folder_identity(dir, function(name) return names[name] end)
+end
+
+--- The tokenizer of a run: the file or folder `given` (config key
+-- `tokenizer`), else the one in the model's folder -- a run's tokenizer.json,
+-- or a Hugging Face folder's tokenizer.json with its tokenizer_config.json
+-- (roles, chat template).  Returns the tokenizer and the folder its files
+-- are in (run:save_tokenizer copies them into the run; nil for a file not
+-- named tokenizer.json).
+function recipe.load_tokenizer(given, model_dir, key)
+  local path = (given and given ~= "") and given or model_dir
+  local is_dir = sys.listdir(path) ~= nil
+  if not is_dir and not file_exists(path) then
+    error(string.format("%s: no such tokenizer file or folder: %s", key or "tokenizer", path), 0)
   end
-  error(string.format("%s: no such run folder or model file: %s", key, path), 0)
+  if is_dir and not file_exists(path .. "/tokenizer.json") and not file_exists(path .. "/encoder.json") then
+    error(string.format("%s: %s holds no tokenizer.json%s", key or "tokenizer", path,
+      (given and given ~= "") and "" or " (give one with tokenizer=FILE_OR_FOLDER)"), 0)
+  end
+  local tok = require("lualign.tokenizer").load(path)
+  if is_dir then return tok, path end
+  -- a tokenizer.json beside its configuration: that folder; a file of another name: none (tok:save writes it)
+  if path:match("^tokenizer%.json$") or path:match("/tokenizer%.json$") then return tok, path:match("^(.*)/[^/]*$") or "." end
+  return tok, nil
+end
+
+--- Writes the run's tokenizer into its folder: the tokenizer files of the
+-- folder it was loaded from, copied as they are (a Hugging Face tokenizer's
+-- pipeline and chat template stay exact), or tok:save for a tokenizer made
+-- in memory or read from GPT-2's encoder.json and vocab.bpe.
+function Run:save_tokenizer(tok, from_dir)
+  check_started(self, "writing the tokenizer")
+  if from_dir == self.dir then return end
+  if from_dir and #require("lualign.models.hf").copy_tokenizer_files(from_dir, self.dir) > 0 then return end
+  tok:save(self:path("tokenizer.json"))
+end
+
+--- The trained model at the end of a run, ready for Hugging Face tools and
+-- for any recipe's policy=/base=: without lora, <run>/hf/ through
+-- save_pretrained, with the run's tokenizer files; with lora, the adapter
+-- in PEFT's format (<run>/adapter/) and, with save_merged, the merged model
+-- (<run>/merged/).  opts.reward_model: a reward model, written as a
+-- sequence-classification folder (its head is Hugging Face's bias-free
+-- `score`: a bias the head learned is left out, which shifts every reward by
+-- the same amount and is said in a line).  Only rank 0 writes.  Returns the
+-- folder written.
+function recipe.save_final(run, model, config, opts)
+  if not dist.is_main() then return nil end
+  local hf_opts = {reward_model = opts and opts.reward_model or nil}
+  if hf_opts.reward_model then
+    local b = model.reward_head.bias:item()
+    if b ~= 0 then
+      print(string.format("%s: the reward head's bias b = %.6g has no place in Hugging Face's score layer: the "
+        .. "folder's rewards are this run's minus b (the same order and Bradley-Terry probabilities)", config.name, b))
+    end
+  end
+  if config.lora then
+    local lora = require "lualign.lora"
+    lora.save(model, run:path("adapter"))
+    if not config.save_merged then return run:path("adapter") end
+    lora.merge(model)
+    model:save_pretrained(run:path("merged"), hf_opts)
+    lora.unmerge(model)
+    require("lualign.models.hf").copy_tokenizer_files(run.dir, run:path("merged"))
+    return run:path("merged")
+  end
+  local dir = run:path("hf")
+  model:save_pretrained(dir, hf_opts)
+  require("lualign.models.hf").copy_tokenizer_files(run.dir, dir)
+  return dir
+end
+
+--- Options for model:generate that sample from the model's own distribution
+-- (at `temperature`), whatever a Hugging Face folder's generation_config.json
+-- asks for (top_k 50, top_p, repetition_penalty): what a policy's rollouts,
+-- their log-probs and a KL estimate assume.  Generation stops on the
+-- tokenizer's end ids (tok.eos_ids: a chat model's end-of-turn too).  opts
+-- adds or replaces options.
+function recipe.sampling_options(tok, opts)
+  local o = {temperature = 1.0, top_k = 0, top_p = 1.0, repetition_penalty = 1.0,
+             eos_id = tok.eos_ids or tok.eos_id, pad_id = tok.pad_id or tok.eos_id}
+  for k, v in pairs(opts or {}) do o[k] = v end
+  return o
+end
+
+--- A judge of sampled responses, named by config key `key`: "lexicon" (the
+-- bundled VADER lexicon's mean rating of the response), a .lua file that
+-- returns function(prompt, response) -> number, or a reward model (a
+-- reward.lua run or a sequence-classification folder; it reads the policy's
+-- tokens, so it must share the policy's vocabulary: vocab_size is checked).
+-- Returns {name = ..., scores = function(s) -> list}, where s holds
+-- `prompts` and `responses` (texts) and `batch` (generate's out.batch).
+function recipe.load_judge(spec, key, vocab_size)
+  if spec == "lexicon" then
+    local lexicon = require("lualign.data").judge()
+    return {name = "lexicon (VADER ratings)", scores = function(s)
+      local out = {}
+      for i, text in ipairs(s.responses) do out[i] = lexicon:score(text) end
+      return out
+    end}
+  end
+  if spec:match("%.lua$") then
+    local chunk, err = loadfile(spec)
+    if not chunk then error(key .. ": " .. err, 0) end
+    local fn = chunk()
+    if type(fn) ~= "function" then
+      error(string.format("%s: %s must return function(prompt, response) -> number (it returned a %s)", key, spec,
+        type(fn)), 0)
+    end
+    return {name = spec, scores = function(s)
+      local out = {}
+      for i, text in ipairs(s.responses) do
+        local v = fn(s.prompts[i], text)
+        if type(v) ~= "number" then
+          error(string.format("%s: %s returned a %s for a response, not a number", key, spec, type(v)), 0)
+        end
+        out[i] = v
+      end
+      return out
+    end}
+  end
+  local source = recipe.model_source(spec, key)
+  local rm = recipe.load_model(source)
+  rm:requires_grad(false):eval()
+  if not rawget(rm, "reward_head") then
+    error(string.format("%s: %s has no reward head (a reward.lua run or a sequence-classification folder)", key, spec), 0)
+  end
+  local v = rm.config.vocab_size
+  if vocab_size and v ~= vocab_size then
+    error(string.format("%s: the reward model's vocabulary (%d) is not the policy's (%d): it must read the "
+      .. "policy's tokens", key, v, vocab_size), 0)
+  end
+  return {name = "reward model " .. spec, scores = function(s)
+    local b = s.batch
+    return require("lualign").no_grad(function()
+      return rm:rewards(rm:hidden(b.ids, {attention_mask = b.attention_mask, position_ids = b.position_ids}),
+        b.attention_mask):totable()
+    end)
+  end}
+end
+
+--- Whether config key `key` names a bundled data file under `prefix` (as
+-- "vader/" or "qa/"), not a file of one's own of the same name.
+function recipe.is_bundled(config, key, prefix)
+  local path = config[key]
+  if path:sub(1, #prefix) ~= prefix then return false end
+  local ok, bundled = pcall(require("lualign.data").path, path)
+  return ok and recipe.data_file(path, key) == bundled
+end
+
+--- config[key], or when it is "auto", `for_bundled` if the run's data is
+-- bundled (`bundled`, a boolean) and `otherwise` if not: the defaults that
+-- only make sense for the bundled data (its held-out files, its judge).
+function recipe.auto(config, key, bundled, for_bundled, otherwise)
+  if config[key] ~= "auto" then return config[key] end
+  if bundled then return for_bundled end
+  return otherwise
+end
+
+--- A recipe's held-out examples (`kind`: "sft" or "preference"): those of
+-- the file `spec` (named by config key `key`), or with spec "" a share
+-- `fraction` of the training examples by prompt (la.data.split_by_prompt:
+-- whole prompts, the same whatever the seed or the order of the lines),
+-- which then leave the training list.  Returns the training list, the
+-- held-out list, a name for messages and reports, and what the held-out
+-- examples were taken from (for run:cached's inputs).  An error says so when
+-- the share holds no example.
+function recipe.held_out(train, train_file, spec, fraction, kind, key)
+  if spec ~= "" then
+    local file = recipe.data_file(spec, key)
+    return train, require("lualign.data").load(file, kind), file, recipe.file_identity(file)
+  end
+  if type(fraction) ~= "number" or not (fraction > 0 and fraction < 1) then
+    error(string.format("eval_fraction must be in (0, 1) (got %s)", tostring(fraction)), 0)
+  end
+  local kept, held = require("lualign.data").split_by_prompt(train, fraction)
+  if #held == 0 or #kept == 0 then
+    error(string.format("eval_fraction=%g held out %s of %s's %d examples (too few distinct prompts); give %s=FILE "
+      .. "or another eval_fraction", fraction, #held == 0 and "none" or "all", train_file, #train, key), 0)
+  end
+  return kept, held, string.format("%s (%d held-out examples, eval_fraction %g)", train_file, #held, fraction),
+    {train = recipe.file_identity(train_file), eval_fraction = fraction}
 end
 
 --- Prints a line on a data set the run uses -- how many examples, and how
@@ -458,23 +739,32 @@ end
 -- In a data-parallel job rank 0 writes the job's checkpoint, and every rank
 -- returns once it is on disk, so that a rank stopping right after (stop_at,
 -- an error) cannot end the job while the file is being written.
-function Run:save_checkpoint(model, optimizer, step, extra)
+--
+-- `others` adds more models to the same file, each with its optimizer:
+-- {critic = {value_model, value_optimizer}} (names "critic.model.*",
+-- "critic.optim.*"), restored by restore_checkpoint(model, optimizer, others),
+-- so that a run with several trained models resumes from one consistent file.
+function Run:save_checkpoint(model, optimizer, step, extra, others)
   if not dist.is_main() then dist.barrier() return end
   local checkpoint = require "lualign.checkpoint"
   local tensors = {}
-  for name, t in pairs(model:state_dict()) do tensors["model." .. name] = t end
-  local scalars = {}
-  if optimizer then
-    local opt_tensors
-    opt_tensors, scalars = optimizer:state_dict()
-    for name, t in pairs(opt_tensors) do tensors["optim." .. name] = t end
+  local function add(prefix, m, opt)
+    for name, t in pairs(m:state_dict()) do tensors[prefix .. "model." .. name] = t end
+    if not opt then return {} end
+    local opt_tensors, s = opt:state_dict()
+    for name, t in pairs(opt_tensors) do tensors[prefix .. "optim." .. name] = t end
+    return s
   end
+  local scalars = add("", model, optimizer)
+  local other_scalars = {}
+  for key, pair in pairs(others or {}) do other_scalars[key] = add(key .. ".", pair[1], pair[2]) end
   local path = self:path("checkpoint.safetensors")
   recipe.check_finite_tensors("save_checkpoint", path, tensors)
   self:save_model(model, {step = tostring(step)})
   checkpoint.save(path, tensors, {
     step = tostring(step), optimizer = recipe.json(scalars),
     rng = recipe.json(core.get_rng_state()), extra = recipe.json(extra or {}),
+    others = next(other_scalars) and recipe.json(other_scalars) or nil,
   })
   dist.barrier()
 end
@@ -578,23 +868,35 @@ end
 recipe.MAX_SKIPS = 20
 
 --- Restores a checkpoint written by save_checkpoint into model and
--- optimizer (and the generator).  Returns the step and the extra table, or
--- nil when the run folder has no checkpoint.  In a data-parallel job rank 0
--- reads it and every rank gets its tensors and metadata.
-function Run:restore_checkpoint(model, optimizer)
+-- optimizer (and the generator; and `others`, as save_checkpoint took them).
+-- Returns the step and the extra table, or nil when the run folder has no
+-- checkpoint.  In a data-parallel job rank 0 reads it and every rank gets its
+-- tensors and metadata.
+function Run:restore_checkpoint(model, optimizer, others)
   local tensors, meta
   if dist.is_main() and self:exists("checkpoint.safetensors") then
     tensors, meta = require("lualign.checkpoint").load(self:path("checkpoint.safetensors"))
   end
   tensors, meta = dist.broadcast_state(tensors, meta)
   if not tensors then return nil end
-  local model_part, optim_part = {}, {}
+  local parts = {[""] = {{}, {}}}
+  for key in pairs(others or {}) do parts[key .. "."] = {{}, {}} end
   for name, t in pairs(tensors) do
-    local m = name:match("^model%.(.*)$")
-    if m then model_part[m] = t else optim_part[name:match("^optim%.(.*)$") or name] = t end
+    local prefix, rest = name:match("^([%w_]+%.)(.*)$")
+    if not parts[prefix] or not (rest:match("^model%.") or rest:match("^optim%.")) then prefix, rest = "", name end
+    local m = rest:match("^model%.(.*)$")
+    if m then parts[prefix][1][m] = t else parts[prefix][2][rest:match("^optim%.(.*)$") or rest] = t end
   end
-  model:load_state_dict(model_part)
-  if optimizer then optimizer:load_state_dict(optim_part, cjson.decode(meta.optimizer or "{}")) end
+  model:load_state_dict(parts[""][1])
+  if optimizer then optimizer:load_state_dict(parts[""][2], cjson.decode(meta.optimizer or "{}")) end
+  local other_scalars = cjson.decode(meta.others or "{}")
+  for key, pair in pairs(others or {}) do
+    if not other_scalars[key] then
+      error(string.format("%s: the checkpoint holds no '%s' model to resume", self.config.name, key), 0)
+    end
+    pair[1]:load_state_dict(parts[key .. "."][1])
+    if pair[2] then pair[2]:load_state_dict(parts[key .. "."][2], other_scalars[key]) end
+  end
   if meta.rng then core.set_rng_state(cjson.decode(meta.rng)) end
   return math.tointeger(tonumber(meta.step)) or 0, cjson.decode(meta.extra or "{}")
 end
@@ -614,31 +916,6 @@ function recipe.load_weights(model, path)
   return model
 end
 
---- A model rebuilt from a model.safetensors that lualign wrote (its config
--- is in the metadata: a GPT's keys, or a Hugging Face config's with
--- model_type for the Llama family), or from a run folder holding one.
--- overrides change config keys (e.g. {value_head = true} adds a freshly
--- initialised head).  recipe.load_gpt is the same function.
-function recipe.load_model(path, overrides)
-  local checkpoint = require "lualign.checkpoint"
-  if not path:match("%.safetensors$") then path = path .. "/model.safetensors" end
-  local tensors, meta = checkpoint.load(path)
-  if not meta.model_config then
-    error(path .. ": no model_config in the metadata (was it written by a lualign recipe?)", 2)
-  end
-  local cfg = require("lualign.models.hf").integers(cjson.decode(meta.model_config))
-  for k, v in pairs(overrides or {}) do cfg[k] = v end
-  local model
-  if cfg.model_type then
-    model = require("lualign.models").from_config(cfg)
-  else
-    model = require("lualign.models.gpt")(cfg)
-  end
-  -- Heads added by overrides keep their fresh initialisation.
-  model:load_state_dict(tensors, {strict = not overrides})
-  return model, meta
-end
-recipe.load_gpt = recipe.load_model
 
 --- Raises an error saying both numbers when a loader's data is smaller than
 -- one batch (so it would yield nothing): a recipe checks its training data
@@ -822,20 +1099,6 @@ function recipe.model_weights(model)
   local lora = require "lualign.lora"
   if lora.has_adapters(model) then return lora.merged_state_dict(model) end
   return model:state_dict()
-end
-
---- At the end of a LoRA run: the adapter in PEFT's format (<run>/adapter/)
--- and, with save_merged, the merged model as a Hugging Face folder
--- (<run>/merged/, through save_pretrained).  Nothing without lora.
-function recipe.save_adapter(run, model, config)
-  if not config.lora then return end
-  local lora = require "lualign.lora"
-  lora.save(model, run:path("adapter"))
-  if config.save_merged then
-    lora.merge(model)
-    model:save_pretrained(run:path("merged"))
-    lora.unmerge(model)
-  end
 end
 
 --- JSON text of a Lua value with sorted keys and integers kept as integers

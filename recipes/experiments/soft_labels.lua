@@ -57,7 +57,8 @@ for _, seed in ipairs(seeds) do
     for _, loss in ipairs(losses) do
       local name = string.format("%s_%s_%s_seed%s", config.name, ds, loss, seed)
       local args = {name = name, out_dir = config.out_dir, overwrite = config.overwrite, seed = seed, loss = loss, beta = config.beta,
-                    train = "vader/" .. ds .. "/train.jsonl", steps = config.steps, eval_every = config.eval_every}
+                    train = "vader/" .. ds .. "/train.jsonl", steps = config.steps, eval_every = config.eval_every,
+                    best_by = "win_rate"}
       if reference then args.policy = reference
       else args.policy, args.sft_steps = config.policy, config.sft_steps end
       print(string.format("== %s", name))

@@ -14,7 +14,8 @@
 ** split special tokens, 0x08 train a tokenizer on section 4, 0x10 a
 ** one-character pattern instead of GPT-2's.
 ** Every call must succeed or fail with a message; what encode returns must
-** be valid ids that decode.
+** be valid ids that decode.  With GPT-2's pattern, the pre-tokens must be
+** those PCRE2 alone finds (GPT-2's pattern is matched over ASCII without it).
 */
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,7 +32,38 @@ static void check_failed(const char *what) {
   if (!e || !*e) fz_fail("%s failed without a message", what);
 }
 
+/* GPT-2's pattern in other words, which PCRE2 alone matches. */
+static la_bpe *pcre_only;
+
+typedef struct {
+  size_t *len;
+  size_t n, cap;
+} piece_lens;
+
+static int collect_len(void *ctx, const char *p, size_t len) {
+  (void)p;
+  piece_lens *c = ctx;
+  if (c->n == c->cap) {
+    c->cap = c->cap ? 2 * c->cap : 64;
+    c->len = realloc(c->len, c->cap * sizeof *c->len);
+    if (!c->len) fz_fail("out of memory");
+  }
+  c->len[c->n++] = len;
+  return 0;
+}
+
+static void check_split(la_bpe *t, span text) {
+  piece_lens a = {0}, b = {0};
+  if (la_bpe_pretokenize(t, text.p, text.n, collect_len, &a) < 0) fz_fail("pretokenize failed: %s", la_error());
+  if (la_bpe_pretokenize(pcre_only, text.p, text.n, collect_len, &b) < 0) fz_fail("pretokenize failed: %s", la_error());
+  if (a.n != b.n || (a.n && memcmp(a.len, b.len, a.n * sizeof *a.len)))
+    fz_fail("GPT-2's pattern splits the text otherwise than PCRE2 alone");
+  free(a.len);
+  free(b.len);
+}
+
 static void exercise(la_bpe *t, span text, int flags) {
+  if (!(flags & 0x10)) check_split(t, text);
   if (flags & 0x02) la_bpe_set_heap_threshold(t, 0);
   la_ids ids = {0};
   if (la_bpe_encode(t, text.p, text.n, !(flags & 0x04), &ids) < 0) {
@@ -58,6 +90,10 @@ static void exercise(la_bpe *t, span text, int flags) {
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
   (void)argc; (void)argv;
   la_set_num_threads(1);
+  char pattern[512];
+  snprintf(pattern, sizeof pattern, "(?:%s)", la_bpe_gpt2_pattern);
+  pcre_only = la_bpe_new(pattern, false);
+  if (!pcre_only) fz_fail("la_bpe_new failed: %s", la_error());
   return 0;
 }
 

@@ -668,7 +668,7 @@ local function share(self, units, k, epoch)
     error(string.format("loader: batch %d of epoch %d has %d unit(s), fewer than the %d processes "
       .. "sharing it; use batches of at least %d (or drop_last = true)", k, epoch, n, size, size), 0)
   end
-  local first, last = self.shard_rank * n // size + 1, (self.shard_rank + 1) * n // size
+  local first, last = require("lualign.dist").share(n, self.shard_rank, size)
   return table.move(units, first, last, 1, {})
 end
 

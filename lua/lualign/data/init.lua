@@ -49,6 +49,48 @@ M.parse_line = function(kind, text) return jsonl.parse_line(kind, text) end
 
 M.normalize_number = jsonl.normalize_number
 
+-- The text a held-out split groups examples by: the prompt, or the messages
+-- before an example's first assistant turn.
+local function prompt_key(ex)
+  local messages = ex.prompt_messages
+  if not messages and ex.prompt == nil and ex.messages then
+    messages = {}
+    for _, m in ipairs(ex.messages) do
+      if m.role == "assistant" then break end
+      messages[#messages + 1] = m
+    end
+  end
+  if not messages then return ex.prompt end
+  local parts = {}
+  for i, m in ipairs(messages) do parts[i] = m.role .. "\0" .. m.content end
+  return table.concat(parts, "\1")
+end
+
+-- FNV-1a over the bytes of s, 32 bits: a digest that is the same everywhere.
+local function fnv1a(s)
+  local h = 2166136261
+  for i = 1, #s do h = ((h ~ s:byte(i)) * 16777619) & 0xffffffff end
+  return h
+end
+
+--- Splits examples (preference, SFT or prompts) into training and held-out
+-- lists by their prompt: a prompt is held out, with every example that has
+-- it, when the FNV-1a digest of its text falls in the first `fraction` of the
+-- 32-bit range.  So the split depends on the prompts alone -- not on a seed,
+-- nor on the order of the lines -- and no prompt is on both sides.  Returns
+-- train, held_out (each in the examples' order).
+function M.split_by_prompt(examples, fraction)
+  if type(fraction) ~= "number" or not (fraction >= 0 and fraction <= 1) then
+    error("split_by_prompt: fraction must be a number in [0, 1] (got " .. tostring(fraction) .. ")", 2)
+  end
+  local train, held_out = {}, {}
+  local limit = fraction * 2 ^ 32
+  for _, ex in ipairs(examples) do
+    if fnv1a(prompt_key(ex)) < limit then held_out[#held_out + 1] = ex else train[#train + 1] = ex end
+  end
+  return train, held_out
+end
+
 --- The whole text of a file, with a UTF-8 BOM removed and CRLF turned into LF.
 function M.read_text(path)
   local f, err = io.open(path, "rb")

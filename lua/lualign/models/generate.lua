@@ -17,7 +17,12 @@
 --   token; needs tokenizer, whose decode turns ids into text); use_cache
 --   (true): keys and values of earlier positions are kept, so each step runs
 --   one position; return_logprobs: log-probabilities of the chosen tokens
---   under softmax(logits / temperature) after the repetition penalty.
+--   under softmax(logits / temperature) after the repetition penalty;
+--   seeds (a list of one seed per row, each an integer or a list of
+--   integers): row b samples from a random stream of its own seeded by
+--   seeds[b] (one uniform draw per step) instead of the generator of
+--   la.manual_seed, so that its tokens do not depend on which rows share its
+--   batch -- a job split across processes draws what one process would.
 -- A model loaded from a Hugging Face folder has model.generation_config:
 -- options not given come from it as Hugging Face's generate takes them
 -- (eos_token_id, pad_token_id; do_sample false or absent = greedy, else
@@ -74,7 +79,7 @@ local function positions_of(mask)
 end
 
 local known_options = {"max_new_tokens", "temperature", "top_k", "top_p", "eos_id", "pad_id",
-                       "use_cache", "return_logprobs", "repetition_penalty", "stop_strings", "tokenizer"}
+                       "use_cache", "return_logprobs", "repetition_penalty", "stop_strings", "tokenizer", "seeds"}
 
 -- The options not given, from the model's generation_config.json when it
 -- has one (as Hugging Face's generate reads it), else lualign's defaults.
@@ -164,6 +169,21 @@ local function prompt_response(prompt_ids, prompt_mask, tokens, lengths, P, N)
           prompt_length = P, response_length = N}
 end
 
+-- One random stream per row from opts.seeds (see above).
+local function row_streams(seeds, B)
+  if type(seeds) ~= "table" or #seeds ~= B then
+    util.error(string.format("generate: seeds must be a list of one seed per row (%d rows; got %s)", B,
+      type(seeds) == "table" and (#seeds .. " seeds") or type(seeds)))
+  end
+  local rng, streams = require("lualign.data.batch").rng, {}
+  for b, s in ipairs(seeds) do
+    local ok, stream = pcall(rng, table.unpack(type(s) == "table" and s or {s}))
+    if not ok then util.error("generate: seeds[" .. b .. "]: " .. tostring(stream):gsub("^[^:]*:%d+: ", "")) end
+    streams[b] = stream
+  end
+  return streams
+end
+
 local function generate(model, prompts, opts)
   opts = with_defaults(model, util.check_options("generate", opts, known_options))
   local max_new = opts.max_new_tokens or 32
@@ -191,6 +211,7 @@ local function generate(model, prompts, opts)
       P, max_new, n_positions))
   end
   local sample_opts = {temperature = temperature, top_k = opts.top_k or 0, top_p = opts.top_p or 1.0}
+  local streams = opts.seeds and row_streams(opts.seeds, B)
   -- The ids each row holds so far, for the repetition penalty (padding excluded).
   local seen = {}
   if penalty ~= 1 then
@@ -232,6 +253,11 @@ local function generate(model, prompts, opts)
     if penalty ~= 1 then
       logits = logits:contiguous()
       penalise(logits, seen, penalty)
+    end
+    if streams then
+      local u = {}
+      for b = 1, B do u[b] = streams[b]:float() end
+      sample_opts.uniforms = u
     end
     local next_ids, lp = core.nn.sample(logits, sample_opts)
     local chosen, chosen_lp = next_ids:totable(), lp:totable()

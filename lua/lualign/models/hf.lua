@@ -369,12 +369,24 @@ local gpt_conv1d = {["attn.c_attn.weight"] = true, ["attn.c_proj.weight"] = true
 
 local function is_gpt(model) return model.config.model_type == nil end
 
+-- The class of a sequence-classification folder ("LlamaForSequenceClassification",
+-- ...): a reward model, its one-label head `score` (no bias) on the trunk.
+local function classifier_of(architectures)
+  local a = type(architectures) == "table" and architectures[1] or nil
+  return type(a) == "string" and a:match("ForSequenceClassification$") and a or nil
+end
+
 -- The model's tensors under their Hugging Face names (GPT's Conv1D weights as
--- transposed views), without the value and reward heads and LoRA adapters.
-local function hf_tensors(model)
+-- transposed views), without the value and reward heads and LoRA adapters;
+-- with `score`, the reward head's weight as score.weight and no LM head (a
+-- sequence-classification folder's tensors).
+local function hf_tensors(model, score)
   local out = {}
   for name, t in pairs(model:state_dict()) do
-    if not name:match("^value_head%.") and not name:match("^reward_head%.") and not name:match("%.lora_[AB]%.weight$") then
+    if score and name == "reward_head.weight" then
+      out["score.weight"] = t
+    elseif score and name == "lm_head.weight" then   -- luacheck: ignore (a classifier has no LM head)
+    elseif not name:match("^value_head%.") and not name:match("^reward_head%.") and not name:match("%.lora_[AB]%.weight$") then
       if is_gpt(model) then
         local suffix = name:match("^h%.%d+%.(.*)$")
         if name ~= "lm_head.weight" then
@@ -396,13 +408,14 @@ local function skippable(name, model)
   if name:match("rotary_emb%.inv_freq$") or name:match("%.attn%.bias$") or name:match("%.attn%.masked_bias$") then
     return true
   end
+  if name == "score.weight" and rawget(model, "_score_head") then return true end   -- no reward head asked for
   return name == "lm_head.weight" and model.lm_head == nil
 end
 
 --- Reads a folder's weights into the model, one file at a time, each tensor
 -- straight into its parameter: the weights are never held twice.
 function hf.load_weights(model, dir)
-  local targets = hf_tensors(model)
+  local targets = hf_tensors(model, rawget(model, "_score_head"))
   local files = weight_files(dir)
   local seen = {}
   local paths = util.sorted_keys(files)
@@ -410,7 +423,7 @@ function hf.load_weights(model, dir)
     local into = {}
     for _, name in ipairs(files[path]) do
       local key = name
-      if is_gpt(model) and not name:match("^transformer%.") and name ~= "lm_head.weight" then
+      if is_gpt(model) and not name:match("^transformer%.") and name ~= "lm_head.weight" and name ~= "score.weight" then
         key = "transformer." .. name
       end
       if targets[key] then
@@ -433,17 +446,23 @@ function hf.load_weights(model, dir)
   end
 end
 
--- Fresh value and reward heads: weights N(0, initializer_range), bias 0.
+-- Fresh value and reward heads: weights N(0, initializer_range), bias 0 (a
+-- reward head read from a folder's `score` keeps its weight).
 local function init_heads(model)
   local std = model.config.initializer_range or 0.02
   local previous = core.set_grad_enabled(false)
   for _, name in ipairs({"value_head", "reward_head"}) do
     local head = rawget(model, name)
     if head then
-      head.weight:copy(core.randn(head.weight:shape()) * std)
+      if not (name == "reward_head" and rawget(model, "_score_head")) then
+        head.weight:copy(core.randn(head.weight:shape()) * std)
+      end
       head.bias:fill(0)
     end
   end
+  -- A sequence-classification folder has no LM head: an untied one is zeros.
+  local lm_head = rawget(model, "_score_head") and rawget(model, "lm_head")
+  if lm_head then lm_head.weight:fill(0) end
   core.set_grad_enabled(previous)
 end
 
@@ -463,6 +482,17 @@ function hf.from_pretrained(dir, opts)
   local raw, err = hf.read_json(dir .. "/config.json")
   if not raw then util.error("from_pretrained: " .. dir .. "/config.json: " .. tostring(err)) end
   local weights_dtype
+  local classifier = classifier_of(raw.architectures)
+  if classifier then
+    -- a reward model: one label, read by the reward head (score has no bias)
+    local labels = type(raw.id2label) == "table" and util.sorted_keys(raw.id2label) or {}
+    local n = raw.num_labels or (#labels > 0 and #labels) or 2
+    if n ~= 1 then
+      util.error(string.format("from_pretrained: %s/config.json: %s with %d labels; a reward model has one",
+        dir, classifier, n))
+    end
+    raw.num_labels, raw.reward_head = nil, true
+  end
   for k, v in pairs(opts or {}) do
     if k == "weights_dtype" then weights_dtype = v else raw[k] = v end
   end
@@ -476,6 +506,7 @@ function hf.from_pretrained(dir, opts)
     if weights_dtype and weights_dtype ~= "float32" then m:requires_grad(false):frozen_weights_to(weights_dtype) end
     return m
   end)
+  if classifier then rawset(model, "_score_head", true) end   -- (reward_head = false leaves score unread)
   hf.load_weights(model, dir)
   init_heads(model)
   local gen = hf.read_json(dir .. "/generation_config.json")
@@ -503,6 +534,8 @@ end
 local tokenizer_files = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                          "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json",
                          "chat_template.jinja", "chat_template.json"}
+--- The names of the files that make a Hugging Face folder's tokenizer.
+hf.tokenizer_files = tokenizer_files
 
 local function copy_file(src, dst)
   local f = io.open(src, "rb")
@@ -513,8 +546,20 @@ local function copy_file(src, dst)
   return true
 end
 
+--- Copies the tokenizer files of a Hugging Face folder (tokenizer.json,
+-- tokenizer_config.json with its chat template, special_tokens_map.json,
+-- vocab.json, merges.txt, ...) that exist in `src` to `dst`; returns the
+-- list of the names copied.
+function hf.copy_tokenizer_files(src, dst)
+  local copied = {}
+  for _, f in ipairs(tokenizer_files) do
+    if copy_file(src .. "/" .. f, dst .. "/" .. f) then copied[#copied + 1] = f end
+  end
+  return copied
+end
+
 -- config.json's table for a model.
-local function config_json(model, torch_dtype)
+local function config_json(model, torch_dtype, reward_model)
   local c = {}
   if is_gpt(model) then
     local g = model.config
@@ -532,6 +577,13 @@ local function config_json(model, torch_dtype)
     c.value_head, c.reward_head = nil, nil
   end
   c.architectures = {architectures[c.model_type]}
+  if reward_model then
+    c.architectures = {(architectures[c.model_type]:gsub("ForCausalLM$", ""):gsub("LMHeadModel$", ""))
+                       .. "ForSequenceClassification"}
+    c.id2label, c.label2id = {["0"] = "LABEL_0"}, {LABEL_0 = 0}
+  else
+    c.id2label, c.label2id = nil, nil
+  end
   c.torch_dtype = torch_dtype
   return c
 end
@@ -557,9 +609,15 @@ end
 -- folder the model was loaded from, and tok:save(dir) when opts.tokenizer is
 -- given.  opts: dtype ("f32" default, "bf16", "f16"), max_shard_size (bytes
 -- or "5GB", the default), tokenizer.  Value and reward heads are not written
--- (Hugging Face's causal-LM classes have no place for them).
+-- (Hugging Face's causal-LM classes have no place for them), unless
+-- opts.reward_model: then the folder is a sequence-classification one
+-- (LlamaForSequenceClassification, GPT2ForSequenceClassification, ...: one
+-- label), the reward head's weight its bias-free `score`, and no LM head.
 function hf.save_pretrained(model, dir, opts)
-  opts = util.check_options("save_pretrained", opts, {"dtype", "max_shard_size", "tokenizer"})
+  opts = util.check_options("save_pretrained", opts, {"dtype", "max_shard_size", "tokenizer", "reward_model"})
+  if opts.reward_model and not rawget(model, "reward_head") then
+    util.error("save_pretrained: reward_model = true, but the model has no reward head")
+  end
   if type(dir) ~= "string" or dir == "" then util.error("save_pretrained: expected a folder path") end
   if rawget(model, "_lora") and not require("lualign.lora").is_merged(model) then
     util.error("save_pretrained: the model has LoRA adapters that are not merged; la.lora.merge(model) "
@@ -569,7 +627,7 @@ function hf.save_pretrained(model, dir, opts)
   local limit = shard_bytes(opts.max_shard_size)
   local made, merr = require("lualign.sys").mkdir(dir)
   if not made then util.error("save_pretrained: " .. tostring(merr)) end
-  local tensors = hf_tensors(model)
+  local tensors = hf_tensors(model, opts.reward_model)
   local names = util.sorted_keys(tensors)
   local elem = float_type == "F32" and 4 or 2
   -- Shards in name order, a new one when the next tensor would pass the limit.
@@ -599,7 +657,7 @@ function hf.save_pretrained(model, dir, opts)
     write_text(dir .. "/model.safetensors.index.json",
       hf.json({metadata = {total_size = math.tointeger(total) or total}, weight_map = map}) .. "\n")
   end
-  write_text(dir .. "/config.json", hf.json(config_json(model, dtype_names[float_type])) .. "\n")
+  write_text(dir .. "/config.json", hf.json(config_json(model, dtype_names[float_type], opts.reward_model)) .. "\n")
   local gen = rawget(model, "generation_config")
   if not gen then
     gen = {}
@@ -610,9 +668,7 @@ function hf.save_pretrained(model, dir, opts)
   end
   write_text(dir .. "/generation_config.json", hf.json(gen) .. "\n")
   local src = rawget(model, "source_dir")
-  if src and src ~= dir then
-    for _, f in ipairs(tokenizer_files) do copy_file(src .. "/" .. f, dir .. "/" .. f) end
-  end
+  if src and src ~= dir then hf.copy_tokenizer_files(src, dir) end
   if opts.tokenizer then opts.tokenizer:save(dir) end
   return dir
 end

@@ -22,10 +22,12 @@ usage: lualign [options] [script.lua | recipe] [args...]
 -- processes: {rank = r, size = n}.
 local job = nil
 
--- In a job of several processes, a message names the rank it comes from.
+-- In a job of several processes, a message names the rank it comes from.  It
+-- is written in one piece: stderr is unbuffered, and the launcher's own
+-- messages (its abort banner) could otherwise land between the parts.
 local function report(err)
   local where = job and string.format("rank %d of %d: ", job.rank, job.size) or ""
-  io.stderr:write("lualign: ", where, tostring(err), "\n")
+  io.stderr:write("lualign: " .. where .. tostring(err) .. "\n")
   return 1
 end
 
