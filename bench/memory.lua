@@ -19,6 +19,9 @@
 --              reference log-probs computed once before the steps (as the
 --              preference recipe caches them), AdamW over every parameter.
 --   ceiling    the sgemm ceiling: lualign's 2048^3 float32 matmul, best of 5.
+--
+-- BENCH_LAYERS=n (prepare, and the peer's environment) makes an n-layer model
+-- instead of 24, for a quick check that both sides compute the same thing.
 
 local here = arg[0]:match("^(.*)/") or "."
 package.path = here .. "/?.lua;" .. here .. "/../lua/?.lua;" .. here .. "/../lua/?/init.lua;" .. package.path
@@ -46,7 +49,7 @@ end
 if config == "prepare" then
   la.manual_seed(1)
   local model = la.models.from_config{model_type = "qwen2", vocab_size = 151936, hidden_size = 896,
-    intermediate_size = 4864, num_hidden_layers = 24, num_attention_heads = 14, num_key_value_heads = 2,
+    intermediate_size = 4864, num_hidden_layers = tonumber(os.getenv("BENCH_LAYERS") or "24"), num_attention_heads = 14, num_key_value_heads = 2,
     max_position_embeddings = 32768, rope_theta = 1000000.0, rms_norm_eps = 1e-6, tie_word_embeddings = true,
     use_sliding_window = false}
   model:save_pretrained(dir, {dtype = "bf16"})
@@ -74,8 +77,14 @@ t_build = la.clock() - t_build
 
 -- The batch: rows 1-2 chosen, 3-4 rejected; targets are the next tokens,
 -- counted on the completion (positions 256 .. 510, predicting 257 .. 511).
+-- The tokens are a multiplicative hash of the position, as the peer's.
 local B, T, P = 4, 512, 256
-local ids = la.randint(0, 151936, B, T)
+local rows = {}
+for b = 1, B do
+  rows[b] = {}
+  for t = 1, T do rows[b][t] = ((b - 1) * T + t - 1) * 2654435761 % 151936 end
+end
+local ids = la.tensor(rows)
 local targets = la.cat({ids:narrow(2, 2, T - 1), la.zeros(B, 1, "int64")}, 2)
 local mask = la.zeros(B, T)
 mask:narrow(2, P, T - P):fill(1)
@@ -88,7 +97,7 @@ if config == "full" then ref = la.no_grad(logps) end
 local opt = la.optim.AdamW(model:parameters(), {lr = 1e-5, weight_decay = 0})
 
 local rss_built = peak_rss_mib()
-local times, losses, phases = {}, {}, {}
+local times, losses, phases, ref_logp = {}, {}, {}, nil
 for step = 1, steps do
   local t0 = la.clock()
   local r = ref
@@ -98,6 +107,7 @@ for step = 1, steps do
       return logps()
     end)
   end
+  ref_logp = ref_logp or r:totable()
   local t1 = la.clock()
   local lp = logps()
   local loss = la.loss.dpo(lp:narrow(1, 1, 2), lp:narrow(1, 3, 2), r:narrow(1, 1, 2), r:narrow(1, 3, 2), {beta = 0.1})
@@ -119,5 +129,5 @@ end
 local trainable = 0
 for _, p in ipairs(model:parameters()) do if p:needs_grad() then trainable = trainable + p:numel() end end
 print(cjson.encode({config = config, step_s = times, loss = losses, peak_rss_MiB = peak_rss_mib(),
-  build_rss_MiB = rss_built, phases = phases, build_s = t_build, trainable = trainable,
+  build_rss_MiB = rss_built, phases = phases, ref_logp = ref_logp, build_s = t_build, trainable = trainable,
   peak_tensor_MiB = la.memory().peak_bytes / 2 ^ 20, threads = la.get_num_threads()}))

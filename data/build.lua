@@ -2,6 +2,8 @@
 -- Rebuilds every bundled dataset under data/ from Debian and npm packages.
 --
 --   lua5.4 data/build.lua            (from the checkout's root, or anywhere)
+--   lua5.4 data/build.lua arith      (the generated arithmetic problems alone:
+--                                     no package needed)
 --
 -- Needs (and, run as root, installs the Debian ones): r-cran-janeaustenr (brings
 -- r-base-core: Rscript reads the package's .rda data), bsdgames, wordnet-base,
@@ -11,7 +13,9 @@
 -- holds, its source, version and licence: data/README.md.
 
 local here = (arg[0]:match("^(.*)/[^/]*$") or ".")
-local DATA = here
+-- Where the files go: data/ itself, or for the arithmetic step alone a folder
+-- given after it (lua5.4 data/build.lua arith /tmp/out), to compare with data/.
+local DATA = arg[1] == "arith" and arg[2] or here
 package.path = here .. "/../lua/?.lua;" .. here .. "/../lua/?/init.lua;" .. package.path
 local rng = require("lualign.data.batch").rng
 local cjson = require "cjson"
@@ -384,6 +388,48 @@ local function build_qa(corpus)
 end
 
 ----------------------------------------------------------------------------
+-- Arithmetic: generated problems, split by operand pair
+
+-- Every sum a + b and every difference a - b (a >= b) of operands 0..ARITH_MAX,
+-- written "What is a + b?" with the answer as digits.  The split is by unordered
+-- operand pair {a, b}: a pair's problems (a + b, b + a and the difference of the
+-- larger and the smaller) all go to one file, so no problem of test.jsonl or
+-- train.jsonl has its operands, in either order, in another file.  sft.jsonl is
+-- for supervised fine-tuning, train.jsonl for GRPO's prompts, test.jsonl held out.
+local ARITH_MAX = 49
+local ARITH_PAIRS = {test = 70, train = 330}   -- unordered pairs; sft takes the rest
+
+local function arith_problems(a, b)
+  local out = {{string.format("What is %d + %d?", a, b), a + b, "arith/add"}}
+  if a ~= b then out[#out + 1] = {string.format("What is %d + %d?", b, a), a + b, "arith/add"} end
+  local hi, lo = math.max(a, b), math.min(a, b)
+  out[#out + 1] = {string.format("What is %d - %d?", hi, lo), hi - lo, "arith/sub"}
+  return out
+end
+
+local function build_arith()
+  local pairs_list = {}
+  for a = 0, ARITH_MAX do
+    for b = a, ARITH_MAX do pairs_list[#pairs_list + 1] = {a, b} end
+  end
+  local shuffled = rng(SEED, 500):shuffle(pairs_list)
+  local splits = {test = {}, train = {}, sft = {}}
+  for i, ab in ipairs(shuffled) do
+    local name = i <= ARITH_PAIRS.test and "test"
+      or i <= ARITH_PAIRS.test + ARITH_PAIRS.train and "train" or "sft"
+    for _, p in ipairs(arith_problems(ab[1], ab[2])) do table.insert(splits[name], p) end
+  end
+  for k, name in ipairs({"sft", "train", "test"}) do
+    local lines = {}
+    for i, p in ipairs(rng(SEED, 500 + k):shuffle(splits[name])) do
+      lines[i] = jobj({{"prompt", p[1]}, {"completion", tostring(p[2])}, {"source", p[3]}})
+    end
+    writefile("arith/" .. name .. ".jsonl", jsonl(lines))
+    log("arith/%s.jsonl: %d problems", name, #lines)
+  end
+end
+
+----------------------------------------------------------------------------
 -- npm packages
 
 local function npm_fetch(tmp)
@@ -740,16 +786,28 @@ local function copy_licences(sdir, vdir)
   writefile("LICENSES/vader-sentiment.txt", readfile(vdir .. "/NOTICE") .. "\n" .. readfile(vdir .. "/LICENSE"))
 end
 
+-- The manifest lists the files written now, and keeps the lines of files an
+-- earlier build wrote that this one did not (a build of some steps only).
 local function manifest()
-  table.sort(written)
-  local lines = {"# file\tbytes\tlines\tsha256 (written by data/build.lua)"}
+  local rows = {}
+  if exists(DATA .. "/MANIFEST.tsv") then
+    for line in io.lines(DATA .. "/MANIFEST.tsv") do
+      local rel = line:match("^([^#\t][^\t]*)\t")
+      if rel and exists(DATA .. "/" .. rel) then rows[rel] = line end
+    end
+  end
   for _, rel in ipairs(written) do
     local path = DATA .. "/" .. rel
     local text = readfile(path)
     local _, nl = text:gsub("\n", "")
     local sum = capture("sha256sum '" .. path .. "'"):match("^(%x+)")
-    lines[#lines + 1] = string.format("%s\t%d\t%d\t%s", rel, #text, nl, sum)
+    rows[rel] = string.format("%s\t%d\t%d\t%s", rel, #text, nl, sum)
   end
+  local files = {}
+  for rel in pairs(rows) do files[#files + 1] = rel end
+  table.sort(files)
+  local lines = {"# file\tbytes\tlines\tsha256 (written by data/build.lua)"}
+  for _, rel in ipairs(files) do lines[#lines + 1] = rows[rel] end
   local f = assert(io.open(DATA .. "/MANIFEST.tsv", "wb"))
   f:write(table.concat(lines, "\n"), "\n")
   f:close()
@@ -758,11 +816,20 @@ end
 ----------------------------------------------------------------------------
 
 local function main()
+  if arg[1] == "arith" then   -- the generated step alone: it needs no package
+    build_arith()
+    manifest()
+    log("done: %d files under %s", #written, DATA)
+    return
+  elseif arg[1] ~= nil then
+    error("data/build.lua: unknown step '" .. arg[1] .. "' (none: every dataset; arith: the arithmetic problems alone)", 0)
+  end
   prerequisites()
   local tmp = trim(capture("mktemp -d"))
   local ok, err = pcall(function()
     local corpus = build_austen(tmp)
     build_qa(corpus)
+    build_arith()
     local sdir, vdir = npm_fetch(tmp)
     local lex = vader_lexicon(vdir)
     build_sentiment(sdir, lex)

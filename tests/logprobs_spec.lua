@@ -185,6 +185,38 @@ describe("log-probs from hidden states without logits", function()
     end)
   end
 
+  it("with a frozen weight give the hidden gradient of the trainable-weight path", function()
+    -- a frozen weight takes the path that forms d value / d hidden in the forward pass
+    local h, w, targets, mask = data()
+    local frozen = w:detach()
+    local cases = {
+      {"token", function(a, b, o) return loss.token_logprobs_hidden(a, b, targets, mask, o) end, la.randn(B, T)},
+      {"sum", function(a, b, o) return loss.sequence_logprobs_hidden(a, b, targets, mask, o) end, la.randn(B)},
+      {"mean", function(a, b, o)
+        return loss.sequence_logprobs_hidden(a, b, targets, mask, {average = true, temperature = o.temperature,
+          chunk_rows = o.chunk_rows})
+      end, la.randn(B)},
+      {"entropy", function(a, b, o) return loss.entropy_hidden(a, b, mask, o) end, la.randn(B, T)},
+    }
+    for _, c in ipairs(cases) do
+      for _, opts in ipairs({{chunk_rows = 2}, {chunk_rows = 16, temperature = 0.7}}) do
+        h.grad, w.grad = nil, nil
+        local trained = c[2](h, w, opts)
+        trained:backward(c[3])
+        local want = h.grad
+        h.grad = nil
+        local got = c[2](h, frozen, opts)
+        assert_close(got, trained, 1e-6, c[1] .. ": values differ")
+        got:backward(c[3], {retain_graph = true})
+        assert_close(h.grad, want, 1e-5, c[1] .. ": hidden gradients differ")
+        got:backward(c[3])   -- a retained graph gives the same gradient again
+        assert_close(h.grad, want * 2, 1e-5, c[1] .. ": the second backward differs")
+        assert.are.equal(0, h.grad[{1, 1, 1}])   -- a masked row gets nothing
+      end
+    end
+    check(function(a) return loss.sequence_logprobs_hidden(a, frozen, targets, mask, {chunk_rows = 2}) end, {h})
+  end)
+
   it("passes finite-difference checks for hidden and weight", function()
     local h, w, targets, mask = data()
     check(function(a, b) return loss.sequence_logprobs_hidden(a, b, targets, mask, {chunk_rows = 2}) end, {h, w})

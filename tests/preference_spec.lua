@@ -1,5 +1,5 @@
 -- Preference losses (engine/core/la_pref.c) and the Bradley-Terry reward-model
--- loss: values computed by hand, the identities of DESIGN.md section 5, the
+-- loss: values computed by hand, the identities of docs/losses.md ("Preference losses"), the
 -- metrics and finite-difference gradients.
 local la = require "lualign"
 local loss = la.loss

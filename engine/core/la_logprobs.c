@@ -15,6 +15,12 @@
 **    GEMM into a scratch buffer, reduced to its statistics and dropped.  The
 **    backward pass recomputes each chunk and turns it into the gradient of the
 **    logits in place, then dH = G W and dW += G^T H (two more GEMMs).
+**    When the weight is frozen (a LoRA model's tied head), the forward pass
+**    itself turns each chunk into the gradient of the row's value with
+**    respect to its hidden state, J (one GEMM, while the chunk is still in
+**    cache), and keeps J (N, C) instead of the hidden states: a row's value
+**    depends on its own hidden state only, so the backward pass is
+**    dH = upstream * J, with no second pass over the vocabulary.
 **
 ** Rows whose mask is zero cost nothing: they are skipped in both passes (so
 ** prompt and padding tokens are free), and their targets are never read,
@@ -431,6 +437,21 @@ static void la_gather_rows(const float *h, const int64_t *active, int64_t k0, in
     memcpy(hc + k * C, h + active[k0 + k] * C, (size_t)C * sizeof(float));
 }
 
+/* dst[active[k]] = (G W)[k] for the r rows of a chunk's logit gradients G
+** (r, V), through the scratch rows (at least r, C).  Returns 0 or -1. */
+static int la_scatter_gw(la_tensor *g, la_tensor *w, la_tensor *scratch, const int64_t *active, int64_t r,
+                         int64_t C, la_tensor *dst) {
+  la_tensor *sv = la_rows_of(scratch, 0, r, C);
+  int rc = sv ? la_gemm(false, false, 1.0f, g, w, 0.0f, sv) : -1;
+  if (rc == 0) {
+    float *d = la_fdata(dst);
+    const float *src = la_fdata(sv);
+    for (int64_t k = 0; k < r; k++) memcpy(d + active[k] * C, src + k * C, (size_t)C * sizeof(float));
+  }
+  la_release(sv);
+  return rc;
+}
+
 /* saved: hidden (rows, C), weight (V, C), targets or NULL, mask or NULL,
 ** lse, entropy or NULL.  iarg: entropy, reduce, chunk.  farg: scale. */
 static int la_logprobs_hidden_backward(la_node *n, la_tensor *gout, la_tensor **gin) {
@@ -491,17 +512,7 @@ static int la_logprobs_hidden_backward(la_node *n, la_tensor *gout, la_tensor **
           else la_row_grad_logprob(row, V, 1.0f, lp[i], la_id_at(tg, i), g[i] * s, row);
         }
       }
-      if (step == 0 && need_h) {
-        la_tensor *dv = la_rows_of(dhc, 0, r, C);
-        step = dv ? la_gemm(false, false, 1.0f, sv, w, 0.0f, dv) : -1;   /* dH = G W */
-        if (step == 0) {
-          float *dst = la_fdata(dh);
-          const float *src = la_fdata(dv);
-          for (int64_t k = 0; k < r; k++)
-            memcpy(dst + active[k0 + k] * C, src + k * C, (size_t)C * sizeof(float));
-        }
-        la_release(dv);
-      }
+      if (step == 0 && need_h) step = la_scatter_gw(sv, w, dhc, active + k0, r, C, dh);   /* dH = G W */
       if (step == 0 && need_w) {   /* dW += G^T H */
         step = la_gemm(true, false, 1.0f, sv, hv, first ? 0.0f : 1.0f, dw);
         first = false;
@@ -526,6 +537,30 @@ done:
   return rc;
 }
 
+/* The frozen-weight form.  saved: mask or NULL, J (rows, C): d value / d
+** hidden per row, zero where the mask is.  iarg: reduce. */
+static int la_logprobs_hidden_backward_frozen(la_node *n, la_tensor *gout, la_tensor **gin) {
+  la_tensor *mk = n->saved[0], *J = n->saved[1];
+  int64_t N = J->shape[0], C = J->shape[1];
+  la_lp_spec sp = {.op = n->op, .reduce = (la_lp_reduce)n->iarg[0], .scale = 1.0f, .rows = N, .seq = n->iarg[1]};
+  float *g = malloc((size_t)(N ? N : 1) * sizeof *g);
+  la_tensor *dh = g ? la_empty(LA_FLOAT32, n->in[0].ndim, n->in[0].shape) : NULL;
+  if (!dh || la_lp_row_grads(&sp, gout, mk ? la_fdata(mk) : NULL, g) < 0) {
+    if (!g) la_failn("out of memory");
+    free(g);
+    if (dh) la_release(dh);
+    return -1;
+  }
+  const float *jp = la_fdata(J);
+  float *dp = la_fdata(dh);
+  #pragma omp parallel for if (N * C >= LA_PARALLEL_GRAIN) schedule(static)
+  for (int64_t i = 0; i < N; i++)
+    for (int64_t c = 0; c < C; c++) dp[i * C + c] = g[i] * jp[i * C + c];
+  free(g);
+  gin[0] = dh;
+  return 0;
+}
+
 static la_tensor *la_lp_hidden(la_lp_spec *sp, la_tensor *hidden, la_tensor *weight,
                                la_tensor *targets, la_tensor *mask, int64_t chunk) {
   char b1[LA_SHAPE_BUF], b2[LA_SHAPE_BUF];
@@ -541,8 +576,10 @@ static la_tensor *la_lp_hidden(la_lp_spec *sp, la_tensor *hidden, la_tensor *wei
   sp->V = weight->shape[0];
   int64_t V = sp->V, C = weight->shape[1], N = sp->rows;
   int64_t R = la_lp_chunk(V, chunk);
+  /* a frozen weight: the gradient of each row goes into J during this pass */
+  bool frozen = la_needs_record(1, &hidden) && !la_needs_record(1, &weight);
   la_tensor *h = NULL, *w = NULL, *tg = NULL, *mf = NULL, *lse = NULL, *ent = NULL;
-  la_tensor *hc = NULL, *sc = NULL, *out = NULL;
+  la_tensor *hc = NULL, *sc = NULL, *out = NULL, *J = NULL, *jc = NULL;
   int64_t *active = NULL, n_act = 0;
   float *vals = NULL;
   /* hidden as contiguous rows (N, C) */
@@ -564,6 +601,11 @@ static la_tensor *la_lp_hidden(la_lp_spec *sp, la_tensor *hidden, la_tensor *wei
   if (R > 0) {
     if (!(hc = la_empty(LA_FLOAT32, 2, (int64_t[]){R, C}))) goto done;
     if (!(sc = la_empty(LA_FLOAT32, 2, (int64_t[]){R, V}))) goto done;
+    if (frozen && !(jc = la_empty(LA_FLOAT32, 2, (int64_t[]){R, C}))) goto done;
+  }
+  if (frozen) {
+    if (!(J = la_empty(LA_FLOAT32, 2, (int64_t[]){N, C}))) goto done;
+    memset(la_fdata(J), 0, (size_t)N * (size_t)C * sizeof(float));
   }
   {
     const float *hp = la_fdata(h);
@@ -580,20 +622,24 @@ static la_tensor *la_lp_hidden(la_lp_spec *sp, la_tensor *hidden, la_tensor *wei
         step = la_gemm(false, true, sp->scale, hv, w, 0.0f, sv);
       }
       if (step == 0) {
-        const float *z = la_fdata(sv);
+        float *z = la_fdata(sv), s = sp->scale;
         #pragma omp parallel for if (r * V >= LA_PARALLEL_GRAIN) schedule(static)
         for (int64_t k = 0; k < r; k++) {
           int64_t i = active[k0 + k];
-          const float *row = z + k * V;
+          float *row = z + k * V;
           if (entropy) {
             la_row_stats(row, V, 1.0f, &lp[i], &ep[i]);
             vals[i] = ep[i];
+            if (frozen) la_row_grad_entropy(row, V, 1.0f, lp[i], ep[i], s, row);
           } else {
             la_row_stats(row, V, 1.0f, &lp[i], NULL);
             vals[i] = row[la_id_at(tg, i)] - lp[i];
+            if (frozen) la_row_grad_logprob(row, V, 1.0f, lp[i], la_id_at(tg, i), s, row);
           }
         }
       }
+      /* J = (d value / d z) s W for the chunk's rows */
+      if (step == 0 && frozen) step = la_scatter_gw(sv, w, jc, active + k0, r, C, J);
       la_release(hv);
       la_release(sv);
       if (step < 0) goto done;
@@ -602,8 +648,17 @@ static la_tensor *la_lp_hidden(la_lp_spec *sp, la_tensor *hidden, la_tensor *wei
   /* the scratch buffers go before the output is made, so they never add to the peak */
   la_release_p(&hc);
   la_release_p(&sc);
+  la_release_p(&jc);
   out = la_lp_output(sp, hidden->ndim - 1, hidden->shape, vals, mf ? la_fdata(mf) : NULL);
-  {
+  if (frozen) {
+    la_node *n;
+    out = la_record(out, sp->op, la_logprobs_hidden_backward_frozen, 1, &hidden, 2, &n);
+    if (n) {
+      n->iarg[0] = sp->reduce;
+      n->iarg[1] = sp->seq;
+      if ((mf && la_node_save(n, 0, mf) < 0) || la_node_save(n, 1, J) < 0) la_release_p(&out);
+    }
+  } else {
     la_tensor *in[2] = {hidden, weight};
     la_node *n;
     out = la_record(out, sp->op, la_logprobs_hidden_backward, 2, in, 6, &n);
@@ -620,6 +675,8 @@ static la_tensor *la_lp_hidden(la_lp_spec *sp, la_tensor *hidden, la_tensor *wei
     }
   }
 done:
+  if (J) la_release(J);
+  if (jc) la_release(jc);
   if (h) la_release(h);
   if (w) la_release(w);
   if (tg) la_release(tg);

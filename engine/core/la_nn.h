@@ -137,7 +137,7 @@ la_tensor *la_entropy_hidden(la_tensor *hidden, la_tensor *weight, la_tensor *ma
 
 /* ---------------------------------------------------------------- la_pref.c */
 
-/* Pairwise preference losses (DESIGN.md section 5) over per-sequence
+/* Pairwise preference losses (docs/losses.md, "Preference losses") over per-sequence
 ** log-probs (B,): policy chosen/rejected, reference chosen/rejected (the
 ** references may be NULL: reference-free).  p (B,) soft labels in [0, 1] or
 ** NULL (then p = 1 - label_smoothing); p < 0.5 flips a pair for the losses

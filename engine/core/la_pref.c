@@ -7,7 +7,7 @@
 ** Everything runs in double precision; softplus and sigmoid in their stable
 ** forms, so large margins neither overflow nor lose the gradient.
 **
-** Notation (DESIGN.md section 5): h = [pc - rc] - [pr - rr], the log-ratio
+** Notation (docs/losses.md, "Preference losses"): h = [pc - rc] - [pr - rr], the log-ratio
 ** margin of the first ("chosen") over the second ("rejected") sequence; p the
 ** soft label, the share preferring the first; s = -1 when p < 0.5 (the
 ** majority prefers the second: the pair is flipped), else +1.

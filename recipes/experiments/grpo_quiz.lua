@@ -22,6 +22,7 @@
 local recipe = require "lualign.recipe"
 local la = require "lualign"
 local cjson = require "cjson"
+local experiment = require "lualign.experiment"
 
 local config = recipe.config(arg, "grpo_quiz", {
   {"base", "runs/pretrain", "the pretrained model the quiz SFT starts from"},
@@ -58,63 +59,16 @@ if config.held_out == "half" then
   grpo_eval, n_eval = quiz_file("qa/train.jsonl", "grpo_held_out.jsonl", function(i) return i % 2 == 0 end)
 end
 print(string.format("grpo_quiz: SFT on %d quiz questions; GRPO on %d, measured on %d others", n_train, n_grpo, n_eval))
-local sft_run = config.out_dir .. "/" .. config.name .. "_sft"
-local t0 = la.clock()
 -- The question as it is, and the answer right after it: the same text for SFT's
 -- training and held-out examples and for GRPO's prompts.
-local sft = {}
-if config.policy == "" then
-  sft = recipe.run_script(here .. "/sft.lua", {name = config.name .. "_sft", out_dir = config.out_dir,
-    overwrite = config.overwrite, seed = config.seed, base = config.base, train = train, valid = valid,
-    steps = config.sft_steps, prompt_format = "%s", completion_format = "%s"})
-else
-  sft_run = config.policy
-end
-local sft_seconds = la.clock() - t0
+local sft_run, sft, sft_seconds = experiment.sft_run(here .. "/sft.lua", config.policy,
+  {name = config.name .. "_sft", out_dir = config.out_dir, overwrite = config.overwrite, seed = config.seed,
+   base = config.base, train = train, valid = valid, steps = config.sft_steps, prompt_format = "%s",
+   completion_format = "%s"})
 
-local function mean_sd(xs)
-  local n, s = #xs, 0
-  for _, x in ipairs(xs) do s = s + x end
-  local m, v = s / n, 0
-  for _, x in ipairs(xs) do v = v + (x - m) ^ 2 end
-  return m, n > 1 and math.sqrt(v / (n - 1)) or 0
-end
-
-local rows, columns = {}, {greedy_before = {}, greedy_after = {}, sampled_before = {}, sampled_after = {},
-                           greedy_gain = {}, sampled_gain = {}, seconds = {}, rollouts_first = {},
-                           rollouts_last = {}}
--- The mean of a metric over the first and the last n iterations that logged it.
-local function ends(path, key, n)
-  local xs = {}
-  for _, row in ipairs(require("lualign.log").read(path)) do if row[key] then xs[#xs + 1] = row[key] end end
-  local a, b = 0, 0
-  for i = 1, n do a, b = a + xs[i] / n, b + xs[#xs - n + i] / n end
-  return a, b
-end
-for seed in config.seeds:gmatch("[^,]+") do
-  local name = config.name .. "_seed" .. seed
-  local t0 = la.clock()
-  local r = recipe.run_script(here .. "/grpo.lua", {name = name, out_dir = config.out_dir, overwrite = config.overwrite,
-                                                    seed = seed, policy = sft_run,
-                                                    prompt_format = "%s", prompts = grpo_train,
-                                                    eval_prompts = grpo_eval})
-  local b, a = r.before, r.after
-  local first, last = ends(r.run:path("metrics.jsonl"), "reward", 10)
-  local values = {rollouts_first = first, rollouts_last = last, greedy_before = b.greedy, greedy_after = a.greedy, sampled_before = b.sampled,
-                  sampled_after = a.sampled, greedy_gain = a.greedy - b.greedy, sampled_gain = a.sampled - b.sampled,
-                  seconds = la.clock() - t0}
-  for k, v in pairs(values) do table.insert(columns[k], v) end
-  rows[#rows + 1] = {seed, string.format("%.3f -> %.3f", b.greedy, a.greedy),
-                     string.format("%.3f -> %.3f", b.sampled, a.sampled), string.format("%.3f -> %.3f", first, last),
-                     string.format("%.0f s", values.seconds)}
-end
-local function ms(k, fmt)
-  local m, sd = mean_sd(columns[k])
-  return string.format(fmt or "%.3f ± %.3f", m, sd)
-end
-rows[#rows + 1] = {"mean ± sd", ms("greedy_before") .. " -> " .. ms("greedy_after"),
-                   ms("sampled_before") .. " -> " .. ms("sampled_after"),
-                   ms("rollouts_first") .. " -> " .. ms("rollouts_last"), ms("seconds", "%.0f ± %.0f s")}
+local table_md, gains = experiment.grpo_seeds(here .. "/grpo.lua", config.name, config.seeds,
+  {out_dir = config.out_dir, overwrite = config.overwrite, policy = sft_run, prompt_format = "%s",
+   prompts = grpo_train, eval_prompts = grpo_eval})
 local text = table.concat({
   "# GRPO on the quiz questions: held-out exact-match accuracy", "",
   string.format("SFT on the %d quiz questions of qa/train.jsonl from %s (%s); GRPO from it with its defaults "
@@ -125,10 +79,7 @@ local text = table.concat({
     config.held_out == "half" and string.format("every second one of them (%d)", n_grpo) or "the same questions",
     config.held_out == "half" and string.format("the first 200 of the other %d, which SFT trained on", n_eval)
       or string.format("the %d quiz questions of qa/validation.jsonl, which SFT never saw", n_valid)), "",
-  recipe.md_table({"seed", "held out, greedy: SFT -> GRPO", "held out, sampled: SFT -> GRPO",
-                   "training questions, rollouts: first -> last 10 iterations", "time"}, rows), "",
-  string.format("Gain over the SFT model (mean ± sd over seeds %s): greedy %s, sampled %s.", config.seeds,
-    ms("greedy_gain", "%+.3f ± %.3f"), ms("sampled_gain", "%+.3f ± %.3f")), "",
+  table_md, "", gains, "",
 }, "\n")
 run:write("results.md", text)
 print("\n" .. text)

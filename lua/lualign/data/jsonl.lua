@@ -1,4 +1,4 @@
---- JSONL readers for the three data formats (DESIGN.md §6), with validation and
+--- JSONL readers for the three data formats (docs/data.md, "Formats"), with validation and
 -- normalisation.  Every malformed line raises an error "FILE:LINE: what is wrong".
 --
 --   for ex in jsonl.sft(path) do ... end          -- {prompt, completion, messages, ...}
