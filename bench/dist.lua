@@ -1,4 +1,4 @@
--- bench/dist.lua -- one side of the data-parallel benchmark: GPT training
+-- bench/dist.lua -- one side of the data-parallel benchmark: GPT or Llama-family training
 -- steps (forward, backward, AdamW) on a global batch of random tokens, in
 -- one of four modes:
 --
@@ -21,9 +21,11 @@
 local la = require "lualign"
 local dist = la.dist
 
-local configs = {   -- bench/gpt.lua's
+local configs = {   -- bench/gpt.lua's, and bench/llama.lua's SmolLM2-135M shape
   small = {n_layer = 6, d_model = 384, n_head = 6, ctx = 256, vocab = 8192, batch = 8},
   gpt2 = {n_layer = 12, d_model = 768, n_head = 12, ctx = 256, vocab = 50257, batch = 4},
+  smollm2 = {n_layer = 30, d_model = 576, n_head = 9, n_kv_head = 3, mlp = 1536, ctx = 256, vocab = 49152,
+             batch = 4, llama = true},
 }
 local opts = {config = "small", mode = "single", threads = 2, steps = 8, warmup = 2, bucket_mb = 4}
 for i = 1, #arg do
@@ -41,8 +43,11 @@ if opts.mode == "single" then assert(size == 1, "mode single runs alone") end
 if opts.mode ~= "single" then assert(size > 1 and c.batch % size == 0, "dp modes need mpirun with np dividing the batch") end
 
 la.manual_seed(1234)
-local model = la.models.gpt{vocab_size = c.vocab, n_positions = c.ctx, n_embd = c.d_model,
-                            n_layer = c.n_layer, n_head = c.n_head}
+local model = c.llama and la.models.from_config{model_type = "llama", vocab_size = c.vocab, hidden_size = c.d_model,
+                            intermediate_size = c.mlp, num_hidden_layers = c.n_layer, num_attention_heads = c.n_head,
+                            num_key_value_heads = c.n_kv_head, max_position_embeddings = c.ctx,
+                            tie_word_embeddings = true}
+  or la.models.gpt{vocab_size = c.vocab, n_positions = c.ctx, n_embd = c.d_model, n_layer = c.n_layer, n_head = c.n_head}
 local T, B = c.ctx, c.batch
 la.manual_seed(42)
 local data = la.randint(0, c.vocab, B, T + 1)
