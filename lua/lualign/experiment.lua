@@ -43,11 +43,13 @@ end
 --- and measures each run: the held-out reward of greedy and of sampled completions
 --- before and after GRPO, and the rollouts' reward over the first and the last
 --- `window` iterations.  Returns the markdown table (one row per seed and a
---- "mean ± sd" row), the line of the mean gains, and the values per seed.
+--- "mean ± sd" row), the line of the mean gains, and the values per seed
+--- (with `runs`, each seed's run).
 function M.grpo_seeds(script, name, seeds, options, window)
   window = window or 10
   local columns = {greedy_before = {}, greedy_after = {}, sampled_before = {}, sampled_after = {},
-                   greedy_gain = {}, sampled_gain = {}, seconds = {}, rollouts_first = {}, rollouts_last = {}}
+                   greedy_gain = {}, sampled_gain = {}, seconds = {}, rollouts_first = {}, rollouts_last = {},
+                   runs = {}}
   local rows = {}
   for seed in seeds:gmatch("[^,%s]+") do
     local opts = {}
@@ -61,6 +63,7 @@ function M.grpo_seeds(script, name, seeds, options, window)
                     sampled_before = b.sampled, sampled_after = a.sampled, greedy_gain = a.greedy - b.greedy,
                     sampled_gain = a.sampled - b.sampled, seconds = la.clock() - t0}
     for k, v in pairs(values) do table.insert(columns[k], v) end
+    table.insert(columns.runs, r.run)
     rows[#rows + 1] = {seed, string.format("%.3f -> %.3f", b.greedy, a.greedy),
                        string.format("%.3f -> %.3f", b.sampled, a.sampled), string.format("%.3f -> %.3f", first, last),
                        string.format("%.0f s", values.seconds)}
