@@ -299,6 +299,31 @@ describe("apply_chat_template", function()
   end)
 end)
 
+describe("loading", function()
+  -- Qwen3's tokenizer.json decodes to about 40 MB of Lua tables, garbage once
+  -- the tokenizer is built; left in the heap, they put off the collector's next
+  -- cycle, and what was encoded next took fresh pages instead of reusing memory.
+  it("collects the decoded files before returning", function()
+    collectgarbage()
+    local before = collectgarbage("count")
+    local tok = T.load("tests/fixtures/tokenizers/qwen3")
+    local grown = collectgarbage("count") - before
+    assert.truthy(grown < 4096, string.format("the Lua heap grew by %.0f KB", grown))
+    assert.are.same(load("tests/fixtures/tokenizers/qwen3"):encode("Hello world"), tok:encode("Hello world"))
+  end)
+
+  it("leaves a stopped collector stopped", function()
+    collectgarbage()
+    local before = collectgarbage("count")
+    collectgarbage("stop")
+    local ok, tok = pcall(T.load, "tests/fixtures/tokenizers/mistral")
+    local grown = collectgarbage("count") - before
+    collectgarbage("restart")
+    assert.truthy(ok, tok)
+    assert.truthy(grown > 4096, string.format("the Lua heap grew by %.0f KB", grown))
+  end)
+end)
+
 describe("saving", function()
   it("refuses a tokenizer whose pipeline tokenizer.json of GPT-2's scheme cannot hold", function()
     local mistral = load("tests/fixtures/tokenizers/mistral")
