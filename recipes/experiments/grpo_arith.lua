@@ -48,6 +48,15 @@ local config = recipe.config(arg, "grpo_arith", {
   {"select_seeds", "1,2,3", "GRPO seeds of the runs compared on the validation problems"},
   {"seeds", "4,5,6", "GRPO seeds of the chosen run measured on arith/test.jsonl"},
 })
+local lrs = {}
+for v in config.lrs:gmatch("[^,%s]+") do lrs[#lrs + 1] = tonumber(v) or error("lrs: '" .. v .. "' is not a number", 0) end
+if #lrs == 0 then error("lrs: no learning rate", 0) end
+if config.validation_fraction == 0 and #lrs > 1 then
+  error("lrs: " .. #lrs .. " learning rates but validation_fraction=0: nothing to choose them on", 0)
+end
+if config.iterations % config.eval_every ~= 0 then
+  error(string.format("iterations (%d) must be a multiple of eval_every (%d)", config.iterations, config.eval_every), 0)
+end
 local run = recipe.run(config):start()
 local here = debug.getinfo(1, "S").source:match("^@(.*)/experiments/[^/]*$") or "recipes"
 local GRPO = here .. "/grpo.lua"
@@ -59,15 +68,6 @@ local function lines(file)
   return out
 end
 
-local lrs = {}
-for v in config.lrs:gmatch("[^,%s]+") do lrs[#lrs + 1] = tonumber(v) or error("lrs: '" .. v .. "' is not a number", 0) end
-if #lrs == 0 then error("lrs: no learning rate", 0) end
-if config.validation_fraction == 0 and #lrs > 1 then
-  error("lrs: " .. #lrs .. " learning rates but validation_fraction=0: nothing to choose them on", 0)
-end
-if config.iterations % config.eval_every ~= 0 then
-  error(string.format("iterations (%d) must be a multiple of eval_every (%d)", config.iterations, config.eval_every), 0)
-end
 
 -- 1. The SFT model: the problem as it is, and the answer right after it (the
 -- same text as GRPO's prompts).
@@ -103,7 +103,7 @@ if config.validation_fraction > 0 then
   print(string.format("grpo_arith: %s split by operand pair: %d problems (%d pairs) for GRPO, %d (%d pairs) for "
     .. "validation", TRAIN, n_train, p_train, n_valid, p_valid))
 end
-local n_prompts, n_test = #lines(prompts), #lines(la.data.path(TEST))
+local n_prompts, n_test = validation and #lines(prompts) or #train_lines, #lines(la.data.path(TEST))
 
 local grpo_options = {out_dir = config.out_dir, overwrite = config.overwrite, policy = sft_run, prompt_format = "%s",
                       source_prefix = "arith/", prompts = prompts}
