@@ -14,6 +14,7 @@
 --              the frozen base in bfloat16, activation checkpointing per block;
 --              the step computes the reference log-probs with the adapters
 --              disabled, then the policy's, the DPO loss, backward, AdamW.
+--   lora_bf16  the same without checkpointing (what checkpointing saves and costs).
 --   lora_f32   the same with the base in float32 and no checkpointing.
 --   full       full fine-tune in float32 with checkpointing per block;
 --              reference log-probs computed once before the steps (as the
@@ -57,15 +58,18 @@ if config == "prepare" then
   return
 end
 
-local known = {lora = true, lora_f32 = true, full = true}
-if not known[config] then error("config must be prepare, lora, lora_f32, full or ceiling (got " .. tostring(config) .. ")") end
+local known = {lora = true, lora_bf16 = true, lora_f32 = true, full = true}
+if not known[config] then
+  error("config must be prepare, lora, lora_bf16, lora_f32, full or ceiling (got " .. tostring(config) .. ")")
+end
 
 -- The model --------------------------------------------------------------------------
 la.manual_seed(1)
 local t_build = la.clock()
 local lora = config:match("^lora") ~= nil
--- lora: the frozen base read straight into bfloat16; the others in float32
-local model = la.models.from_pretrained(dir, {weights_dtype = config == "lora" and "bfloat16" or nil})
+-- lora, lora_bf16: the frozen base read straight into bfloat16; the others in float32
+local bf16 = config == "lora" or config == "lora_bf16"
+local model = la.models.from_pretrained(dir, {weights_dtype = bf16 and "bfloat16" or nil})
 if lora then
   la.lora.apply(model, {r = 16, alpha = 32,
     target_modules = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}})

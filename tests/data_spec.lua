@@ -289,6 +289,34 @@ describe("data readers", function()
     assert.has_error(function() data.split_by_prompt(list, 1.5) end,
       "split_by_prompt: fraction must be a number in [0, 1] (got 1.5)")
   end)
+
+  it("split_by_prompt with a key function keeps examples of one key together", function()
+    -- the arithmetic problems of one operand pair (a + b, b + a, a - b) share a key
+    local list = data.load(data.path("arith/train.jsonl"), "sft")
+    local function pair(ex)
+      local a, b = ex.prompt:match("^What is (%d+) [+-] (%d+)%?$")
+      a, b = tonumber(a), tonumber(b)
+      return math.min(a, b) .. "," .. math.max(a, b)
+    end
+    local train, held = data.split_by_prompt(list, 0.2, pair)
+    assert.are.equal(#list, #train + #held)
+    local side = {}
+    for _, ex in ipairs(train) do side[pair(ex)] = "train" end
+    local held_pairs = 0
+    for _, ex in ipairs(held) do
+      assert.are_not.equal("train", side[pair(ex)], ex.prompt)
+      if side[pair(ex)] == nil then side[pair(ex)] = "held"; held_pairs = held_pairs + 1 end
+    end
+    -- 330 pairs: a fifth is 66, with a standard deviation of about 7 for a fair digest
+    assert.is_true(held_pairs > 45 and held_pairs < 90, "held out pairs " .. held_pairs)
+    -- keyed by prompt, the same problems split otherwise: the key is what decides
+    local _, by_prompt = data.split_by_prompt(list, 0.2)
+    local same = #by_prompt == #held
+    for i = 1, math.min(#held, #by_prompt) do same = same and held[i].line == by_prompt[i].line end
+    assert.is_false(same)
+    assert.has_error(function() data.split_by_prompt(list, 0.2, function() return 1 end) end,
+      "split_by_prompt: the key of example 1 is a number, not a string")
+  end)
 end)
 
 ----------------------------------------------------------------------------

@@ -48,6 +48,15 @@ local config = recipe.config(arg, "grpo_arith", {
   {"select_seeds", "1,2,3", "GRPO seeds of the runs compared on the validation problems"},
   {"seeds", "4,5,6", "GRPO seeds of the chosen run measured on arith/test.jsonl"},
 })
+local lrs = {}
+for v in config.lrs:gmatch("[^,%s]+") do lrs[#lrs + 1] = tonumber(v) or error("lrs: '" .. v .. "' is not a number", 0) end
+if #lrs == 0 then error("lrs: no learning rate", 0) end
+if config.validation_fraction == 0 and #lrs > 1 then
+  error("lrs: " .. #lrs .. " learning rates but validation_fraction=0: nothing to choose them on", 0)
+end
+if config.iterations % config.eval_every ~= 0 then
+  error(string.format("iterations (%d) must be a multiple of eval_every (%d)", config.iterations, config.eval_every), 0)
+end
 local run = recipe.run(config):start()
 local here = debug.getinfo(1, "S").source:match("^@(.*)/experiments/[^/]*$") or "recipes"
 local GRPO = here .. "/grpo.lua"
@@ -59,15 +68,6 @@ local function lines(file)
   return out
 end
 
-local lrs = {}
-for v in config.lrs:gmatch("[^,%s]+") do lrs[#lrs + 1] = tonumber(v) or error("lrs: '" .. v .. "' is not a number", 0) end
-if #lrs == 0 then error("lrs: no learning rate", 0) end
-if config.validation_fraction == 0 and #lrs > 1 then
-  error("lrs: " .. #lrs .. " learning rates but validation_fraction=0: nothing to choose them on", 0)
-end
-if config.iterations % config.eval_every ~= 0 then
-  error(string.format("iterations (%d) must be a multiple of eval_every (%d)", config.iterations, config.eval_every), 0)
-end
 
 -- 1. The SFT model: the problem as it is, and the answer right after it (the
 -- same text as GRPO's prompts).
@@ -81,29 +81,35 @@ local sft_run, sft, sft_seconds = experiment.sft_run(here .. "/sft.lua", config.
 local prompts, validation = TRAIN, nil
 local train_lines = lines(la.data.path(TRAIN))
 if config.validation_fraction > 0 then
-  local pairs_seen, by_pair = {}, {}
-  for _, line in ipairs(train_lines) do
-    local a, b = cjson.decode(line).prompt:match("^What is (%d+) [+-] (%d+)%?$")
-    if not a then error(TRAIN .. ": not an arithmetic problem: " .. line, 0) end
+  local problems = {}
+  for i, line in ipairs(train_lines) do problems[i] = {line = line, prompt = cjson.decode(line).prompt} end
+  local function pair(p)
+    local a, b = p.prompt:match("^What is (%d+) [+-] (%d+)%?$")
+    if not a then error(TRAIN .. ": not an arithmetic problem: " .. p.line, 0) end
     a, b = tonumber(a), tonumber(b)
-    local key = string.format("%d,%d", math.min(a, b), math.max(a, b))
-    if not by_pair[key] then by_pair[key] = {}; pairs_seen[#pairs_seen + 1] = {prompt = key} end
-    table.insert(by_pair[key], line)
+    return string.format("%d,%d", math.min(a, b), math.max(a, b))
   end
-  local train_pairs, held_pairs = la.data.split_by_prompt(pairs_seen, config.validation_fraction)
+  local train_part, held_part = la.data.split_by_prompt(problems, config.validation_fraction, pair)
+  -- written pair by pair, in the order of each pair's first problem
   local function write(name, list)
+    local order, by_pair = {}, {}
+    for _, p in ipairs(list) do
+      local k = pair(p)
+      if not by_pair[k] then by_pair[k] = {}; order[#order + 1] = k end
+      table.insert(by_pair[k], p.line)
+    end
     local out = {}
-    for _, p in ipairs(list) do for _, line in ipairs(by_pair[p.prompt]) do out[#out + 1] = line end end
+    for _, k in ipairs(order) do table.move(by_pair[k], 1, #by_pair[k], #out + 1, out) end
     run:write(name, table.concat(out, "\n") .. "\n")
-    return run:path(name), #out, #list
+    return run:path(name), #out, #order
   end
   local n_train, n_valid, p_train, p_valid
-  prompts, n_train, p_train = write("grpo_prompts.jsonl", train_pairs)
-  validation, n_valid, p_valid = write("validation.jsonl", held_pairs)
+  prompts, n_train, p_train = write("grpo_prompts.jsonl", train_part)
+  validation, n_valid, p_valid = write("validation.jsonl", held_part)
   print(string.format("grpo_arith: %s split by operand pair: %d problems (%d pairs) for GRPO, %d (%d pairs) for "
     .. "validation", TRAIN, n_train, p_train, n_valid, p_valid))
 end
-local n_prompts, n_test = #lines(prompts), #lines(la.data.path(TEST))
+local n_prompts, n_test = validation and #lines(prompts) or #train_lines, #lines(la.data.path(TEST))
 
 local grpo_options = {out_dir = config.out_dir, overwrite = config.overwrite, policy = sft_run, prompt_format = "%s",
                       source_prefix = "arith/", prompts = prompts}

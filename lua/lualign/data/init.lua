@@ -77,16 +77,23 @@ end
 -- lists by their prompt: a prompt is held out, with every example that has
 -- it, when the FNV-1a digest of its text falls in the first `fraction` of the
 -- 32-bit range.  So the split depends on the prompts alone -- not on a seed,
--- nor on the order of the lines -- and no prompt is on both sides.  Returns
+-- nor on the order of the lines -- and no prompt is on both sides.  `key`
+-- (optional) is a function of an example giving the text to digest instead
+-- of its prompt: examples with the same key stay together.  Returns
 -- train, held_out (each in the examples' order).
-function M.split_by_prompt(examples, fraction)
+function M.split_by_prompt(examples, fraction, key)
   if type(fraction) ~= "number" or not (fraction >= 0 and fraction <= 1) then
     error("split_by_prompt: fraction must be a number in [0, 1] (got " .. tostring(fraction) .. ")", 2)
   end
+  key = key or prompt_key
   local train, held_out = {}, {}
   local limit = fraction * 2 ^ 32
-  for _, ex in ipairs(examples) do
-    if fnv1a(prompt_key(ex)) < limit then held_out[#held_out + 1] = ex else train[#train + 1] = ex end
+  for i, ex in ipairs(examples) do
+    local k = key(ex)
+    if type(k) ~= "string" then
+      error(string.format("split_by_prompt: the key of example %d is a %s, not a string", i, type(k)), 2)
+    end
+    if fnv1a(k) < limit then held_out[#held_out + 1] = ex else train[#train + 1] = ex end
   end
   return train, held_out
 end
