@@ -68,7 +68,6 @@ local function lines(file)
   return out
 end
 
-
 -- 1. The SFT model: the problem as it is, and the answer right after it (the
 -- same text as GRPO's prompts).
 local sft_run, sft, sft_seconds = experiment.sft_run(here .. "/sft.lua", config.policy,
@@ -163,7 +162,8 @@ end
 
 -- 4. The measure: the chosen run with fresh seeds, on arith/test.jsonl.
 local table_md, gains = experiment.grpo_seeds(GRPO, config.name, config.seeds,
-  with{lr = chosen.lr, iterations = chosen.iterations, eval_every = chosen.iterations, eval_prompts = TEST})
+  with{lr = chosen.lr, iterations = chosen.iterations, eval_prompts = TEST,
+       eval_every = validation and chosen.iterations or config.eval_every})
 local text = table.concat({
   "# GRPO on arithmetic problems: held-out exact-match accuracy", "",
   string.format("SFT on the %d problems of %s (%s); GRPO from it with its defaults but for prompt_format=%%s "
