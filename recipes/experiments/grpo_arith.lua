@@ -76,7 +76,7 @@ local sft_run, sft, sft_seconds = experiment.sft_run(here .. "/sft.lua", config.
    completion_format = "%s"})
 
 -- 2. GRPO's prompts and the validation problems: train.jsonl split by the
--- unordered operand pair, so a pair's sum and differences stay on one side.
+-- unordered operand pair, so a pair's two sums and its difference stay on one side.
 local prompts, validation = TRAIN, nil
 local train_lines = lines(la.data.path(TRAIN))
 if config.validation_fraction > 0 then
